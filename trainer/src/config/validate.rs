@@ -1,0 +1,340 @@
+//! The one check between the edited file and the trainer: ranges, files, shapes, combinations.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    ConfigError, DataFormat, FileConfig, LossKind, ModelKind, OptimName, Problem, Task,
+};
+use crate::data;
+
+/// A config that passed [`validate`]: everything the trainer needs, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    pub name: String,
+    /// The file config with its defaults filled in and overrides applied: what is saved with the
+    /// run and what `kiln eval` reads back.
+    pub file: FileConfig,
+    pub data: data::DataSpec,
+    pub loss: LossKind,
+    pub monitor: Monitor,
+    pub weight_decay: f64,
+}
+
+/// The validation metric that decides "best" and early stopping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitor {
+    pub metric: String,
+    pub higher_is_better: bool,
+}
+
+impl Monitor {
+    /// Whether `new` improves on `best` by more than `min_delta`.
+    pub fn improves(&self, new: f64, best: Option<f64>, min_delta: f64) -> bool {
+        match best {
+            None => new.is_finite(),
+            Some(b) if self.higher_is_better => new > b + min_delta,
+            Some(b) => new < b - min_delta,
+        }
+    }
+}
+
+const CLASSIFICATION_METRICS: &[&str] = &["loss", "accuracy", "f1", "precision", "recall", "auc"];
+const REGRESSION_METRICS: &[&str] = &["loss", "mse", "rmse", "mae", "r2"];
+
+/// Checks everything that can be checked before training and reports every problem at once.
+///
+/// `origin` names the config in messages; `default_name` is used when the file sets no `name`.
+/// Data files are opened only to peek at their first lines.
+pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<RunConfig, ConfigError> {
+    let mut p = Vec::new();
+    let mut bad = |msg: String| p.push(Problem::new(origin, None, msg));
+
+    let name = file.name.clone().unwrap_or_else(|| default_name.to_string());
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        bad(format!("`name` = {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"));
+    }
+
+    // data
+    let d = &file.data;
+    let check_file = |key: &str, value: &Option<String>, p: &mut Vec<Problem>| -> Option<PathBuf> {
+        let v = value.as_ref()?;
+        let path = PathBuf::from(v);
+        if !path.is_file() {
+            p.push(Problem::new(origin, None, format!("`data.{key}` = {v:?}: no such file")));
+        }
+        Some(path)
+    };
+    let n_before = p.len();
+    let path = if d.path.is_empty() {
+        p.push(Problem::new(origin, None, "`data.path` is required: the training data file"));
+        None
+    } else {
+        check_file("path", &Some(d.path.clone()), &mut p)
+    };
+    let labels_path = check_file("labels_path", &d.labels_path, &mut p);
+    let test_path = check_file("test_path", &d.test_path, &mut p);
+    let test_labels_path = check_file("test_labels_path", &d.test_labels_path, &mut p);
+    let paths_ok = p.len() == n_before;
+    let mut bad = |msg: String| p.push(Problem::new(origin, None, msg));
+    if d.format == DataFormat::Idx && d.labels_path.is_none() {
+        bad("`data.format` = \"idx\" needs `data.labels_path`, the IDX label file".into());
+    }
+    if d.labels_path.is_some() && d.label.is_some() {
+        bad("set either `data.label` (a column) or `data.labels_path` (a file), not both".into());
+    }
+    if d.test_path.is_some() && d.labels_path.is_some() != d.test_labels_path.is_some() {
+        bad("`data.test_path` with `data.labels_path` needs `data.test_labels_path` too".into());
+    }
+    if d.test_path.is_none() && d.test_labels_path.is_some() {
+        bad("`data.test_labels_path` is set but `data.test_path` is not".into());
+    }
+    let delimiter = match d.delimiter.as_deref() {
+        None => {
+            if d.path.ends_with(".tsv") || d.path.ends_with(".tsv.gz") {
+                Some(b'\t')
+            } else {
+                Some(b',')
+            }
+        }
+        Some(",") => Some(b','),
+        Some(";") => Some(b';'),
+        Some("\t") | Some("\\t") | Some("tab") => Some(b'\t'),
+        Some("|") => Some(b'|'),
+        Some("whitespace") | Some(" ") => None,
+        Some(other) => {
+            bad(format!("`data.delimiter` = {other:?}: use \",\", \";\", \"\\t\", \"|\" or \"whitespace\""));
+            Some(b',')
+        }
+    };
+    let test_frac = d.split.test.unwrap_or(if d.test_path.is_some() { 0.0 } else { 0.2 });
+    if !(0.0..1.0).contains(&d.split.valid) {
+        bad(format!("`data.split.valid` = {}: must be in [0, 1)", d.split.valid));
+    }
+    if !(0.0..1.0).contains(&test_frac) {
+        bad(format!("`data.split.test` = {test_frac}: must be in [0, 1)"));
+    }
+    if d.split.valid + test_frac >= 1.0 {
+        bad(format!(
+            "`data.split.valid` + `data.split.test` = {}: leaves nothing to train on",
+            d.split.valid + test_frac
+        ));
+    }
+    if d.test_path.is_some() && test_frac > 0.0 {
+        bad("`data.split.test` must be 0 when `data.test_path` gives the test split".into());
+    }
+    if !d.impute_value.is_finite() {
+        bad("`data.impute_value` must be a finite number".into());
+    }
+    if let Some(s) = d.image_shape {
+        if s.iter().any(|&x| x == 0) {
+            bad(format!("`data.image_shape` = {s:?}: every size must be at least 1"));
+        }
+    }
+    let image_shape = d.image_shape.or(match d.format {
+        DataFormat::Idx => Some([1, 0, 0]), // filled in from the IDX header
+        DataFormat::Csv => None,
+    });
+
+    // model
+    let m = &file.model;
+    if m.hidden.contains(&0) {
+        bad("`model.hidden`: every layer width must be at least 1".into());
+    }
+    if !(0.0..1.0).contains(&m.dropout) {
+        bad(format!("`model.dropout` = {}: must be in [0, 1)", m.dropout));
+    }
+    match m.kind {
+        ModelKind::Mlp if !m.conv.is_empty() => {
+            bad("`model.conv` is set but `model.kind` = \"mlp\"; use kind = \"cnn\" or remove the conv blocks".into())
+        }
+        ModelKind::Cnn if m.conv.is_empty() => {
+            bad("`model.kind` = \"cnn\" needs at least one `[[model.conv]]` block".into())
+        }
+        ModelKind::Cnn if image_shape.is_none() => bad(
+            "`model.kind` = \"cnn\" needs images: set `data.image_shape` = [channels, height, width]".into(),
+        ),
+        _ => {}
+    }
+    for (i, c) in m.conv.iter().enumerate() {
+        if c.channels == 0 {
+            bad(format!("`model.conv.{i}.channels` is required and must be at least 1"));
+        }
+        if c.kernel == 0 || c.kernel % 2 == 0 {
+            bad(format!("`model.conv.{i}.kernel` = {}: must be odd (1, 3, 5, ...)", c.kernel));
+        }
+        if c.pool == 0 {
+            bad(format!("`model.conv.{i}.pool` = 0: use 1 for no pooling"));
+        }
+        if !(0.0..1.0).contains(&c.dropout) {
+            bad(format!("`model.conv.{i}.dropout` = {}: must be in [0, 1)", c.dropout));
+        }
+    }
+    if let (ModelKind::Cnn, Some([_, h, w])) = (m.kind, d.image_shape) {
+        let shrink: usize = m.conv.iter().map(|c| c.pool.max(1)).product();
+        if shrink > h.min(w) {
+            bad(format!(
+                "`model.conv`: pooling shrinks the {h}x{w} image by {shrink}x, to nothing; use fewer or smaller pools"
+            ));
+        }
+    }
+
+    // train
+    let t = &file.train;
+    let task = file.task;
+    if t.epochs == 0 {
+        bad("`train.epochs` must be at least 1".into());
+    }
+    if t.max_steps == Some(0) {
+        bad("`train.max_steps` must be at least 1".into());
+    }
+    if t.batch_size == 0 {
+        bad("`train.batch_size` must be at least 1".into());
+    }
+    if t.grad_accum == 0 {
+        bad("`train.grad_accum` must be at least 1".into());
+    }
+    if let Some(c) = t.clip_grad_norm {
+        if !(c > 0.0 && c.is_finite()) {
+            bad(format!("`train.clip_grad_norm` = {c}: must be a positive number"));
+        }
+    }
+    let loss = t.loss.unwrap_or(match task {
+        Task::Classification => LossKind::CrossEntropy,
+        Task::Regression => LossKind::Mse,
+    });
+    match (task, loss) {
+        (Task::Classification, LossKind::Mse | LossKind::Huber) => {
+            bad(format!("`train.loss` = {loss:?} is a regression loss but `task` = \"classification\"; use \"cross_entropy\" or \"bce\""))
+        }
+        (Task::Regression, LossKind::CrossEntropy | LossKind::Bce) => {
+            bad(format!("`train.loss` = {loss:?} is a classification loss but `task` = \"regression\"; use \"mse\" or \"huber\""))
+        }
+        _ => {}
+    }
+    if !(0.0..1.0).contains(&t.label_smoothing) {
+        bad(format!("`train.label_smoothing` = {}: must be in [0, 1)", t.label_smoothing));
+    }
+    if !(t.huber_delta > 0.0 && t.huber_delta.is_finite()) {
+        bad(format!("`train.huber_delta` = {}: must be positive", t.huber_delta));
+    }
+    if t.valid_every == Some(0) {
+        bad("`train.valid_every` must be at least 1 (leave it out to validate once per epoch)".into());
+    }
+    if t.log_every == 0 {
+        bad("`train.log_every` must be at least 1".into());
+    }
+    let allowed = match task {
+        Task::Classification => CLASSIFICATION_METRICS,
+        Task::Regression => REGRESSION_METRICS,
+    };
+    if !allowed.contains(&t.monitor.as_str()) {
+        let known: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
+        let hint = match super::load::suggest(&t.monitor, &known) {
+            Some(s) => format!("did you mean {s:?}?"),
+            None => format!("use one of: {}", allowed.join(", ")),
+        };
+        bad(format!("`train.monitor` = {:?} is not a {task:?} metric; {hint}", t.monitor).to_lowercase());
+    }
+    let monitor = Monitor {
+        metric: t.monitor.clone(),
+        higher_is_better: !matches!(t.monitor.as_str(), "loss" | "mse" | "rmse" | "mae"),
+    };
+    if let Some(es) = &t.early_stopping {
+        if es.patience == 0 {
+            bad("`train.early_stopping.patience` must be at least 1".into());
+        }
+        if !(es.min_delta >= 0.0 && es.min_delta.is_finite()) {
+            bad("`train.early_stopping.min_delta` must be zero or positive".into());
+        }
+    }
+
+    // optim
+    let o = &file.optim;
+    if !(o.lr > 0.0 && o.lr.is_finite()) {
+        bad(format!("`optim.lr` = {}: must be a positive number", o.lr));
+    }
+    let weight_decay = o.weight_decay.unwrap_or(if o.name == OptimName::Adamw { 0.01 } else { 0.0 });
+    if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+        bad(format!("`optim.weight_decay` = {weight_decay}: must be zero or positive"));
+    }
+    if !(0.0..1.0).contains(&o.momentum) {
+        bad(format!("`optim.momentum` = {}: must be in [0, 1)", o.momentum));
+    }
+    if o.nesterov && (o.name != OptimName::Sgd || o.momentum == 0.0) {
+        bad("`optim.nesterov` needs `optim.name` = \"sgd\" and a non-zero `optim.momentum`".into());
+    }
+    if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+        bad(format!("`optim.betas` = {:?}: both must be in [0, 1)", o.betas));
+    }
+    if !(o.eps > 0.0 && o.eps.is_finite()) {
+        bad(format!("`optim.eps` = {}: must be positive", o.eps));
+    }
+
+    // schedule
+    let s = &file.schedule;
+    if s.step_size == 0 {
+        bad("`schedule.step_size` must be at least 1".into());
+    }
+    if !(s.gamma > 0.0 && s.gamma <= 1.0) {
+        bad(format!("`schedule.gamma` = {}: must be in (0, 1]", s.gamma));
+    }
+    if !(s.min_lr >= 0.0 && s.min_lr <= o.lr) {
+        bad(format!("`schedule.min_lr` = {}: must be in [0, optim.lr]", s.min_lr));
+    }
+
+    // runtime
+    let r = &file.runtime;
+    if r.workers == 0 {
+        bad("`runtime.workers` must be at least 1".into());
+    }
+    if r.prefetch == 0 {
+        bad("`runtime.prefetch` must be at least 1".into());
+    }
+
+    let spec = data::DataSpec {
+        format: d.format,
+        path: path.unwrap_or_default(),
+        labels_path,
+        test_path,
+        test_labels_path,
+        label: d.label.clone(),
+        header: d.header,
+        columns: d.columns.clone(),
+        skip_rows: d.skip_rows,
+        delimiter,
+        categorical: d.categorical.clone(),
+        ignore: d.ignore.clone(),
+        missing_values: d.missing_values.clone(),
+        impute: d.impute,
+        impute_value: d.impute_value,
+        standardize: d.standardize,
+        standardize_target: d.standardize_target && task == Task::Regression,
+        image_shape,
+        class_names: d.class_names.clone(),
+        task,
+        valid_fraction: d.split.valid,
+        test_fraction: test_frac,
+        stratify: d.split.stratify && task == Task::Classification,
+        split_seed: d.split.seed.unwrap_or(file.seed),
+    };
+    // Data shape fit: peek at the files' first lines (only when they exist).
+    if paths_ok {
+        for msg in data::peek_problems(&spec) {
+            p.push(Problem::new(origin, None, msg));
+        }
+    }
+    if p.is_empty() {
+        Ok(RunConfig { name, file, data: spec, loss, monitor, weight_decay })
+    } else {
+        Err(ConfigError { problems: p })
+    }
+}
+
+/// The name a config gets when it sets none: its file stem.
+pub fn default_name(path: &Path) -> String {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").replace('_', "-")
+}

@@ -1,0 +1,276 @@
+//! Delimited text files (CSV, TSV, whitespace), gzip or plain.
+
+use std::path::Path;
+
+use super::{DataError, DataSpec};
+use crate::config::ColumnRef;
+
+/// Feature cells of a file, before preprocessing.
+#[derive(Debug, Clone)]
+pub enum Cells {
+    /// One string per field: CSV files.
+    Text(Vec<Vec<String>>),
+    /// Dense numbers, `[n, d]`: IDX images.
+    Dense { x: Vec<f32>, d: usize },
+}
+
+/// A file as read: feature columns (label and ignored columns removed) and raw labels.
+#[derive(Debug, Clone)]
+pub struct RawTable {
+    pub path: String,
+    /// 1-based line (or record number) of each row in its file, for messages.
+    pub lines: Vec<usize>,
+    pub names: Vec<String>,
+    pub cells: Cells,
+    pub labels: Vec<String>,
+}
+
+impl RawTable {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// The training file and, when given, the test file.
+#[derive(Debug, Clone)]
+pub struct RawData {
+    pub main: RawTable,
+    pub test: Option<RawTable>,
+}
+
+pub fn read_all(spec: &DataSpec) -> Result<RawData, DataError> {
+    let main = read(spec, &spec.path, spec.labels_path.as_deref())?;
+    let test = match &spec.test_path {
+        Some(p) => {
+            let t = read(spec, p, spec.test_labels_path.as_deref())?;
+            if t.names != main.names {
+                return Err(DataError::Format {
+                    path: t.path,
+                    message: format!(
+                        "columns differ from the training file's: {:?} vs {:?}",
+                        t.names, main.names
+                    ),
+                });
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    Ok(RawData { main, test })
+}
+
+/// Splits one line into fields: quoted fields (`"a, b"`, `""` inside) are supported; every
+/// field is trimmed.
+pub fn split_line(line: &str, delimiter: Option<u8>) -> Vec<String> {
+    let Some(delim) = delimiter else {
+        return line.split_whitespace().map(str::to_string).collect();
+    };
+    let delim = delim as char;
+    let mut out = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' if quoted => quoted = false,
+            '"' if field.trim().is_empty() => {
+                field.clear();
+                quoted = true
+            }
+            c if c == delim && !quoted => out.push(std::mem::take(&mut field).trim().to_string()),
+            c => field.push(c),
+        }
+    }
+    out.push(field.trim().to_string());
+    out
+}
+
+struct Lines {
+    /// (1-based line, fields) of the data rows.
+    rows: Vec<(usize, Vec<String>)>,
+    header: Option<Vec<String>>,
+}
+
+fn read_lines(spec: &DataSpec, path: &Path, max_rows: Option<usize>) -> Result<Lines, DataError> {
+    let bytes = super::read_bytes(path)?;
+    let text = String::from_utf8(bytes).map_err(|e| DataError::Format {
+        path: path.display().to_string(),
+        message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+    })?;
+    let mut header = None;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(spec.skip_rows) {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_line(line, spec.delimiter);
+        if spec.header && header.is_none() {
+            header = Some(fields);
+            continue;
+        }
+        rows.push((i + 1, fields));
+        if max_rows.is_some_and(|m| rows.len() >= m) {
+            break;
+        }
+    }
+    Ok(Lines { rows, header })
+}
+
+/// Column names: the header, `columns`, or `c0, c1, ...`.
+fn column_names(spec: &DataSpec, lines: &Lines, width: usize) -> Vec<String> {
+    if let Some(h) = &lines.header {
+        h.clone()
+    } else if !spec.columns.is_empty() {
+        spec.columns.clone()
+    } else {
+        (0..width).map(|i| format!("c{i}")).collect()
+    }
+}
+
+/// Index of the label column.
+fn label_index(spec: &DataSpec, names: &[String]) -> Result<usize, String> {
+    let n = names.len() as i64;
+    match &spec.label {
+        None => Ok(names.len() - 1),
+        Some(ColumnRef::Index(i)) => {
+            let j = if *i < 0 { n + i } else { *i };
+            if (0..n).contains(&j) {
+                Ok(j as usize)
+            } else {
+                Err(format!("`data.label` = {i}: the file has {n} columns (0..{})", n - 1))
+            }
+        }
+        Some(ColumnRef::Name(name)) => names.iter().position(|c| c == name).ok_or_else(|| {
+            let hint = crate::config::known_keys_hint(name, names);
+            format!("`data.label` = {name:?}: no such column{hint}")
+        }),
+    }
+}
+
+/// Checks what the first rows can tell: widths, label column, named columns.
+pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let lines = match read_lines(spec, &spec.path, Some(5)) {
+        Ok(l) => l,
+        Err(e) => return vec![e.to_string()],
+    };
+    let path = spec.path.display();
+    let Some((_, first)) = lines.rows.first() else {
+        return vec![format!("{path}: no data rows")];
+    };
+    let width = first.len();
+    if !spec.columns.is_empty() && spec.columns.len() != width {
+        out.push(format!(
+            "`data.columns` names {} columns but {path} has {width}",
+            spec.columns.len()
+        ));
+        return out;
+    }
+    let names = column_names(spec, &lines, width);
+    let has_label_col = spec.labels_path.is_none();
+    if has_label_col {
+        if let Err(e) = label_index(spec, &names) {
+            out.push(e);
+        }
+    }
+    for (key, list) in [("categorical", &spec.categorical), ("ignore", &spec.ignore)] {
+        for c in list {
+            if !names.contains(c) {
+                let hint = crate::config::known_keys_hint(c, &names);
+                out.push(format!("`data.{key}` names {c:?}: no such column{hint}"));
+            }
+        }
+    }
+    if let Some([c, h, w]) = spec.image_shape {
+        let features = width - usize::from(has_label_col) - spec.ignore.len();
+        if c * h * w != features {
+            out.push(format!(
+                "`data.image_shape` = [{c}, {h}, {w}] holds {} pixels but {path} has {features} feature columns",
+                c * h * w
+            ));
+        }
+    }
+    out
+}
+
+fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawTable, DataError> {
+    let shown = path.display().to_string();
+    let lines = read_lines(spec, path, None)?;
+    let Some((_, first)) = lines.rows.first() else {
+        return Err(DataError::Format { path: shown, message: "no data rows (empty file?)".into() });
+    };
+    let width = first.len();
+    for (line, fields) in &lines.rows {
+        if fields.len() != width {
+            return Err(DataError::Row {
+                path: shown,
+                line: *line,
+                message: format!("expected {width} fields, found {}", fields.len()),
+            });
+        }
+    }
+    let names = column_names(spec, &lines, width);
+    if names.len() != width {
+        return Err(DataError::Format {
+            path: shown,
+            message: format!("{} column names for {width} columns", names.len()),
+        });
+    }
+    let label = match labels_path {
+        Some(_) => None,
+        None => Some(label_index(spec, &names).map_err(|m| DataError::Format { path: shown.clone(), message: m })?),
+    };
+    let keep: Vec<usize> =
+        (0..width).filter(|&i| Some(i) != label && !spec.ignore.contains(&names[i])).collect();
+    let mut labels = Vec::with_capacity(lines.rows.len());
+    let mut cells = Vec::with_capacity(lines.rows.len());
+    let mut line_numbers = Vec::with_capacity(lines.rows.len());
+    for (line, mut fields) in lines.rows {
+        if let Some(l) = label {
+            labels.push(std::mem::take(&mut fields[l]));
+        }
+        cells.push(keep.iter().map(|&i| std::mem::take(&mut fields[i])).collect::<Vec<_>>());
+        line_numbers.push(line);
+    }
+    if let Some(lp) = labels_path {
+        let text = String::from_utf8(super::read_bytes(lp)?).map_err(|_| DataError::Format {
+            path: lp.display().to_string(),
+            message: "not UTF-8 text".into(),
+        })?;
+        labels = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        if labels.len() != cells.len() {
+            return Err(DataError::Format {
+                path: lp.display().to_string(),
+                message: format!("{} targets for the {} rows of {shown}", labels.len(), cells.len()),
+            });
+        }
+    }
+    Ok(RawTable {
+        path: shown,
+        lines: line_numbers,
+        names: keep.iter().map(|&i| names[i].clone()).collect(),
+        cells: Cells::Text(cells),
+        labels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_quoted_fields_and_trims() {
+        assert_eq!(split_line(r#"1, "a, b" ,"say ""hi""",x"#, Some(b',')), ["1", "a, b", "say \"hi\"", "x"]);
+        assert_eq!(split_line("59 2  32.1", None), ["59", "2", "32.1"]);
+        assert_eq!(split_line("a\tb\t", Some(b'\t')), ["a", "b", ""]);
+    }
+}

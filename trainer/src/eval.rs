@@ -1,0 +1,130 @@
+//! Evaluation: a model over a split, in batches, to metrics.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use kiln_models::Model;
+
+use crate::data::{Dataset, Preprocessor, Targets};
+use crate::loss::Loss;
+use crate::metrics::{self, Metrics};
+
+/// Examples per forward pass when evaluating.
+pub const EVAL_BATCH: usize = 512;
+
+/// Model outputs turned into probabilities (`[n, classes]`) or decoded predictions (`[n]`),
+/// plus the mean loss.
+pub struct Predictions {
+    pub values: Vec<f32>,
+    pub width: usize,
+    pub loss: f64,
+}
+
+/// Runs `model` (in validation mode, on a device without autodiff) over `data`.
+pub fn predict(model: &Model, data: &Dataset, loss: &Loss, device: &Device) -> Predictions {
+    let mut values = Vec::with_capacity(data.n * loss.outputs().max(2));
+    let mut loss_sum = 0.0;
+    let mut width = 0;
+    for start in (0..data.n).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(data.n);
+        let idx: Vec<usize> = (start..end).collect();
+        let batch = crate::data::loader::gather(data, &idx);
+        let x = Tensor::<2>::from_data(TensorData::new(batch.x, [batch.len, data.d]), device);
+        let out = model.forward(x);
+        let l = loss.forward(out.clone(), &batch.y, device).into_scalar::<f32>() as f64;
+        loss_sum += l * batch.len as f64;
+        let p = loss.predict(out);
+        width = p.dims()[1];
+        values.extend(p.into_data().try_to_vec::<f32>().expect("model outputs are f32"));
+    }
+    Predictions { values, width, loss: loss_sum / data.n.max(1) as f64 }
+}
+
+/// Metrics of `model` on `data`, in the target's original units.
+pub fn evaluate(model: &Model, data: &Dataset, loss: &Loss, pre: &Preprocessor, device: &Device) -> Metrics {
+    let p = predict(model, data, loss, device);
+    match &data.y {
+        Targets::Classes(labels) => {
+            let names = pre.class_names().expect("class targets come with class names");
+            Metrics::Classification(metrics::classification(&p.values, labels, names, p.loss))
+        }
+        Targets::Values(values) => {
+            let pred: Vec<f64> = p.values.iter().map(|&v| pre.decode_value(v)).collect();
+            let truth: Vec<f64> = values.iter().map(|&v| pre.decode_value(v)).collect();
+            Metrics::Regression(metrics::regression(&pred, &truth, p.loss))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error("{path}: cannot load the weights: {message}")]
+    Weights { path: String, message: String },
+    #[error("run {id} has no final model ({status:?}); resume it with `kiln train --resume {id}`")]
+    Unfinished { id: String, status: crate::run::Status },
+    #[error("run {id} has an empty {split} split")]
+    EmptySplit { id: String, split: String },
+}
+
+/// Loads a run's config, preprocessing and model, and evaluates it on `split` of its data.
+pub fn eval_run(run_dir: &std::path::Path, split: crate::data::SplitName) -> Result<(crate::run::RunInfo, Metrics), EvalError> {
+    use crate::run;
+    use burn::module::Module;
+    let info: run::RunInfo = run::read_json(&run_dir.join(run::RUN))?;
+    let weights = run_dir.join(run::WEIGHTS);
+    if !weights.is_file() {
+        return Err(EvalError::Unfinished { id: info.id, status: info.status });
+    }
+    let cfg = crate::config::load_run(run_dir)?;
+    let pre: Preprocessor = run::read_json(&run_dir.join(run::PREPROCESS))?;
+    let mconf: kiln_models::ModelConfig = run::read_json(&run_dir.join(run::MODEL_CONFIG))?;
+    crate::train::init_threads(cfg.file.runtime.threads);
+    let device = crate::train::device();
+    let model = mconf.init(&device).try_load_file(&weights).map_err(|e| EvalError::Weights {
+        path: weights.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let prepared = crate::data::prepare(&cfg.data, Some(&pre))?;
+    let loss = crate::train::loss_of(&cfg, &pre)?;
+    let (name, data) = match split {
+        crate::data::SplitName::Train => ("train", &prepared.train),
+        crate::data::SplitName::Valid => ("valid", &prepared.valid),
+        crate::data::SplitName::Test => ("test", &prepared.test),
+    };
+    if data.n == 0 {
+        return Err(EvalError::EmptySplit { id: info.id, split: name.into() });
+    }
+    let m = evaluate(&model.valid(), data, &loss, &pre, &device);
+    Ok((info, m))
+}
+
+/// `kiln validate --deep`: loads the data, builds the model, runs one forward pass and the loss
+/// on a real batch. Returns a one-line description of what was checked.
+pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::train::TrainError> {
+    crate::train::init_threads(cfg.file.runtime.threads);
+    let device = crate::train::device();
+    let prepared = crate::data::prepare(&cfg.data, None)?;
+    let loss = crate::train::loss_of(cfg, &prepared.preprocessor)?;
+    let mconf = crate::train::model_config(cfg, prepared.train.d, loss.outputs());
+    let model = mconf.init(&device);
+    let batch = prepared.train.head(cfg.file.train.batch_size.min(prepared.train.n));
+    let p = predict(&model, &batch, &loss, &device);
+    if !p.loss.is_finite() {
+        return Err(crate::train::TrainError::Setup(format!("the loss of the first batch is {}", p.loss)));
+    }
+    Ok(format!(
+        "{} train / {} valid / {} test examples, {} features, {} parameters, first-batch loss {:.4}",
+        prepared.train.n,
+        prepared.valid.n,
+        prepared.test.n,
+        prepared.train.d,
+        burn::module::Module::num_params(&model),
+        p.loss
+    ))
+}

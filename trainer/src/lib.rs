@@ -1,0 +1,26 @@
+//! kiln's trainer: config, data, the training loop, metrics, runs.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use kiln_trainer::{config, train};
+//!
+//! let (file, _) = config::load(Path::new("configs/digits_mlp.toml"), &[]).unwrap();
+//! let cfg = config::validate(file, "configs/digits_mlp.toml", "digits-mlp").unwrap();
+//! let opts = train::Options {
+//!     registry: "kiln-registry".into(), smoke: true, quiet: true,
+//!     config_path: "configs/digits_mlp.toml".into(), resume: None, stop: Default::default(),
+//! };
+//! let outcome = train::train(&cfg, &opts).unwrap();
+//! println!("{}", outcome.info.id);
+//! ```
+
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod train;

@@ -1,0 +1,132 @@
+//! Optimizer, learning-rate schedule and gradient clipping by global norm.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::Tensor;
+
+use crate::config::{OptimName, RunConfig, ScheduleKind, ScheduleSection};
+
+/// Builds the optimizer the config names.
+pub fn optimizer(cfg: &RunConfig) -> ModuleOptimizer {
+    let o = &cfg.file.optim;
+    let wd = cfg.weight_decay;
+    let decay = (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
+    match o.name {
+        OptimName::Sgd => SgdConfig::new()
+            .with_momentum((o.momentum > 0.0).then(|| {
+                MomentumConfig::new().with_momentum(o.momentum).with_dampening(0.0).with_nesterov(o.nesterov)
+            }))
+            .with_weight_decay(decay)
+            .init(),
+        OptimName::Adam => AdamConfig::new()
+            .with_beta_1(o.betas[0] as f32)
+            .with_beta_2(o.betas[1] as f32)
+            .with_epsilon(o.eps as f32)
+            .with_weight_decay(decay)
+            .init(),
+        OptimName::Adamw => AdamWConfig::new()
+            .with_beta_1(o.betas[0] as f32)
+            .with_beta_2(o.betas[1] as f32)
+            .with_epsilon(o.eps as f32)
+            .with_weight_decay(wd as f32)
+            .init(),
+    }
+}
+
+/// Learning rate at optimizer step `step` (0-based) of `total`: linear warm-up to `lr`, then
+/// the schedule. A pure function, so a resumed run gets the same rates.
+pub fn learning_rate(s: &ScheduleSection, lr: f64, step: usize, total: usize) -> f64 {
+    if step < s.warmup_steps {
+        return lr * (step + 1) as f64 / s.warmup_steps as f64;
+    }
+    let after = step - s.warmup_steps;
+    match s.kind {
+        ScheduleKind::Constant => lr,
+        ScheduleKind::Step => lr * s.gamma.powi((after / s.step_size) as i32),
+        ScheduleKind::Cosine => {
+            let span = total.saturating_sub(s.warmup_steps).max(1);
+            let progress = (after as f64 / span as f64).min(1.0);
+            s.min_lr + (lr - s.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+    }
+}
+
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s = g.square().sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register::<D>(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// Global L2 norm of all gradients of `module` (one host sync).
+pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    let mut v = SquaredNorm { grads, sum: None };
+    module.visit(&mut v);
+    v.sum.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
+}
+
+/// Scales all gradients so that their global norm is at most `max_norm`; returns the norm
+/// before clipping.
+pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+    let norm = grad_norm(module, grads);
+    if norm > max_norm {
+        let mut s = Scale { grads, factor: max_norm / (norm + 1e-6) };
+        module.visit(&mut s);
+    }
+    norm
+}
+
+/// Multiplies all gradients by `factor` (averaging accumulated micro-batches).
+pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
+    let mut s = Scale { grads, factor };
+    module.visit(&mut s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_warm_up_then_decay() {
+        let mut s = ScheduleSection { warmup_steps: 10, ..Default::default() };
+        assert!((learning_rate(&s, 1.0, 0, 100) - 0.1).abs() < 1e-12);
+        assert_eq!(learning_rate(&s, 1.0, 9, 100), 1.0);
+        assert_eq!(learning_rate(&s, 1.0, 50, 100), 1.0);
+        s.kind = ScheduleKind::Step;
+        s.step_size = 20;
+        s.gamma = 0.5;
+        assert_eq!(learning_rate(&s, 1.0, 29, 100), 1.0);
+        assert_eq!(learning_rate(&s, 1.0, 30, 100), 0.5);
+        assert_eq!(learning_rate(&s, 1.0, 50, 100), 0.25);
+        s.kind = ScheduleKind::Cosine;
+        s.min_lr = 0.1;
+        assert!((learning_rate(&s, 1.0, 10, 110) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(&s, 1.0, 60, 110) - 0.55).abs() < 1e-12);
+        assert!((learning_rate(&s, 1.0, 110, 110) - 0.1).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,152 @@
+//! A run's folder: `<registry>/runs/<run id>/`. File names live here and nowhere else.
+//!
+//! ```text
+//! config.toml        the resolved config (defaults filled in, overrides applied), before step 0
+//! model.json         the model architecture with every size resolved
+//! preprocess.json    preprocessing statistics fitted on the training split
+//! run.json           status, timings, final metrics
+//! metrics.jsonl      one JSON object per logged point
+//! model.bpk          the final weights (burnpack)
+//! checkpoints/<name>/{model.bpk, optim.bin, state.json}
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+
+pub const CONFIG: &str = "config.toml";
+pub const MODEL_CONFIG: &str = "model.json";
+pub const PREPROCESS: &str = "preprocess.json";
+pub const RUN: &str = "run.json";
+pub const METRICS_LOG: &str = "metrics.jsonl";
+pub const WEIGHTS: &str = "model.bpk";
+pub const CHECKPOINTS: &str = "checkpoints";
+pub const CKPT_WEIGHTS: &str = "model.bpk";
+pub const CKPT_OPTIM: &str = "optim.bin";
+pub const CKPT_STATE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("no run {reference:?} in {registry}{hint}")]
+    NotFound { reference: String, registry: String, hint: String },
+    #[error("{0:?} is not a valid run reference: use a run id (letters, digits, '-', '_', '.') or `latest`")]
+    BadReference(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Completed,
+    Interrupted,
+    Failed,
+}
+
+/// `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    pub smoke: bool,
+    pub started: String,
+    pub finished: Option<String>,
+    pub config_path: String,
+    pub kiln_version: String,
+    pub device: String,
+    pub steps: usize,
+    pub epochs_done: usize,
+    pub wall_seconds: f64,
+    pub train_samples_per_second: f64,
+    /// Final metrics per split (`train`, `valid`, `test`).
+    pub metrics: std::collections::BTreeMap<String, Metrics>,
+}
+
+pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io { path: path.display().to_string(), source }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RunError> {
+    let text = serde_json::to_string_pretty(value).expect("kiln's records serialise to JSON");
+    write_atomic(path, text.as_bytes())
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| RunError::Parse { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// `<registry>/runs`.
+pub fn runs_dir(registry: &Path) -> PathBuf {
+    registry.join("runs")
+}
+
+/// A new run id: `<name>-<UTC time>-<4 hex>`; unique within a registry.
+pub fn new_id(name: &str) -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = now.chars().filter(|c| c.is_ascii_digit()).take(14).collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
+    format!("{name}-{}-{}-{salt:04x}", &stamp[..8], &stamp[8..])
+}
+
+/// Resolves a run reference (`latest`, a run id, or a path to a run folder) to its folder.
+pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
+    let as_path = Path::new(reference);
+    if as_path.join(RUN).is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    let runs = runs_dir(registry);
+    if reference == "latest" {
+        let mut all = list(registry)?;
+        all.sort_by(|a, b| a.1.started.cmp(&b.1.started).then(a.1.id.cmp(&b.1.id)));
+        return all.pop().map(|(p, _)| p).ok_or_else(|| RunError::NotFound {
+            reference: reference.into(),
+            registry: registry.display().to_string(),
+            hint: "; train one first with `kiln train CONFIG`".into(),
+        });
+    }
+    if reference.is_empty()
+        || reference.starts_with('.')
+        || !reference.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(RunError::BadReference(reference.into()));
+    }
+    let dir = runs.join(reference);
+    if dir.join(RUN).is_file() {
+        return Ok(dir);
+    }
+    let ids: Vec<String> = list(registry).unwrap_or_default().into_iter().map(|(_, r)| r.id).collect();
+    let hint = crate::config::known_keys_hint(reference, &ids);
+    Err(RunError::NotFound { reference: reference.into(), registry: registry.display().to_string(), hint })
+}
+
+/// Every run of a registry with its `run.json`; unreadable entries are skipped.
+pub fn list(registry: &Path) -> Result<Vec<(PathBuf, RunInfo)>, RunError> {
+    let runs = runs_dir(registry);
+    let Ok(entries) = std::fs::read_dir(&runs) else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        if let Ok(info) = read_json::<RunInfo>(&p.join(RUN)) {
+            out.push((p, info));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,483 @@
+//! The training loop, top to bottom: data, model, optimizer, steps, validation, checkpoints,
+//! final evaluation. One function; no hooks.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use kiln_models::{CnnConfig, ConvBlockConfig, MlpConfig, Model, ModelConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ModelKind, RunConfig, Task};
+use crate::data::{self, DataError, Dataset, Loader, Preprocessor, Targets};
+use crate::eval::evaluate;
+use crate::loss::Loss;
+use crate::metrics::Metrics;
+use crate::optim;
+use crate::progress::{Progress, StepReport};
+use crate::run::{self, RunError, RunInfo, Status};
+
+/// How a training is launched (what is not in the config).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Registry root; runs go to `<registry>/runs/<id>`.
+    pub registry: PathBuf,
+    /// A few steps on a small slice, validation, checkpoint, evaluation.
+    pub smoke: bool,
+    pub quiet: bool,
+    /// Where the config came from, for the run's record.
+    pub config_path: String,
+    /// Continue this run (its folder) from its last checkpoint.
+    pub resume: Option<PathBuf>,
+    /// Set (by Ctrl-C) to stop after the current step, save and exit.
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: String, message: String },
+    #[error("training diverged at step {step}: the loss is {loss}; lower optim.lr or set train.clip_grad_norm")]
+    Diverged { step: usize, loss: f64 },
+}
+
+/// What a training produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub run_dir: PathBuf,
+    pub info: RunInfo,
+}
+
+/// Loop position saved in a checkpoint: enough to continue exactly where it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    pub epoch: usize,
+    /// Next batch of `epoch` to run.
+    pub batch: usize,
+    /// Optimizer steps taken.
+    pub step: usize,
+    pub best: Option<f64>,
+    pub best_step: Option<usize>,
+    pub validations_without_improvement: usize,
+    pub samples_seen: u64,
+    pub train_seconds: f64,
+}
+
+/// Examples in the training slice of a smoke run, and its number of steps.
+const SMOKE_EXAMPLES: usize = 512;
+const SMOKE_STEPS: usize = 4;
+
+/// The model a config describes, for `d_input` features and the data's targets.
+pub fn model_config(cfg: &RunConfig, d_input: usize, outputs: usize) -> ModelConfig {
+    let m = &cfg.file.model;
+    let head = |d_input| MlpConfig {
+        d_input,
+        hidden: m.hidden.clone(),
+        d_output: outputs,
+        activation: m.activation,
+        dropout: m.dropout,
+        norm: m.norm,
+    };
+    match m.kind {
+        ModelKind::Mlp => ModelConfig::Mlp(head(d_input)),
+        ModelKind::Cnn => {
+            let [c, h, w] = cfg.data.image_shape.expect("validation requires image_shape for cnn");
+            let mut cnn = CnnConfig {
+                in_channels: c,
+                height: h,
+                width: w,
+                blocks: m
+                    .conv
+                    .iter()
+                    .map(|b| ConvBlockConfig {
+                        channels: b.channels,
+                        kernel: b.kernel,
+                        pool: b.pool,
+                        batch_norm: b.batch_norm,
+                        dropout: b.dropout,
+                    })
+                    .collect(),
+                activation: m.activation,
+                head: head(0),
+            };
+            cnn.head.d_input = cnn.flat_features();
+            ModelConfig::Cnn(cnn)
+        }
+    }
+}
+
+/// The loss of a run, for its preprocessed data.
+pub fn loss_of(cfg: &RunConfig, pre: &Preprocessor) -> Result<Loss, TrainError> {
+    let classes = pre.class_names().map_or(1, |c| c.len());
+    if cfg.loss == crate::config::LossKind::Bce && classes != 2 {
+        return Err(TrainError::Setup(format!(
+            "`train.loss` = \"bce\" is for two classes, the labels hold {classes}; use \"cross_entropy\""
+        )));
+    }
+    let t = &cfg.file.train;
+    Ok(Loss { kind: cfg.loss, classes, label_smoothing: t.label_smoothing, huber_delta: t.huber_delta })
+}
+
+/// Sets the CPU backend's thread count once per process (0: one per core).
+pub fn init_threads(threads: usize) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut b = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("kiln-compute-{i}"));
+        if threads > 0 {
+            b = b.num_threads(threads);
+        }
+        // Fails only when a pool already exists (a library user built one): keep theirs.
+        let _ = b.build_global();
+    });
+}
+
+/// The device kiln trains on. This build is CPU-only: burn's `flex` backend.
+pub fn device() -> Device {
+    Device::flex()
+}
+
+/// A seed per (run seed, step, micro-batch): dropout masks are a function of the position in
+/// training, so a resumed run draws the same masks as an uninterrupted one.
+fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    let mut z = seed ^ ((step as u64) << 8 | micro as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^ (z >> 31)
+}
+
+fn smoke_slice(d: &Dataset) -> Dataset {
+    d.head(SMOKE_EXAMPLES)
+}
+
+/// Trains a model as `cfg` says and records the run. Returns when training ends: finished,
+/// stopped early, or interrupted (then `info.status` is `Interrupted` and a checkpoint exists).
+pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
+    let f = &cfg.file;
+    let t = &f.train;
+    init_threads(f.runtime.threads);
+    let base = device();
+    base.seed(f.seed);
+    let device = base.clone().autodiff();
+    let progress_quiet = opts.quiet;
+
+    // Data: fitted on the training split, or the run's own statistics when resuming.
+    let fitted: Option<Preprocessor> = match &opts.resume {
+        Some(dir) => Some(run::read_json(&dir.join(run::PREPROCESS))?),
+        None => None,
+    };
+    let prepared = data::prepare(&cfg.data, fitted.as_ref())?;
+    let (mut train_set, mut valid_set, mut test_set) = (prepared.train, prepared.valid, prepared.test);
+    if opts.smoke {
+        train_set = smoke_slice(&train_set);
+        valid_set = smoke_slice(&valid_set);
+        test_set = smoke_slice(&test_set);
+    }
+    if train_set.n == 0 {
+        return Err(TrainError::Setup("the training split is empty: lower data.split.valid / data.split.test".into()));
+    }
+    let pre = prepared.preprocessor;
+    let loss_fn = loss_of(cfg, &pre)?;
+    let mconf = model_config(cfg, train_set.d, loss_fn.outputs());
+
+    // The run's folder, written before step 0.
+    let (run_dir, mut info) = match &opts.resume {
+        Some(dir) => {
+            let mut info: RunInfo = run::read_json(&dir.join(run::RUN))?;
+            info.status = Status::Running;
+            info.finished = None;
+            (dir.clone(), info)
+        }
+        None => {
+            let id = run::new_id(&cfg.name);
+            let dir = run::runs_dir(&opts.registry).join(&id);
+            std::fs::create_dir_all(dir.join(run::CHECKPOINTS)).map_err(run::io(&dir))?;
+            let mut resolved = cfg.file.clone();
+            resolved.name = Some(cfg.name.clone());
+            let toml = toml::to_string_pretty(&resolved).expect("the config serialises to TOML");
+            let header = format!(
+                "# Resolved config of run {id}: defaults filled in, overrides applied.\n# From: {}\n",
+                opts.config_path
+            );
+            run::write_atomic(&dir.join(run::CONFIG), format!("{header}{toml}").as_bytes())?;
+            run::write_json(&dir.join(run::PREPROCESS), &pre)?;
+            run::write_json(&dir.join(run::MODEL_CONFIG), &mconf)?;
+            let info = RunInfo {
+                id: id.clone(),
+                name: cfg.name.clone(),
+                status: Status::Running,
+                smoke: opts.smoke,
+                started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                finished: None,
+                config_path: opts.config_path.clone(),
+                kiln_version: env!("CARGO_PKG_VERSION").into(),
+                device: "cpu (burn flex)".into(),
+                steps: 0,
+                epochs_done: 0,
+                wall_seconds: 0.0,
+                train_samples_per_second: 0.0,
+                metrics: BTreeMap::new(),
+            };
+            run::write_json(&dir.join(run::RUN), &info)?;
+            (dir, info)
+        }
+    };
+
+    // Model, optimizer, loop state: fresh, or from the last checkpoint.
+    let mut model: Model = mconf.init(&device);
+    let mut optimizer = optim::optimizer(cfg);
+    let mut st = LoopState::default();
+    let mut best_model: Option<Model> = None;
+    if opts.resume.is_some() {
+        let ck = run_dir.join(run::CHECKPOINTS).join("last");
+        let fail = |m: String| TrainError::Checkpoint { path: ck.display().to_string(), message: m };
+        st = run::read_json(&ck.join(run::CKPT_STATE))?;
+        model = model.try_load_file(ck.join(run::CKPT_WEIGHTS)).map_err(|e| fail(e.to_string()))?;
+        optimizer = optimizer.load(ck.join(run::CKPT_OPTIM)).map_err(|e| fail(e.to_string()))?;
+        let best = run_dir.join(run::CHECKPOINTS).join("best").join(run::CKPT_WEIGHTS);
+        if best.is_file() {
+            best_model = Some(mconf.init(&device).try_load_file(&best).map_err(|e| fail(e.to_string()))?);
+        }
+    }
+
+    let accum = t.grad_accum;
+    let batches_per_epoch = Loader::batches_per_epoch(train_set.n, t.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(accum);
+    let epochs = if opts.smoke { 1 } else { t.epochs };
+    let mut total_steps = epochs * steps_per_epoch;
+    if let Some(m) = t.max_steps {
+        total_steps = total_steps.min(m);
+    }
+    if opts.smoke {
+        total_steps = total_steps.min(SMOKE_STEPS);
+    }
+    let progress = Progress::new(total_steps, epochs, progress_quiet);
+    if opts.resume.is_some() {
+        progress.line(&format!("resuming {} at epoch {} step {}", info.id, st.epoch + 1, st.step));
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join(run::METRICS_LOG))
+        .map_err(run::io(&run_dir))?;
+    let mut log_line = |v: serde_json::Value| {
+        let _ = writeln!(log, "{v}");
+    };
+
+    let train_data = Arc::new(train_set);
+    let started = Instant::now();
+    let mut window_start = Instant::now();
+    let mut window_samples = 0usize;
+    let mut window_loss: Option<Tensor<1>> = None;
+    let mut window_batches = 0usize;
+    let mut interrupted = false;
+    let mut stop_early = false;
+    let d = train_data.d;
+
+    let validate = |model: &Model, st: &mut LoopState, best_model: &mut Option<Model>, progress: &Progress, log_line: &mut dyn FnMut(serde_json::Value)| -> (Metrics, bool) {
+        let m = evaluate(&model.valid(), &valid_set, &loss_fn, &pre, &base);
+        let value = m.get(&cfg.monitor.metric);
+        let min_delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
+        let improved = value.is_some_and(|v| cfg.monitor.improves(v, st.best, min_delta));
+        if improved {
+            st.best = value;
+            st.best_step = Some(st.step);
+            st.validations_without_improvement = 0;
+            *best_model = Some(model.clone());
+        } else {
+            st.validations_without_improvement += 1;
+        }
+        let shown: Vec<String> = m.scalars().iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        progress.line(&format!(
+            "valid epoch {} step {}: {}{}",
+            st.epoch + usize::from(st.batch > 0),
+            st.step,
+            shown.join(" "),
+            if improved { " (best)" } else { "" }
+        ));
+        let mut rec = serde_json::json!({"split": "valid", "step": st.step, "epoch": st.epoch});
+        for (k, v) in m.scalars() {
+            rec[k] = v.into();
+        }
+        log_line(rec);
+        let patience_out = t.early_stopping.as_ref().is_some_and(|e| st.validations_without_improvement >= e.patience);
+        (m, patience_out)
+    };
+
+    'epochs: while st.epoch < epochs && st.step < total_steps {
+        let order = data::loader::epoch_order(train_data.n, f.seed, st.epoch, true);
+        let loader = Loader::new(Arc::clone(&train_data), order, t.batch_size, st.batch, f.runtime.workers, f.runtime.prefetch);
+        let mut accumulator = GradientsAccumulator::<Model>::new();
+        let mut micro = 0;
+        for batch in loader {
+            device.seed(step_seed(f.seed, st.step, micro));
+            let len = batch.len;
+            let x = Tensor::<2>::from_data(TensorData::new(batch.x, [len, d]), &device);
+            let loss = loss_fn.forward(model.forward(x), &batch.y, &device);
+            let detached = loss.clone().detach();
+            window_loss = Some(match window_loss.take() {
+                Some(acc) => acc + detached,
+                None => detached,
+            });
+            window_batches += 1;
+            window_samples += len;
+            st.samples_seen += len as u64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            st.batch += 1;
+            micro += 1;
+            let mut grads = if accum == 1 {
+                grads
+            } else {
+                accumulator.accumulate(&model, grads);
+                if micro < accum && st.batch < batches_per_epoch {
+                    continue;
+                }
+                let mut g = accumulator.grads();
+                optim::scale_grads(&model, &mut g, 1.0 / micro as f64);
+                g
+            };
+            micro = 0;
+            if let Some(max) = t.clip_grad_norm {
+                optim::clip_grad_norm(&model, &mut grads, max);
+            }
+            let lr = optim::learning_rate(&f.schedule, f.optim.lr, st.step, total_steps);
+            model = optimizer.step(lr, model, grads);
+            st.step += 1;
+
+            let last_step = st.step >= total_steps;
+            if st.step % t.log_every == 0 || last_step {
+                let mean_loss = window_loss.take().map_or(0.0, |l| l.into_scalar::<f32>() as f64) / window_batches.max(1) as f64;
+                if !mean_loss.is_finite() {
+                    return Err(TrainError::Diverged { step: st.step, loss: mean_loss });
+                }
+                let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
+                let sps = window_samples as f64 / elapsed;
+                let steps_left = total_steps - st.step;
+                let eta = Duration::from_secs_f64(steps_left as f64 * elapsed / (window_batches.max(1) as f64 / accum as f64));
+                progress.step(&StepReport { epoch: st.epoch, step: st.step, loss: mean_loss, lr, samples_per_second: sps, eta });
+                log_line(serde_json::json!({"split": "train", "step": st.step, "epoch": st.epoch, "loss": mean_loss, "lr": lr, "samples_per_second": sps}));
+                window_start = Instant::now();
+                window_samples = 0;
+                window_batches = 0;
+            }
+            if t.valid_every.is_some_and(|n| st.step % n == 0) && valid_set.n > 0 {
+                let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line);
+                stop_early |= out;
+            }
+            if opts.stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break 'epochs;
+            }
+            if last_step || stop_early {
+                break;
+            }
+        }
+        if st.batch >= batches_per_epoch {
+            st.epoch += 1;
+            st.batch = 0;
+            info.epochs_done = st.epoch;
+        }
+        if t.valid_every.is_none() && valid_set.n > 0 && !stop_early {
+            let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line);
+            stop_early |= out;
+        }
+        st.train_seconds += started.elapsed().as_secs_f64() - st.train_seconds.min(0.0);
+        save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+        if stop_early {
+            progress.line(&format!(
+                "early stopping: valid {} has not improved for {} validations",
+                cfg.monitor.metric, st.validations_without_improvement
+            ));
+            break;
+        }
+    }
+    progress.finish();
+    let wall = started.elapsed().as_secs_f64();
+    info.steps = st.step;
+    info.wall_seconds += wall;
+    info.train_samples_per_second = st.samples_seen as f64 / info.wall_seconds.max(1e-9);
+
+    if interrupted {
+        save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+        info.status = Status::Interrupted;
+        run::write_json(&run_dir.join(run::RUN), &info)?;
+        return Ok(Outcome { run_dir, info });
+    }
+
+    // The final model: the best by `train.monitor` when asked, else the last.
+    let final_model = match (t.restore_best, best_model) {
+        (true, Some(best)) => best,
+        _ => model,
+    };
+    final_model.clone().save_file(run_dir.join(run::WEIGHTS)).map_err(|e| TrainError::Checkpoint {
+        path: run_dir.join(run::WEIGHTS).display().to_string(),
+        message: e.to_string(),
+    })?;
+    let eval_model = final_model.valid();
+    for (name, split) in [("train", &*train_data), ("valid", &valid_set), ("test", &test_set)] {
+        if split.n > 0 {
+            info.metrics.insert(name.into(), evaluate(&eval_model, split, &loss_fn, &pre, &base));
+        }
+    }
+    info.status = Status::Completed;
+    info.finished = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    run::write_json(&run_dir.join(run::RUN), &info)?;
+    Ok(Outcome { run_dir, info })
+}
+
+/// Writes `checkpoints/last` (and `checkpoints/best`) through a temporary folder and a rename.
+fn save_checkpoint(
+    run_dir: &Path,
+    model: &Model,
+    optimizer: &burn::optim::ModuleOptimizer,
+    st: &LoopState,
+    best: Option<&Model>,
+) -> Result<(), TrainError> {
+    let root = run_dir.join(run::CHECKPOINTS);
+    let tmp = root.join(".tmp-last");
+    let fail = |p: &Path, m: String| TrainError::Checkpoint { path: p.display().to_string(), message: m };
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(run::io(&tmp))?;
+    model.clone().save_file(tmp.join(run::CKPT_WEIGHTS)).map_err(|e| fail(&tmp, e.to_string()))?;
+    optimizer.save(tmp.join(run::CKPT_OPTIM)).map_err(|e| fail(&tmp, e.to_string()))?;
+    run::write_json(&tmp.join(run::CKPT_STATE), st)?;
+    let last = root.join("last");
+    let _ = std::fs::remove_dir_all(&last);
+    std::fs::rename(&tmp, &last).map_err(run::io(&last))?;
+    if let (Some(best), Some(step)) = (best, st.best_step) {
+        let dir = root.join("best");
+        let marker = dir.join(run::CKPT_STATE);
+        let saved: Option<LoopState> = run::read_json(&marker).ok();
+        if saved.and_then(|s| s.best_step) != Some(step) {
+            std::fs::create_dir_all(&dir).map_err(run::io(&dir))?;
+            best.clone().save_file(dir.join(run::CKPT_WEIGHTS)).map_err(|e| fail(&dir, e.to_string()))?;
+            run::write_json(&marker, st)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a task is classification (for callers that format results).
+pub fn is_classification(cfg: &RunConfig) -> bool {
+    cfg.file.task == Task::Classification
+}
+
+#[allow(dead_code)]
+fn _targets_len(t: &Targets) -> usize {
+    t.len()
+}
+
+/// Installs a Ctrl-C handler (once per process).
+pub fn set_interrupt_handler(f: impl FnMut() + Send + 'static) -> Result<(), String> {
+    ctrlc::set_handler(f).map_err(|e| e.to_string())
+}
