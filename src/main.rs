@@ -14,7 +14,11 @@ use kiln_trainer::data::SplitName;
 use kiln_trainer::{eval, report, run, train};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Train neural models from a config file, on burn.")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Train neural models from a config file, on burn."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,10 +84,16 @@ struct Failure {
 
 impl Failure {
     fn usage(message: impl Into<String>) -> Self {
-        Self { code: 2, message: message.into() }
+        Self {
+            code: 2,
+            message: message.into(),
+        }
     }
     fn runtime(message: impl Into<String>) -> Self {
-        Self { code: 1, message: message.into() }
+        Self {
+            code: 1,
+            message: message.into(),
+        }
     }
 }
 
@@ -96,13 +106,27 @@ impl From<ConfigError> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train { config, set, smoke, resume, quiet, json, registry } => {
-            cmd_train(config, &set, smoke, resume, quiet, json, registry)
-        }
+        Command::Train {
+            config,
+            set,
+            smoke,
+            resume,
+            quiet,
+            json,
+            registry,
+        } => cmd_train(config, &set, smoke, resume, quiet, json, registry),
         Command::Validate { paths, deep, set } => cmd_validate(&paths, deep, &set),
-        Command::Eval { run, split, json, registry } => cmd_eval(&run, &split, json, registry),
+        Command::Eval {
+            run,
+            split,
+            json,
+            registry,
+        } => cmd_eval(&run, &split, json, registry),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&config::schema()).expect("schema is JSON"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config::schema()).expect("schema is JSON")
+            );
             Ok(0)
         }
     };
@@ -118,7 +142,9 @@ fn main() -> ExitCode {
 }
 
 fn parse_overrides(set: &[String]) -> Result<Vec<Override>, Failure> {
-    set.iter().map(|s| Override::parse(s).map_err(Failure::usage)).collect()
+    set.iter()
+        .map(|s| Override::parse(s).map_err(Failure::usage))
+        .collect()
 }
 
 fn registry_for(flag: Option<PathBuf>, from_config: &str) -> PathBuf {
@@ -128,10 +154,17 @@ fn registry_for(flag: Option<PathBuf>, from_config: &str) -> PathBuf {
 
 fn load_config(path: &Path, overrides: &[Override]) -> Result<config::RunConfig, Failure> {
     if !path.is_file() {
-        return Err(Failure::usage(format!("{}: no such config file", path.display())));
+        return Err(Failure::usage(format!(
+            "{}: no such config file",
+            path.display()
+        )));
     }
     let (file, _) = config::load(path, overrides)?;
-    Ok(config::validate(file, &path.display().to_string(), &config::default_name(path))?)
+    Ok(config::validate(
+        file,
+        &path.display().to_string(),
+        &config::default_name(path),
+    )?)
 }
 
 fn cmd_train(
@@ -146,7 +179,8 @@ fn cmd_train(
     let (cfg, registry, resume_dir, shown) = match (&config_path, &resume) {
         (_, Some(reference)) => {
             let registry = registry_for(registry, "kiln-registry");
-            let dir = run::resolve(&registry, reference).map_err(|e| Failure::usage(e.to_string()))?;
+            let dir =
+                run::resolve(&registry, reference).map_err(|e| Failure::usage(e.to_string()))?;
             let cfg = config::load_run(&dir)?;
             (cfg, registry, Some(dir), reference.clone())
         }
@@ -158,14 +192,25 @@ fn cmd_train(
         (None, None) => return Err(Failure::usage("give a config file, or --resume RUN")),
     };
     let stop = interrupt_flag();
-    let opts = train::Options { registry, smoke, quiet: quiet || json, config_path: shown, resume: resume_dir, stop };
+    let opts = train::Options {
+        registry,
+        smoke,
+        quiet: quiet || json,
+        config_path: shown,
+        resume: resume_dir,
+        stop,
+    };
     let outcome = train::train(&cfg, &opts).map_err(|e| Failure::runtime(e.to_string()))?;
     let info = &outcome.info;
     if info.status == run::Status::Interrupted {
         eprintln!(
             "interrupted at step {}; checkpoint saved in {}\nresume with: kiln train --resume {}",
             info.steps,
-            outcome.run_dir.join(run::CHECKPOINTS).join("last").display(),
+            outcome
+                .run_dir
+                .join(run::CHECKPOINTS)
+                .join("last")
+                .display(),
             info.id
         );
     }
@@ -190,7 +235,11 @@ fn cmd_train(
         );
         print!("{}", report::metrics_table(&info.metrics));
     }
-    Ok(if info.status == run::Status::Interrupted { 130 } else { 0 })
+    Ok(if info.status == run::Status::Interrupted {
+        130
+    } else {
+        0
+    })
 }
 
 /// Ctrl-C once: stop after the current step and save. Twice: exit now.
@@ -202,7 +251,9 @@ fn interrupt_flag() -> Arc<AtomicBool> {
             eprintln!("\ninterrupted again: exiting without saving");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)");
+        eprintln!(
+            "\ninterrupt: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)"
+        );
     });
     if let Err(e) = installed {
         eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupt will not save a checkpoint");
@@ -219,11 +270,15 @@ fn cmd_validate(paths: &[PathBuf], deep: bool, set: &[String]) -> Result<u8, Fai
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            collect_tomls(p, &mut files).map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?;
+            collect_tomls(p, &mut files)
+                .map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?;
         } else if p.is_file() {
             files.push(p.clone());
         } else {
-            return Err(Failure::usage(format!("{}: no such file or folder", p.display())));
+            return Err(Failure::usage(format!(
+                "{}: no such file or folder",
+                p.display()
+            )));
         }
     }
     if files.is_empty() {
@@ -248,7 +303,9 @@ fn cmd_validate(paths: &[PathBuf], deep: bool, set: &[String]) -> Result<u8, Fai
 }
 
 fn collect_tomls(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -260,11 +317,17 @@ fn collect_tomls(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn cmd_eval(reference: &str, split: &str, json: bool, registry: Option<PathBuf>) -> Result<u8, Failure> {
+fn cmd_eval(
+    reference: &str,
+    split: &str,
+    json: bool,
+    registry: Option<PathBuf>,
+) -> Result<u8, Failure> {
     let split: SplitName = split.parse().map_err(Failure::usage)?;
     let registry = registry_for(registry, "kiln-registry");
     let dir = run::resolve(&registry, reference).map_err(|e| Failure::usage(e.to_string()))?;
-    let (info, metrics) = eval::eval_run(&dir, split).map_err(|e| Failure::runtime(e.to_string()))?;
+    let (info, metrics) =
+        eval::eval_run(&dir, split).map_err(|e| Failure::runtime(e.to_string()))?;
     if json {
         let out = serde_json::json!({"run_id": info.id, "run_dir": dir, "split": format!("{split:?}").to_lowercase(), "metrics": metrics});
         println!("{out}");

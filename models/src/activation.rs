@@ -2,7 +2,9 @@ use burn::tensor::{Tensor, activation};
 use serde::{Deserialize, Serialize};
 
 /// The non-linearity between layers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     #[default]

@@ -37,7 +37,9 @@ impl CnnConfig {
     pub fn output_hw(&self) -> (usize, usize) {
         self.blocks
             .iter()
-            .fold((self.height, self.width), |(h, w), b| (h / b.pool.max(1), w / b.pool.max(1)))
+            .fold((self.height, self.width), |(h, w), b| {
+                (h / b.pool.max(1), w / b.pool.max(1))
+            })
     }
 
     /// Number of features the head receives.
@@ -57,7 +59,9 @@ impl CnnConfig {
                     conv: Conv2dConfig::new([c_in, b.channels], [b.kernel, b.kernel])
                         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
                         .init(device),
-                    norm: b.batch_norm.then(|| BatchNormConfig::new(b.channels).init(device)),
+                    norm: b
+                        .batch_norm
+                        .then(|| BatchNormConfig::new(b.channels).init(device)),
                     pool: (b.pool > 1).then(|| MaxPool2dConfig::new([b.pool, b.pool]).init()),
                     dropout: DropoutConfig::new(b.dropout).init(),
                 };

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::Activation;
 
 /// Normalisation applied after each hidden linear layer, before the activation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Norm {
     #[default]
@@ -60,8 +62,12 @@ impl MlpConfig {
                     linear: LinearConfig::new(d_in, d_out).init(device),
                     norm: match self.norm {
                         Norm::None => None,
-                        Norm::Batch => Some(NormLayer::Batch(BatchNormConfig::new(d_out).init(device))),
-                        Norm::Layer => Some(NormLayer::Layer(LayerNormConfig::new(d_out).init(device))),
+                        Norm::Batch => {
+                            Some(NormLayer::Batch(BatchNormConfig::new(d_out).init(device)))
+                        }
+                        Norm::Layer => {
+                            Some(NormLayer::Layer(LayerNormConfig::new(d_out).init(device)))
+                        }
                     },
                 };
                 d_in = d_out;

@@ -29,21 +29,39 @@ pub fn predict(model: &Model, data: &Dataset, loss: &Loss, device: &Device) -> P
         let batch = crate::data::loader::gather(data, &idx);
         let x = Tensor::<2>::from_data(TensorData::new(batch.x, [batch.len, data.d]), device);
         let out = model.forward(x);
-        let l = loss.forward(out.clone(), &batch.y, device).into_scalar::<f32>() as f64;
+        let l = loss
+            .forward(out.clone(), &batch.y, device)
+            .into_scalar::<f32>() as f64;
         loss_sum += l * batch.len as f64;
         let p = loss.predict(out);
         width = p.dims()[1];
-        values.extend(p.into_data().try_to_vec::<f32>().expect("model outputs are f32"));
+        values.extend(
+            p.into_data()
+                .try_to_vec::<f32>()
+                .expect("model outputs are f32"),
+        );
     }
-    Predictions { values, width, loss: loss_sum / data.n.max(1) as f64 }
+    Predictions {
+        values,
+        width,
+        loss: loss_sum / data.n.max(1) as f64,
+    }
 }
 
 /// Metrics of `model` on `data`, in the target's original units.
-pub fn evaluate(model: &Model, data: &Dataset, loss: &Loss, pre: &Preprocessor, device: &Device) -> Metrics {
+pub fn evaluate(
+    model: &Model,
+    data: &Dataset,
+    loss: &Loss,
+    pre: &Preprocessor,
+    device: &Device,
+) -> Metrics {
     let p = predict(model, data, loss, device);
     match &data.y {
         Targets::Classes(labels) => {
-            let names = pre.class_names().expect("class targets come with class names");
+            let names = pre
+                .class_names()
+                .expect("class targets come with class names");
             Metrics::Classification(metrics::classification(&p.values, labels, names, p.loss))
         }
         Targets::Values(values) => {
@@ -67,29 +85,41 @@ pub enum EvalError {
     #[error("{path}: cannot load the weights: {message}")]
     Weights { path: String, message: String },
     #[error("run {id} has no final model ({status:?}); resume it with `kiln train --resume {id}`")]
-    Unfinished { id: String, status: crate::run::Status },
+    Unfinished {
+        id: String,
+        status: crate::run::Status,
+    },
     #[error("run {id} has an empty {split} split")]
     EmptySplit { id: String, split: String },
 }
 
 /// Loads a run's config, preprocessing and model, and evaluates it on `split` of its data.
-pub fn eval_run(run_dir: &std::path::Path, split: crate::data::SplitName) -> Result<(crate::run::RunInfo, Metrics), EvalError> {
+pub fn eval_run(
+    run_dir: &std::path::Path,
+    split: crate::data::SplitName,
+) -> Result<(crate::run::RunInfo, Metrics), EvalError> {
     use crate::run;
     use burn::module::Module;
     let info: run::RunInfo = run::read_json(&run_dir.join(run::RUN))?;
     let weights = run_dir.join(run::WEIGHTS);
     if !weights.is_file() {
-        return Err(EvalError::Unfinished { id: info.id, status: info.status });
+        return Err(EvalError::Unfinished {
+            id: info.id,
+            status: info.status,
+        });
     }
     let cfg = crate::config::load_run(run_dir)?;
     let pre: Preprocessor = run::read_json(&run_dir.join(run::PREPROCESS))?;
     let mconf: kiln_models::ModelConfig = run::read_json(&run_dir.join(run::MODEL_CONFIG))?;
     crate::train::init_threads(cfg.file.runtime.threads);
     let device = crate::train::device();
-    let model = mconf.init(&device).try_load_file(&weights).map_err(|e| EvalError::Weights {
-        path: weights.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let model = mconf
+        .init(&device)
+        .try_load_file(&weights)
+        .map_err(|e| EvalError::Weights {
+            path: weights.display().to_string(),
+            message: e.to_string(),
+        })?;
     let prepared = crate::data::prepare(&cfg.data, Some(&pre))?;
     let loss = crate::train::loss_of(&cfg, &pre)?;
     let (name, data) = match split {
@@ -98,7 +128,10 @@ pub fn eval_run(run_dir: &std::path::Path, split: crate::data::SplitName) -> Res
         crate::data::SplitName::Test => ("test", &prepared.test),
     };
     if data.n == 0 {
-        return Err(EvalError::EmptySplit { id: info.id, split: name.into() });
+        return Err(EvalError::EmptySplit {
+            id: info.id,
+            split: name.into(),
+        });
     }
     let m = evaluate(&model.valid(), data, &loss, &pre, &device);
     Ok((info, m))
@@ -113,10 +146,15 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::train
     let loss = crate::train::loss_of(cfg, &prepared.preprocessor)?;
     let mconf = crate::train::model_config(cfg, prepared.train.d, loss.outputs());
     let model = mconf.init(&device);
-    let batch = prepared.train.head(cfg.file.train.batch_size.min(prepared.train.n));
+    let batch = prepared
+        .train
+        .head(cfg.file.train.batch_size.min(prepared.train.n));
     let p = predict(&model, &batch, &loss, &device);
     if !p.loss.is_finite() {
-        return Err(crate::train::TrainError::Setup(format!("the loss of the first batch is {}", p.loss)));
+        return Err(crate::train::TrainError::Setup(format!(
+            "the loss of the first batch is {}",
+            p.loss
+        )));
     }
     Ok(format!(
         "{} train / {} valid / {} test examples, {} features, {} parameters, first-batch loss {:.4}",

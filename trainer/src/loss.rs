@@ -28,7 +28,10 @@ impl Loss {
                     t[i * width + c as usize] += 1.0 - eps;
                 }
                 let target = Tensor::<2>::from_data(TensorData::new(t, [batch, width]), device);
-                (target * activation::log_softmax(out, 1)).sum_dim(1).mean().neg()
+                (target * activation::log_softmax(out, 1))
+                    .sum_dim(1)
+                    .mean()
+                    .neg()
             }
             (LossKind::Bce, Targets::Classes(classes)) => {
                 let t: Vec<f32> = classes.iter().map(|&c| c as f32).collect();

@@ -82,7 +82,12 @@ impl Metrics {
                 v
             }
             Metrics::Regression(m) => {
-                vec![("loss", m.loss), ("rmse", m.rmse), ("mae", m.mae), ("r2", m.r2)]
+                vec![
+                    ("loss", m.loss),
+                    ("rmse", m.rmse),
+                    ("mae", m.mae),
+                    ("r2", m.r2),
+                ]
             }
         }
     }
@@ -90,14 +95,22 @@ impl Metrics {
 
 /// Classification metrics from class probabilities `probs` (`[n, classes]`, row-major) and true
 /// classes. The prediction is the arg-max (the first on ties).
-pub fn classification(probs: &[f32], labels: &[u32], names: &[String], loss: f64) -> ClassificationMetrics {
+pub fn classification(
+    probs: &[f32],
+    labels: &[u32],
+    names: &[String],
+    loss: f64,
+) -> ClassificationMetrics {
     let c = names.len();
     let n = labels.len();
     assert_eq!(probs.len(), n * c, "probabilities are [n, classes]");
     let mut cm = vec![vec![0usize; c]; c];
     for (i, &y) in labels.iter().enumerate() {
         let row = &probs[i * c..(i + 1) * c];
-        let pred = row.iter().enumerate().fold(0, |best, (j, &p)| if p > row[best] { j } else { best });
+        let pred = row
+            .iter()
+            .enumerate()
+            .fold(0, |best, (j, &p)| if p > row[best] { j } else { best });
         cm[y as usize][pred] += 1;
     }
     let correct: usize = (0..c).map(|k| cm[k][k]).sum();
@@ -106,10 +119,28 @@ pub fn classification(probs: &[f32], labels: &[u32], names: &[String], loss: f64
             let tp = cm[k][k] as f64;
             let predicted: usize = (0..c).map(|t| cm[t][k]).sum();
             let support: usize = cm[k].iter().sum();
-            let precision = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
-            let recall = if support > 0 { tp / support as f64 } else { 0.0 };
-            let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
-            ClassScores { name: names[k].clone(), precision, recall, f1, support }
+            let precision = if predicted > 0 {
+                tp / predicted as f64
+            } else {
+                0.0
+            };
+            let recall = if support > 0 {
+                tp / support as f64
+            } else {
+                0.0
+            };
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            ClassScores {
+                name: names[k].clone(),
+                precision,
+                recall,
+                f1,
+                support,
+            }
         })
         .collect();
     let mean = |f: fn(&ClassScores) -> f64| per_class.iter().map(f).sum::<f64>() / c as f64;
@@ -129,7 +160,11 @@ pub fn classification(probs: &[f32], labels: &[u32], names: &[String], loss: f64
     };
     ClassificationMetrics {
         loss,
-        accuracy: if n > 0 { correct as f64 / n as f64 } else { 0.0 },
+        accuracy: if n > 0 {
+            correct as f64 / n as f64
+        } else {
+            0.0
+        },
         precision: mean(|s| s.precision),
         recall: mean(|s| s.recall),
         f1: mean(|s| s.f1),
@@ -168,10 +203,131 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
 /// Regression metrics in the target's own units.
 pub fn regression(pred: &[f64], truth: &[f64], loss: f64) -> RegressionMetrics {
     let n = truth.len().max(1) as f64;
-    let mse = pred.iter().zip(truth).map(|(p, t)| (p - t).powi(2)).sum::<f64>() / n;
-    let mae = pred.iter().zip(truth).map(|(p, t)| (p - t).abs()).sum::<f64>() / n;
+    let mse = pred
+        .iter()
+        .zip(truth)
+        .map(|(p, t)| (p - t).powi(2))
+        .sum::<f64>()
+        / n;
+    let mae = pred
+        .iter()
+        .zip(truth)
+        .map(|(p, t)| (p - t).abs())
+        .sum::<f64>()
+        / n;
     let mean = truth.iter().sum::<f64>() / n;
     let ss_tot: f64 = truth.iter().map(|t| (t - mean).powi(2)).sum();
-    let r2 = if ss_tot > 0.0 { 1.0 - mse * n / ss_tot } else { 0.0 };
-    RegressionMetrics { loss, mse, rmse: mse.sqrt(), mae, r2, count: truth.len() }
+    let r2 = if ss_tot > 0.0 {
+        1.0 - mse * n / ss_tot
+    } else {
+        0.0
+    };
+    RegressionMetrics {
+        loss,
+        mse,
+        rmse: mse.sqrt(),
+        mae,
+        r2,
+        count: truth.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Reference values from scikit-learn 1.9 (numpy 2), computed by:
+    //!
+    //! ```python
+    //! from sklearn import metrics as M
+    //! yb = [0, 0, 1, 1, 0, 1, 1, 0, 1, 0]
+    //! pb = [0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.4, 0.2, 0.65, 0.55]
+    //! pred = [int(p > 0.5) for p in pb]
+    //! M.accuracy_score(yb, pred)                       # 0.6
+    //! M.precision_recall_fscore_support(yb, pred)      # all 0.6, support [5, 5]
+    //! M.roc_auc_score(yb, pb)                          # 0.74
+    //! M.confusion_matrix(yb, pred)                     # [[3, 2], [2, 3]]
+    //! y3, p3 = ...  # as in `multiclass` below
+    //! M.accuracy_score(y3, p3.argmax(1))               # 0.7
+    //! M.precision_recall_fscore_support(y3, p3.argmax(1))  # p = r = f1 = [2/3, 2/3, 0.75]
+    //! M.precision_recall_fscore_support(y3, p3.argmax(1), average='macro')  # 0.6944444444444443
+    //! M.roc_auc_score(y3, p3, multi_class='ovr', average='macro')  # 0.9077380952380952
+    //! M.confusion_matrix(y3, p3.argmax(1))             # [[2, 0, 1], [1, 2, 0], [0, 1, 3]]
+    //! t = [3.0, -0.5, 2.0, 7.0, 4.2]; p = [2.5, 0.0, 2.1, 7.8, 3.9]
+    //! M.mean_squared_error(t, p)   # 0.24799999999999994
+    //! M.mean_absolute_error(t, p)  # 0.44000000000000006
+    //! M.r2_score(t, p)             # 0.9594665271966527
+    //! ```
+    use super::*;
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-12, "{a} != {b}");
+    }
+
+    #[test]
+    fn binary_matches_scikit_learn() {
+        let yb = [0u32, 0, 1, 1, 0, 1, 1, 0, 1, 0];
+        let pb = [0.1f32, 0.4, 0.35, 0.8, 0.7, 0.9, 0.4, 0.2, 0.65, 0.55];
+        let probs: Vec<f32> = pb.iter().flat_map(|&p| [1.0 - p, p]).collect();
+        let names = vec!["neg".to_string(), "pos".to_string()];
+        let m = classification(&probs, &yb, &names, 0.0);
+        close(m.accuracy, 0.6);
+        for s in &m.per_class {
+            close(s.precision, 0.6);
+            close(s.recall, 0.6);
+            close(s.f1, 0.6);
+            assert_eq!(s.support, 5);
+        }
+        close(m.f1, 0.6);
+        // f32 probabilities keep the order of the f64 ones here, ties (0.4, 0.4) included.
+        close(m.auc.unwrap(), 0.74);
+        assert_eq!(m.confusion_matrix, vec![vec![3, 2], vec![2, 3]]);
+    }
+
+    #[test]
+    fn multiclass_matches_scikit_learn() {
+        let y3 = [0u32, 1, 2, 2, 1, 0, 2, 1, 0, 2];
+        let p3: [[f32; 3]; 10] = [
+            [0.7, 0.2, 0.1],
+            [0.2, 0.5, 0.3],
+            [0.1, 0.3, 0.6],
+            [0.3, 0.4, 0.3],
+            [0.6, 0.3, 0.1],
+            [0.5, 0.25, 0.25],
+            [0.2, 0.2, 0.6],
+            [0.1, 0.8, 0.1],
+            [0.3, 0.3, 0.4],
+            [0.05, 0.15, 0.8],
+        ];
+        let probs: Vec<f32> = p3.iter().flatten().copied().collect();
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let m = classification(&probs, &y3, &names, 0.0);
+        close(m.accuracy, 0.7);
+        let expected = [2.0 / 3.0, 2.0 / 3.0, 0.75];
+        for (s, e) in m.per_class.iter().zip(expected) {
+            close(s.precision, e);
+            close(s.recall, e);
+            close(s.f1, e);
+        }
+        assert!((m.f1 - 0.6944444444444443).abs() < 1e-12);
+        assert!((m.auc.unwrap() - 0.9077380952380952).abs() < 1e-9);
+        assert_eq!(
+            m.confusion_matrix,
+            vec![vec![2, 0, 1], vec![1, 2, 0], vec![0, 1, 3]]
+        );
+    }
+
+    #[test]
+    fn regression_matches_scikit_learn() {
+        let t = [3.0, -0.5, 2.0, 7.0, 4.2];
+        let p = [2.5, 0.0, 2.1, 7.8, 3.9];
+        let m = regression(&p, &t, 0.0);
+        assert!((m.mse - 0.24799999999999994).abs() < 1e-12);
+        assert!((m.mae - 0.44000000000000006).abs() < 1e-12);
+        assert!((m.r2 - 0.9594665271966527).abs() < 1e-12);
+        assert!((m.rmse - 0.49799598391954925).abs() < 1e-12);
+    }
+
+    #[test]
+    fn auc_is_undefined_without_both_classes() {
+        assert_eq!(roc_auc(&[0.1, 0.9], &[true, true]), None);
+    }
 }

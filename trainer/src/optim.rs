@@ -1,8 +1,8 @@
 //! Optimizer, learning-rate schedule and gradient clipping by global norm.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::momentum::MomentumConfig;
 use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::Tensor;
 
@@ -16,7 +16,10 @@ pub fn optimizer(cfg: &RunConfig) -> ModuleOptimizer {
     match o.name {
         OptimName::Sgd => SgdConfig::new()
             .with_momentum((o.momentum > 0.0).then(|| {
-                MomentumConfig::new().with_momentum(o.momentum).with_dampening(0.0).with_nesterov(o.nesterov)
+                MomentumConfig::new()
+                    .with_momentum(o.momentum)
+                    .with_dampening(0.0)
+                    .with_nesterov(o.nesterov)
             }))
             .with_weight_decay(decay)
             .init(),
@@ -78,7 +81,8 @@ struct Scale<'a> {
 impl ModuleVisitor for Scale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register::<D>(param.id, g.mul_scalar(self.factor));
+            self.grads
+                .register::<D>(param.id, g.mul_scalar(self.factor));
         }
     }
 }
@@ -87,7 +91,8 @@ impl ModuleVisitor for Scale<'_> {
 pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     let mut v = SquaredNorm { grads, sum: None };
     module.visit(&mut v);
-    v.sum.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
+    v.sum
+        .map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
 }
 
 /// Scales all gradients so that their global norm is at most `max_norm`; returns the norm
@@ -95,7 +100,10 @@ pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
 pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let norm = grad_norm(module, grads);
     if norm > max_norm {
-        let mut s = Scale { grads, factor: max_norm / (norm + 1e-6) };
+        let mut s = Scale {
+            grads,
+            factor: max_norm / (norm + 1e-6),
+        };
         module.visit(&mut s);
     }
     norm
@@ -113,7 +121,10 @@ mod tests {
 
     #[test]
     fn schedules_warm_up_then_decay() {
-        let mut s = ScheduleSection { warmup_steps: 10, ..Default::default() };
+        let mut s = ScheduleSection {
+            warmup_steps: 10,
+            ..Default::default()
+        };
         assert!((learning_rate(&s, 1.0, 0, 100) - 0.1).abs() < 1e-12);
         assert_eq!(learning_rate(&s, 1.0, 9, 100), 1.0);
         assert_eq!(learning_rate(&s, 1.0, 50, 100), 1.0);

@@ -26,7 +26,10 @@ impl Progress {
     /// A bar when stderr is a terminal and not `quiet`; plain lines otherwise.
     pub fn new(total_steps: usize, epochs: usize, quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total_steps as u64), ProgressDrawTarget::stderr_with_hz(4));
+            let bar = ProgressBar::with_draw_target(
+                Some(total_steps as u64),
+                ProgressDrawTarget::stderr_with_hz(4),
+            );
             bar.set_style(
                 ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
                     .expect("the template is valid")
@@ -34,7 +37,12 @@ impl Progress {
             );
             bar
         });
-        Self { bar, quiet, total_steps, epochs }
+        Self {
+            bar,
+            quiet,
+            total_steps,
+            epochs,
+        }
     }
 
     pub fn step(&self, r: &StepReport) {
@@ -42,7 +50,10 @@ impl Progress {
             Some(bar) => {
                 bar.set_position(r.step as u64);
                 bar.set_prefix(format!("epoch {}/{}", r.epoch + 1, self.epochs));
-                bar.set_message(format!("loss {:.4} | {:.0} samples/s", r.loss, r.samples_per_second));
+                bar.set_message(format!(
+                    "loss {:.4} | {:.0} samples/s",
+                    r.loss, r.samples_per_second
+                ));
             }
             None if !self.quiet => eprintln!(
                 "epoch {}/{} step {}/{} loss {:.4} lr {:.2e} {:.0} samples/s eta {}",

@@ -30,12 +30,21 @@ pub const CKPT_STATE: &str = "state.json";
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("no run {reference:?} in {registry}{hint}")]
-    NotFound { reference: String, registry: String, hint: String },
-    #[error("{0:?} is not a valid run reference: use a run id (letters, digits, '-', '_', '.') or `latest`")]
+    NotFound {
+        reference: String,
+        registry: String,
+        hint: String,
+    },
+    #[error(
+        "{0:?} is not a valid run reference: use a run id (letters, digits, '-', '_', '.') or `latest`"
+    )]
     BadReference(String),
 }
 
@@ -69,7 +78,10 @@ pub struct RunInfo {
 }
 
 pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::Io { path: path.display().to_string(), source }
+    move |source| RunError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees half.
@@ -86,7 +98,10 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RunError> 
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|e| RunError::Parse { path: path.display().to_string(), message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| RunError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// `<registry>/runs`.
@@ -97,7 +112,11 @@ pub fn runs_dir(registry: &Path) -> PathBuf {
 /// A new run id: `<name>-<UTC time>-<4 hex>`; unique within a registry.
 pub fn new_id(name: &str) -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let stamp: String = now.chars().filter(|c| c.is_ascii_digit()).take(14).collect();
+    let stamp: String = now
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(14)
+        .collect();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -124,7 +143,9 @@ pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
     }
     if reference.is_empty()
         || reference.starts_with('.')
-        || !reference.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !reference
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         return Err(RunError::BadReference(reference.into()));
     }
@@ -132,15 +153,25 @@ pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
     if dir.join(RUN).is_file() {
         return Ok(dir);
     }
-    let ids: Vec<String> = list(registry).unwrap_or_default().into_iter().map(|(_, r)| r.id).collect();
+    let ids: Vec<String> = list(registry)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, r)| r.id)
+        .collect();
     let hint = crate::config::known_keys_hint(reference, &ids);
-    Err(RunError::NotFound { reference: reference.into(), registry: registry.display().to_string(), hint })
+    Err(RunError::NotFound {
+        reference: reference.into(),
+        registry: registry.display().to_string(),
+        hint,
+    })
 }
 
 /// Every run of a registry with its `run.json`; unreadable entries are skipped.
 pub fn list(registry: &Path) -> Result<Vec<(PathBuf, RunInfo)>, RunError> {
     let runs = runs_dir(registry);
-    let Ok(entries) = std::fs::read_dir(&runs) else { return Ok(Vec::new()) };
+    let Ok(entries) = std::fs::read_dir(&runs) else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
     for e in entries.flatten() {
         let p = e.path();

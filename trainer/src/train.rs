@@ -49,7 +49,9 @@ pub enum TrainError {
     Setup(String),
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: String, message: String },
-    #[error("training diverged at step {step}: the loss is {loss}; lower optim.lr or set train.clip_grad_norm")]
+    #[error(
+        "training diverged at step {step}: the loss is {loss}; lower optim.lr or set train.clip_grad_norm"
+    )]
     Diverged { step: usize, loss: f64 },
 }
 
@@ -93,7 +95,10 @@ pub fn model_config(cfg: &RunConfig, d_input: usize, outputs: usize) -> ModelCon
     match m.kind {
         ModelKind::Mlp => ModelConfig::Mlp(head(d_input)),
         ModelKind::Cnn => {
-            let [c, h, w] = cfg.data.image_shape.expect("validation requires image_shape for cnn");
+            let [c, h, w] = cfg
+                .data
+                .image_shape
+                .expect("validation requires image_shape for cnn");
             let mut cnn = CnnConfig {
                 in_channels: c,
                 height: h,
@@ -127,7 +132,12 @@ pub fn loss_of(cfg: &RunConfig, pre: &Preprocessor) -> Result<Loss, TrainError> 
         )));
     }
     let t = &cfg.file.train;
-    Ok(Loss { kind: cfg.loss, classes, label_smoothing: t.label_smoothing, huber_delta: t.huber_delta })
+    Ok(Loss {
+        kind: cfg.loss,
+        classes,
+        label_smoothing: t.label_smoothing,
+        huber_delta: t.huber_delta,
+    })
 }
 
 /// Sets the CPU backend's thread count once per process (0: one per core).
@@ -177,14 +187,17 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         None => None,
     };
     let prepared = data::prepare(&cfg.data, fitted.as_ref())?;
-    let (mut train_set, mut valid_set, mut test_set) = (prepared.train, prepared.valid, prepared.test);
+    let (mut train_set, mut valid_set, mut test_set) =
+        (prepared.train, prepared.valid, prepared.test);
     if opts.smoke {
         train_set = smoke_slice(&train_set);
         valid_set = smoke_slice(&valid_set);
         test_set = smoke_slice(&test_set);
     }
     if train_set.n == 0 {
-        return Err(TrainError::Setup("the training split is empty: lower data.split.valid / data.split.test".into()));
+        return Err(TrainError::Setup(
+            "the training split is empty: lower data.split.valid / data.split.test".into(),
+        ));
     }
     let pre = prepared.preprocessor;
     let loss_fn = loss_of(cfg, &pre)?;
@@ -217,7 +230,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 name: cfg.name.clone(),
                 status: Status::Running,
                 smoke: opts.smoke,
-                started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                started: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string(),
                 finished: None,
                 config_path: opts.config_path.clone(),
                 kiln_version: env!("CARGO_PKG_VERSION").into(),
@@ -240,13 +254,28 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let mut best_model: Option<Model> = None;
     if opts.resume.is_some() {
         let ck = run_dir.join(run::CHECKPOINTS).join("last");
-        let fail = |m: String| TrainError::Checkpoint { path: ck.display().to_string(), message: m };
+        let fail = |m: String| TrainError::Checkpoint {
+            path: ck.display().to_string(),
+            message: m,
+        };
         st = run::read_json(&ck.join(run::CKPT_STATE))?;
-        model = model.try_load_file(ck.join(run::CKPT_WEIGHTS)).map_err(|e| fail(e.to_string()))?;
-        optimizer = optimizer.load(ck.join(run::CKPT_OPTIM)).map_err(|e| fail(e.to_string()))?;
-        let best = run_dir.join(run::CHECKPOINTS).join("best").join(run::CKPT_WEIGHTS);
+        model = model
+            .try_load_file(ck.join(run::CKPT_WEIGHTS))
+            .map_err(|e| fail(e.to_string()))?;
+        optimizer = optimizer
+            .load(ck.join(run::CKPT_OPTIM))
+            .map_err(|e| fail(e.to_string()))?;
+        let best = run_dir
+            .join(run::CHECKPOINTS)
+            .join("best")
+            .join(run::CKPT_WEIGHTS);
         if best.is_file() {
-            best_model = Some(mconf.init(&device).try_load_file(&best).map_err(|e| fail(e.to_string()))?);
+            best_model = Some(
+                mconf
+                    .init(&device)
+                    .try_load_file(&best)
+                    .map_err(|e| fail(e.to_string()))?,
+            );
         }
     }
 
@@ -263,7 +292,12 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     }
     let progress = Progress::new(total_steps, epochs, progress_quiet);
     if opts.resume.is_some() {
-        progress.line(&format!("resuming {} at epoch {} step {}", info.id, st.epoch + 1, st.step));
+        progress.line(&format!(
+            "resuming {} at epoch {} step {}",
+            info.id,
+            st.epoch + 1,
+            st.step
+        ));
     }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -284,7 +318,12 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let mut stop_early = false;
     let d = train_data.d;
 
-    let validate = |model: &Model, st: &mut LoopState, best_model: &mut Option<Model>, progress: &Progress, log_line: &mut dyn FnMut(serde_json::Value)| -> (Metrics, bool) {
+    let validate = |model: &Model,
+                    st: &mut LoopState,
+                    best_model: &mut Option<Model>,
+                    progress: &Progress,
+                    log_line: &mut dyn FnMut(serde_json::Value)|
+     -> (Metrics, bool) {
         let m = evaluate(&model.valid(), &valid_set, &loss_fn, &pre, &base);
         let value = m.get(&cfg.monitor.metric);
         let min_delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
@@ -297,7 +336,11 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         } else {
             st.validations_without_improvement += 1;
         }
-        let shown: Vec<String> = m.scalars().iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let shown: Vec<String> = m
+            .scalars()
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
         progress.line(&format!(
             "valid epoch {} step {}: {}{}",
             st.epoch + usize::from(st.batch > 0),
@@ -310,13 +353,23 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             rec[k] = v.into();
         }
         log_line(rec);
-        let patience_out = t.early_stopping.as_ref().is_some_and(|e| st.validations_without_improvement >= e.patience);
+        let patience_out = t
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| st.validations_without_improvement >= e.patience);
         (m, patience_out)
     };
 
     'epochs: while st.epoch < epochs && st.step < total_steps {
         let order = data::loader::epoch_order(train_data.n, f.seed, st.epoch, true);
-        let loader = Loader::new(Arc::clone(&train_data), order, t.batch_size, st.batch, f.runtime.workers, f.runtime.prefetch);
+        let loader = Loader::new(
+            Arc::clone(&train_data),
+            order,
+            t.batch_size,
+            st.batch,
+            f.runtime.workers,
+            f.runtime.prefetch,
+        );
         let mut accumulator = GradientsAccumulator::<Model>::new();
         let mut micro = 0;
         for batch in loader {
@@ -356,16 +409,33 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
 
             let last_step = st.step >= total_steps;
             if st.step % t.log_every == 0 || last_step {
-                let mean_loss = window_loss.take().map_or(0.0, |l| l.into_scalar::<f32>() as f64) / window_batches.max(1) as f64;
+                let mean_loss = window_loss
+                    .take()
+                    .map_or(0.0, |l| l.into_scalar::<f32>() as f64)
+                    / window_batches.max(1) as f64;
                 if !mean_loss.is_finite() {
-                    return Err(TrainError::Diverged { step: st.step, loss: mean_loss });
+                    return Err(TrainError::Diverged {
+                        step: st.step,
+                        loss: mean_loss,
+                    });
                 }
                 let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
                 let sps = window_samples as f64 / elapsed;
                 let steps_left = total_steps - st.step;
-                let eta = Duration::from_secs_f64(steps_left as f64 * elapsed / (window_batches.max(1) as f64 / accum as f64));
-                progress.step(&StepReport { epoch: st.epoch, step: st.step, loss: mean_loss, lr, samples_per_second: sps, eta });
-                log_line(serde_json::json!({"split": "train", "step": st.step, "epoch": st.epoch, "loss": mean_loss, "lr": lr, "samples_per_second": sps}));
+                let eta = Duration::from_secs_f64(
+                    steps_left as f64 * elapsed / (window_batches.max(1) as f64 / accum as f64),
+                );
+                progress.step(&StepReport {
+                    epoch: st.epoch,
+                    step: st.step,
+                    loss: mean_loss,
+                    lr,
+                    samples_per_second: sps,
+                    eta,
+                });
+                log_line(
+                    serde_json::json!({"split": "train", "step": st.step, "epoch": st.epoch, "loss": mean_loss, "lr": lr, "samples_per_second": sps}),
+                );
                 window_start = Instant::now();
                 window_samples = 0;
                 window_batches = 0;
@@ -419,18 +489,29 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         (true, Some(best)) => best,
         _ => model,
     };
-    final_model.clone().save_file(run_dir.join(run::WEIGHTS)).map_err(|e| TrainError::Checkpoint {
-        path: run_dir.join(run::WEIGHTS).display().to_string(),
-        message: e.to_string(),
-    })?;
+    final_model
+        .clone()
+        .save_file(run_dir.join(run::WEIGHTS))
+        .map_err(|e| TrainError::Checkpoint {
+            path: run_dir.join(run::WEIGHTS).display().to_string(),
+            message: e.to_string(),
+        })?;
     let eval_model = final_model.valid();
-    for (name, split) in [("train", &*train_data), ("valid", &valid_set), ("test", &test_set)] {
+    for (name, split) in [
+        ("train", &*train_data),
+        ("valid", &valid_set),
+        ("test", &test_set),
+    ] {
         if split.n > 0 {
-            info.metrics.insert(name.into(), evaluate(&eval_model, split, &loss_fn, &pre, &base));
+            info.metrics.insert(
+                name.into(),
+                evaluate(&eval_model, split, &loss_fn, &pre, &base),
+            );
         }
     }
     info.status = Status::Completed;
-    info.finished = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    info.finished =
+        Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
     run::write_json(&run_dir.join(run::RUN), &info)?;
     Ok(Outcome { run_dir, info })
 }
@@ -445,11 +526,19 @@ fn save_checkpoint(
 ) -> Result<(), TrainError> {
     let root = run_dir.join(run::CHECKPOINTS);
     let tmp = root.join(".tmp-last");
-    let fail = |p: &Path, m: String| TrainError::Checkpoint { path: p.display().to_string(), message: m };
+    let fail = |p: &Path, m: String| TrainError::Checkpoint {
+        path: p.display().to_string(),
+        message: m,
+    };
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(run::io(&tmp))?;
-    model.clone().save_file(tmp.join(run::CKPT_WEIGHTS)).map_err(|e| fail(&tmp, e.to_string()))?;
-    optimizer.save(tmp.join(run::CKPT_OPTIM)).map_err(|e| fail(&tmp, e.to_string()))?;
+    model
+        .clone()
+        .save_file(tmp.join(run::CKPT_WEIGHTS))
+        .map_err(|e| fail(&tmp, e.to_string()))?;
+    optimizer
+        .save(tmp.join(run::CKPT_OPTIM))
+        .map_err(|e| fail(&tmp, e.to_string()))?;
     run::write_json(&tmp.join(run::CKPT_STATE), st)?;
     let last = root.join("last");
     let _ = std::fs::remove_dir_all(&last);
@@ -460,7 +549,9 @@ fn save_checkpoint(
         let saved: Option<LoopState> = run::read_json(&marker).ok();
         if saved.and_then(|s| s.best_step) != Some(step) {
             std::fs::create_dir_all(&dir).map_err(run::io(&dir))?;
-            best.clone().save_file(dir.join(run::CKPT_WEIGHTS)).map_err(|e| fail(&dir, e.to_string()))?;
+            best.clone()
+                .save_file(dir.join(run::CKPT_WEIGHTS))
+                .map_err(|e| fail(&dir, e.to_string()))?;
             run::write_json(&marker, st)?;
         }
     }

@@ -184,7 +184,12 @@ pub struct SplitSection {
 
 impl Default for SplitSection {
     fn default() -> Self {
-        Self { valid: 0.1, test: None, stratify: true, seed: None }
+        Self {
+            valid: 0.1,
+            test: None,
+            stratify: true,
+            seed: None,
+        }
     }
 }
 
@@ -246,7 +251,13 @@ pub struct ConvSection {
 
 impl Default for ConvSection {
     fn default() -> Self {
-        Self { channels: 0, kernel: 3, pool: 2, batch_norm: false, dropout: 0.0 }
+        Self {
+            channels: 0,
+            kernel: 3,
+            pool: 2,
+            batch_norm: false,
+            dropout: 0.0,
+        }
     }
 }
 
@@ -332,7 +343,10 @@ pub struct EarlyStoppingSection {
 
 impl Default for EarlyStoppingSection {
     fn default() -> Self {
-        Self { patience: 5, min_delta: 0.0 }
+        Self {
+            patience: 5,
+            min_delta: 0.0,
+        }
     }
 }
 
@@ -398,7 +412,13 @@ pub struct ScheduleSection {
 
 impl Default for ScheduleSection {
     fn default() -> Self {
-        Self { kind: ScheduleKind::Constant, warmup_steps: 0, step_size: 1000, gamma: 0.1, min_lr: 0.0 }
+        Self {
+            kind: ScheduleKind::Constant,
+            warmup_steps: 0,
+            step_size: 1000,
+            gamma: 0.1,
+            min_lr: 0.0,
+        }
     }
 }
 
@@ -428,6 +448,11 @@ pub struct RuntimeSection {
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        Self { threads: 0, workers: 1, prefetch: 4, registry: "kiln-registry".into() }
+        Self {
+            threads: 0,
+            workers: 1,
+            prefetch: 4,
+            registry: "kiln-registry".into(),
+        }
     }
 }

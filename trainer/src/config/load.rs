@@ -23,16 +23,27 @@ impl Override {
         let (key, value) = raw
             .split_once('=')
             .ok_or_else(|| format!("--set {raw}: expected KEY=VALUE, like optim.lr=3e-4"))?;
-        let path: Vec<String> = key.trim().split('.').map(|s| s.trim().to_string()).collect();
+        let path: Vec<String> = key
+            .trim()
+            .split('.')
+            .map(|s| s.trim().to_string())
+            .collect();
         if path.iter().any(|p| p.is_empty()) {
-            return Err(format!("--set {raw}: the key `{}` has an empty part", key.trim()));
+            return Err(format!(
+                "--set {raw}: the key `{}` has an empty part",
+                key.trim()
+            ));
         }
         let text = value.trim();
         let value = match toml::from_str::<Table>(&format!("v = {text}")) {
             Ok(mut t) => t.remove("v").expect("the table was parsed from `v = ...`"),
             Err(_) => Value::String(text.to_string()),
         };
-        Ok(Self { path, value, raw: raw.to_string() })
+        Ok(Self {
+            path,
+            value,
+            raw: raw.to_string(),
+        })
     }
 }
 
@@ -40,24 +51,37 @@ impl Override {
 /// each with its line (or its `--set`) and a suggestion when one is close.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<(FileConfig, Table), ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::single(Problem::new(&origin, None, format!("cannot read: {e}"))))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::single(Problem::new(&origin, None, format!("cannot read: {e}")))
+    })?;
     parse(&origin, &text, overrides)
 }
 
 /// As [`load`], from text; `origin` names it in messages.
-pub fn parse(origin: &str, text: &str, overrides: &[Override]) -> Result<(FileConfig, Table), ConfigError> {
+pub fn parse(
+    origin: &str,
+    text: &str,
+    overrides: &[Override],
+) -> Result<(FileConfig, Table), ConfigError> {
     let spans = match DeTable::parse(text) {
         Ok(t) => t.into_inner(),
         Err(e) => {
             let line = e.span().map(|s| line_of(text, s.start));
             let msg = e.message().trim().to_string();
-            return Err(ConfigError::single(Problem::new(origin, line, format!("invalid TOML: {msg}"))));
+            return Err(ConfigError::single(Problem::new(
+                origin,
+                line,
+                format!("invalid TOML: {msg}"),
+            )));
         }
     };
     let mut table: Table = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
-        ConfigError::single(Problem::new(origin, line, format!("invalid TOML: {}", e.message().trim())))
+        ConfigError::single(Problem::new(
+            origin,
+            line,
+            format!("invalid TOML: {}", e.message().trim()),
+        ))
     })?;
     let mut problems = Vec::new();
     for o in overrides {
@@ -69,18 +93,24 @@ pub fn parse(origin: &str, text: &str, overrides: &[Override]) -> Result<(FileCo
         return Err(ConfigError { problems });
     }
     let where_is = |key: &[String]| -> (String, Option<usize>) {
-        if let Some(o) = overrides.iter().rev().find(|o| key.starts_with(&o.path) || o.path.starts_with(key)) {
+        if let Some(o) = overrides
+            .iter()
+            .rev()
+            .find(|o| key.starts_with(&o.path) || o.path.starts_with(key))
+        {
             return (format!("--set {}", o.raw), None);
         }
-        (origin.to_string(), key_line(&spans, key).map(|pos| line_of(text, pos)))
+        (
+            origin.to_string(),
+            key_line(&spans, key).map(|pos| line_of(text, pos)),
+        )
     };
 
     let mut unknown: Vec<Vec<String>> = Vec::new();
     let mut on_unknown = |p: serde_ignored::Path| unknown.push(path_parts(&p));
-    let result: Result<FileConfig, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-        Value::Table(table.clone()),
-        &mut on_unknown,
-    ));
+    let result: Result<FileConfig, _> = serde_path_to_error::deserialize(
+        serde_ignored::Deserializer::new(Value::Table(table.clone()), &mut on_unknown),
+    );
     let schema = super::schema();
     for key in &unknown {
         let (o, line) = where_is(key);
@@ -94,7 +124,10 @@ pub fn parse(origin: &str, text: &str, overrides: &[Override]) -> Result<(FileCo
                 format!("unknown key `{dotted}`; did you mean `{}`?", full.join("."))
             }
             None if known.is_empty() => format!("unknown key `{dotted}`"),
-            None => format!("unknown key `{dotted}`; expected one of: {}", known.join(", ")),
+            None => format!(
+                "unknown key `{dotted}`; expected one of: {}",
+                known.join(", ")
+            ),
         };
         problems.push(Problem::new(&o, line, msg));
     }
@@ -113,8 +146,13 @@ pub fn parse(origin: &str, text: &str, overrides: &[Override]) -> Result<(FileCo
                 .collect();
             let (o, line) = where_is(&key);
             let inner = e.into_inner().to_string();
-            let inner = inner.lines().last().unwrap_or("").trim().to_string();
-            problems.push(Problem::new(&o, line, format!("`{}`: {inner}", key.join("."))));
+            // toml appends "in `a.b`" on a second line; the key is already in our message.
+            let inner = inner.lines().next().unwrap_or("").trim().to_string();
+            problems.push(Problem::new(
+                &o,
+                line,
+                format!("`{}`: {inner}", key.join(".")),
+            ));
             Err(ConfigError { problems })
         }
     }
@@ -140,10 +178,14 @@ fn path_parts(p: &serde_ignored::Path) -> Vec<String> {
 }
 
 fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
-    let (last, parents) = path.split_last().expect("an override path has at least one part");
+    let (last, parents) = path
+        .split_last()
+        .expect("an override path has at least one part");
     let mut t = table;
     for (i, part) in parents.iter().enumerate() {
-        let entry = t.entry(part.clone()).or_insert_with(|| Value::Table(Table::new()));
+        let entry = t
+            .entry(part.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
         t = match entry {
             Value::Table(inner) => inner,
             other => {
@@ -187,7 +229,11 @@ fn value_key_line(value: &DeValue<'_>, key: &[String]) -> Option<usize> {
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The closest known key, when it is close enough to be a typo.
@@ -202,5 +248,7 @@ pub(crate) fn suggest(word: &str, known: &[String]) -> Option<String> {
 
 /// `"; did you mean `x`?"` when a known name is close to `word`, else `""`.
 pub fn known_keys_hint(word: &str, known: &[String]) -> String {
-    suggest(word, known).map(|s| format!("; did you mean {s:?}?")).unwrap_or_default()
+    suggest(word, known)
+        .map(|s| format!("; did you mean {s:?}?"))
+        .unwrap_or_default()
 }

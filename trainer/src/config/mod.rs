@@ -25,7 +25,11 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(origin: &str, line: Option<usize>, message: impl Into<String>) -> Self {
-        Self { origin: origin.to_string(), line, message: message.into() }
+        Self {
+            origin: origin.to_string(),
+            line,
+            message: message.into(),
+        }
     }
 }
 

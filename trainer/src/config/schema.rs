@@ -33,7 +33,7 @@ pub fn known_keys(schema: &Value, path: &[String]) -> Vec<String> {
     keys
 }
 
-/// Resolves `$ref`, `anyOf`, `oneOf`, `allOf` and array `items` into the object schemas behind.
+/// Resolves `$ref`, `anyOf`, `oneOf` and `allOf` into the schemas behind them.
 fn expand<'a>(root: &'a Value, nodes: Vec<&'a Value>) -> Vec<&'a Value> {
     let mut out = Vec::new();
     let mut stack = nodes;
@@ -53,9 +53,7 @@ fn expand<'a>(root: &'a Value, nodes: Vec<&'a Value>) -> Vec<&'a Value> {
                 stack.extend(list.iter());
             }
         }
-        if n.get("properties").is_some() {
-            out.push(n);
-        }
+        out.push(n);
     }
     out
 }

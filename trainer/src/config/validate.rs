@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    ConfigError, DataFormat, FileConfig, LossKind, ModelKind, OptimName, Problem, Task,
-};
+use super::{ConfigError, DataFormat, FileConfig, LossKind, ModelKind, OptimName, Problem, Task};
 use crate::data;
 
 /// A config that passed [`validate`]: everything the trainer needs, resolved.
@@ -45,17 +43,28 @@ const REGRESSION_METRICS: &[&str] = &["loss", "mse", "rmse", "mae", "r2"];
 ///
 /// `origin` names the config in messages; `default_name` is used when the file sets no `name`.
 /// Data files are opened only to peek at their first lines.
-pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<RunConfig, ConfigError> {
+pub fn validate(
+    file: FileConfig,
+    origin: &str,
+    default_name: &str,
+) -> Result<RunConfig, ConfigError> {
     let mut p = Vec::new();
     let mut bad = |msg: String| p.push(Problem::new(origin, None, msg));
 
-    let name = file.name.clone().unwrap_or_else(|| default_name.to_string());
+    let name = file
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name.to_string());
     if name.is_empty()
         || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         || name.starts_with('.')
     {
-        bad(format!("`name` = {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"));
+        bad(format!(
+            "`name` = {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+        ));
     }
 
     // data
@@ -64,13 +73,21 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
         let v = value.as_ref()?;
         let path = PathBuf::from(v);
         if !path.is_file() {
-            p.push(Problem::new(origin, None, format!("`data.{key}` = {v:?}: no such file")));
+            p.push(Problem::new(
+                origin,
+                None,
+                format!("`data.{key}` = {v:?}: no such file"),
+            ));
         }
         Some(path)
     };
     let n_before = p.len();
     let path = if d.path.is_empty() {
-        p.push(Problem::new(origin, None, "`data.path` is required: the training data file"));
+        p.push(Problem::new(
+            origin,
+            None,
+            "`data.path` is required: the training data file",
+        ));
         None
     } else {
         check_file("path", &Some(d.path.clone()), &mut p)
@@ -106,16 +123,26 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
         Some("|") => Some(b'|'),
         Some("whitespace") | Some(" ") => None,
         Some(other) => {
-            bad(format!("`data.delimiter` = {other:?}: use \",\", \";\", \"\\t\", \"|\" or \"whitespace\""));
+            bad(format!(
+                "`data.delimiter` = {other:?}: use \",\", \";\", \"\\t\", \"|\" or \"whitespace\""
+            ));
             Some(b',')
         }
     };
-    let test_frac = d.split.test.unwrap_or(if d.test_path.is_some() { 0.0 } else { 0.2 });
+    let test_frac = d
+        .split
+        .test
+        .unwrap_or(if d.test_path.is_some() { 0.0 } else { 0.2 });
     if !(0.0..1.0).contains(&d.split.valid) {
-        bad(format!("`data.split.valid` = {}: must be in [0, 1)", d.split.valid));
+        bad(format!(
+            "`data.split.valid` = {}: must be in [0, 1)",
+            d.split.valid
+        ));
     }
     if !(0.0..1.0).contains(&test_frac) {
-        bad(format!("`data.split.test` = {test_frac}: must be in [0, 1)"));
+        bad(format!(
+            "`data.split.test` = {test_frac}: must be in [0, 1)"
+        ));
     }
     if d.split.valid + test_frac >= 1.0 {
         bad(format!(
@@ -131,7 +158,9 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
     }
     if let Some(s) = d.image_shape {
         if s.iter().any(|&x| x == 0) {
-            bad(format!("`data.image_shape` = {s:?}: every size must be at least 1"));
+            bad(format!(
+                "`data.image_shape` = {s:?}: every size must be at least 1"
+            ));
         }
     }
     let image_shape = d.image_shape.or(match d.format {
@@ -145,7 +174,10 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
         bad("`model.hidden`: every layer width must be at least 1".into());
     }
     if !(0.0..1.0).contains(&m.dropout) {
-        bad(format!("`model.dropout` = {}: must be in [0, 1)", m.dropout));
+        bad(format!(
+            "`model.dropout` = {}: must be in [0, 1)",
+            m.dropout
+        ));
     }
     match m.kind {
         ModelKind::Mlp if !m.conv.is_empty() => {
@@ -161,16 +193,24 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
     }
     for (i, c) in m.conv.iter().enumerate() {
         if c.channels == 0 {
-            bad(format!("`model.conv.{i}.channels` is required and must be at least 1"));
+            bad(format!(
+                "`model.conv.{i}.channels` is required and must be at least 1"
+            ));
         }
         if c.kernel == 0 || c.kernel % 2 == 0 {
-            bad(format!("`model.conv.{i}.kernel` = {}: must be odd (1, 3, 5, ...)", c.kernel));
+            bad(format!(
+                "`model.conv.{i}.kernel` = {}: must be odd (1, 3, 5, ...)",
+                c.kernel
+            ));
         }
         if c.pool == 0 {
             bad(format!("`model.conv.{i}.pool` = 0: use 1 for no pooling"));
         }
         if !(0.0..1.0).contains(&c.dropout) {
-            bad(format!("`model.conv.{i}.dropout` = {}: must be in [0, 1)", c.dropout));
+            bad(format!(
+                "`model.conv.{i}.dropout` = {}: must be in [0, 1)",
+                c.dropout
+            ));
         }
     }
     if let (ModelKind::Cnn, Some([_, h, w])) = (m.kind, d.image_shape) {
@@ -199,7 +239,9 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
     }
     if let Some(c) = t.clip_grad_norm {
         if !(c > 0.0 && c.is_finite()) {
-            bad(format!("`train.clip_grad_norm` = {c}: must be a positive number"));
+            bad(format!(
+                "`train.clip_grad_norm` = {c}: must be a positive number"
+            ));
         }
     }
     let loss = t.loss.unwrap_or(match task {
@@ -207,22 +249,31 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
         Task::Regression => LossKind::Mse,
     });
     match (task, loss) {
-        (Task::Classification, LossKind::Mse | LossKind::Huber) => {
-            bad(format!("`train.loss` = {loss:?} is a regression loss but `task` = \"classification\"; use \"cross_entropy\" or \"bce\""))
-        }
-        (Task::Regression, LossKind::CrossEntropy | LossKind::Bce) => {
-            bad(format!("`train.loss` = {loss:?} is a classification loss but `task` = \"regression\"; use \"mse\" or \"huber\""))
-        }
+        (Task::Classification, LossKind::Mse | LossKind::Huber) => bad(format!(
+            "`train.loss` = {loss:?} is a regression loss but `task` = \"classification\"; use \"cross_entropy\" or \"bce\""
+        )),
+        (Task::Regression, LossKind::CrossEntropy | LossKind::Bce) => bad(format!(
+            "`train.loss` = {loss:?} is a classification loss but `task` = \"regression\"; use \"mse\" or \"huber\""
+        )),
         _ => {}
     }
     if !(0.0..1.0).contains(&t.label_smoothing) {
-        bad(format!("`train.label_smoothing` = {}: must be in [0, 1)", t.label_smoothing));
+        bad(format!(
+            "`train.label_smoothing` = {}: must be in [0, 1)",
+            t.label_smoothing
+        ));
     }
     if !(t.huber_delta > 0.0 && t.huber_delta.is_finite()) {
-        bad(format!("`train.huber_delta` = {}: must be positive", t.huber_delta));
+        bad(format!(
+            "`train.huber_delta` = {}: must be positive",
+            t.huber_delta
+        ));
     }
     if t.valid_every == Some(0) {
-        bad("`train.valid_every` must be at least 1 (leave it out to validate once per epoch)".into());
+        bad(
+            "`train.valid_every` must be at least 1 (leave it out to validate once per epoch)"
+                .into(),
+        );
     }
     if t.log_every == 0 {
         bad("`train.log_every` must be at least 1".into());
@@ -237,7 +288,11 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
             Some(s) => format!("did you mean {s:?}?"),
             None => format!("use one of: {}", allowed.join(", ")),
         };
-        bad(format!("`train.monitor` = {:?} is not a {task:?} metric; {hint}", t.monitor).to_lowercase());
+        bad(format!(
+            "`train.monitor` = {:?} is not a {task:?} metric; {hint}",
+            t.monitor
+        )
+        .to_lowercase());
     }
     let monitor = Monitor {
         metric: t.monitor.clone(),
@@ -257,18 +312,30 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
     if !(o.lr > 0.0 && o.lr.is_finite()) {
         bad(format!("`optim.lr` = {}: must be a positive number", o.lr));
     }
-    let weight_decay = o.weight_decay.unwrap_or(if o.name == OptimName::Adamw { 0.01 } else { 0.0 });
+    let weight_decay = o.weight_decay.unwrap_or(if o.name == OptimName::Adamw {
+        0.01
+    } else {
+        0.0
+    });
     if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
-        bad(format!("`optim.weight_decay` = {weight_decay}: must be zero or positive"));
+        bad(format!(
+            "`optim.weight_decay` = {weight_decay}: must be zero or positive"
+        ));
     }
     if !(0.0..1.0).contains(&o.momentum) {
-        bad(format!("`optim.momentum` = {}: must be in [0, 1)", o.momentum));
+        bad(format!(
+            "`optim.momentum` = {}: must be in [0, 1)",
+            o.momentum
+        ));
     }
     if o.nesterov && (o.name != OptimName::Sgd || o.momentum == 0.0) {
         bad("`optim.nesterov` needs `optim.name` = \"sgd\" and a non-zero `optim.momentum`".into());
     }
     if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-        bad(format!("`optim.betas` = {:?}: both must be in [0, 1)", o.betas));
+        bad(format!(
+            "`optim.betas` = {:?}: both must be in [0, 1)",
+            o.betas
+        ));
     }
     if !(o.eps > 0.0 && o.eps.is_finite()) {
         bad(format!("`optim.eps` = {}: must be positive", o.eps));
@@ -282,8 +349,11 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
     if !(s.gamma > 0.0 && s.gamma <= 1.0) {
         bad(format!("`schedule.gamma` = {}: must be in (0, 1]", s.gamma));
     }
-    if !(s.min_lr >= 0.0 && s.min_lr <= o.lr) {
-        bad(format!("`schedule.min_lr` = {}: must be in [0, optim.lr]", s.min_lr));
+    if o.lr > 0.0 && !(s.min_lr >= 0.0 && s.min_lr <= o.lr) {
+        bad(format!(
+            "`schedule.min_lr` = {}: must be in [0, optim.lr]",
+            s.min_lr
+        ));
     }
 
     // runtime
@@ -328,7 +398,14 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
         }
     }
     if p.is_empty() {
-        Ok(RunConfig { name, file, data: spec, loss, monitor, weight_decay })
+        Ok(RunConfig {
+            name,
+            file,
+            data: spec,
+            loss,
+            monitor,
+            weight_decay,
+        })
     } else {
         Err(ConfigError { problems: p })
     }
@@ -336,5 +413,8 @@ pub fn validate(file: FileConfig, origin: &str, default_name: &str) -> Result<Ru
 
 /// The name a config gets when it sets none: its file stem.
 pub fn default_name(path: &Path) -> String {
-    path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").replace('_', "-")
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .replace('_', "-")
 }

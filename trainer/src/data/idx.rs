@@ -16,13 +16,25 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), DataError> {
     let shown = path.display().to_string();
     let b = super::read_bytes(path)?;
-    let fail = |m: String| DataError::Format { path: shown.clone(), message: m };
+    let fail = |m: String| DataError::Format {
+        path: shown.clone(),
+        message: m,
+    };
     if b.len() < 16 || be_u32(&b, 0) != IMAGES_MAGIC {
-        return Err(fail("not an IDX image file (magic 0x00000803 expected)".into()));
+        return Err(fail(
+            "not an IDX image file (magic 0x00000803 expected)".into(),
+        ));
     }
-    let (n, r, c) = (be_u32(&b, 4) as usize, be_u32(&b, 8) as usize, be_u32(&b, 12) as usize);
+    let (n, r, c) = (
+        be_u32(&b, 4) as usize,
+        be_u32(&b, 8) as usize,
+        be_u32(&b, 12) as usize,
+    );
     if b.len() != 16 + n * r * c {
-        return Err(fail(format!("header says {n} images of {r}x{c} but the file holds {} bytes", b.len())));
+        return Err(fail(format!(
+            "header says {n} images of {r}x{c} but the file holds {} bytes",
+            b.len()
+        )));
     }
     Ok((n, r, c, b[16..].to_vec()))
 }
@@ -32,11 +44,20 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
     let shown = path.display().to_string();
     let b = super::read_bytes(path)?;
     if b.len() < 8 || be_u32(&b, 0) != LABELS_MAGIC {
-        return Err(DataError::Format { path: shown, message: "not an IDX label file (magic 0x00000801 expected)".into() });
+        return Err(DataError::Format {
+            path: shown,
+            message: "not an IDX label file (magic 0x00000801 expected)".into(),
+        });
     }
     let n = be_u32(&b, 4) as usize;
     if b.len() != 8 + n {
-        return Err(DataError::Format { path: shown, message: format!("header says {n} labels but the file holds {} bytes", b.len() - 8) });
+        return Err(DataError::Format {
+            path: shown,
+            message: format!(
+                "header says {n} labels but the file holds {} bytes",
+                b.len() - 8
+            ),
+        });
     }
     Ok(b[8..].to_vec())
 }
@@ -47,20 +68,30 @@ fn read_pair(images: &Path, labels: &Path) -> Result<RawTable, DataError> {
     if l.len() != n {
         return Err(DataError::Format {
             path: labels.display().to_string(),
-            message: format!("{} labels for the {n} images of {}", l.len(), images.display()),
+            message: format!(
+                "{} labels for the {n} images of {}",
+                l.len(),
+                images.display()
+            ),
         });
     }
     Ok(RawTable {
         path: images.display().to_string(),
         lines: (1..=n).collect(),
         names: vec![format!("{r}x{c}")],
-        cells: Cells::Dense { x: pixels.into_iter().map(f32::from).collect(), d: r * c },
+        cells: Cells::Dense {
+            x: pixels.into_iter().map(f32::from).collect(),
+            d: r * c,
+        },
         labels: l.into_iter().map(|v| v.to_string()).collect(),
     })
 }
 
 pub fn read_all(spec: &DataSpec) -> Result<RawData, DataError> {
-    let labels = spec.labels_path.as_ref().expect("validation requires labels_path for idx");
+    let labels = spec
+        .labels_path
+        .as_ref()
+        .expect("validation requires labels_path for idx");
     let main = read_pair(&spec.path, labels)?;
     let test = match (&spec.test_path, &spec.test_labels_path) {
         (Some(i), Some(l)) => Some(read_pair(i, l)?),
@@ -78,7 +109,11 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
         (spec.test_labels_path.as_ref(), false),
     ] {
         let Some(p) = p else { continue };
-        let r = if is_images { read_images(p).map(|_| ()) } else { read_labels(p).map(|_| ()) };
+        let r = if is_images {
+            read_images(p).map(|_| ())
+        } else {
+            read_labels(p).map(|_| ())
+        };
         if let Err(e) = r {
             out.push(e.to_string());
         }

@@ -26,7 +26,8 @@ pub struct Batch {
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     if shuffle {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         order.shuffle(&mut rng);
     }
     order
@@ -43,7 +44,11 @@ pub fn gather(data: &Dataset, idx: &[usize]) -> Batch {
         Targets::Classes(v) => Targets::Classes(idx.iter().map(|&i| v[i]).collect()),
         Targets::Values(v) => Targets::Values(idx.iter().map(|&i| v[i]).collect()),
     };
-    Batch { x, y, len: idx.len() }
+    Batch {
+        x,
+        y,
+        len: idx.len(),
+    }
 }
 
 /// An epoch's batches, in order, from `start_batch` on.
@@ -79,7 +84,8 @@ impl Loader {
                     .spawn(move || {
                         let mut b = start_batch + w;
                         while b < n_batches {
-                            let idx = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
+                            let idx =
+                                &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
                             if tx.send(gather(&data, idx)).is_err() {
                                 return; // the consumer stopped early
                             }
@@ -90,7 +96,13 @@ impl Loader {
             );
             receivers.push(rx);
         }
-        Self { receivers, workers: handles, start: start_batch, next: start_batch, end: n_batches }
+        Self {
+            receivers,
+            workers: handles,
+            start: start_batch,
+            next: start_batch,
+            end: n_batches,
+        }
     }
 
     /// Number of batches in a full epoch of `n` examples.
@@ -128,7 +140,12 @@ mod tests {
     use super::*;
 
     fn data(n: usize) -> Arc<Dataset> {
-        Arc::new(Dataset { x: (0..n).map(|i| i as f32).collect(), y: Targets::Classes((0..n as u32).collect()), n, d: 1 })
+        Arc::new(Dataset {
+            x: (0..n).map(|i| i as f32).collect(),
+            y: Targets::Classes((0..n as u32).collect()),
+            n,
+            d: 1,
+        })
     }
 
     #[test]

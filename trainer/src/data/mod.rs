@@ -49,11 +49,18 @@ pub struct DataSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Format { path: String, message: String },
     #[error("{path}:{line}: {message}")]
-    Row { path: String, line: usize, message: String },
+    Row {
+        path: String,
+        line: usize,
+        message: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -150,7 +157,12 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
         Some(t) => preprocessor.transform(t, &(0..t.len()).collect::<Vec<_>>())?,
         None => preprocessor.transform(&raw.main, &parts.test)?,
     };
-    Ok(Prepared { train, valid, test, preprocessor })
+    Ok(Prepared {
+        train,
+        valid,
+        test,
+        preprocessor,
+    })
 }
 
 /// Problems visible from the first lines of the files: label column, column count, names.
@@ -164,13 +176,19 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
 /// Reads a whole file, gunzipping it when it starts with gzip's magic bytes.
 pub fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
     use std::io::Read;
-    let io = |source| DataError::Io { path: path.display().to_string(), source };
+    let io = |source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let bytes = std::fs::read(path).map_err(io)?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(bytes.len() * 4);
-        flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| {
-            DataError::Format { path: path.display().to_string(), message: format!("broken gzip data: {e}") }
-        })?;
+        flate2::read::MultiGzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::Format {
+                path: path.display().to_string(),
+                message: format!("broken gzip data: {e}"),
+            })?;
         Ok(out)
     } else {
         Ok(bytes)

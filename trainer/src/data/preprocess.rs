@@ -14,10 +14,19 @@ use crate::config::{Impute, Task};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Column {
     /// One feature: `(value - mean) / std`; a missing value becomes `fill` (an error when none).
-    Numeric { name: String, fill: Option<f64>, mean: f64, std: f64 },
+    Numeric {
+        name: String,
+        fill: Option<f64>,
+        mean: f64,
+        std: f64,
+    },
     /// One feature per category (one-hot). A category not seen in training encodes as all
     /// zeros; a missing value becomes `fill` (an error when none).
-    Categorical { name: String, categories: Vec<String>, fill: Option<String> },
+    Categorical {
+        name: String,
+        categories: Vec<String>,
+        fill: Option<String>,
+    },
 }
 
 /// Pixel standardisation shared by all pixels of an image.
@@ -33,7 +42,10 @@ pub struct ImageNorm {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TargetEncoding {
     /// Class `i` is written `raw[i]` in the data file and called `names[i]`.
-    Classes { raw: Vec<String>, names: Vec<String> },
+    Classes {
+        raw: Vec<String>,
+        names: Vec<String>,
+    },
     /// The model predicts `(y - mean) / std`.
     Values { mean: f64, std: f64 },
 }
@@ -74,7 +86,11 @@ impl Preprocessor {
                     }
                 };
                 let (mean, std) = if spec.standardize {
-                    mean_std(train.iter().flat_map(|&r| x[r * d..(r + 1) * d].iter().map(|&v| v as f64)))
+                    mean_std(
+                        train
+                            .iter()
+                            .flat_map(|&r| x[r * d..(r + 1) * d].iter().map(|&v| v as f64)),
+                    )
                 } else {
                     (0.0, 1.0)
                 };
@@ -85,10 +101,16 @@ impl Preprocessor {
                 let mut width = 0;
                 for (j, name) in t.names.iter().enumerate() {
                     let listed = spec.categorical.contains(name);
-                    let any_number = rows.iter().any(|r| !is_missing(&r[j]) && r[j].parse::<f64>().is_ok());
-                    let train_values = train.iter().map(|&i| rows[i][j].as_str()).filter(|s| !is_missing(s));
+                    let any_number = rows
+                        .iter()
+                        .any(|r| !is_missing(&r[j]) && r[j].parse::<f64>().is_ok());
+                    let train_values = train
+                        .iter()
+                        .map(|&i| rows[i][j].as_str())
+                        .filter(|s| !is_missing(s));
                     if listed || !any_number {
-                        let mut cats: Vec<String> = train_values.clone().map(str::to_string).collect();
+                        let mut cats: Vec<String> =
+                            train_values.clone().map(str::to_string).collect();
                         cats.sort();
                         cats.dedup();
                         let fill = match spec.impute {
@@ -101,7 +123,11 @@ impl Preprocessor {
                             _ => most_frequent(train_values.map(str::to_string)),
                         };
                         width += cats.len();
-                        columns.push(Column::Categorical { name: name.clone(), categories: cats, fill });
+                        columns.push(Column::Categorical {
+                            name: name.clone(),
+                            categories: cats,
+                            fill,
+                        });
                     } else {
                         let mut values = Vec::with_capacity(train.len());
                         for &i in train {
@@ -116,18 +142,29 @@ impl Preprocessor {
                             Impute::Mean => Some(mean_std(values.iter().copied()).0),
                             Impute::Median => Some(median(&values)),
                             Impute::MostFrequent => {
-                                most_frequent(values.iter().map(|v| v.to_bits())).map(f64::from_bits)
+                                most_frequent(values.iter().map(|v| v.to_bits()))
+                                    .map(f64::from_bits)
                             }
                         };
                         let missing = train.len() - values.len();
                         let (mean, std) = if spec.standardize && spec.image_shape.is_none() {
                             let f = fill.unwrap_or(0.0);
-                            mean_std(values.iter().copied().chain(std::iter::repeat_n(f, missing)))
+                            mean_std(
+                                values
+                                    .iter()
+                                    .copied()
+                                    .chain(std::iter::repeat_n(f, missing)),
+                            )
                         } else {
                             (0.0, 1.0)
                         };
                         width += 1;
-                        columns.push(Column::Numeric { name: name.clone(), fill, mean, std });
+                        columns.push(Column::Numeric {
+                            name: name.clone(),
+                            fill,
+                            mean,
+                            std,
+                        });
                     }
                 }
                 let image = match spec.image_shape {
@@ -137,20 +174,34 @@ impl Preprocessor {
                             for (j, c) in columns.iter().enumerate() {
                                 if let Column::Numeric { fill, .. } = c {
                                     let s = rows[i][j].as_str();
-                                    all.push(if is_missing(s) { fill.unwrap_or(0.0) } else { parse_number(s, t, i, c_name(c))? });
+                                    all.push(if is_missing(s) {
+                                        fill.unwrap_or(0.0)
+                                    } else {
+                                        parse_number(s, t, i, c_name(c))?
+                                    });
                                 }
                             }
                         }
                         let (mean, std) = mean_std(all.into_iter());
                         Some(ImageNorm { shape, mean, std })
                     }
-                    Some(shape) => Some(ImageNorm { shape, mean: 0.0, std: 1.0 }),
+                    Some(shape) => Some(ImageNorm {
+                        shape,
+                        mean: 0.0,
+                        std: 1.0,
+                    }),
                     None => None,
                 };
                 (columns, image, width)
             }
         };
-        Ok(Self { columns, image, target, missing_values: spec.missing_values.clone(), n_features })
+        Ok(Self {
+            columns,
+            image,
+            target,
+            missing_values: spec.missing_values.clone(),
+            n_features,
+        })
     }
 
     /// Encodes the rows `rows` of `t`.
@@ -161,10 +212,16 @@ impl Preprocessor {
         match &t.cells {
             Cells::Dense { x: src, d: sd } => {
                 if *sd != d {
-                    return Err(DataError::Format { path: t.path.clone(), message: format!("{sd} features per row, the model was fitted on {d}") });
+                    return Err(DataError::Format {
+                        path: t.path.clone(),
+                        message: format!("{sd} features per row, the model was fitted on {d}"),
+                    });
                 }
                 for (o, &r) in rows.iter().enumerate() {
-                    for (dst, &v) in x[o * d..(o + 1) * d].iter_mut().zip(&src[r * d..(r + 1) * d]) {
+                    for (dst, &v) in x[o * d..(o + 1) * d]
+                        .iter_mut()
+                        .zip(&src[r * d..(r + 1) * d])
+                    {
                         *dst = ((v as f64 - img_mean) / img_std) as f32;
                     }
                 }
@@ -177,7 +234,12 @@ impl Preprocessor {
                         let s = cells[r][j].as_str();
                         let missing = self.missing_values.iter().any(|m| m == s);
                         match c {
-                            Column::Numeric { name, fill, mean, std } => {
+                            Column::Numeric {
+                                name,
+                                fill,
+                                mean,
+                                std,
+                            } => {
                                 let v = if missing {
                                     fill.ok_or_else(|| missing_error(t, r, name))?
                                 } else {
@@ -186,13 +248,19 @@ impl Preprocessor {
                                 out[k] = (((v - mean) / std - img_mean) / img_std) as f32;
                                 k += 1;
                             }
-                            Column::Categorical { name, categories, fill } => {
+                            Column::Categorical {
+                                name,
+                                categories,
+                                fill,
+                            } => {
                                 let value = if missing {
                                     fill.as_deref().ok_or_else(|| missing_error(t, r, name))?
                                 } else {
                                     s
                                 };
-                                if let Ok(p) = categories.binary_search_by(|c| c.as_str().cmp(value)) {
+                                if let Ok(p) =
+                                    categories.binary_search_by(|c| c.as_str().cmp(value))
+                                {
                                     out[k + p] = 1.0;
                                 }
                                 k += categories.len();
@@ -207,11 +275,16 @@ impl Preprocessor {
                 let mut ys = Vec::with_capacity(rows.len());
                 for &r in rows {
                     let l = &t.labels[r];
-                    let c = raw.iter().position(|v| v == l).ok_or_else(|| DataError::Row {
-                        path: t.path.clone(),
-                        line: t.lines.get(r).copied().unwrap_or(r + 1),
-                        message: format!("label {l:?} is not one of the training classes {raw:?}"),
-                    })?;
+                    let c = raw
+                        .iter()
+                        .position(|v| v == l)
+                        .ok_or_else(|| DataError::Row {
+                            path: t.path.clone(),
+                            line: t.lines.get(r).copied().unwrap_or(r + 1),
+                            message: format!(
+                                "label {l:?} is not one of the training classes {raw:?}"
+                            ),
+                        })?;
                     ys.push(c as u32);
                 }
                 Targets::Classes(ys)
@@ -225,7 +298,12 @@ impl Preprocessor {
                 Targets::Values(ys)
             }
         };
-        Ok(Dataset { x, y, n: rows.len(), d })
+        Ok(Dataset {
+            x,
+            y,
+            n: rows.len(),
+            d,
+        })
     }
 
     /// Undoes the target standardisation of a regression prediction.
@@ -243,7 +321,11 @@ fn c_name(c: &Column) -> &str {
     }
 }
 
-fn fit_target(raw: &RawData, train: &[usize], spec: &DataSpec) -> Result<TargetEncoding, DataError> {
+fn fit_target(
+    raw: &RawData,
+    train: &[usize],
+    spec: &DataSpec,
+) -> Result<TargetEncoding, DataError> {
     let t = &raw.main;
     let is_missing = |s: &str| spec.missing_values.iter().any(|m| m == s);
     if let Some(r) = (0..t.len()).find(|&r| is_missing(&t.labels[r])) {
@@ -259,14 +341,19 @@ fn fit_target(raw: &RawData, train: &[usize], spec: &DataSpec) -> Result<TargetE
             for &i in train {
                 values.push(parse_number(&t.labels[i], t, i, "target")?);
             }
-            let (mean, std) = if spec.standardize_target { mean_std(values.into_iter()) } else { (0.0, 1.0) };
+            let (mean, std) = if spec.standardize_target {
+                mean_std(values.into_iter())
+            } else {
+                (0.0, 1.0)
+            };
             Ok(TargetEncoding::Values { mean, std })
         }
         Task::Classification => {
             let mut raw_classes: Vec<String> = t.labels.clone();
             raw_classes.sort();
             raw_classes.dedup();
-            let numeric: Option<Vec<f64>> = raw_classes.iter().map(|s| s.parse::<f64>().ok()).collect();
+            let numeric: Option<Vec<f64>> =
+                raw_classes.iter().map(|s| s.parse::<f64>().ok()).collect();
             if let Some(nums) = numeric {
                 let mut pairs: Vec<(f64, String)> = nums.into_iter().zip(raw_classes).collect();
                 pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -275,7 +362,9 @@ fn fit_target(raw: &RawData, train: &[usize], spec: &DataSpec) -> Result<TargetE
             if raw_classes.len() < 2 {
                 return Err(DataError::Format {
                     path: t.path.clone(),
-                    message: format!("classification needs at least 2 classes, the labels hold {raw_classes:?}"),
+                    message: format!(
+                        "classification needs at least 2 classes, the labels hold {raw_classes:?}"
+                    ),
                 });
             }
             let names = if spec.class_names.is_empty() {
@@ -289,7 +378,10 @@ fn fit_target(raw: &RawData, train: &[usize], spec: &DataSpec) -> Result<TargetE
                     raw_classes.len()
                 )));
             };
-            Ok(TargetEncoding::Classes { raw: raw_classes, names })
+            Ok(TargetEncoding::Classes {
+                raw: raw_classes,
+                names,
+            })
         }
     }
 }
@@ -338,7 +430,11 @@ fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 0 { (v[m - 1] + v[m]) / 2.0 } else { v[m] }
+    if v.len() % 2 == 0 {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
 }
 
 /// The most frequent value; ties go to the smallest.
@@ -368,6 +464,9 @@ mod tests {
         assert_eq!(mean_std([5.0, 5.0].into_iter()), (5.0, 1.0));
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(most_frequent(["b", "a", "b", "a", "c"].into_iter()), Some("a"));
+        assert_eq!(
+            most_frequent(["b", "a", "b", "a", "c"].into_iter()),
+            Some("a")
+        );
     }
 }

@@ -32,15 +32,23 @@ pub fn split(raw: &RawData, spec: &DataSpec) -> Parts {
     } else {
         vec![(0..n).collect()]
     };
-    let mut parts = Parts { train: Vec::new(), valid: Vec::new(), test: Vec::new() };
+    let mut parts = Parts {
+        train: Vec::new(),
+        valid: Vec::new(),
+        test: Vec::new(),
+    };
     for mut g in groups {
         g.shuffle(&mut rng);
         let n_test = (g.len() as f64 * spec.test_fraction).round() as usize;
         let n_valid = (g.len() as f64 * spec.valid_fraction).round() as usize;
         let n_valid = n_valid.min(g.len() - n_test.min(g.len()));
         parts.test.extend_from_slice(&g[..n_test.min(g.len())]);
-        parts.valid.extend_from_slice(&g[n_test.min(g.len())..n_test.min(g.len()) + n_valid]);
-        parts.train.extend_from_slice(&g[n_test.min(g.len()) + n_valid..]);
+        parts
+            .valid
+            .extend_from_slice(&g[n_test.min(g.len())..n_test.min(g.len()) + n_valid]);
+        parts
+            .train
+            .extend_from_slice(&g[n_test.min(g.len()) + n_valid..]);
     }
     parts.train.sort_unstable();
     parts.valid.sort_unstable();

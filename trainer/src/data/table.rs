@@ -146,7 +146,10 @@ fn label_index(spec: &DataSpec, names: &[String]) -> Result<usize, String> {
             if (0..n).contains(&j) {
                 Ok(j as usize)
             } else {
-                Err(format!("`data.label` = {i}: the file has {n} columns (0..{})", n - 1))
+                Err(format!(
+                    "`data.label` = {i}: the file has {n} columns (0..{})",
+                    n - 1
+                ))
             }
         }
         Some(ColumnRef::Name(name)) => names.iter().position(|c| c == name).ok_or_else(|| {
@@ -206,7 +209,10 @@ fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawT
     let shown = path.display().to_string();
     let lines = read_lines(spec, path, None)?;
     let Some((_, first)) = lines.rows.first() else {
-        return Err(DataError::Format { path: shown, message: "no data rows (empty file?)".into() });
+        return Err(DataError::Format {
+            path: shown,
+            message: "no data rows (empty file?)".into(),
+        });
     };
     let width = first.len();
     for (line, fields) in &lines.rows {
@@ -227,10 +233,14 @@ fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawT
     }
     let label = match labels_path {
         Some(_) => None,
-        None => Some(label_index(spec, &names).map_err(|m| DataError::Format { path: shown.clone(), message: m })?),
+        None => Some(label_index(spec, &names).map_err(|m| DataError::Format {
+            path: shown.clone(),
+            message: m,
+        })?),
     };
-    let keep: Vec<usize> =
-        (0..width).filter(|&i| Some(i) != label && !spec.ignore.contains(&names[i])).collect();
+    let keep: Vec<usize> = (0..width)
+        .filter(|&i| Some(i) != label && !spec.ignore.contains(&names[i]))
+        .collect();
     let mut labels = Vec::with_capacity(lines.rows.len());
     let mut cells = Vec::with_capacity(lines.rows.len());
     let mut line_numbers = Vec::with_capacity(lines.rows.len());
@@ -238,7 +248,11 @@ fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawT
         if let Some(l) = label {
             labels.push(std::mem::take(&mut fields[l]));
         }
-        cells.push(keep.iter().map(|&i| std::mem::take(&mut fields[i])).collect::<Vec<_>>());
+        cells.push(
+            keep.iter()
+                .map(|&i| std::mem::take(&mut fields[i]))
+                .collect::<Vec<_>>(),
+        );
         line_numbers.push(line);
     }
     if let Some(lp) = labels_path {
@@ -246,11 +260,19 @@ fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawT
             path: lp.display().to_string(),
             message: "not UTF-8 text".into(),
         })?;
-        labels = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        labels = text
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
         if labels.len() != cells.len() {
             return Err(DataError::Format {
                 path: lp.display().to_string(),
-                message: format!("{} targets for the {} rows of {shown}", labels.len(), cells.len()),
+                message: format!(
+                    "{} targets for the {} rows of {shown}",
+                    labels.len(),
+                    cells.len()
+                ),
             });
         }
     }
@@ -269,7 +291,10 @@ mod tests {
 
     #[test]
     fn splits_quoted_fields_and_trims() {
-        assert_eq!(split_line(r#"1, "a, b" ,"say ""hi""",x"#, Some(b',')), ["1", "a, b", "say \"hi\"", "x"]);
+        assert_eq!(
+            split_line(r#"1, "a, b" ,"say ""hi""",x"#, Some(b',')),
+            ["1", "a, b", "say \"hi\"", "x"]
+        );
         assert_eq!(split_line("59 2  32.1", None), ["59", "2", "32.1"]);
         assert_eq!(split_line("a\tb\t", Some(b'\t')), ["a", "b", ""]);
     }
