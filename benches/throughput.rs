@@ -38,7 +38,8 @@ impl BareMlp {
         }
     }
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.l3.forward(relu(self.l2.forward(relu(self.l1.forward(x)))))
+        self.l3
+            .forward(relu(self.l2.forward(relu(self.l1.forward(x)))))
     }
 }
 
@@ -55,8 +56,12 @@ impl BareCnn {
     fn new(device: &Device) -> Self {
         let pad = PaddingConfig2d::Explicit(1, 1, 1, 1);
         Self {
-            c1: Conv2dConfig::new([1, 32], [3, 3]).with_padding(pad.clone()).init(device),
-            c2: Conv2dConfig::new([32, 64], [3, 3]).with_padding(pad).init(device),
+            c1: Conv2dConfig::new([1, 32], [3, 3])
+                .with_padding(pad.clone())
+                .init(device),
+            c2: Conv2dConfig::new([32, 64], [3, 3])
+                .with_padding(pad)
+                .init(device),
             pool: MaxPool2dConfig::new([2, 2]).init(),
             fc1: LinearConfig::new(64 * 7 * 7, 128).init(device),
             fc2: LinearConfig::new(128, 10).init(device),
@@ -73,15 +78,26 @@ impl BareCnn {
 
 /// MNIST training images, standardised, and labels.
 fn mnist() -> (Vec<f32>, Vec<i64>) {
-    let (n, r, c, px) = idx::read_images("data/mnist/train-images.idx3-ubyte.gz".as_ref()).expect("MNIST images");
-    let labels = idx::read_labels("data/mnist/train-labels.idx1-ubyte.gz".as_ref()).expect("MNIST labels");
-    let x: Vec<f32> = px.iter().map(|&p| (p as f32 / 255.0 - 0.1307) / 0.3081).collect();
+    let (n, r, c, px) =
+        idx::read_images("data/mnist/train-images.idx3-ubyte.gz".as_ref()).expect("MNIST images");
+    let labels =
+        idx::read_labels("data/mnist/train-labels.idx1-ubyte.gz".as_ref()).expect("MNIST labels");
+    let x: Vec<f32> = px
+        .iter()
+        .map(|&p| (p as f32 / 255.0 - 0.1307) / 0.3081)
+        .collect();
     assert_eq!(x.len(), n * r * c);
     (x, labels.iter().map(|&l| l as i64).collect())
 }
 
 /// The hand-written loop: slice a batch, forward, cross-entropy, backward, Adam step.
-fn bare<M: Module>(model: M, forward: impl Fn(&M, Tensor<2>) -> Tensor<2>, batch: usize, steps: usize, warmup: usize) -> f64 {
+fn bare<M: Module>(
+    model: M,
+    forward: impl Fn(&M, Tensor<2>) -> Tensor<2>,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> f64 {
     let device = Device::flex().autodiff();
     let (x, y) = mnist();
     let n = y.len();
@@ -94,8 +110,14 @@ fn bare<M: Module>(model: M, forward: impl Fn(&M, Tensor<2>) -> Tensor<2>, batch
             start = Instant::now();
         }
         let b = (step * batch) % (n - batch);
-        let xb = Tensor::<2>::from_data(TensorData::new(x[b * 784..(b + batch) * 784].to_vec(), [batch, 784]), &device);
-        let yb = Tensor::<1, Int>::from_data(TensorData::new(y[b..b + batch].to_vec(), [batch]), &device);
+        let xb = Tensor::<2>::from_data(
+            TensorData::new(x[b * 784..(b + batch) * 784].to_vec(), [batch, 784]),
+            &device,
+        );
+        let yb = Tensor::<1, Int>::from_data(
+            TensorData::new(y[b..b + batch].to_vec(), [batch]),
+            &device,
+        );
         let loss = loss_fn.forward(forward(&model, xb), yb);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-3, model, grads);
@@ -109,8 +131,22 @@ fn bare<M: Module>(model: M, forward: impl Fn(&M, Tensor<2>) -> Tensor<2>, batch
 /// logged window (after `warmup` steps), as the loop itself measures it.
 fn kiln(model: &str, steps: usize, warmup: usize) -> f64 {
     let (cfg_path, sets): (&str, Vec<String>) = match model {
-        "mlp" => ("configs/mnist_mlp.toml", vec!["model.hidden=[256, 128]".into(), "model.dropout=0.0".into(), "train.batch_size=128".into()]),
-        _ => ("configs/mnist_cnn.toml", vec!["model.dropout=0.0".into(), "train.batch_size=64".into(), "train.valid_every=1000000".into()]),
+        "mlp" => (
+            "configs/mnist_mlp.toml",
+            vec![
+                "model.hidden=[256, 128]".into(),
+                "model.dropout=0.0".into(),
+                "train.batch_size=128".into(),
+            ],
+        ),
+        _ => (
+            "configs/mnist_cnn.toml",
+            vec![
+                "model.dropout=0.0".into(),
+                "train.batch_size=64".into(),
+                "train.valid_every=1000000".into(),
+            ],
+        ),
     };
     let mut sets = sets;
     sets.extend([
@@ -119,7 +155,10 @@ fn kiln(model: &str, steps: usize, warmup: usize) -> f64 {
         "schedule.kind=constant".into(),
         "schedule.warmup_steps=0".into(),
         format!("train.max_steps={}", warmup + steps),
-        format!("train.log_every={}", if warmup == 0 { steps } else { warmup }),
+        format!(
+            "train.log_every={}",
+            if warmup == 0 { steps } else { warmup }
+        ),
         "data.split.valid=0.01".into(),
     ]);
     let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
@@ -146,7 +185,10 @@ fn kiln(model: &str, steps: usize, warmup: usize) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mut which = "all".to_string();
     let mut steps = 200;
     let mut threads = 2;
@@ -173,11 +215,35 @@ fn main() {
             continue;
         }
         let (batch, bare_rate) = match model {
-            "mlp" => (128, bare(BareMlp::new(&Device::flex().autodiff()), BareMlp::forward, 128, steps, warmup)),
-            _ => (64, bare(BareCnn::new(&Device::flex().autodiff()), BareCnn::forward, 64, steps, warmup)),
+            "mlp" => (
+                128,
+                bare(
+                    BareMlp::new(&Device::flex().autodiff()),
+                    BareMlp::forward,
+                    128,
+                    steps,
+                    warmup,
+                ),
+            ),
+            _ => (
+                64,
+                bare(
+                    BareCnn::new(&Device::flex().autodiff()),
+                    BareCnn::forward,
+                    64,
+                    steps,
+                    warmup,
+                ),
+            ),
         };
-        println!("{}", serde_json::json!({"model": model, "impl": "burn-bare", "batch": batch, "threads": threads, "steps": steps, "samples_per_second": bare_rate}));
+        println!(
+            "{}",
+            serde_json::json!({"model": model, "impl": "burn-bare", "batch": batch, "threads": threads, "steps": steps, "samples_per_second": bare_rate})
+        );
         let kiln_rate = kiln(model, steps, warmup);
-        println!("{}", serde_json::json!({"model": model, "impl": "kiln", "batch": batch, "threads": threads, "steps": steps, "samples_per_second": kiln_rate}));
+        println!(
+            "{}",
+            serde_json::json!({"model": model, "impl": "kiln", "batch": batch, "threads": threads, "steps": steps, "samples_per_second": kiln_rate})
+        );
     }
 }

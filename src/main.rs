@@ -192,6 +192,12 @@ fn cmd_train(
         (None, None) => return Err(Failure::usage("give a config file, or --resume RUN")),
     };
     let stop = interrupt_flag();
+    // The flag a resume needs: none when the registry is where `--resume` looks by default.
+    let registry_flag = if registry == registry_for(None, "kiln-registry") {
+        String::new()
+    } else {
+        format!(" --registry {}", registry.display())
+    };
     let opts = train::Options {
         registry,
         smoke,
@@ -204,7 +210,7 @@ fn cmd_train(
     let info = &outcome.info;
     if info.status == run::Status::Interrupted {
         eprintln!(
-            "interrupted at step {}; checkpoint saved in {}\nresume with: kiln train --resume {}",
+            "interrupted at step {}; checkpoint saved in {}\nresume with: kiln train --resume {}{registry_flag}",
             info.steps,
             outcome
                 .run_dir

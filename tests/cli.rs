@@ -482,3 +482,63 @@ fn interrupt_saves_and_resume_matches_an_uninterrupted_run() {
         "resumed and uninterrupted runs end equal"
     );
 }
+
+/// Dotted paths of every field in the schema (`data.split.valid`, `model.conv.kernel`, ...).
+fn schema_paths(root: &Value, node: &Value, prefix: &str, out: &mut Vec<String>) {
+    let node = match node.get("$ref").and_then(Value::as_str) {
+        Some(r) => root
+            .pointer(r.trim_start_matches('#'))
+            .expect("refs resolve"),
+        None => node,
+    };
+    if let Some(items) = node.get("items") {
+        schema_paths(root, items, prefix, out);
+    }
+    for k in ["anyOf", "oneOf", "allOf"] {
+        for v in node.get(k).and_then(Value::as_array).into_iter().flatten() {
+            schema_paths(root, v, prefix, out);
+        }
+    }
+    for (k, v) in node
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        out.push(path.clone());
+        schema_paths(root, v, &path, out);
+    }
+}
+
+#[test]
+fn readme_documents_every_config_field() {
+    let sb = Sandbox::new();
+    let schema: Value = serde_json::from_str(&stdout(&sb.kiln(&["schema"]))).unwrap();
+    let mut paths = Vec::new();
+    schema_paths(&schema, &schema, "", &mut paths);
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let sections = [
+        "data",
+        "model",
+        "train",
+        "optim",
+        "schedule",
+        "runtime",
+        "data.split",
+        "train.early_stopping",
+    ];
+    let missing: Vec<&String> = paths
+        .iter()
+        .filter(|p| !sections.contains(&p.as_str()))
+        .filter(|p| !readme.contains(&format!("| `{p}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's config reference lacks: {missing:?}"
+    );
+}

@@ -78,3 +78,91 @@ impl Loss {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Reference values from PyTorch 2.15 (`torch.nn.functional`):
+    //!
+    //! ```python
+    //! logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-3.0, 1.5, 0.0], [1.0, 1.0, -2.0]])
+    //! target = torch.tensor([0, 2, 1, 1])
+    //! F.cross_entropy(logits, target)                       # 0.5428612232208252
+    //! F.cross_entropy(logits, target, label_smoothing=0.1)  # 0.6578612327575684
+    //! x = torch.tensor([[3.0], [-2.0], [0.5], [-0.1], [40.0], [-40.0]])
+    //! y = torch.tensor([[1.0], [0.0], [0.0], [1.0], [1.0], [1.0]])
+    //! F.binary_cross_entropy_with_logits(x, y)              # 6.982330799102783
+    //! p = torch.tensor([[0.5], [2.0], [-1.0], [3.5]]); t = torch.tensor([[0.0], [0.0], [-1.2], [1.0]])
+    //! F.mse_loss(p, t)                                      # 2.634999990463257
+    //! F.huber_loss(p, t, delta=1.0)                         # 0.9112499952316284
+    //! F.huber_loss(p, t, delta=0.5)                         # 0.5362499952316284
+    //! ```
+    use super::*;
+
+    fn value(loss: Loss, out: Vec<f32>, width: usize, y: Targets) -> f64 {
+        let device = Device::flex();
+        let n = out.len() / width;
+        let out = Tensor::<2>::from_data(TensorData::new(out, [n, width]), &device);
+        loss.forward(out, &y, &device).into_scalar::<f32>() as f64
+    }
+
+    fn loss(kind: LossKind) -> Loss {
+        Loss {
+            kind,
+            classes: 3,
+            label_smoothing: 0.0,
+            huber_delta: 1.0,
+        }
+    }
+
+    #[test]
+    fn cross_entropy_matches_pytorch() {
+        let logits = vec![
+            2.0, -1.0, 0.5, 0.1, 0.2, 0.3, -3.0, 1.5, 0.0, 1.0, 1.0, -2.0,
+        ];
+        let y = Targets::Classes(vec![0, 2, 1, 1]);
+        let ce = value(loss(LossKind::CrossEntropy), logits.clone(), 3, y.clone());
+        assert!((ce - 0.5428612232208252).abs() < 1e-6, "{ce}");
+        let smoothed = Loss {
+            label_smoothing: 0.1,
+            ..loss(LossKind::CrossEntropy)
+        };
+        let ls = value(smoothed, logits, 3, y);
+        assert!((ls - 0.6578612327575684).abs() < 1e-6, "{ls}");
+    }
+
+    #[test]
+    fn bce_on_logits_matches_pytorch_even_for_large_logits() {
+        let x = vec![3.0, -2.0, 0.5, -0.1, 40.0, -40.0];
+        let y = Targets::Classes(vec![1, 0, 0, 1, 1, 1]);
+        let bce = value(
+            Loss {
+                classes: 2,
+                ..loss(LossKind::Bce)
+            },
+            x,
+            1,
+            y,
+        );
+        assert!((bce - 6.982330799102783).abs() < 1e-5, "{bce}");
+    }
+
+    #[test]
+    fn mse_and_huber_match_pytorch() {
+        let p = vec![0.5, 2.0, -1.0, 3.5];
+        let t = Targets::Values(vec![0.0, 0.0, -1.2, 1.0]);
+        let mse = value(loss(LossKind::Mse), p.clone(), 1, t.clone());
+        assert!((mse - 2.634999990463257).abs() < 1e-6, "{mse}");
+        let h1 = value(loss(LossKind::Huber), p.clone(), 1, t.clone());
+        assert!((h1 - 0.9112499952316284).abs() < 1e-6, "{h1}");
+        let h05 = value(
+            Loss {
+                huber_delta: 0.5,
+                ..loss(LossKind::Huber)
+            },
+            p,
+            1,
+            t,
+        );
+        assert!((h05 - 0.5362499952316284).abs() < 1e-6, "{h05}");
+    }
+}

@@ -141,3 +141,35 @@ mod tests {
         assert!((learning_rate(&s, 1.0, 110, 110) - 0.1).abs() < 1e-12);
     }
 }
+
+#[cfg(test)]
+mod clip_tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+    use burn::tensor::Device;
+
+    #[test]
+    fn clipping_scales_the_global_norm_down_and_leaves_small_ones() {
+        let device = Device::flex().autodiff();
+        let layer = LinearConfig::new(8, 4).init(&device);
+        let x = Tensor::<2>::ones([16, 8], &device).mul_scalar(10.0);
+        let grads = GradientsParams::from_grads(layer.forward(x).sum().backward(), &layer);
+        let norm = grad_norm(&layer, &grads);
+        assert!(norm > 1.0, "{norm}");
+        let mut clipped = GradientsParams::from_grads(
+            layer
+                .forward(Tensor::<2>::ones([16, 8], &device).mul_scalar(10.0))
+                .sum()
+                .backward(),
+            &layer,
+        );
+        let before = clip_grad_norm(&layer, &mut clipped, 0.5);
+        assert!((before - norm).abs() < 1e-3 * norm);
+        let after = grad_norm(&layer, &clipped);
+        assert!((after - 0.5).abs() < 1e-4, "clipped to {after}");
+        let untouched = clip_grad_norm(&layer, &mut clipped, 10.0);
+        assert!(
+            (untouched - after).abs() < 1e-6 && (grad_norm(&layer, &clipped) - after).abs() < 1e-6
+        );
+    }
+}

@@ -45,6 +45,13 @@ impl Progress {
         }
     }
 
+    /// Moves the bar to optimizer step `step` (cheap; every step).
+    pub fn tick(&self, step: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step as u64);
+        }
+    }
+
     pub fn step(&self, r: &StepReport) {
         match &self.bar {
             Some(bar) => {

@@ -406,6 +406,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             let lr = optim::learning_rate(&f.schedule, f.optim.lr, st.step, total_steps);
             model = optimizer.step(lr, model, grads);
             st.step += 1;
+            progress.tick(st.step);
 
             let last_step = st.step >= total_steps;
             if st.step % t.log_every == 0 || last_step {

@@ -14,7 +14,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// A config over `train.csv` (and `test.csv` when present) in `dir`, with extra `[data]` lines.
 fn config(dir: &Path, data_lines: &str) -> Result<RunConfig, config::ConfigError> {
     let test = dir.join("test.csv");
-    let test_line = if test.exists() { format!("test_path = {:?}\n", test.display().to_string()) } else { String::new() };
+    let test_line = if test.exists() {
+        format!("test_path = {:?}\n", test.display().to_string())
+    } else {
+        String::new()
+    };
     let text = format!(
         "[data]\npath = {:?}\n{test_line}header = true\n{data_lines}\n[data.split]\nvalid = 0.25\ntest = {}\nstratify = false\n",
         dir.join("train.csv").display().to_string(),
@@ -43,11 +47,18 @@ fn categories_are_one_hot_and_numbers_standardised() {
     };
     assert_eq!(p.train.d, 1 + cats.len());
     for row in p.train.x.chunks(p.train.d) {
-        assert_eq!(row[1..].iter().filter(|&&v| v == 1.0).count(), 1, "one hot per row: {row:?}");
+        assert_eq!(
+            row[1..].iter().filter(|&&v| v == 1.0).count(),
+            1,
+            "one hot per row: {row:?}"
+        );
     }
     let xs: Vec<f32> = p.train.x.chunks(p.train.d).map(|r| r[0]).collect();
     let mean = xs.iter().sum::<f32>() / xs.len() as f32;
-    assert!(mean.abs() < 1e-6, "standardised on the training split: mean {mean}");
+    assert!(
+        mean.abs() < 1e-6,
+        "standardised on the training split: mean {mean}"
+    );
     assert_eq!(p.train.n + p.valid.n + p.test.n, 8);
 }
 
@@ -59,20 +70,42 @@ fn missing_values_are_rejected_with_row_and_column_or_imputed() {
     let err = prepare(dir.path(), "label = \"y\"").unwrap_err();
     assert!(err.starts_with(&format!("{}:", train.display())), "{err}");
     assert!(err.contains("missing value"), "{err}");
-    assert!(err.contains("column `x`") || err.contains("column `color`"), "{err}");
-    assert!(err.contains(":3:") || err.contains(":4:") || err.contains(":6:"), "names the line: {err}");
+    assert!(
+        err.contains("column `x`") || err.contains("column `color`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":3:") || err.contains(":4:") || err.contains(":6:"),
+        "names the line: {err}"
+    );
 
     let p = prepare(dir.path(), "label = \"y\"\nimpute = \"median\"").unwrap();
-    assert!(p.train.x.iter().chain(&p.valid.x).chain(&p.test.x).all(|v| v.is_finite()));
+    assert!(
+        p.train
+            .x
+            .iter()
+            .chain(&p.valid.x)
+            .chain(&p.test.x)
+            .all(|v| v.is_finite())
+    );
     match &p.preprocessor.columns[0] {
         data::preprocess::Column::Numeric { fill: Some(f), .. } => assert!((1.0..=8.0).contains(f)),
         c => panic!("x is numeric with a fill: {c:?}"),
     }
-    let p = prepare(dir.path(), "label = \"y\"\nimpute = \"constant\"\nimpute_value = -1.0").unwrap();
+    let p = prepare(
+        dir.path(),
+        "label = \"y\"\nimpute = \"constant\"\nimpute_value = -1.0",
+    )
+    .unwrap();
     match &p.preprocessor.columns[1] {
-        data::preprocess::Column::Categorical { categories, fill, .. } => {
+        data::preprocess::Column::Categorical {
+            categories, fill, ..
+        } => {
             assert_eq!(fill.as_deref(), Some("<missing>"));
-            assert!(categories.windows(2).all(|w| w[0] < w[1]), "categories stay sorted: {categories:?}");
+            assert!(
+                categories.windows(2).all(|w| w[0] < w[1]),
+                "categories stay sorted: {categories:?}"
+            );
         }
         c => panic!("{c:?}"),
     }
@@ -82,10 +115,16 @@ fn missing_values_are_rejected_with_row_and_column_or_imputed() {
 fn statistics_come_from_the_training_split_only() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "train.csv", CLEAN);
-    write(dir.path(), "test.csv", "x,color,y\n1000.0,red,0\n2000.0,blue,1\n");
+    write(
+        dir.path(),
+        "test.csv",
+        "x,color,y\n1000.0,red,0\n2000.0,blue,1\n",
+    );
     let p = prepare(dir.path(), "label = \"y\"").unwrap();
     match &p.preprocessor.columns[0] {
-        data::preprocess::Column::Numeric { mean, .. } => assert!(*mean < 10.0, "test rows leaked into the mean: {mean}"),
+        data::preprocess::Column::Numeric { mean, .. } => {
+            assert!(*mean < 10.0, "test rows leaked into the mean: {mean}")
+        }
         c => panic!("{c:?}"),
     }
     assert_eq!(p.test.n, 2);
@@ -95,19 +134,39 @@ fn statistics_come_from_the_training_split_only() {
 fn an_unseen_category_in_the_test_file_encodes_as_zeros() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "train.csv", CLEAN);
-    write(dir.path(), "test.csv", "x,color,y\n1.0,purple,0\n2.0,red,1\n");
+    write(
+        dir.path(),
+        "test.csv",
+        "x,color,y\n1.0,purple,0\n2.0,red,1\n",
+    );
     let p = prepare(dir.path(), "label = \"y\"").unwrap();
     let first = &p.test.x[..p.test.d];
-    assert!(first[1..].iter().all(|&v| v == 0.0), "purple was never seen: {first:?}");
-    assert_eq!(p.test.x[p.test.d + 1..2 * p.test.d].iter().filter(|&&v| v == 1.0).count(), 1);
+    assert!(
+        first[1..].iter().all(|&v| v == 0.0),
+        "purple was never seen: {first:?}"
+    );
+    assert_eq!(
+        p.test.x[p.test.d + 1..2 * p.test.d]
+            .iter()
+            .filter(|&&v| v == 1.0)
+            .count(),
+        1
+    );
 }
 
 #[test]
 fn a_row_with_the_wrong_number_of_fields_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let train = write(dir.path(), "train.csv", "x,color,y\n1.0,red,0\n2.0,blue\n3.0,red,0\n");
+    let train = write(
+        dir.path(),
+        "train.csv",
+        "x,color,y\n1.0,red,0\n2.0,blue\n3.0,red,0\n",
+    );
     let err = prepare(dir.path(), "label = \"y\"").unwrap_err();
-    assert_eq!(err, format!("{}:3: expected 3 fields, found 2", train.display()));
+    assert_eq!(
+        err,
+        format!("{}:3: expected 3 fields, found 2", train.display())
+    );
 }
 
 #[test]
@@ -115,18 +174,34 @@ fn an_empty_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let train = write(dir.path(), "train.csv", "");
     let err = config(dir.path(), "").unwrap_err().to_string();
-    assert!(err.contains(&format!("{}: no data rows", train.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}: no data rows", train.display())),
+        "{err}"
+    );
     write(dir.path(), "train.csv", "x,y\n");
     let err = config(dir.path(), "").unwrap_err().to_string();
-    assert!(err.contains("no data rows"), "a header alone has no rows: {err}");
+    assert!(
+        err.contains("no data rows"),
+        "a header alone has no rows: {err}"
+    );
 }
 
 #[test]
 fn text_in_a_numeric_column_is_named_with_row_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let train = write(dir.path(), "train.csv", "x,y\n1.0,0\n2.0,1\n3..0,0\n4.0,1\n5.0,0\n6.0,1\n7.0,0\n8.0,1\n");
+    let train = write(
+        dir.path(),
+        "train.csv",
+        "x,y\n1.0,0\n2.0,1\n3..0,0\n4.0,1\n5.0,0\n6.0,1\n7.0,0\n8.0,1\n",
+    );
     let err = prepare(dir.path(), "").unwrap_err();
-    assert!(err.starts_with(&format!("{}:4: column `x`: \"3..0\" is not a number", train.display())), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{}:4: column `x`: \"3..0\" is not a number",
+            train.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -137,10 +212,18 @@ fn label_column_by_name_index_and_typo() {
     let by_name = prepare(dir.path(), "label = \"y\"").unwrap();
     assert_eq!(by_index.train, by_name.train);
     assert!(matches!(by_name.train.y, Targets::Classes(_)));
-    let err = config(dir.path(), "label = \"yy\"").unwrap_err().to_string();
-    assert!(err.contains("`data.label` = \"yy\": no such column; did you mean \"y\"?"), "{err}");
+    let err = config(dir.path(), "label = \"yy\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`data.label` = \"yy\": no such column; did you mean \"y\"?"),
+        "{err}"
+    );
     let err = config(dir.path(), "label = 7").unwrap_err().to_string();
-    assert!(err.contains("`data.label` = 7: the file has 3 columns"), "{err}");
+    assert!(
+        err.contains("`data.label` = 7: the file has 3 columns"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -154,7 +237,10 @@ fn gzip_and_tsv_read_like_csv() {
     let p = prepare(dir.path(), "label = \"y\"\ndelimiter = \"\\t\"").unwrap();
     let plain = tempfile::tempdir().unwrap();
     write(plain.path(), "train.csv", CLEAN);
-    assert_eq!(p.train, prepare(plain.path(), "label = \"y\"").unwrap().train);
+    assert_eq!(
+        p.train,
+        prepare(plain.path(), "label = \"y\"").unwrap().train
+    );
 }
 
 #[test]
