@@ -24,3 +24,4 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod train;
+use gemm as _; // see the workspace Cargo.toml: enables AVX-512 matrix kernels
