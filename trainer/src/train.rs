@@ -14,8 +14,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use kiln_models::{CnnConfig, ConvBlockConfig, MlpConfig, Model, ModelConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ModelKind, RunConfig, Task};
-use crate::data::{self, DataError, Dataset, Loader, Preprocessor, Targets};
+use crate::config::{ModelKind, RunConfig};
+use crate::data::{self, DataError, Dataset, Loader, Preprocessor};
 use crate::eval::evaluate;
 use crate::loss::Loss;
 use crate::metrics::Metrics;
@@ -74,7 +74,6 @@ pub struct LoopState {
     pub best_step: Option<usize>,
     pub validations_without_improvement: usize,
     pub samples_seen: u64,
-    pub train_seconds: f64,
 }
 
 /// Examples in the training slice of a smoke run, and its number of steps.
@@ -245,6 +244,13 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             run::write_json(&dir.join(run::RUN), &info)?;
             (dir, info)
         }
+    };
+
+    // From here on the run exists on disk: if training fails (an error or a panic), it is
+    // marked `failed` rather than left `running`.
+    let mut guard = FailGuard {
+        path: run_dir.join(run::RUN),
+        info: Some(info.clone()),
     };
 
     // Model, optimizer, loop state: fresh, or from the last checkpoint.
@@ -462,7 +468,6 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line);
             stop_early |= out;
         }
-        st.train_seconds += started.elapsed().as_secs_f64() - st.train_seconds.min(0.0);
         save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
         if stop_early {
             progress.line(&format!(
@@ -482,6 +487,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
         info.status = Status::Interrupted;
         run::write_json(&run_dir.join(run::RUN), &info)?;
+        guard.info = None;
         return Ok(Outcome { run_dir, info });
     }
 
@@ -514,7 +520,26 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     info.finished =
         Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
     run::write_json(&run_dir.join(run::RUN), &info)?;
+    guard.info = None;
     Ok(Outcome { run_dir, info })
+}
+
+/// Marks a run `failed` in its `run.json` when dropped while still armed (`info` is `Some`).
+struct FailGuard {
+    path: PathBuf,
+    info: Option<RunInfo>,
+}
+
+impl Drop for FailGuard {
+    fn drop(&mut self) {
+        if let Some(mut info) = self.info.take() {
+            info.status = Status::Failed;
+            info.finished =
+                Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+            // Best effort: the error that got us here is what the user needs to see.
+            let _ = run::write_json(&self.path, &info);
+        }
+    }
 }
 
 /// Writes `checkpoints/last` (and `checkpoints/best`) through a temporary folder and a rename.
@@ -557,16 +582,6 @@ fn save_checkpoint(
         }
     }
     Ok(())
-}
-
-/// Whether a task is classification (for callers that format results).
-pub fn is_classification(cfg: &RunConfig) -> bool {
-    cfg.file.task == Task::Classification
-}
-
-#[allow(dead_code)]
-fn _targets_len(t: &Targets) -> usize {
-    t.len()
 }
 
 /// Installs a Ctrl-C handler (once per process).
