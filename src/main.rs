@@ -212,10 +212,8 @@ fn cmd_train(
         eprintln!(
             "interrupted at step {}; checkpoint saved in {}\nresume with: kiln train --resume {}{registry_flag}",
             info.steps,
-            outcome
-                .run_dir
-                .join(run::CHECKPOINTS)
-                .join("last")
+            run::checkpoint_dir(&outcome.run_dir, run::LATEST)
+                .unwrap_or_else(|| outcome.run_dir.join(run::CHECKPOINTS))
                 .display(),
             info.id
         );

@@ -397,9 +397,14 @@ fn smoke_runs_every_shipped_config() {
         assert_eq!(v["status"], "completed", "{}", f.display());
         assert!(v["steps"].as_u64().unwrap() >= 1);
         let run_dir = PathBuf::from(v["run_dir"].as_str().unwrap());
+        let latest = std::fs::read_to_string(run_dir.join("checkpoints/LATEST"))
+            .expect("smoke writes a checkpoint");
         assert!(
-            run_dir.join("checkpoints/last/model.bpk").is_file(),
-            "smoke writes a checkpoint"
+            run_dir
+                .join("checkpoints")
+                .join(latest.trim())
+                .join("model.bpk")
+                .is_file()
         );
         assert!(v["metrics"]["test"].is_object(), "smoke evaluates: {v}");
     }
@@ -541,4 +546,210 @@ fn readme_documents_every_config_field() {
         missing.is_empty(),
         "README's config reference lacks: {missing:?}"
     );
+}
+
+/// A Python with TensorBoard: `$KILN_TEST_PYTHON` or `python3`. `None` (the test says it was
+/// skipped) only outside CI: `.ci/run` installs TensorBoard, and there its absence fails.
+fn tensorboard_python() -> Option<String> {
+    let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import tensorboard"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide TensorBoard: set KILN_TEST_PYTHON to a Python with it"
+    );
+    eprintln!(
+        "SKIPPED: no Python with the tensorboard package ({python}); set KILN_TEST_PYTHON to run this test"
+    );
+    None
+}
+
+/// What TensorBoard's EventAccumulator reads from a run folder.
+fn read_tensorboard(python: &str, run_dir: &Path) -> Value {
+    let o = Command::new(python)
+        .arg(root().join("tests/tensorboard_read.py"))
+        .arg(run_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+/// `(tag, step) -> value` of every point in metrics.jsonl, tagged as TensorBoard shows them.
+fn jsonl_points(run_dir: &Path) -> std::collections::BTreeMap<(String, u64), f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let (split, step) = (v["split"].as_str().unwrap(), v["step"].as_u64().unwrap());
+        for (k, x) in v.as_object().unwrap() {
+            if !["split", "step", "epoch"].contains(&k.as_str()) {
+                let key = (format!("{split}/{k}"), step);
+                assert!(
+                    out.insert(key.clone(), x.as_f64().unwrap()).is_none(),
+                    "{key:?} logged twice in metrics.jsonl"
+                );
+            }
+        }
+    }
+    out
+}
+
+/// TensorBoard's scalars equal metrics.jsonl, point for point, each step once per tag.
+fn assert_tensorboard_matches_jsonl(tb: &Value, run_dir: &Path) {
+    let expected = jsonl_points(run_dir);
+    let mut seen = std::collections::BTreeMap::new();
+    for (tag, points) in tb["scalars"].as_object().unwrap() {
+        let steps: Vec<u64> = points
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_u64().unwrap())
+            .collect();
+        assert!(
+            steps.windows(2).all(|w| w[0] < w[1]),
+            "{tag}: steps not strictly increasing: {steps:?}"
+        );
+        for p in points.as_array().unwrap() {
+            seen.insert(
+                (tag.clone(), p[0].as_u64().unwrap()),
+                p[1].as_f64().unwrap(),
+            );
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "TensorBoard and metrics.jsonl hold different points"
+    );
+    for (key, want) in &expected {
+        let got = seen
+            .get(key)
+            .unwrap_or_else(|| panic!("{key:?} missing from TensorBoard"));
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{key:?}: TensorBoard {got}, metrics.jsonl {want}"
+        );
+    }
+}
+
+#[test]
+fn tensorboard_reads_the_run_scalars_and_hparams() {
+    let Some(python) = tensorboard_python() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let cfg = digits_config(
+        &sb,
+        "[train]\nepochs = 2\nlog_every = 5\n[optim]\nlr = 0.002\n",
+    );
+    let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--json"]);
+    assert_exit(&o, 0);
+    let run_dir = PathBuf::from(json(&o)["run_dir"].as_str().unwrap());
+    let tb = read_tensorboard(&python, &run_dir);
+    assert_eq!(tb["file_version"], 2.0);
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/samples_per_second",
+        "train/epoch_seconds",
+        "valid/accuracy",
+        "valid/loss",
+        "final/test_accuracy",
+    ] {
+        assert!(
+            tb["scalars"][tag].is_array(),
+            "no {tag} in {:?}",
+            tb["scalars"].as_object().unwrap().keys()
+        );
+    }
+    let loss_steps: Vec<u64> = tb["scalars"]["train/loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        loss_steps.first(),
+        Some(&5),
+        "global optimizer steps, every log_every"
+    );
+    assert_tensorboard_matches_jsonl(&tb, &run_dir);
+    assert_eq!(tb["hparams"]["optim.lr"], 0.002);
+    assert_eq!(tb["hparams"]["model.hidden"], "[32]");
+    assert_eq!(tb["hparams"]["name"], "tiny");
+    assert_eq!(tb["end_status"], 1, "session ended with success");
+}
+
+#[test]
+fn tensorboard_steps_stay_unique_after_a_kill_and_resume() {
+    let Some(python) = tensorboard_python() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    // 40 steps an epoch; checkpoints at epoch ends. Kill past the first checkpoint, so that the
+    // killed session logged steps the resumed one logs again.
+    let cfg = digits_config(
+        &sb,
+        "[train]\nepochs = 400\nlog_every = 5\n[runtime]\nthreads = 1\n",
+    );
+    let mut child = sb
+        .command(&["train", cfg.to_str().unwrap(), "--quiet"])
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let run_dir = loop {
+        let found = std::fs::read_dir(sb.registry().join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                std::fs::read_to_string(p.join("metrics.jsonl")).is_ok_and(|t| {
+                    t.lines()
+                        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                        .any(|v| v["step"].as_u64().unwrap_or(0) >= 105)
+                })
+            });
+        if let Some(dir) = found {
+            break dir;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "training never reached step 105"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let latest = std::fs::read_to_string(run_dir.join("checkpoints/LATEST")).unwrap();
+    let ckpt: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            run_dir
+                .join("checkpoints")
+                .join(latest.trim())
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let logged_max = jsonl_points(&run_dir).keys().map(|k| k.1).max().unwrap();
+    assert!(
+        ckpt["step"].as_u64().unwrap() < logged_max,
+        "the kill came after the checkpoint, leaving steps to redo"
+    );
+    let id = run_dir.file_name().unwrap().to_str().unwrap();
+    let o = sb.kiln(&["train", "--resume", id, "--json"]);
+    assert_exit(&o, 0);
+    let tb = read_tensorboard(&python, &run_dir);
+    assert_tensorboard_matches_jsonl(&tb, &run_dir);
+    assert_eq!(tb["end_status"], 1);
 }

@@ -23,5 +23,6 @@ pub mod optim;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod tracking;
 pub mod train;
 use gemm as _; // see the workspace Cargo.toml: enables AVX-512 matrix kernels

@@ -71,6 +71,18 @@ impl Metrics {
         }
     }
 
+    /// Every scalar metric (for tracking), in display order.
+    pub fn all_scalars(&self) -> Vec<(&'static str, f64)> {
+        let names: &[&'static str] = match self {
+            Metrics::Classification(_) => &["loss", "accuracy", "precision", "recall", "f1", "auc"],
+            Metrics::Regression(_) => &["loss", "mse", "rmse", "mae", "r2"],
+        };
+        names
+            .iter()
+            .filter_map(|&n| self.get(n).map(|v| (n, v)))
+            .collect()
+    }
+
     /// The headline scalars, in display order.
     pub fn scalars(&self) -> Vec<(&'static str, f64)> {
         match self {

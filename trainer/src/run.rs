@@ -7,8 +7,15 @@
 //! run.json           status, timings, final metrics
 //! metrics.jsonl      one JSON object per logged point
 //! model.bpk          the final weights (burnpack)
-//! checkpoints/<name>/{model.bpk, optim.bin, state.json}
+//! checkpoints/LATEST           names the newest complete checkpoint folder (step-NNNNNNNNN)
+//! checkpoints/BEST             names the folder of the best weights so far (best-NNNNNNNNN)
+//! checkpoints/step-NNNNNNNNN/{model.bpk, optim.bin, state.json}
+//! checkpoints/best-NNNNNNNNN/{model.bpk, state.json}
 //! ```
+//!
+//! A checkpoint folder is written under a temporary name, renamed into place, and only then
+//! named by its pointer file (itself replaced by a rename), so a process killed at any moment
+//! leaves the pointer naming a complete folder.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +33,8 @@ pub const CHECKPOINTS: &str = "checkpoints";
 pub const CKPT_WEIGHTS: &str = "model.bpk";
 pub const CKPT_OPTIM: &str = "optim.bin";
 pub const CKPT_STATE: &str = "state.json";
+pub const LATEST: &str = "LATEST";
+pub const BEST: &str = "BEST";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -73,6 +82,11 @@ pub struct RunInfo {
     pub epochs_done: usize,
     pub wall_seconds: f64,
     pub train_samples_per_second: f64,
+    /// The validation metric that picks the best model, and its best value.
+    #[serde(default)]
+    pub monitor: String,
+    #[serde(default)]
+    pub best_valid: Option<f64>,
     /// Final metrics per split (`train`, `valid`, `test`).
     pub metrics: std::collections::BTreeMap<String, Metrics>,
 }
@@ -180,4 +194,40 @@ pub fn list(registry: &Path) -> Result<Vec<(PathBuf, RunInfo)>, RunError> {
         }
     }
     Ok(out)
+}
+
+/// Writes a checkpoint folder `<prefix>-<step>` in `root` with `write`, points `pointer` at it,
+/// and removes the older folders of that prefix.
+pub fn commit_checkpoint<E: From<RunError>>(
+    root: &Path,
+    prefix: &str,
+    step: usize,
+    pointer: &str,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<PathBuf, E> {
+    let name = format!("{prefix}-{step:09}");
+    let dir = root.join(&name);
+    let tmp = root.join(format!(".tmp-{name}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    write(&tmp)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    write_atomic(&root.join(pointer), name.as_bytes())?;
+    for e in std::fs::read_dir(root).map_err(io(root))?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n != name && n.starts_with(&format!("{prefix}-")) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(dir)
+}
+
+/// The checkpoint folder `pointer` names, when there is one.
+pub fn checkpoint_dir(run_dir: &Path, pointer: &str) -> Option<PathBuf> {
+    let root = run_dir.join(CHECKPOINTS);
+    let name = std::fs::read_to_string(root.join(pointer)).ok()?;
+    let name = name.trim();
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    valid.then(|| root.join(name)).filter(|d| d.is_dir())
 }

@@ -2,7 +2,6 @@
 //! final evaluation. One function; no hooks.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -239,6 +238,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 epochs_done: 0,
                 wall_seconds: 0.0,
                 train_samples_per_second: 0.0,
+                monitor: cfg.monitor.metric.clone(),
+                best_valid: None,
                 metrics: BTreeMap::new(),
             };
             run::write_json(&dir.join(run::RUN), &info)?;
@@ -259,7 +260,12 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let mut st = LoopState::default();
     let mut best_model: Option<Model> = None;
     if opts.resume.is_some() {
-        let ck = run_dir.join(run::CHECKPOINTS).join("last");
+        let ck =
+            run::checkpoint_dir(&run_dir, run::LATEST).ok_or_else(|| TrainError::Checkpoint {
+                path: run_dir.join(run::CHECKPOINTS).display().to_string(),
+                message: "no checkpoint to resume from (the run stopped before its first one)"
+                    .into(),
+            })?;
         let fail = |m: String| TrainError::Checkpoint {
             path: ck.display().to_string(),
             message: m,
@@ -271,11 +277,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         optimizer = optimizer
             .load(ck.join(run::CKPT_OPTIM))
             .map_err(|e| fail(e.to_string()))?;
-        let best = run_dir
-            .join(run::CHECKPOINTS)
-            .join("best")
-            .join(run::CKPT_WEIGHTS);
-        if best.is_file() {
+        if let Some(best) =
+            run::checkpoint_dir(&run_dir, run::BEST).map(|d| d.join(run::CKPT_WEIGHTS))
+        {
             best_model = Some(
                 mconf
                     .init(&device)
@@ -305,13 +309,19 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             st.step
         ));
     }
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join(run::METRICS_LOG))
-        .map_err(run::io(&run_dir))?;
-    let mut log_line = |v: serde_json::Value| {
-        let _ = writeln!(log, "{v}");
+    // Tracking: metrics.jsonl and TensorBoard; a resumed session continues the same step axis.
+    let mut tracker =
+        crate::tracking::Tracker::open(&run_dir, opts.resume.as_ref().map(|_| st.step as u64))?;
+    if opts.resume.is_none() {
+        let mut resolved = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
+        resolved["name"] = cfg.name.clone().into();
+        tracker.started(&crate::tracking::flatten(&resolved), &cfg.name)?;
+    }
+    let mut track_error: Option<RunError> = None;
+    let mut log_line = |p: crate::tracking::Point| {
+        if let Err(e) = tracker.record(p) {
+            track_error.get_or_insert(e);
+        }
     };
 
     let train_data = Arc::new(train_set);
@@ -328,7 +338,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     st: &mut LoopState,
                     best_model: &mut Option<Model>,
                     progress: &Progress,
-                    log_line: &mut dyn FnMut(serde_json::Value)|
+                    log_line: &mut dyn FnMut(crate::tracking::Point)|
      -> (Metrics, bool) {
         let m = evaluate(&model.valid(), &valid_set, &loss_fn, &pre, &base);
         let value = m.get(&cfg.monitor.metric);
@@ -354,11 +364,16 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             shown.join(" "),
             if improved { " (best)" } else { "" }
         ));
-        let mut rec = serde_json::json!({"split": "valid", "step": st.step, "epoch": st.epoch});
-        for (k, v) in m.scalars() {
-            rec[k] = v.into();
-        }
-        log_line(rec);
+        log_line(crate::tracking::Point {
+            split: "valid",
+            step: st.step as u64,
+            epoch: st.epoch,
+            values: m
+                .all_scalars()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        });
         let patience_out = t
             .early_stopping
             .as_ref()
@@ -367,6 +382,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     };
 
     'epochs: while st.epoch < epochs && st.step < total_steps {
+        let epoch_started = Instant::now();
         let order = data::loader::epoch_order(train_data.n, f.seed, st.epoch, true);
         let loader = Loader::new(
             Arc::clone(&train_data),
@@ -406,9 +422,13 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 g
             };
             micro = 0;
-            if let Some(max) = t.clip_grad_norm {
-                optim::clip_grad_norm(&model, &mut grads, max);
-            }
+            let logging = (st.step + 1) % t.log_every == 0 || st.step + 1 >= total_steps;
+            let norm = match t.clip_grad_norm {
+                Some(max) => Some(optim::clip_grad_norm(&model, &mut grads, max)),
+                // One extra reduction, only at log points.
+                None if logging => Some(optim::grad_norm(&model, &grads)),
+                None => None,
+            };
             let lr = optim::learning_rate(&f.schedule, f.optim.lr, st.step, total_steps);
             model = optimizer.step(lr, model, grads);
             st.step += 1;
@@ -440,9 +460,20 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     samples_per_second: sps,
                     eta,
                 });
-                log_line(
-                    serde_json::json!({"split": "train", "step": st.step, "epoch": st.epoch, "loss": mean_loss, "lr": lr, "samples_per_second": sps}),
-                );
+                let mut values = vec![
+                    ("loss".to_string(), mean_loss),
+                    ("lr".to_string(), lr),
+                    ("samples_per_second".to_string(), sps),
+                ];
+                values.extend(norm.map(|n| ("grad_norm".to_string(), n)));
+                values
+                    .extend(crate::tracking::resident_mib().map(|m| ("memory_mib".to_string(), m)));
+                log_line(crate::tracking::Point {
+                    split: "train",
+                    step: st.step as u64,
+                    epoch: st.epoch,
+                    values,
+                });
                 window_start = Instant::now();
                 window_samples = 0;
                 window_batches = 0;
@@ -463,6 +494,15 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             st.epoch += 1;
             st.batch = 0;
             info.epochs_done = st.epoch;
+            log_line(crate::tracking::Point {
+                split: "train",
+                step: st.step as u64,
+                epoch: st.epoch,
+                values: vec![(
+                    "epoch_seconds".into(),
+                    epoch_started.elapsed().as_secs_f64(),
+                )],
+            });
         }
         if t.valid_every.is_none() && valid_set.n > 0 && !stop_early {
             let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line);
@@ -483,6 +523,11 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     info.wall_seconds += wall;
     info.train_samples_per_second = st.samples_seen as f64 / info.wall_seconds.max(1e-9);
 
+    if let Some(e) = track_error {
+        return Err(e.into());
+    }
+    info.monitor = cfg.monitor.metric.clone();
+    info.best_valid = st.best;
     if interrupted {
         save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
         info.status = Status::Interrupted;
@@ -516,6 +561,22 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             );
         }
     }
+    let finals = info
+        .metrics
+        .iter()
+        .flat_map(|(split, m)| {
+            m.all_scalars()
+                .into_iter()
+                .map(move |(k, v)| (format!("{split}_{k}"), v))
+        })
+        .collect();
+    tracker.record(crate::tracking::Point {
+        split: "final",
+        step: st.step as u64,
+        epoch: st.epoch,
+        values: finals,
+    })?;
+    tracker.ended(Status::Completed)?;
     info.status = Status::Completed;
     info.finished =
         Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
@@ -551,34 +612,30 @@ fn save_checkpoint(
     best: Option<&Model>,
 ) -> Result<(), TrainError> {
     let root = run_dir.join(run::CHECKPOINTS);
-    let tmp = root.join(".tmp-last");
     let fail = |p: &Path, m: String| TrainError::Checkpoint {
         path: p.display().to_string(),
         message: m,
     };
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(run::io(&tmp))?;
-    model
-        .clone()
-        .save_file(tmp.join(run::CKPT_WEIGHTS))
-        .map_err(|e| fail(&tmp, e.to_string()))?;
-    optimizer
-        .save(tmp.join(run::CKPT_OPTIM))
-        .map_err(|e| fail(&tmp, e.to_string()))?;
-    run::write_json(&tmp.join(run::CKPT_STATE), st)?;
-    let last = root.join("last");
-    let _ = std::fs::remove_dir_all(&last);
-    std::fs::rename(&tmp, &last).map_err(run::io(&last))?;
+    run::commit_checkpoint(&root, "step", st.step, run::LATEST, |dir| {
+        model
+            .clone()
+            .save_file(dir.join(run::CKPT_WEIGHTS))
+            .map_err(|e| fail(dir, e.to_string()))?;
+        optimizer
+            .save(dir.join(run::CKPT_OPTIM))
+            .map_err(|e| fail(dir, e.to_string()))?;
+        Ok::<_, TrainError>(run::write_json(&dir.join(run::CKPT_STATE), st)?)
+    })?;
     if let (Some(best), Some(step)) = (best, st.best_step) {
-        let dir = root.join("best");
-        let marker = dir.join(run::CKPT_STATE);
-        let saved: Option<LoopState> = run::read_json(&marker).ok();
+        let saved = run::checkpoint_dir(run_dir, run::BEST)
+            .and_then(|d| run::read_json::<LoopState>(&d.join(run::CKPT_STATE)).ok());
         if saved.and_then(|s| s.best_step) != Some(step) {
-            std::fs::create_dir_all(&dir).map_err(run::io(&dir))?;
-            best.clone()
-                .save_file(dir.join(run::CKPT_WEIGHTS))
-                .map_err(|e| fail(&dir, e.to_string()))?;
-            run::write_json(&marker, st)?;
+            run::commit_checkpoint(&root, "best", step, run::BEST, |dir| {
+                best.clone()
+                    .save_file(dir.join(run::CKPT_WEIGHTS))
+                    .map_err(|e| fail(dir, e.to_string()))?;
+                Ok::<_, TrainError>(run::write_json(&dir.join(run::CKPT_STATE), st)?)
+            })?;
         }
     }
     Ok(())
