@@ -74,6 +74,45 @@ enum Command {
     },
     /// Print the JSON Schema of the config file, for editors.
     Schema,
+    /// List, show and compare runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+        #[arg(long, value_name = "DIR", global = true)]
+        registry: Option<PathBuf>,
+    },
+    /// Write an HTML page with a run's curves and confusion matrix (or residual plot).
+    Report {
+        /// A run id, `latest`, or a run folder.
+        run: String,
+        /// The HTML file to write.
+        #[arg(short, long, default_value = "report.html")]
+        output: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Every run of the registry: id, model, status, best validation metric, time.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: its record and final metrics.
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two runs side by side: the config keys that differ and the final metrics.
+    Compare {
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// An error and the exit code it maps to.
@@ -104,6 +143,13 @@ impl From<ConfigError> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`kiln runs list | head`) instead of failing to print.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train {
@@ -122,6 +168,21 @@ fn main() -> ExitCode {
             json,
             registry,
         } => cmd_eval(&run, &split, json, registry),
+        Command::Runs { command, registry } => cmd_runs(command, registry),
+        Command::Report {
+            run,
+            output,
+            registry,
+        } => {
+            let registry = registry_for(registry, "kiln-registry");
+            let dir = run::resolve(&registry, &run).map_err(|e| Failure::usage(e.to_string()));
+            dir.and_then(|dir| {
+                kiln_trainer::html::write_report(&dir, &output)
+                    .map_err(|e| Failure::runtime(e.to_string()))?;
+                println!("wrote {}", output.display());
+                Ok(0)
+            })
+        }
         Command::Schema => {
             println!(
                 "{}",
@@ -341,6 +402,98 @@ fn cmd_eval(
         m.insert(format!("{split:?}").to_lowercase(), metrics.clone());
         print!("{}", report::metrics_table(&m));
         print!("{}", report::class_table(&metrics));
+    }
+    Ok(0)
+}
+
+fn cmd_runs(command: RunsCommand, registry: Option<PathBuf>) -> Result<u8, Failure> {
+    let registry = registry_for(registry, "kiln-registry");
+    let resolve = |r: &str| run::resolve(&registry, r).map_err(|e| Failure::usage(e.to_string()));
+    let info = |dir: &Path| {
+        run::read_json::<run::RunInfo>(&dir.join(run::RUN))
+            .map_err(|e| Failure::runtime(e.to_string()))
+    };
+    match command {
+        RunsCommand::List { json } => {
+            let mut runs: Vec<run::RunInfo> = run::list(&registry)
+                .map_err(|e| Failure::runtime(e.to_string()))?
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            runs.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+            if json {
+                println!("{}", serde_json::to_string(&runs).expect("runs are JSON"));
+            } else if runs.is_empty() {
+                println!("no runs in {}", registry.display());
+            } else {
+                print!("{}", report::runs_table(&runs));
+            }
+        }
+        RunsCommand::Show { run, json } => {
+            let dir = resolve(&run)?;
+            let r = info(&dir)?;
+            if json {
+                println!("{}", serde_json::json!({"run_dir": dir, "run": r}));
+            } else {
+                print!("{}", report::runs_table(std::slice::from_ref(&r)));
+                println!("folder  {}", dir.display());
+                println!("config  {}", dir.join(run::CONFIG).display());
+                print!("{}", report::metrics_table(&r.metrics));
+                if let Some(m) = r.metrics.get("test").or(r.metrics.get("valid")) {
+                    print!("{}", report::class_table(m));
+                }
+            }
+        }
+        RunsCommand::Compare { a, b, json } => {
+            let (da, db) = (resolve(&a)?, resolve(&b)?);
+            let (ra, rb) = (info(&da)?, info(&db)?);
+            let config = |d: &Path| -> Result<serde_json::Value, Failure> {
+                let text = std::fs::read_to_string(d.join(run::CONFIG))
+                    .map_err(|e| Failure::runtime(format!("{}: {e}", d.display())))?;
+                let table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| Failure::runtime(format!("{}: {e}", d.display())))?;
+                Ok(serde_json::to_value(table).expect("TOML is JSON"))
+            };
+            let diff = report::config_diff(&config(&da)?, &config(&db)?);
+            let metrics = report::metrics_side_by_side(&ra.metrics, &rb.metrics);
+            if json {
+                let diff: Vec<_> = diff
+                    .iter()
+                    .map(|(k, x, y)| serde_json::json!({"key": k, "a": x, "b": y}))
+                    .collect();
+                let metrics: Vec<_> = metrics
+                    .iter()
+                    .map(
+                        |(s, m, x, y)| serde_json::json!({"split": s, "metric": m, "a": x, "b": y}),
+                    )
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"a": ra.id, "b": rb.id, "config": diff, "metrics": metrics})
+                );
+            } else {
+                println!("a  {}\nb  {}\n", ra.id, rb.id);
+                println!("config that differs (a -> b):");
+                for (k, x, y) in &diff {
+                    println!("  {k:<32} {x}  ->  {y}");
+                }
+                if diff.is_empty() {
+                    println!("(same config)");
+                }
+                println!(
+                    "\n{:<8}{:<12}{:>12}{:>12}{:>12}",
+                    "split", "metric", "a", "b", "b - a"
+                );
+                let show = |v: &Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+                for (s, m, x, y) in &metrics {
+                    let d = match (x, y) {
+                        (Some(x), Some(y)) => format!("{:+.4}", y - x),
+                        _ => "-".into(),
+                    };
+                    println!("{s:<8}{m:<12}{:>12}{:>12}{d:>12}", show(x), show(y));
+                }
+            }
+        }
     }
     Ok(0)
 }

@@ -753,3 +753,140 @@ fn tensorboard_steps_stay_unique_after_a_kill_and_resume() {
     assert_tensorboard_matches_jsonl(&tb, &run_dir);
     assert_eq!(tb["end_status"], 1);
 }
+
+#[test]
+fn runs_list_show_and_compare() {
+    let sb = Sandbox::new();
+    let cfg = digits_config(&sb, "[train]\nepochs = 1\n");
+    let c = cfg.to_str().unwrap();
+    let o = sb.kiln(&["runs", "list"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).starts_with("no runs"), "{}", stdout(&o));
+    let a = json(&sb.kiln(&["train", c, "--json"]))["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = json(&sb.kiln(&[
+        "train",
+        c,
+        "--json",
+        "--set",
+        "optim.lr=0.01",
+        "--set",
+        "model.hidden=[16]",
+    ]))["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = sb.kiln(&["runs", "list", "--json"]);
+    assert_exit(&o, 0);
+    let runs: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ids: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [a.as_str(), b.as_str()], "oldest first");
+    assert_eq!(runs[0]["status"], "completed");
+    assert_eq!(runs[0]["monitor"], "loss");
+    assert!(runs[0]["best_valid"].as_f64().is_some());
+    let table = stdout(&sb.kiln(&["runs", "list"]));
+    assert!(
+        table.contains(&a) && table.contains("completed") && table.contains("best valid"),
+        "{table}"
+    );
+
+    let o = sb.kiln(&["runs", "show", &b, "--json"]);
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["run"]["id"], b.as_str());
+    assert!(stdout(&sb.kiln(&["runs", "show", "latest"])).contains("confusion matrix"));
+
+    let o = sb.kiln(&["runs", "compare", &a, &b, "--json"]);
+    assert_exit(&o, 0);
+    let cmp = json(&o);
+    let keys: Vec<&str> = cmp["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["model.hidden", "optim.lr"],
+        "only the overridden keys differ"
+    );
+    let acc = cmp["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["split"] == "test" && m["metric"] == "accuracy")
+        .unwrap();
+    assert!(acc["a"].is_f64() && acc["b"].is_f64());
+    let text = stdout(&sb.kiln(&["runs", "compare", &a, &b]));
+    assert!(text.contains("optim.lr") && text.contains("->"), "{text}");
+    let o = sb.kiln(&["runs", "compare", &a, "no-such-run"]);
+    assert_exit(&o, 2);
+}
+
+#[test]
+fn report_draws_curves_and_confusion_matrix_or_residuals() {
+    let sb = Sandbox::new();
+    let o = sb.kiln(&[
+        "train",
+        "configs/digits_mlp.toml",
+        "--json",
+        "--set",
+        "train.epochs=3",
+    ]);
+    assert_exit(&o, 0);
+    let out = sb.path().join("cls.html");
+    let o = sb.kiln(&["report", "latest", "-o", out.to_str().unwrap()]);
+    assert_exit(&o, 0);
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert_eq!(
+        html.matches("<svg").count(),
+        4,
+        "loss, validation accuracy, learning rate, confusion matrix"
+    );
+    for title in [
+        "Loss",
+        "Validation accuracy",
+        "Learning rate",
+        "Confusion matrix, test",
+    ] {
+        assert!(
+            html.contains(&format!(">\n{title}\n</text>")),
+            "no plot titled {title}"
+        );
+    }
+    assert!(
+        html.contains("<polyline") || html.contains("<path"),
+        "the curves are drawn"
+    );
+
+    let o = sb.kiln(&[
+        "train",
+        "configs/diabetes.toml",
+        "--json",
+        "--set",
+        "train.epochs=5",
+    ]);
+    assert_exit(&o, 0);
+    let test_count = json(&o)["metrics"]["test"]["count"].as_u64().unwrap() as usize;
+    let out = sb.path().join("reg.html");
+    assert_exit(
+        &sb.kiln(&["report", "latest", "-o", out.to_str().unwrap()]),
+        0,
+    );
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains(">\nResiduals, test\n</text>"));
+    // One point per test example in the residual plot.
+    let residuals = html.split(">\nResiduals, test\n</text>").nth(1).unwrap();
+    assert_eq!(residuals.matches("<circle").count(), test_count);
+
+    let o = sb.kiln(&["report", "latest", "-o", "/no/such/dir/r.html"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("/no/such/dir/r.html"), "{}", stderr(&o));
+}

@@ -93,48 +93,106 @@ pub enum EvalError {
     EmptySplit { id: String, split: String },
 }
 
+/// A finished run, loaded: its record, config, preprocessing, model and data.
+pub struct LoadedRun {
+    pub info: crate::run::RunInfo,
+    pub pre: Preprocessor,
+    pub model: Model,
+    pub data: crate::data::Prepared,
+    pub loss: Loss,
+    pub device: Device,
+}
+
+impl LoadedRun {
+    /// Loads everything `kiln eval` and `kiln report` need from a run folder.
+    pub fn open(run_dir: &std::path::Path) -> Result<Self, EvalError> {
+        use crate::run;
+        use burn::module::Module;
+        let info: run::RunInfo = run::read_json(&run_dir.join(run::RUN))?;
+        let weights = run_dir.join(run::WEIGHTS);
+        if !weights.is_file() {
+            return Err(EvalError::Unfinished {
+                id: info.id,
+                status: info.status,
+            });
+        }
+        let cfg = crate::config::load_run(run_dir)?;
+        let pre: Preprocessor = run::read_json(&run_dir.join(run::PREPROCESS))?;
+        let mconf: kiln_models::ModelConfig = run::read_json(&run_dir.join(run::MODEL_CONFIG))?;
+        crate::train::init_threads(cfg.file.runtime.threads);
+        let device = crate::train::device();
+        let model =
+            mconf
+                .init(&device)
+                .try_load_file(&weights)
+                .map_err(|e| EvalError::Weights {
+                    path: weights.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        let data = crate::data::prepare(&cfg.data, Some(&pre))?;
+        let loss = crate::train::loss_of(&cfg, &pre)?;
+        Ok(Self {
+            info,
+            pre,
+            model: model.valid(),
+            data,
+            loss,
+            device,
+        })
+    }
+
+    /// One split of the run's data; an error when it is empty.
+    pub fn split(&self, split: crate::data::SplitName) -> Result<&Dataset, EvalError> {
+        let (name, data) = match split {
+            crate::data::SplitName::Train => ("train", &self.data.train),
+            crate::data::SplitName::Valid => ("valid", &self.data.valid),
+            crate::data::SplitName::Test => ("test", &self.data.test),
+        };
+        if data.n == 0 {
+            return Err(EvalError::EmptySplit {
+                id: self.info.id.clone(),
+                split: name.into(),
+            });
+        }
+        Ok(data)
+    }
+
+    pub fn evaluate(&self, split: crate::data::SplitName) -> Result<Metrics, EvalError> {
+        Ok(evaluate(
+            &self.model,
+            self.split(split)?,
+            &self.loss,
+            &self.pre,
+            &self.device,
+        ))
+    }
+
+    /// Regression: `(predicted, true)` pairs of a split in the target's units.
+    pub fn regression_pairs(
+        &self,
+        split: crate::data::SplitName,
+    ) -> Result<Vec<(f64, f64)>, EvalError> {
+        let data = self.split(split)?;
+        let p = predict(&self.model, data, &self.loss, &self.device);
+        let Targets::Values(truth) = &data.y else {
+            return Ok(Vec::new());
+        };
+        Ok(p.values
+            .iter()
+            .zip(truth)
+            .map(|(&a, &b)| (self.pre.decode_value(a), self.pre.decode_value(b)))
+            .collect())
+    }
+}
+
 /// Loads a run's config, preprocessing and model, and evaluates it on `split` of its data.
 pub fn eval_run(
     run_dir: &std::path::Path,
     split: crate::data::SplitName,
 ) -> Result<(crate::run::RunInfo, Metrics), EvalError> {
-    use crate::run;
-    use burn::module::Module;
-    let info: run::RunInfo = run::read_json(&run_dir.join(run::RUN))?;
-    let weights = run_dir.join(run::WEIGHTS);
-    if !weights.is_file() {
-        return Err(EvalError::Unfinished {
-            id: info.id,
-            status: info.status,
-        });
-    }
-    let cfg = crate::config::load_run(run_dir)?;
-    let pre: Preprocessor = run::read_json(&run_dir.join(run::PREPROCESS))?;
-    let mconf: kiln_models::ModelConfig = run::read_json(&run_dir.join(run::MODEL_CONFIG))?;
-    crate::train::init_threads(cfg.file.runtime.threads);
-    let device = crate::train::device();
-    let model = mconf
-        .init(&device)
-        .try_load_file(&weights)
-        .map_err(|e| EvalError::Weights {
-            path: weights.display().to_string(),
-            message: e.to_string(),
-        })?;
-    let prepared = crate::data::prepare(&cfg.data, Some(&pre))?;
-    let loss = crate::train::loss_of(&cfg, &pre)?;
-    let (name, data) = match split {
-        crate::data::SplitName::Train => ("train", &prepared.train),
-        crate::data::SplitName::Valid => ("valid", &prepared.valid),
-        crate::data::SplitName::Test => ("test", &prepared.test),
-    };
-    if data.n == 0 {
-        return Err(EvalError::EmptySplit {
-            id: info.id,
-            split: name.into(),
-        });
-    }
-    let m = evaluate(&model.valid(), data, &loss, &pre, &device);
-    Ok((info, m))
+    let run = LoadedRun::open(run_dir)?;
+    let m = run.evaluate(split)?;
+    Ok((run.info, m))
 }
 
 /// `kiln validate --deep`: loads the data, builds the model, runs one forward pass and the loss

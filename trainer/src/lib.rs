@@ -17,6 +17,7 @@
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod html;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

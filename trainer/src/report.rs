@@ -73,3 +73,66 @@ fn truncate(s: &str) -> String {
         s.to_string()
     }
 }
+
+/// `kiln runs list`: one row per run, oldest first.
+pub fn runs_table(runs: &[crate::run::RunInfo]) -> String {
+    let mut out = format!(
+        "{:<44}{:<16}{:<13}{:>18}{:>10}  {}\n",
+        "run", "model", "status", "best valid", "time", "started"
+    );
+    for r in runs {
+        let best = r
+            .best_valid
+            .map_or("-".to_string(), |v| format!("{} {v:.4}", r.monitor));
+        let _ = writeln!(
+            out,
+            "{:<44}{:<16}{:<13}{:>18}{:>9.1}s  {}",
+            r.id,
+            truncate(&r.name),
+            format!("{:?}", r.status).to_lowercase() + if r.smoke { " (smoke)" } else { "" },
+            best,
+            r.wall_seconds,
+            r.started
+        );
+    }
+    out
+}
+
+/// Keys whose values differ between two configs (flattened), as `(key, a, b)`.
+pub fn config_diff(a: &serde_json::Value, b: &serde_json::Value) -> Vec<(String, String, String)> {
+    let (fa, fb) = (crate::tracking::flatten(a), crate::tracking::flatten(b));
+    let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| match v {
+        None => "(unset)".to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    keys.into_iter()
+        .filter(|k| fa.get(*k) != fb.get(*k))
+        .map(|k| (k.clone(), show(fa.get(k)), show(fb.get(k))))
+        .collect()
+}
+
+/// Final metrics of two runs side by side: `(split, metric, a, b)`.
+pub fn metrics_side_by_side(
+    a: &BTreeMap<String, Metrics>,
+    b: &BTreeMap<String, Metrics>,
+) -> Vec<(String, String, Option<f64>, Option<f64>)> {
+    let mut rows = Vec::new();
+    for split in ["train", "valid", "test"] {
+        let names: Vec<&str> = a
+            .get(split)
+            .or(b.get(split))
+            .map(|m| m.all_scalars().into_iter().map(|(k, _)| k).collect())
+            .unwrap_or_default();
+        for n in names {
+            rows.push((
+                split.to_string(),
+                n.to_string(),
+                a.get(split).and_then(|m| m.get(n)),
+                b.get(split).and_then(|m| m.get(n)),
+            ));
+        }
+    }
+    rows
+}

@@ -228,8 +228,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 name: cfg.name.clone(),
                 status: Status::Running,
                 smoke: opts.smoke,
-                started: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                    .to_string(),
+                started: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 finished: None,
                 config_path: opts.config_path.clone(),
                 kiln_version: env!("CARGO_PKG_VERSION").into(),
