@@ -686,6 +686,8 @@ fn tensorboard_reads_the_run_scalars_and_hparams() {
     assert_eq!(tb["hparams"]["optim.lr"], 0.002);
     assert_eq!(tb["hparams"]["model.hidden"], "[32]");
     assert_eq!(tb["hparams"]["name"], "tiny");
+    let id = run_dir.file_name().unwrap().to_str().unwrap();
+    assert_eq!(tb["group"], id, "each run is its own HParams session group");
     assert_eq!(tb["end_status"], 1, "session ended with success");
 }
 

@@ -19,13 +19,14 @@ def main(run_dir):
     scalars = {
         tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]
     }
-    hparams, end_status = {}, None
+    hparams, end_status, group = {}, None, None
     try:
         content = acc.PluginTagToContent("hparams")
     except KeyError:
         content = {}
     if "_hparams_/session_start_info" in content:
         data = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        group = data.session_start_info.group_name
         for k, v in data.session_start_info.hparams.items():
             kind = v.WhichOneof("kind")
             hparams[k] = getattr(v, kind) if kind else None
@@ -36,6 +37,7 @@ def main(run_dir):
         "file_version": acc.file_version,
         "scalars": scalars,
         "hparams": hparams,
+        "group": group,
         "end_status": end_status,
     }))
 

@@ -314,7 +314,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     if opts.resume.is_none() {
         let mut resolved = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
         resolved["name"] = cfg.name.clone().into();
-        tracker.started(&crate::tracking::flatten(&resolved), &cfg.name)?;
+        // The HParams tab averages the sessions of a group: each run is its own group.
+        tracker.started(&crate::tracking::flatten(&resolved), &info.id)?;
     }
     let mut track_error: Option<RunError> = None;
     let mut log_line = |p: crate::tracking::Point| {
