@@ -38,7 +38,7 @@ enum Command {
         #[arg(long)]
         smoke: bool,
         /// Continue a run (a run id, `latest`, or a run folder) from its last checkpoint.
-        #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "set"])]
+        #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "set", "smoke"])]
         resume: Option<String>,
         /// Print only the result.
         #[arg(long, short)]

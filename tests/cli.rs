@@ -892,3 +892,84 @@ fn report_draws_curves_and_confusion_matrix_or_residuals() {
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("/no/such/dir/r.html"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_cnn_takes_its_image_shape_from_idx_files_and_mismatches_fail_clearly() {
+    let sb = Sandbox::new();
+    let shipped = std::fs::read_to_string(root().join("configs/mnist_cnn.toml")).unwrap();
+    let without_shape: String = shipped
+        .lines()
+        .filter(|l| !l.starts_with("image_shape"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = sb.write("cnn.toml", &without_shape);
+    let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--smoke", "--json"]);
+    assert_exit(&o, 0);
+    let run_dir = PathBuf::from(json(&o)["run_dir"].as_str().unwrap());
+    let model: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("model.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (model["height"].as_u64(), model["width"].as_u64()),
+        (Some(28), Some(28))
+    );
+
+    let o = sb.kiln(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--smoke",
+        "--set",
+        "data.image_shape=[1, 14, 56]",
+        "--set",
+        "model.conv=[{channels = 4, pool = 32}]",
+    ]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("pooling shrinks"), "{}", stderr(&o));
+    let o = sb.kiln(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--smoke",
+        "--set",
+        "data.image_shape=[1, 20, 20]",
+    ]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("holds 400 pixels but the images have 784"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"));
+
+    // Digits as a CSV CNN with a categorical column: the width no longer fits the image.
+    let csv = sb.write("d.csv", "a,b,c,d,label\n1,2,3,x,0\n2,3,4,y,1\n3,4,5,x,0\n4,5,6,y,1\n5,6,7,x,0\n6,7,8,y,1\n7,8,9,x,0\n8,9,1,y,1\n");
+    let text = format!(
+        "[data]\npath = {:?}\nheader = true\nlabel = \"label\"\nimage_shape = [1, 2, 2]\n[data.split]\nvalid = 0.25\ntest = 0.25\n[model]\nkind = \"cnn\"\n[[model.conv]]\nchannels = 2\npool = 1\n",
+        csv.display().to_string()
+    );
+    let cfg = sb.write("csvcnn.toml", &text);
+    let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--smoke"]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("the CNN reads 1x2x2 = 4 pixels but the data has 5 features"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn resume_refuses_a_completed_run_and_smoke() {
+    let sb = Sandbox::new();
+    let cfg = digits_config(&sb, "[train]\nepochs = 1\n");
+    let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--json"]);
+    assert_exit(&o, 0);
+    let id = json(&o)["run_id"].as_str().unwrap().to_string();
+    let o = sb.kiln(&["train", "--resume", &id]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains(&format!("run {id} already completed")),
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.kiln(&["train", "--resume", &id, "--smoke"]);
+    assert_exit(&o, 2);
+}

@@ -202,7 +202,12 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::train
     let device = crate::train::device();
     let prepared = crate::data::prepare(&cfg.data, None)?;
     let loss = crate::train::loss_of(cfg, &prepared.preprocessor)?;
-    let mconf = crate::train::model_config(cfg, prepared.train.d, loss.outputs());
+    let mconf = crate::train::model_config(
+        cfg,
+        &prepared.preprocessor,
+        prepared.train.d,
+        loss.outputs(),
+    )?;
     let model = mconf.init(&device);
     let batch = prepared
         .train

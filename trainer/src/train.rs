@@ -80,7 +80,12 @@ const SMOKE_EXAMPLES: usize = 512;
 const SMOKE_STEPS: usize = 4;
 
 /// The model a config describes, for `d_input` features and the data's targets.
-pub fn model_config(cfg: &RunConfig, d_input: usize, outputs: usize) -> ModelConfig {
+pub fn model_config(
+    cfg: &RunConfig,
+    pre: &Preprocessor,
+    d_input: usize,
+    outputs: usize,
+) -> Result<ModelConfig, TrainError> {
     let m = &cfg.file.model;
     let head = |d_input| MlpConfig {
         d_input,
@@ -91,12 +96,25 @@ pub fn model_config(cfg: &RunConfig, d_input: usize, outputs: usize) -> ModelCon
         norm: m.norm,
     };
     match m.kind {
-        ModelKind::Mlp => ModelConfig::Mlp(head(d_input)),
+        ModelKind::Mlp => Ok(ModelConfig::Mlp(head(d_input))),
         ModelKind::Cnn => {
-            let [c, h, w] = cfg
-                .data
-                .image_shape
-                .expect("validation requires image_shape for cnn");
+            let Some([c, h, w]) = pre.image.as_ref().map(|i| i.shape) else {
+                return Err(TrainError::Setup(
+                    "`model.kind` = \"cnn\" needs image data".into(),
+                ));
+            };
+            if c * h * w != d_input {
+                return Err(TrainError::Setup(format!(
+                    "the CNN reads {c}x{h}x{w} = {} pixels but the data has {d_input} features per row (categorical columns one-hot encode into several)",
+                    c * h * w
+                )));
+            }
+            let shrink: usize = m.conv.iter().map(|b| b.pool.max(1)).product();
+            if shrink > h.min(w) {
+                return Err(TrainError::Setup(format!(
+                    "`model.conv`: pooling shrinks the {h}x{w} images by {shrink}x, to nothing; use fewer or smaller pools"
+                )));
+            }
             let mut cnn = CnnConfig {
                 in_channels: c,
                 height: h,
@@ -116,7 +134,7 @@ pub fn model_config(cfg: &RunConfig, d_input: usize, outputs: usize) -> ModelCon
                 head: head(0),
             };
             cnn.head.d_input = cnn.flat_features();
-            ModelConfig::Cnn(cnn)
+            Ok(ModelConfig::Cnn(cnn))
         }
     }
 }
@@ -180,6 +198,19 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let progress_quiet = opts.quiet;
 
     // Data: fitted on the training split, or the run's own statistics when resuming.
+    // A resumed run continues as it was started (smoke or not); a completed one is not
+    // trained again.
+    let resumed: Option<RunInfo> = match &opts.resume {
+        Some(dir) => Some(run::read_json(&dir.join(run::RUN))?),
+        None => None,
+    };
+    if let Some(r) = resumed.as_ref().filter(|r| r.status == Status::Completed) {
+        return Err(TrainError::Setup(format!(
+            "run {} already completed; train a new run, or evaluate this one with `kiln eval {}`",
+            r.id, r.id
+        )));
+    }
+    let smoke = resumed.as_ref().map_or(opts.smoke, |r| r.smoke);
     let fitted: Option<Preprocessor> = match &opts.resume {
         Some(dir) => Some(run::read_json(&dir.join(run::PREPROCESS))?),
         None => None,
@@ -187,7 +218,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let prepared = data::prepare(&cfg.data, fitted.as_ref())?;
     let (mut train_set, mut valid_set, mut test_set) =
         (prepared.train, prepared.valid, prepared.test);
-    if opts.smoke {
+    if smoke {
         train_set = smoke_slice(&train_set);
         valid_set = smoke_slice(&valid_set);
         test_set = smoke_slice(&test_set);
@@ -199,17 +230,16 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     }
     let pre = prepared.preprocessor;
     let loss_fn = loss_of(cfg, &pre)?;
-    let mconf = model_config(cfg, train_set.d, loss_fn.outputs());
+    let mconf = model_config(cfg, &pre, train_set.d, loss_fn.outputs())?;
 
     // The run's folder, written before step 0.
-    let (run_dir, mut info) = match &opts.resume {
-        Some(dir) => {
-            let mut info: RunInfo = run::read_json(&dir.join(run::RUN))?;
+    let (run_dir, mut info) = match (&opts.resume, resumed) {
+        (Some(dir), Some(mut info)) => {
             info.status = Status::Running;
             info.finished = None;
             (dir.clone(), info)
         }
-        None => {
+        _ => {
             let id = run::new_id(&cfg.name);
             let dir = run::runs_dir(&opts.registry).join(&id);
             std::fs::create_dir_all(dir.join(run::CHECKPOINTS)).map_err(run::io(&dir))?;
@@ -227,7 +257,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 id: id.clone(),
                 name: cfg.name.clone(),
                 status: Status::Running,
-                smoke: opts.smoke,
+                smoke,
                 started: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 finished: None,
                 config_path: opts.config_path.clone(),
@@ -291,12 +321,12 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let accum = t.grad_accum;
     let batches_per_epoch = Loader::batches_per_epoch(train_set.n, t.batch_size);
     let steps_per_epoch = batches_per_epoch.div_ceil(accum);
-    let epochs = if opts.smoke { 1 } else { t.epochs };
+    let epochs = if smoke { 1 } else { t.epochs };
     let mut total_steps = epochs * steps_per_epoch;
     if let Some(m) = t.max_steps {
         total_steps = total_steps.min(m);
     }
-    if opts.smoke {
+    if smoke {
         total_steps = total_steps.min(SMOKE_STEPS);
     }
     let progress = Progress::new(total_steps, epochs, progress_quiet);
@@ -317,12 +347,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         // The HParams tab averages the sessions of a group: each run is its own group.
         tracker.started(&crate::tracking::flatten(&resolved), &info.id)?;
     }
-    let mut track_error: Option<RunError> = None;
-    let mut log_line = |p: crate::tracking::Point| {
-        if let Err(e) = tracker.record(p) {
-            track_error.get_or_insert(e);
-        }
-    };
+    // A point that cannot be written (a full disk) stops training at once, with the error.
+    let mut log_line = |p: crate::tracking::Point| tracker.record(p);
 
     let train_data = Arc::new(train_set);
     let started = Instant::now();
@@ -331,15 +357,19 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let mut window_loss: Option<Tensor<1>> = None;
     let mut window_batches = 0usize;
     let mut interrupted = false;
-    let mut stop_early = false;
+    // A resumed run that had run out of patience stops at once.
+    let mut stop_early = t
+        .early_stopping
+        .as_ref()
+        .is_some_and(|e| st.validations_without_improvement >= e.patience);
     let d = train_data.d;
 
     let validate = |model: &Model,
                     st: &mut LoopState,
                     best_model: &mut Option<Model>,
                     progress: &Progress,
-                    log_line: &mut dyn FnMut(crate::tracking::Point)|
-     -> (Metrics, bool) {
+                    log_line: &mut dyn FnMut(crate::tracking::Point) -> Result<(), RunError>|
+     -> Result<(Metrics, bool), RunError> {
         let m = evaluate(&model.valid(), &valid_set, &loss_fn, &pre, &base);
         let value = m.get(&cfg.monitor.metric);
         let min_delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
@@ -349,7 +379,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             st.best_step = Some(st.step);
             st.validations_without_improvement = 0;
             *best_model = Some(model.clone());
-        } else {
+        } else if value.is_some() {
+            // An undefined metric (AUC of a split missing a class) says nothing either way.
             st.validations_without_improvement += 1;
         }
         let shown: Vec<String> = m
@@ -373,12 +404,12 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
-        });
+        })?;
         let patience_out = t
             .early_stopping
             .as_ref()
             .is_some_and(|e| st.validations_without_improvement >= e.patience);
-        (m, patience_out)
+        Ok((m, patience_out))
     };
 
     'epochs: while st.epoch < epochs && st.step < total_steps {
@@ -473,13 +504,14 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     step: st.step as u64,
                     epoch: st.epoch,
                     values,
-                });
+                })?;
                 window_start = Instant::now();
                 window_samples = 0;
                 window_batches = 0;
             }
             if t.valid_every.is_some_and(|n| st.step % n == 0) && valid_set.n > 0 {
-                let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line);
+                let (_, out) =
+                    validate(&model, &mut st, &mut best_model, &progress, &mut log_line)?;
                 stop_early |= out;
             }
             if opts.stop.load(Ordering::SeqCst) {
@@ -502,10 +534,10 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     "epoch_seconds".into(),
                     epoch_started.elapsed().as_secs_f64(),
                 )],
-            });
+            })?;
         }
         if t.valid_every.is_none() && valid_set.n > 0 && !stop_early {
-            let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line);
+            let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line)?;
             stop_early |= out;
         }
         save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
@@ -523,9 +555,6 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     info.wall_seconds += wall;
     info.train_samples_per_second = st.samples_seen as f64 / info.wall_seconds.max(1e-9);
 
-    if let Some(e) = track_error {
-        return Err(e.into());
-    }
     info.monitor = cfg.monitor.metric.clone();
     info.best_valid = st.best;
     if interrupted {
@@ -616,16 +645,8 @@ fn save_checkpoint(
         path: p.display().to_string(),
         message: m,
     };
-    run::commit_checkpoint(&root, "step", st.step, run::LATEST, |dir| {
-        model
-            .clone()
-            .save_file(dir.join(run::CKPT_WEIGHTS))
-            .map_err(|e| fail(dir, e.to_string()))?;
-        optimizer
-            .save(dir.join(run::CKPT_OPTIM))
-            .map_err(|e| fail(dir, e.to_string()))?;
-        Ok::<_, TrainError>(run::write_json(&dir.join(run::CKPT_STATE), st)?)
-    })?;
+    // The best weights first: a crash between the two never leaves LATEST's state pointing at
+    // a best that was not written.
     if let (Some(best), Some(step)) = (best, st.best_step) {
         let saved = run::checkpoint_dir(run_dir, run::BEST)
             .and_then(|d| run::read_json::<LoopState>(&d.join(run::CKPT_STATE)).ok());
@@ -638,6 +659,16 @@ fn save_checkpoint(
             })?;
         }
     }
+    run::commit_checkpoint(&root, "step", st.step, run::LATEST, |dir| {
+        model
+            .clone()
+            .save_file(dir.join(run::CKPT_WEIGHTS))
+            .map_err(|e| fail(dir, e.to_string()))?;
+        optimizer
+            .save(dir.join(run::CKPT_OPTIM))
+            .map_err(|e| fail(dir, e.to_string()))?;
+        Ok::<_, TrainError>(run::write_json(&dir.join(run::CKPT_STATE), st)?)
+    })?;
     Ok(())
 }
 

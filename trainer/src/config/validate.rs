@@ -106,6 +106,18 @@ pub fn validate(
     if d.test_path.is_some() && d.labels_path.is_some() != d.test_labels_path.is_some() {
         bad("`data.test_path` with `data.labels_path` needs `data.test_labels_path` too".into());
     }
+    if d.header && !d.columns.is_empty() {
+        bad(
+            "set either `data.header` = true (names from the file) or `data.columns`, not both"
+                .into(),
+        );
+    }
+    if d.label
+        .as_ref()
+        .is_some_and(|l| matches!(l, super::ColumnRef::Name(n) if d.ignore.contains(n)))
+    {
+        bad("`data.label` is also listed in `data.ignore`".into());
+    }
     if d.test_path.is_none() && d.test_labels_path.is_some() {
         bad("`data.test_labels_path` is set but `data.test_path` is not".into());
     }
@@ -163,10 +175,8 @@ pub fn validate(
             ));
         }
     }
-    let image_shape = d.image_shape.or(match d.format {
-        DataFormat::Idx => Some([1, 0, 0]), // filled in from the IDX header
-        DataFormat::Csv => None,
-    });
+    // IDX files are images whose shape their header gives; CSV rows are images only when told.
+    let images = d.image_shape.is_some() || d.format == DataFormat::Idx;
 
     // model
     let m = &file.model;
@@ -186,7 +196,7 @@ pub fn validate(
         ModelKind::Cnn if m.conv.is_empty() => {
             bad("`model.kind` = \"cnn\" needs at least one `[[model.conv]]` block".into())
         }
-        ModelKind::Cnn if image_shape.is_none() => bad(
+        ModelKind::Cnn if !images => bad(
             "`model.kind` = \"cnn\" needs images: set `data.image_shape` = [channels, height, width]".into(),
         ),
         _ => {}
@@ -298,6 +308,13 @@ pub fn validate(
         metric: t.monitor.clone(),
         higher_is_better: !matches!(t.monitor.as_str(), "loss" | "mse" | "rmse" | "mae"),
     };
+    let no_valid = d.split.valid == 0.0;
+    if no_valid && t.early_stopping.is_some() {
+        bad("`train.early_stopping` needs a validation split: `data.split.valid` is 0".into());
+    }
+    if no_valid && t.valid_every.is_some() {
+        bad("`train.valid_every` needs a validation split: `data.split.valid` is 0".into());
+    }
     if let Some(es) = &t.early_stopping {
         if es.patience == 0 {
             bad("`train.early_stopping.patience` must be at least 1".into());
@@ -358,11 +375,23 @@ pub fn validate(
 
     // runtime
     let r = &file.runtime;
-    if r.workers == 0 {
-        bad("`runtime.workers` must be at least 1".into());
+    if !(1..=64).contains(&r.workers) {
+        bad(format!(
+            "`runtime.workers` = {}: must be in 1..=64",
+            r.workers
+        ));
     }
-    if r.prefetch == 0 {
-        bad("`runtime.prefetch` must be at least 1".into());
+    if !(1..=1024).contains(&r.prefetch) {
+        bad(format!(
+            "`runtime.prefetch` = {}: must be in 1..=1024",
+            r.prefetch
+        ));
+    }
+    if r.threads > 1024 {
+        bad(format!(
+            "`runtime.threads` = {}: must be at most 1024 (0 means one per core)",
+            r.threads
+        ));
     }
 
     let spec = data::DataSpec {
@@ -383,7 +412,7 @@ pub fn validate(
         impute_value: d.impute_value,
         standardize: d.standardize,
         standardize_target: d.standardize_target && task == Task::Regression,
-        image_shape,
+        image_shape: d.image_shape,
         class_names: d.class_names.clone(),
         task,
         valid_fraction: d.split.valid,

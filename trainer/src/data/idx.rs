@@ -30,7 +30,11 @@ pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), DataEr
         be_u32(&b, 8) as usize,
         be_u32(&b, 12) as usize,
     );
-    if b.len() != 16 + n * r * c {
+    let size = n
+        .checked_mul(r)
+        .and_then(|x| x.checked_mul(c))
+        .and_then(|x| x.checked_add(16));
+    if size != Some(b.len()) {
         return Err(fail(format!(
             "header says {n} images of {r}x{c} but the file holds {} bytes",
             b.len()
@@ -82,6 +86,7 @@ fn read_pair(images: &Path, labels: &Path) -> Result<RawTable, DataError> {
         cells: Cells::Dense {
             x: pixels.into_iter().map(f32::from).collect(),
             d: r * c,
+            shape: [1, r, c],
         },
         labels: l.into_iter().map(|v| v.to_string()).collect(),
     })

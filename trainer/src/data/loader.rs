@@ -120,9 +120,11 @@ impl Iterator for Loader {
         }
         // Worker w's first batch is `start + w`, so batch b comes from worker (b - start) % W.
         let w = (self.next - self.start) % self.receivers.len();
-        let batch = self.receivers[w].recv().ok();
+        let batch = self.receivers[w]
+            .recv()
+            .expect("a loader thread ends only after its last batch");
         self.next += 1;
-        batch
+        Some(batch)
     }
 }
 

@@ -77,13 +77,23 @@ impl Preprocessor {
         let is_missing = |s: &str| spec.missing_values.iter().any(|m| m == s);
         let target = fit_target(raw, train, spec)?;
         let (columns, image, n_features) = match &t.cells {
-            Cells::Dense { x, d } => {
+            Cells::Dense {
+                x,
+                d,
+                shape: file_shape,
+            } => {
                 let shape = match spec.image_shape {
                     Some([c, h, w]) if c * h * w == *d => [c, h, w],
-                    _ => {
-                        let side = (*d as f64).sqrt() as usize;
-                        [1, side, d / side.max(1)]
+                    Some(s) => {
+                        return Err(DataError::Format {
+                            path: t.path.clone(),
+                            message: format!(
+                                "`data.image_shape` = {s:?} holds {} pixels but the images have {d} ({file_shape:?})",
+                                s.iter().product::<usize>()
+                            ),
+                        });
                     }
+                    None => *file_shape,
                 };
                 let (mean, std) = if spec.standardize {
                     mean_std(
@@ -210,7 +220,7 @@ impl Preprocessor {
         let mut x = vec![0f32; rows.len() * d];
         let (img_mean, img_std) = self.image.as_ref().map_or((0.0, 1.0), |i| (i.mean, i.std));
         match &t.cells {
-            Cells::Dense { x: src, d: sd } => {
+            Cells::Dense { x: src, d: sd, .. } => {
                 if *sd != d {
                     return Err(DataError::Format {
                         path: t.path.clone(),
@@ -227,6 +237,20 @@ impl Preprocessor {
                 }
             }
             Cells::Text(cells) => {
+                let fitted: Vec<&str> = self.columns.iter().map(c_name).collect();
+                if t.names
+                    .iter()
+                    .map(String::as_str)
+                    .ne(fitted.iter().copied())
+                {
+                    return Err(DataError::Format {
+                        path: t.path.clone(),
+                        message: format!(
+                            "columns {:?} differ from the ones the run was trained on: {fitted:?}",
+                            t.names
+                        ),
+                    });
+                }
                 for (o, &r) in rows.iter().enumerate() {
                     let out = &mut x[o * d..(o + 1) * d];
                     let mut k = 0;
@@ -388,7 +412,7 @@ fn fit_target(
 
 fn parse_number(s: &str, t: &RawTable, row: usize, column: &str) -> Result<f64, DataError> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) if v.is_finite() && v.abs() <= f32::MAX as f64 => Ok(v),
         _ => Err(DataError::Row {
             path: t.path.clone(),
             line: t.lines.get(row).copied().unwrap_or(row + 1),

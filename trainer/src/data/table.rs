@@ -10,8 +10,12 @@ use crate::config::ColumnRef;
 pub enum Cells {
     /// One string per field: CSV files.
     Text(Vec<Vec<String>>),
-    /// Dense numbers, `[n, d]`: IDX images.
-    Dense { x: Vec<f32>, d: usize },
+    /// Dense numbers, `[n, d]`: IDX images of `shape` (`[channels, height, width]`).
+    Dense {
+        x: Vec<f32>,
+        d: usize,
+        shape: [usize; 3],
+    },
 }
 
 /// A file as read: feature columns (label and ignored columns removed) and raw labels.
@@ -194,7 +198,14 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
         }
     }
     if let Some([c, h, w]) = spec.image_shape {
-        let features = width - usize::from(has_label_col) - spec.ignore.len();
+        let label = if has_label_col {
+            label_index(spec, &names).ok()
+        } else {
+            None
+        };
+        let features = (0..width)
+            .filter(|&i| Some(i) != label && !spec.ignore.contains(&names[i]))
+            .count();
         if c * h * w != features {
             out.push(format!(
                 "`data.image_shape` = [{c}, {h}, {w}] holds {} pixels but {path} has {features} feature columns",
