@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::data::SplitName;
@@ -59,13 +60,23 @@ fn range(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn line_chart(title: &str, y_label: &str, series: &[Series]) -> String {
+type XyChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// An SVG chart on `f64` axes: caption, axis descriptions and mesh, then whatever `draw` adds,
+/// then a legend of the labelled series when `legend`.
+fn xy_chart(
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+    legend: bool,
+    draw: impl FnOnce(&mut XyChart),
+) -> String {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-        let (y0, y1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
         let Ok(mut chart) = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
@@ -77,10 +88,33 @@ fn line_chart(title: &str, y_label: &str, series: &[Series]) -> String {
         };
         let _ = chart
             .configure_mesh()
-            .x_desc("optimizer step")
-            .y_desc(y_label)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|x| {
+                if (x1 - x0) > 20.0 {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x:.2}")
+                }
+            })
             .draw();
+        draw(&mut chart);
+        if legend {
+            let _ = chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw();
+        }
+        let _ = root.present();
+    }
+    svg
+}
+
+fn line_chart(title: &str, y_label: &str, series: &[Series]) -> String {
+    let x = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
+    let y = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    xy_chart(title, ("optimizer step", y_label), x, y, true, |chart| {
         for s in series {
             let style = ShapeStyle::from(&s.color).stroke_width(2);
             if let Ok(ann) = chart.draw_series(LineSeries::new(s.points.iter().copied(), style)) {
@@ -96,14 +130,7 @@ fn line_chart(title: &str, y_label: &str, series: &[Series]) -> String {
                 );
             }
         }
-        let _ = chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw();
-        let _ = root.present();
-    }
-    svg
+    })
 }
 
 fn svg_error(title: &str) -> String {
@@ -176,35 +203,23 @@ fn confusion_chart(title: &str, cm: &[Vec<usize>], names: &[String]) -> String {
 }
 
 fn residual_chart(title: &str, pairs: &[(f64, f64)]) -> String {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        let _ = root.fill(&WHITE);
-        let (x0, x1) = range(pairs.iter().map(|p| p.0));
-        let (y0, y1) = range(pairs.iter().map(|p| p.1 - p.0).chain([0.0]));
-        let Ok(mut chart) = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, y0..y1)
-        else {
-            return svg_error(title);
-        };
-        let _ = chart
-            .configure_mesh()
-            .x_desc("predicted")
-            .y_desc("true - predicted")
-            .draw();
-        let _ = chart.draw_series(LineSeries::new([(x0, 0.0), (x1, 0.0)], &BLACK));
-        let _ = chart.draw_series(
-            pairs
-                .iter()
-                .map(|&(p, t)| Circle::new((p, t - p), 3, BLUE.mix(0.6).filled())),
-        );
-        let _ = root.present();
-    }
-    svg
+    let (x0, x1) = range(pairs.iter().map(|p| p.0));
+    let y = range(pairs.iter().map(|p| p.1 - p.0).chain([0.0]));
+    xy_chart(
+        title,
+        ("predicted", "true - predicted"),
+        (x0, x1),
+        y,
+        false,
+        |chart| {
+            let _ = chart.draw_series(LineSeries::new([(x0, 0.0), (x1, 0.0)], &BLACK));
+            let _ = chart.draw_series(
+                pairs
+                    .iter()
+                    .map(|&(p, t)| Circle::new((p, t - p), 3, BLUE.mix(0.6).filled())),
+            );
+        },
+    )
 }
 
 fn escape(s: &str) -> String {

@@ -23,8 +23,8 @@ fn digits() -> String {
 /// `kiln` runs one training per process; these tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Trains the digits config with `sets` applied; returns the final metrics per split.
-fn train_with(sets: &[&str]) -> BTreeMap<String, Metrics> {
+/// Trains the digits config with `sets` applied; returns the run's record.
+fn run_with(sets: &[&str]) -> kiln_trainer::run::RunInfo {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
     let (file, _) = config::parse("digits.toml", &digits(), &overrides).unwrap();
@@ -38,7 +38,12 @@ fn train_with(sets: &[&str]) -> BTreeMap<String, Metrics> {
         resume: None,
         stop: Default::default(),
     };
-    train::train(&cfg, &opts).unwrap().info.metrics
+    train::train(&cfg, &opts).unwrap().info
+}
+
+/// Trains the digits config with `sets` applied; returns the final metrics per split.
+fn train_with(sets: &[&str]) -> BTreeMap<String, Metrics> {
+    run_with(sets).metrics
 }
 
 fn test_metric(m: &BTreeMap<String, Metrics>, name: &str) -> f64 {
@@ -128,26 +133,10 @@ fn a_fixed_seed_repeats_exactly_with_two_threads_and_two_workers() {
 
 #[test]
 fn early_stopping_stops_before_the_last_epoch() {
-    let overrides: Vec<Override> = [
+    let info = run_with(&[
         "train.epochs=200",
         "train.early_stopping={patience = 2, min_delta = 0.5}",
-    ]
-    .iter()
-    .map(|s| Override::parse(s).unwrap())
-    .collect();
-    let (file, _) = config::parse("digits.toml", &digits(), &overrides).unwrap();
-    let cfg = config::validate(file, "digits.toml", "t").unwrap();
-    let registry = tempfile::tempdir().unwrap();
-    let opts = Options {
-        registry: registry.path().into(),
-        smoke: false,
-        quiet: true,
-        config_path: "digits.toml".into(),
-        resume: None,
-        stop: Default::default(),
-    };
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let info = train::train(&cfg, &opts).unwrap().info;
+    ]);
     assert!(
         info.epochs_done < 10,
         "a min_delta of 0.5 in loss stops within a few epochs: {}",
