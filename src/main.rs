@@ -421,6 +421,9 @@ fn cmd_runs(command: RunsCommand, registry: Option<PathBuf>) -> Result<u8, Failu
                 .map(|(_, r)| r)
                 .collect();
             runs.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+            for (path, e) in run::unreadable(&registry) {
+                eprintln!("warning: skipping {}: {e}", path.display());
+            }
             if json {
                 println!("{}", serde_json::to_string(&runs).expect("runs are JSON"));
             } else if runs.is_empty() {

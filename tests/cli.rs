@@ -973,3 +973,61 @@ fn resume_refuses_a_completed_run_and_smoke() {
     let o = sb.kiln(&["train", "--resume", &id, "--smoke"]);
     assert_exit(&o, 2);
 }
+
+#[test]
+fn a_killed_run_resumes_from_a_mid_epoch_checkpoint_and_ends_as_if_never_killed() {
+    let sb = Sandbox::new();
+    let cfg = digits_config_with(
+        &sb,
+        "\ndropout = 0.2",
+        "[train]\nepochs = 200\nlog_every = 10\ncheckpoint_every = 7\n[runtime]\nthreads = 1\n",
+    );
+    let c = cfg.to_str().unwrap();
+    let full = sb.kiln(&["train", c, "--json"]);
+    assert_exit(&full, 0);
+    let full = json(&full);
+    let full_id = full["run_id"].as_str().unwrap().to_string();
+
+    let mut child = sb.command(&["train", c, "--quiet"]).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let run_dir = loop {
+        let found = std::fs::read_dir(sb.registry().join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                !p.ends_with(&full_id)
+                    && std::fs::read_to_string(p.join("metrics.jsonl")).is_ok_and(|t| {
+                        t.lines()
+                            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                            .any(|v| v["step"].as_u64().unwrap_or(0) >= 1000)
+                    })
+            });
+        if let Some(dir) = found {
+            break dir;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "training never reached step 1000"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let latest = std::fs::read_to_string(run_dir.join("checkpoints/LATEST")).unwrap();
+    let step: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+    assert!(
+        step >= 994 && (step % 7 == 0 || step % 40 == 0),
+        "checkpoint at step {step}"
+    );
+    let id = run_dir.file_name().unwrap().to_str().unwrap();
+    let o = sb.kiln(&["train", "--resume", id, "--json"]);
+    assert_exit(&o, 0);
+    let resumed = json(&o);
+    assert_eq!(resumed["steps"], full["steps"]);
+    assert_eq!(
+        resumed["metrics"], full["metrics"],
+        "killed and resumed ends equal to uninterrupted"
+    );
+}

@@ -180,7 +180,21 @@ pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
     })
 }
 
-/// Every run of a registry with its `run.json`; unreadable entries are skipped.
+/// Run folders whose `run.json` exists but cannot be read, with why.
+pub fn unreadable(registry: &Path) -> Vec<(PathBuf, RunError)> {
+    let Ok(entries) = std::fs::read_dir(runs_dir(registry)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path().join(RUN))
+        .filter(|p| p.is_file())
+        .filter_map(|p| read_json::<RunInfo>(&p).err().map(|e| (p, e)))
+        .collect()
+}
+
+/// Every run of a registry with its `run.json`; unreadable entries are skipped (see
+/// [`unreadable`]).
 pub fn list(registry: &Path) -> Result<Vec<(PathBuf, RunInfo)>, RunError> {
     let runs = runs_dir(registry);
     let Ok(entries) = std::fs::read_dir(&runs) else {

@@ -518,6 +518,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 interrupted = true;
                 break 'epochs;
             }
+            if t.checkpoint_every.is_some_and(|n| st.step % n == 0) && !last_step {
+                save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+            }
             if last_step || stop_early {
                 break;
             }

@@ -292,6 +292,10 @@ pub struct TrainSection {
     pub valid_every: Option<usize>,
     /// Print and record the training loss every this many optimizer steps. Default: 50.
     pub log_every: usize,
+    /// Also checkpoint every this many optimizer steps (there is always one at each epoch's
+    /// end and on Ctrl-C). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
     /// The validation metric that picks the best model: `loss`, `accuracy`, `f1`, `auc`,
     /// `mse`, `rmse`, `mae`, `r2`. Default: `loss`.
     pub monitor: String,
@@ -316,6 +320,7 @@ impl Default for TrainSection {
             huber_delta: 1.0,
             valid_every: None,
             log_every: 50,
+            checkpoint_every: None,
             monitor: "loss".into(),
             restore_best: true,
             early_stopping: None,

@@ -285,6 +285,9 @@ pub fn validate(
                 .into(),
         );
     }
+    if t.checkpoint_every == Some(0) {
+        bad("`train.checkpoint_every` must be at least 1 (leave it out for epoch-end checkpoints only)".into());
+    }
     if t.log_every == 0 {
         bad("`train.log_every` must be at least 1".into());
     }
