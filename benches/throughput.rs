@@ -178,8 +178,7 @@ fn kiln(model: &str, steps: usize, warmup: usize) -> f64 {
     let last = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["split"] == "train")
-        .last()
+        .rfind(|v| v["split"] == "train")
         .unwrap();
     last["samples_per_second"].as_f64().unwrap()
 }

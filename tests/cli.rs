@@ -288,7 +288,8 @@ fn bad_flags_and_unknown_runs_exit_2_without_panic() {
     );
     let o = sb.kiln(&["eval", "latest", "--split", "dev"]);
     assert_exit(&o, 2);
-    for o in [&o] {
+    {
+        let o = &o;
         assert!(!stderr(o).contains("panicked"));
     }
 }
@@ -1018,7 +1019,7 @@ fn a_killed_run_resumes_from_a_mid_epoch_checkpoint_and_ends_as_if_never_killed(
     let latest = std::fs::read_to_string(run_dir.join("checkpoints/LATEST")).unwrap();
     let step: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
     assert!(
-        step >= 994 && (step % 7 == 0 || step % 40 == 0),
+        step >= 994 && (step.is_multiple_of(7) || step.is_multiple_of(40)),
         "checkpoint at step {step}"
     );
     let id = run_dir.file_name().unwrap().to_str().unwrap();

@@ -23,11 +23,14 @@ struct Series {
     color: RGBColor,
 }
 
-/// `(split, metric) -> [(step, value)]` from a run's `metrics.jsonl`.
-fn curves(run_dir: &Path) -> Result<BTreeMap<(String, String), Vec<(f64, f64)>>, run::RunError> {
+/// `(split, metric) -> [(step, value)]`.
+type Curves = BTreeMap<(String, String), Vec<(f64, f64)>>;
+
+/// Every logged curve of a run's `metrics.jsonl`.
+fn curves(run_dir: &Path) -> Result<Curves, run::RunError> {
     let path = run_dir.join(run::METRICS_LOG);
     let text = std::fs::read_to_string(&path).map_err(run::io(&path))?;
-    let mut out: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut out = Curves::new();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;

@@ -217,7 +217,7 @@ fn value_key_line(value: &DeValue<'_>, key: &[String]) -> Option<usize> {
         DeValue::Table(t) => key_line(t, key),
         DeValue::Array(a) => {
             let (first, rest) = key.split_first()?;
-            let item = a.iter().nth(first.parse::<usize>().ok()?)?;
+            let item = a.get(first.parse::<usize>().ok()?)?;
             if rest.is_empty() {
                 return Some(item.span().start);
             }

@@ -15,10 +15,10 @@ pub fn known_keys(schema: &Value, path: &[String]) -> Vec<String> {
         for node in expand(schema, nodes) {
             if let Some(p) = node.get("properties").and_then(|p| p.get(part.as_str())) {
                 next.push(p);
-            } else if part.parse::<usize>().is_ok() {
-                if let Some(items) = node.get("items") {
-                    next.push(items);
-                }
+            } else if part.parse::<usize>().is_ok()
+                && let Some(items) = node.get("items")
+            {
+                next.push(items);
             }
         }
         nodes = next;
@@ -43,10 +43,10 @@ fn expand<'a>(root: &'a Value, nodes: Vec<&'a Value>) -> Vec<&'a Value> {
         if guard > 1000 {
             break;
         }
-        if let Some(r) = n.get("$ref").and_then(Value::as_str) {
-            if let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p)) {
-                stack.push(target);
-            }
+        if let Some(r) = n.get("$ref").and_then(Value::as_str)
+            && let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p))
+        {
+            stack.push(target);
         }
         for k in ["anyOf", "oneOf", "allOf"] {
             if let Some(list) = n.get(k).and_then(Value::as_array) {

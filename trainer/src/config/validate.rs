@@ -168,12 +168,12 @@ pub fn validate(
     if !d.impute_value.is_finite() {
         bad("`data.impute_value` must be a finite number".into());
     }
-    if let Some(s) = d.image_shape {
-        if s.iter().any(|&x| x == 0) {
-            bad(format!(
-                "`data.image_shape` = {s:?}: every size must be at least 1"
-            ));
-        }
+    if let Some(s) = d.image_shape
+        && s.contains(&0)
+    {
+        bad(format!(
+            "`data.image_shape` = {s:?}: every size must be at least 1"
+        ));
     }
     // IDX files are images whose shape their header gives; CSV rows are images only when told.
     let images = d.image_shape.is_some() || d.format == DataFormat::Idx;
@@ -247,12 +247,12 @@ pub fn validate(
     if t.grad_accum == 0 {
         bad("`train.grad_accum` must be at least 1".into());
     }
-    if let Some(c) = t.clip_grad_norm {
-        if !(c > 0.0 && c.is_finite()) {
-            bad(format!(
-                "`train.clip_grad_norm` = {c}: must be a positive number"
-            ));
-        }
+    if let Some(c) = t.clip_grad_norm
+        && !(c > 0.0 && c.is_finite())
+    {
+        bad(format!(
+            "`train.clip_grad_norm` = {c}: must be a positive number"
+        ));
     }
     let loss = t.loss.unwrap_or(match task {
         Task::Classification => LossKind::CrossEntropy,

@@ -184,10 +184,8 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
     }
     let names = column_names(spec, &lines, width);
     let has_label_col = spec.labels_path.is_none();
-    if has_label_col {
-        if let Err(e) = label_index(spec, &names) {
-            out.push(e);
-        }
+    if has_label_col && let Err(e) = label_index(spec, &names) {
+        out.push(e);
     }
     for (key, list) in [("categorical", &spec.categorical), ("ignore", &spec.ignore)] {
         for c in list {
