@@ -475,26 +475,7 @@ fn cmd_runs(command: RunsCommand, registry: Option<PathBuf>) -> Result<u8, Failu
                     serde_json::json!({"a": ra.id, "b": rb.id, "config": diff, "metrics": metrics})
                 );
             } else {
-                println!("a  {}\nb  {}\n", ra.id, rb.id);
-                println!("config that differs (a -> b):");
-                for (k, x, y) in &diff {
-                    println!("  {k:<32} {x}  ->  {y}");
-                }
-                if diff.is_empty() {
-                    println!("(same config)");
-                }
-                println!(
-                    "\n{:<8}{:<12}{:>12}{:>12}{:>12}",
-                    "split", "metric", "a", "b", "b - a"
-                );
-                let show = |v: &Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-                for (s, m, x, y) in &metrics {
-                    let d = match (x, y) {
-                        (Some(x), Some(y)) => format!("{:+.4}", y - x),
-                        _ => "-".into(),
-                    };
-                    println!("{s:<8}{m:<12}{:>12}{:>12}{d:>12}", show(x), show(y));
-                }
+                print!("{}", report::compare_text(&ra.id, &rb.id, &diff, &metrics));
             }
         }
     }

@@ -136,3 +136,33 @@ pub fn metrics_side_by_side(
     }
     rows
 }
+
+/// `kiln runs compare` for a person: the differing config keys, then the metrics with `b - a`.
+pub fn compare_text(
+    a: &str,
+    b: &str,
+    diff: &[(String, String, String)],
+    metrics: &[(String, String, Option<f64>, Option<f64>)],
+) -> String {
+    let mut out = format!("a  {a}\nb  {b}\n\nconfig that differs (a -> b):\n");
+    for (k, x, y) in diff {
+        let _ = writeln!(out, "  {k:<32} {x}  ->  {y}");
+    }
+    if diff.is_empty() {
+        out.push_str("  (same config)\n");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<8}{:<12}{:>12}{:>12}{:>12}",
+        "split", "metric", "a", "b", "b - a"
+    );
+    let show = |v: &Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    for (s, m, x, y) in metrics {
+        let d = match (x, y) {
+            (Some(x), Some(y)) => format!("{:+.4}", y - x),
+            _ => "-".into(),
+        };
+        let _ = writeln!(out, "{s:<8}{m:<12}{:>12}{:>12}{d:>12}", show(x), show(y));
+    }
+    out
+}
