@@ -22,8 +22,9 @@ def timed(reps, f):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     c1 = nn.Conv2d(1, 32, 3, padding=1)
     c2 = nn.Conv2d(32, 64, 3, padding=1)
     pool = nn.MaxPool2d(2)

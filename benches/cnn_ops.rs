@@ -2,7 +2,7 @@
 //! conv32-pool-conv64-pool-fc128-fc10 at batch 64, forward alone and forward + backward.
 //! `benches/cnn_ops.py` measures the same in PyTorch, for the README's explanation.
 //!
-//!   cargo bench --bench cnn_ops -- [--reps N]
+//!   cargo bench --bench cnn_ops -- [--reps N] [--threads T]
 
 use std::time::Instant;
 
@@ -28,7 +28,11 @@ fn main() {
         .iter()
         .position(|a| a == "--reps")
         .map_or(20, |i| args[i + 1].parse().expect("--reps N"));
-    kiln_trainer::train::init_threads(2);
+    let threads = args
+        .iter()
+        .position(|a| a == "--threads")
+        .map_or(2, |i| args[i + 1].parse().expect("--threads T"));
+    kiln_trainer::train::init_threads(threads);
     let device = Device::flex().autodiff();
     let pad = PaddingConfig2d::Explicit(1, 1, 1, 1);
     let c1 = Conv2dConfig::new([1, 32], [3, 3])
@@ -81,7 +85,7 @@ fn main() {
     for (name, fwd, both) in rows {
         println!(
             "{}",
-            serde_json::json!({"op": name, "impl": "burn-flex", "forward_ms": fwd, "forward_backward_ms": both})
+            serde_json::json!({"op": name, "impl": "burn-flex", "threads": threads, "forward_ms": fwd, "forward_backward_ms": both})
         );
     }
 }
