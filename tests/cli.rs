@@ -570,6 +570,35 @@ fn tensorboard_python() -> Option<String> {
     None
 }
 
+/// Waits (up to a minute) until a run other than `except` has logged a point at `step` or
+/// later, and returns its folder.
+fn wait_for_logged_step(sb: &Sandbox, step: u64, except: Option<&str>) -> PathBuf {
+    let started = std::time::Instant::now();
+    loop {
+        let found = std::fs::read_dir(sb.registry().join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                except.is_none_or(|id| !p.ends_with(id))
+                    && std::fs::read_to_string(p.join("metrics.jsonl")).is_ok_and(|t| {
+                        t.lines()
+                            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                            .any(|v| v["step"].as_u64().unwrap_or(0) >= step)
+                    })
+            });
+        if let Some(dir) = found {
+            return dir;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "training never reached step {step}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// What TensorBoard's EventAccumulator reads from a run folder.
 fn read_tensorboard(python: &str, run_dir: &Path) -> Value {
     let o = Command::new(python)
@@ -708,29 +737,7 @@ fn tensorboard_steps_stay_unique_after_a_kill_and_resume() {
         .command(&["train", cfg.to_str().unwrap(), "--quiet"])
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    let run_dir = loop {
-        let found = std::fs::read_dir(sb.registry().join("runs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                std::fs::read_to_string(p.join("metrics.jsonl")).is_ok_and(|t| {
-                    t.lines()
-                        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                        .any(|v| v["step"].as_u64().unwrap_or(0) >= 105)
-                })
-            });
-        if let Some(dir) = found {
-            break dir;
-        }
-        assert!(
-            started.elapsed().as_secs() < 60,
-            "training never reached step 105"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
+    let run_dir = wait_for_logged_step(&sb, 105, None);
     child.kill().unwrap();
     child.wait().unwrap();
     let latest = std::fs::read_to_string(run_dir.join("checkpoints/LATEST")).unwrap();
@@ -990,30 +997,7 @@ fn a_killed_run_resumes_from_a_mid_epoch_checkpoint_and_ends_as_if_never_killed(
     let full_id = full["run_id"].as_str().unwrap().to_string();
 
     let mut child = sb.command(&["train", c, "--quiet"]).spawn().unwrap();
-    let started = std::time::Instant::now();
-    let run_dir = loop {
-        let found = std::fs::read_dir(sb.registry().join("runs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                !p.ends_with(&full_id)
-                    && std::fs::read_to_string(p.join("metrics.jsonl")).is_ok_and(|t| {
-                        t.lines()
-                            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                            .any(|v| v["step"].as_u64().unwrap_or(0) >= 1000)
-                    })
-            });
-        if let Some(dir) = found {
-            break dir;
-        }
-        assert!(
-            started.elapsed().as_secs() < 60,
-            "training never reached step 1000"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
+    let run_dir = wait_for_logged_step(&sb, 1000, Some(&full_id));
     child.kill().unwrap();
     child.wait().unwrap();
     let latest = std::fs::read_to_string(run_dir.join("checkpoints/LATEST")).unwrap();
