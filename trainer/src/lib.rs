@@ -14,6 +14,7 @@
 //! println!("{}", outcome.info.id);
 //! ```
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
@@ -24,6 +25,7 @@ pub mod optim;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod setup;
 pub mod tracking;
 pub mod train;
 use gemm as _; // see the workspace Cargo.toml: enables AVX-512 matrix kernels

@@ -2,25 +2,25 @@
 //! final evaluation. One function; no hooks.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Tensor, TensorData};
-use kiln_models::{CnnConfig, ConvBlockConfig, MlpConfig, Model, ModelConfig};
-use serde::{Deserialize, Serialize};
+use burn::tensor::{Tensor, TensorData};
+use kiln_models::Model;
 
-use crate::config::{ModelKind, RunConfig};
+use crate::checkpoint::{self, LoopState};
+use crate::config::RunConfig;
 use crate::data::{self, DataError, Dataset, Loader, Preprocessor};
 use crate::eval::evaluate;
-use crate::loss::Loss;
 use crate::metrics::Metrics;
 use crate::optim;
 use crate::progress::{Progress, StepReport};
 use crate::run::{self, RunError, RunInfo, Status};
+pub use crate::setup::{device, init_threads, loss_of, model_config};
 
 /// How a training is launched (what is not in the config).
 #[derive(Debug, Clone)]
@@ -61,118 +61,9 @@ pub struct Outcome {
     pub info: RunInfo,
 }
 
-/// Loop position saved in a checkpoint: enough to continue exactly where it stopped.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LoopState {
-    pub epoch: usize,
-    /// Next batch of `epoch` to run.
-    pub batch: usize,
-    /// Optimizer steps taken.
-    pub step: usize,
-    pub best: Option<f64>,
-    pub best_step: Option<usize>,
-    pub validations_without_improvement: usize,
-    pub samples_seen: u64,
-}
-
 /// Examples in the training slice of a smoke run, and its number of steps.
 const SMOKE_EXAMPLES: usize = 512;
 const SMOKE_STEPS: usize = 4;
-
-/// The model a config describes, for `d_input` features and the data's targets.
-pub fn model_config(
-    cfg: &RunConfig,
-    pre: &Preprocessor,
-    d_input: usize,
-    outputs: usize,
-) -> Result<ModelConfig, TrainError> {
-    let m = &cfg.file.model;
-    let head = |d_input| MlpConfig {
-        d_input,
-        hidden: m.hidden.clone(),
-        d_output: outputs,
-        activation: m.activation,
-        dropout: m.dropout,
-        norm: m.norm,
-    };
-    match m.kind {
-        ModelKind::Mlp => Ok(ModelConfig::Mlp(head(d_input))),
-        ModelKind::Cnn => {
-            let Some([c, h, w]) = pre.image.as_ref().map(|i| i.shape) else {
-                return Err(TrainError::Setup(
-                    "`model.kind` = \"cnn\" needs image data".into(),
-                ));
-            };
-            if c * h * w != d_input {
-                return Err(TrainError::Setup(format!(
-                    "the CNN reads {c}x{h}x{w} = {} pixels but the data has {d_input} features per row (categorical columns one-hot encode into several)",
-                    c * h * w
-                )));
-            }
-            let shrink: usize = m.conv.iter().map(|b| b.pool.max(1)).product();
-            if shrink > h.min(w) {
-                return Err(TrainError::Setup(format!(
-                    "`model.conv`: pooling shrinks the {h}x{w} images by {shrink}x, to nothing; use fewer or smaller pools"
-                )));
-            }
-            let mut cnn = CnnConfig {
-                in_channels: c,
-                height: h,
-                width: w,
-                blocks: m
-                    .conv
-                    .iter()
-                    .map(|b| ConvBlockConfig {
-                        channels: b.channels,
-                        kernel: b.kernel,
-                        pool: b.pool,
-                        batch_norm: b.batch_norm,
-                        dropout: b.dropout,
-                    })
-                    .collect(),
-                activation: m.activation,
-                head: head(0),
-            };
-            cnn.head.d_input = cnn.flat_features();
-            Ok(ModelConfig::Cnn(cnn))
-        }
-    }
-}
-
-/// The loss of a run, for its preprocessed data.
-pub fn loss_of(cfg: &RunConfig, pre: &Preprocessor) -> Result<Loss, TrainError> {
-    let classes = pre.class_names().map_or(1, |c| c.len());
-    if cfg.loss == crate::config::LossKind::Bce && classes != 2 {
-        return Err(TrainError::Setup(format!(
-            "`train.loss` = \"bce\" is for two classes, the labels hold {classes}; use \"cross_entropy\""
-        )));
-    }
-    let t = &cfg.file.train;
-    Ok(Loss {
-        kind: cfg.loss,
-        classes,
-        label_smoothing: t.label_smoothing,
-        huber_delta: t.huber_delta,
-    })
-}
-
-/// Sets the CPU backend's thread count once per process (0: one per core).
-pub fn init_threads(threads: usize) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let mut b = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("kiln-compute-{i}"));
-        if threads > 0 {
-            b = b.num_threads(threads);
-        }
-        // Fails only when a pool already exists (a library user built one): keep theirs.
-        let _ = b.build_global();
-    });
-}
-
-/// The device kiln trains on. This build is CPU-only: burn's `flex` backend.
-pub fn device() -> Device {
-    Device::flex()
-}
 
 /// A seed per (run seed, step, micro-batch): dropout masks are a function of the position in
 /// training, so a resumed run draws the same masks as an uninterrupted one.
@@ -289,33 +180,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let mut st = LoopState::default();
     let mut best_model: Option<Model> = None;
     if opts.resume.is_some() {
-        let ck =
-            run::checkpoint_dir(&run_dir, run::LATEST).ok_or_else(|| TrainError::Checkpoint {
-                path: run_dir.join(run::CHECKPOINTS).display().to_string(),
-                message: "no checkpoint to resume from (the run stopped before its first one)"
-                    .into(),
-            })?;
-        let fail = |m: String| TrainError::Checkpoint {
-            path: ck.display().to_string(),
-            message: m,
-        };
-        st = run::read_json(&ck.join(run::CKPT_STATE))?;
-        model = model
-            .try_load_file(ck.join(run::CKPT_WEIGHTS))
-            .map_err(|e| fail(e.to_string()))?;
-        optimizer = optimizer
-            .load(ck.join(run::CKPT_OPTIM))
-            .map_err(|e| fail(e.to_string()))?;
-        if let Some(best) =
-            run::checkpoint_dir(&run_dir, run::BEST).map(|d| d.join(run::CKPT_WEIGHTS))
-        {
-            best_model = Some(
-                mconf
-                    .init(&device)
-                    .try_load_file(&best)
-                    .map_err(|e| fail(e.to_string()))?,
-            );
-        }
+        (model, optimizer, st, best_model) =
+            checkpoint::load(&run_dir, &mconf, &device, model, optimizer)?;
     }
 
     let accum = t.grad_accum;
@@ -519,7 +385,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 break 'epochs;
             }
             if t.checkpoint_every.is_some_and(|n| st.step % n == 0) && !last_step {
-                save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+                checkpoint::save(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
             }
             if last_step || stop_early {
                 break;
@@ -543,7 +409,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line)?;
             stop_early |= out;
         }
-        save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+        checkpoint::save(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
         if stop_early {
             progress.line(&format!(
                 "early stopping: valid {} has not improved for {} validations",
@@ -561,7 +427,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     info.monitor = cfg.monitor.metric.clone();
     info.best_valid = st.best;
     if interrupted {
-        save_checkpoint(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+        checkpoint::save(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
         info.status = Status::Interrupted;
         run::write_json(&run_dir.join(run::RUN), &info)?;
         guard.info = None;
@@ -633,46 +499,6 @@ impl Drop for FailGuard {
             let _ = run::write_json(&self.path, &info);
         }
     }
-}
-
-/// Writes `checkpoints/last` (and `checkpoints/best`) through a temporary folder and a rename.
-fn save_checkpoint(
-    run_dir: &Path,
-    model: &Model,
-    optimizer: &burn::optim::ModuleOptimizer,
-    st: &LoopState,
-    best: Option<&Model>,
-) -> Result<(), TrainError> {
-    let root = run_dir.join(run::CHECKPOINTS);
-    let fail = |p: &Path, m: String| TrainError::Checkpoint {
-        path: p.display().to_string(),
-        message: m,
-    };
-    // The best weights first: a crash between the two never leaves LATEST's state pointing at
-    // a best that was not written.
-    if let (Some(best), Some(step)) = (best, st.best_step) {
-        let saved = run::checkpoint_dir(run_dir, run::BEST)
-            .and_then(|d| run::read_json::<LoopState>(&d.join(run::CKPT_STATE)).ok());
-        if saved.and_then(|s| s.best_step) != Some(step) {
-            run::commit_checkpoint(&root, "best", step, run::BEST, |dir| {
-                best.clone()
-                    .save_file(dir.join(run::CKPT_WEIGHTS))
-                    .map_err(|e| fail(dir, e.to_string()))?;
-                Ok::<_, TrainError>(run::write_json(&dir.join(run::CKPT_STATE), st)?)
-            })?;
-        }
-    }
-    run::commit_checkpoint(&root, "step", st.step, run::LATEST, |dir| {
-        model
-            .clone()
-            .save_file(dir.join(run::CKPT_WEIGHTS))
-            .map_err(|e| fail(dir, e.to_string()))?;
-        optimizer
-            .save(dir.join(run::CKPT_OPTIM))
-            .map_err(|e| fail(dir, e.to_string()))?;
-        Ok::<_, TrainError>(run::write_json(&dir.join(run::CKPT_STATE), st)?)
-    })?;
-    Ok(())
 }
 
 /// Installs a Ctrl-C handler (once per process).
