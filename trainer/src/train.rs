@@ -86,7 +86,6 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let base = device();
     base.seed(f.seed);
     let device = base.clone().autodiff();
-    let progress_quiet = opts.quiet;
 
     // Data: fitted on the training split, or the run's own statistics when resuming.
     // A resumed run continues as it was started (smoke or not); a completed one is not
@@ -195,7 +194,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     if smoke {
         total_steps = total_steps.min(SMOKE_STEPS);
     }
-    let progress = Progress::new(total_steps, epochs, progress_quiet);
+    let progress = Progress::new(total_steps, epochs, opts.quiet);
     if opts.resume.is_some() {
         progress.line(&format!(
             "resuming {} at epoch {} step {}",

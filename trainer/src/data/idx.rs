@@ -105,22 +105,36 @@ pub fn read_all(spec: &DataSpec) -> Result<RawData, DataError> {
     Ok(RawData { main, test })
 }
 
+/// The item count of an IDX file's header, after checking its magic number. Reads only the
+/// header, so validation does not decompress whole image files.
+fn header_count(path: &Path, magic: u32, what: &str) -> Result<u32, String> {
+    let size = if magic == IMAGES_MAGIC { 16 } else { 8 };
+    let b = super::read_prefix(path, size).map_err(|e| e.to_string())?;
+    if b.len() < size as usize || be_u32(&b, 0) != magic {
+        return Err(format!(
+            "{}: not an IDX {what} file (magic {magic:#010x} expected)",
+            path.display()
+        ));
+    }
+    Ok(be_u32(&b, 4))
+}
+
 pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
     let mut out = Vec::new();
-    for (p, is_images) in [
-        (Some(&spec.path), true),
-        (spec.labels_path.as_ref(), false),
-        (spec.test_path.as_ref(), true),
-        (spec.test_labels_path.as_ref(), false),
-    ] {
-        let Some(p) = p else { continue };
-        let r = if is_images {
-            read_images(p).map(|_| ())
-        } else {
-            read_labels(p).map(|_| ())
-        };
-        if let Err(e) = r {
-            out.push(e.to_string());
+    let pairs = [
+        (Some(&spec.path), spec.labels_path.as_ref()),
+        (spec.test_path.as_ref(), spec.test_labels_path.as_ref()),
+    ];
+    for (images, labels) in pairs {
+        let n_images = images.map(|p| header_count(p, IMAGES_MAGIC, "image"));
+        let n_labels = labels.map(|p| header_count(p, LABELS_MAGIC, "label"));
+        match (n_images, n_labels) {
+            (Some(Ok(i)), Some(Ok(l))) if i != l => out.push(format!(
+                "{}: {l} labels for the {i} images of {}",
+                labels.expect("counted").display(),
+                images.expect("counted").display()
+            )),
+            (i, l) => out.extend([i, l].into_iter().flatten().filter_map(Result::err)),
         }
     }
     out

@@ -175,22 +175,43 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
 
 /// Reads a whole file, gunzipping it when it starts with gzip's magic bytes.
 pub fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
-    use std::io::Read;
-    let io = |source| DataError::Io {
-        path: path.display().to_string(),
+    read_prefix(path, u64::MAX)
+}
+
+/// Reads at most `limit` bytes of a file's (gunzipped) content: enough to check a header
+/// without decompressing the whole file.
+pub fn read_prefix(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, DataError> {
+    use std::io::{BufRead, BufReader, Read};
+    let shown = || path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: shown(),
         source,
-    };
-    let bytes = std::fs::read(path).map_err(io)?;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(bytes.len() * 4);
-        flate2::read::MultiGzDecoder::new(&bytes[..])
+    })?;
+    let mut reader = BufReader::new(file);
+    let gzip = reader
+        .fill_buf()
+        .map_err(|source| DataError::Io {
+            path: shown(),
+            source,
+        })?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut out = Vec::new();
+    let result = if gzip {
+        flate2::read::MultiGzDecoder::new(reader)
+            .take(limit)
             .read_to_end(&mut out)
-            .map_err(|e| DataError::Format {
-                path: path.display().to_string(),
-                message: format!("broken gzip data: {e}"),
-            })?;
-        Ok(out)
     } else {
-        Ok(bytes)
-    }
+        reader.take(limit).read_to_end(&mut out)
+    };
+    result.map_err(|e| match gzip {
+        true => DataError::Format {
+            path: shown(),
+            message: format!("broken gzip data: {e}"),
+        },
+        false => DataError::Io {
+            path: shown(),
+            source: e,
+        },
+    })?;
+    Ok(out)
 }
