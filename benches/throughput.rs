@@ -172,6 +172,7 @@ fn kiln(model: &str, steps: usize, warmup: usize) -> f64 {
         config_path: cfg_path.into(),
         resume: None,
         stop: Arc::new(AtomicBool::new(false)),
+        init_from: None,
     };
     let out = kiln_trainer::train::train(&cfg, &opts).unwrap();
     let log = std::fs::read_to_string(out.run_dir.join("metrics.jsonl")).unwrap();

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Parser, Subcommand};
 use kiln_trainer::config::{self, ConfigError, Override};
 use kiln_trainer::data::SplitName;
+use kiln_trainer::registry::{self, Registry, RegistryError};
 use kiln_trainer::{eval, report, run, train};
 
 #[derive(Parser)]
@@ -40,6 +41,10 @@ enum Command {
         /// Continue a run (a run id, `latest`, or a run folder) from its last checkpoint.
         #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "set", "smoke"])]
         resume: Option<String>,
+        /// Start from the weights of a registry model (NAME, NAME@ALIAS, NAME/vN or a run id);
+        /// the architecture must match. Recorded as the new model's lineage.
+        #[arg(long, value_name = "REF", conflicts_with = "resume")]
+        init_from: Option<String>,
         /// Print only the result.
         #[arg(long, short)]
         quiet: bool,
@@ -60,9 +65,10 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Metrics of a finished run on one split of its data.
+    /// Metrics of a model on one split of its data.
     Eval {
-        /// A run id, `latest`, or a run folder.
+        /// A model (NAME, NAME@ALIAS, NAME/vN), a run id, `latest` (the newest run), or a run
+        /// folder.
         run: String,
         /// train, valid or test.
         #[arg(long, default_value = "test")]
@@ -78,6 +84,13 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+        #[arg(long, value_name = "DIR", global = true)]
+        registry: Option<PathBuf>,
+    },
+    /// The model registry: versions, aliases, integrity, clean-up.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
         #[arg(long, value_name = "DIR", global = true)]
         registry: Option<PathBuf>,
     },
@@ -115,6 +128,54 @@ enum RunsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Every model version (or those of one model): aliases, run, step, monitored metric.
+    List {
+        /// Only this model.
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry (NAME, NAME@ALIAS, NAME/vN, a run id): its manifest, files and lineage.
+    Show {
+        reference: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point an alias (e.g. `production`) at a version.
+    Tag { reference: String, alias: String },
+    /// Remove an alias set by `tag`.
+    Untag { name: String, alias: String },
+    /// Delete a version (NAME/vN) or a run (its id).
+    Rm {
+        reference: String,
+        /// Also drop the aliases pointing at the version.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove unfinished writes of dead processes and checkpoints beyond each run's retention.
+    Gc {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two entries side by side: the config keys that differ and the metrics.
+    Diff {
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every file of every entry against its manifest and report any damage.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// An error and the exit code it maps to.
 struct Failure {
     code: u8,
@@ -132,6 +193,15 @@ impl Failure {
         Self {
             code: 1,
             message: message.into(),
+        }
+    }
+}
+
+impl From<RegistryError> for Failure {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Name(_) | RegistryError::NotFound { .. } => Self::usage(e.to_string()),
+            _ => Self::runtime(e.to_string()),
         }
     }
 }
@@ -157,10 +227,13 @@ fn main() -> ExitCode {
             set,
             smoke,
             resume,
+            init_from,
             quiet,
             json,
             registry,
-        } => cmd_train(config, &set, smoke, resume, quiet, json, registry),
+        } => cmd_train(
+            config, &set, smoke, resume, init_from, quiet, json, registry,
+        ),
         Command::Validate { paths, deep, set } => cmd_validate(&paths, deep, &set),
         Command::Eval {
             run,
@@ -169,6 +242,9 @@ fn main() -> ExitCode {
             registry,
         } => cmd_eval(&run, &split, json, registry),
         Command::Runs { command, registry } => cmd_runs(command, registry),
+        Command::Registry { command, registry } => {
+            cmd_registry(command, registry_for(registry, "kiln-registry"))
+        }
         Command::Report {
             run,
             output,
@@ -228,11 +304,13 @@ fn load_config(path: &Path, overrides: &[Override]) -> Result<config::RunConfig,
     )?)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cmd_train(
     config_path: Option<PathBuf>,
     set: &[String],
     smoke: bool,
     resume: Option<String>,
+    init_from: Option<String>,
     quiet: bool,
     json: bool,
     registry: Option<PathBuf>,
@@ -266,6 +344,7 @@ fn cmd_train(
         config_path: shown,
         resume: resume_dir,
         stop,
+        init_from,
     };
     let outcome = train::train(&cfg, &opts).map_err(|e| Failure::runtime(e.to_string()))?;
     let info = &outcome.info;
@@ -273,8 +352,10 @@ fn cmd_train(
         eprintln!(
             "interrupted at step {}; checkpoint saved in {}\nresume with: kiln train --resume {}{registry_flag}",
             info.steps,
-            run::checkpoint_dir(&outcome.run_dir, run::LATEST)
-                .unwrap_or_else(|| outcome.run_dir.join(run::CHECKPOINTS))
+            registry::checkpoints(&outcome.run_dir)
+                .into_iter()
+                .next()
+                .map_or_else(|| outcome.run_dir.join(run::CHECKPOINTS), |(_, d)| d)
                 .display(),
             info.id
         );
@@ -283,6 +364,7 @@ fn cmd_train(
         let out = serde_json::json!({
             "run_id": info.id,
             "run_dir": outcome.run_dir,
+            "version": info.version,
             "status": info.status,
             "steps": info.steps,
             "epochs": info.epochs_done,
@@ -294,6 +376,9 @@ fn cmd_train(
     } else if info.status != run::Status::Interrupted {
         println!("run     {}", info.id);
         println!("folder  {}", outcome.run_dir.display());
+        if let Some(v) = &info.version {
+            println!("model   {v}");
+        }
         println!(
             "trained {} steps, {} epochs in {:.1} s ({:.0} samples/s)",
             info.steps, info.epochs_done, info.wall_seconds, info.train_samples_per_second
@@ -382,6 +467,24 @@ fn collect_tomls(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A model reference for `eval`: a run folder or `latest` (the newest run) as before, or
+/// anything the registry resolves (NAME, NAME@ALIAS, NAME/vN, a run id).
+fn resolve_model(reg: &Registry, reference: &str) -> Result<registry::Entry, Failure> {
+    if reference == "latest" || Path::new(reference).join(run::RUN).is_file() {
+        let dir = run::resolve(&reg.root, reference).map_err(|e| Failure::usage(e.to_string()))?;
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(registry::Entry {
+            label: id.clone(),
+            kind: registry::EntryKind::Final { run: id },
+            dir: dir.join(registry::FINAL),
+        });
+    }
+    Ok(reg.resolve(reference)?)
+}
+
 fn cmd_eval(
     reference: &str,
     split: &str,
@@ -389,21 +492,153 @@ fn cmd_eval(
     registry: Option<PathBuf>,
 ) -> Result<u8, Failure> {
     let split: SplitName = split.parse().map_err(Failure::usage)?;
-    let registry = registry_for(registry, "kiln-registry");
-    let dir = run::resolve(&registry, reference).map_err(|e| Failure::usage(e.to_string()))?;
-    let (info, metrics) =
-        eval::eval_run(&dir, split).map_err(|e| Failure::runtime(e.to_string()))?;
+    let reg = Registry::new(registry_for(registry, "kiln-registry"));
+    let entry = resolve_model(&reg, reference)?;
+    let (loaded, metrics) =
+        eval::eval_entry(&reg, &entry, split).map_err(|e| Failure::runtime(e.to_string()))?;
+    let split_name = format!("{split:?}").to_lowercase();
     if json {
-        let out = serde_json::json!({"run_id": info.id, "run_dir": dir, "split": format!("{split:?}").to_lowercase(), "metrics": metrics});
+        let out = serde_json::json!({
+            "model": loaded.label,
+            "run_id": loaded.info.as_ref().map(|i| i.id.clone()),
+            "split": split_name,
+            "metrics": metrics,
+        });
         println!("{out}");
     } else {
-        println!("run {} ({:?} split)", info.id, split);
+        println!("{} ({split_name} split)", loaded.label);
         let mut m = std::collections::BTreeMap::new();
-        m.insert(format!("{split:?}").to_lowercase(), metrics.clone());
+        m.insert(split_name, metrics.clone());
         print!("{}", report::metrics_table(&m));
         print!("{}", report::class_table(&metrics));
     }
     Ok(0)
+}
+
+fn cmd_registry(command: RegistryCommand, root: PathBuf) -> Result<u8, Failure> {
+    let reg = Registry::new(root);
+    let json_line = |v: serde_json::Value| println!("{v}");
+    match command {
+        RegistryCommand::List { name, json } => {
+            let versions = reg.list(name.as_deref())?;
+            if json {
+                json_line(serde_json::to_value(&versions).expect("versions are JSON"));
+            } else if versions.is_empty() {
+                println!("no model versions in {}", reg.root.display());
+            } else {
+                print!("{}", report::versions_table(&versions));
+            }
+        }
+        RegistryCommand::Show { reference, json } => {
+            let entry = resolve_model(&reg, &reference)?;
+            let loaded = reg.load(&entry)?;
+            let m = &loaded.manifest;
+            if json {
+                json_line(serde_json::json!({
+                    "entry": entry.label,
+                    "dir": entry.dir,
+                    "manifest": m,
+                }));
+            } else {
+                print!("{}", report::manifest_text(&entry.label, &entry.dir, m));
+            }
+        }
+        RegistryCommand::Tag { reference, alias } => {
+            let entry = reg.tag(&reference, &alias)?;
+            println!("{}@{alias} -> {}", model_name(&entry), entry.label);
+        }
+        RegistryCommand::Untag { name, alias } => {
+            let v = reg.untag(&name, &alias)?;
+            println!("removed {name}@{alias} (was v{v})");
+        }
+        RegistryCommand::Rm { reference, force } => {
+            let entry = reg.remove(&reference, force)?;
+            println!("removed {}", entry.label);
+        }
+        RegistryCommand::Gc { dry_run, json } => {
+            let r = reg.gc(dry_run)?;
+            if json {
+                json_line(
+                    serde_json::json!({"dry_run": dry_run, "removed": r.removed, "bytes": r.bytes}),
+                );
+            } else {
+                for p in &r.removed {
+                    println!("{} {p}", if dry_run { "would remove" } else { "removed" });
+                }
+                println!(
+                    "{} {} entries, {:.1} MB",
+                    if dry_run { "would free" } else { "freed" },
+                    r.removed.len(),
+                    r.bytes as f64 / 1e6
+                );
+            }
+        }
+        RegistryCommand::Diff { a, b, json } => {
+            let (ea, eb) = (resolve_model(&reg, &a)?, resolve_model(&reg, &b)?);
+            let (ma, mb) = (reg.load(&ea)?.manifest, reg.load(&eb)?.manifest);
+            let diff = report::config_diff(&ma.config, &mb.config);
+            let metrics = report::flat_metrics_side_by_side(&ma.metrics, &mb.metrics);
+            if json {
+                let diff: Vec<_> = diff
+                    .iter()
+                    .map(|(k, x, y)| serde_json::json!({"key": k, "a": x, "b": y}))
+                    .collect();
+                let metrics: Vec<_> = metrics
+                    .iter()
+                    .map(
+                        |(s, m, x, y)| serde_json::json!({"split": s, "metric": m, "a": x, "b": y}),
+                    )
+                    .collect();
+                json_line(
+                    serde_json::json!({"a": ea.label, "b": eb.label, "config": diff, "metrics": metrics}),
+                );
+            } else {
+                print!(
+                    "{}",
+                    report::compare_text(&ea.label, &eb.label, &diff, &metrics)
+                );
+            }
+        }
+        RegistryCommand::Verify { json } => {
+            let r = reg.verify();
+            if json {
+                json_line(serde_json::to_value(&r).expect("reports are JSON"));
+            } else {
+                for d in &r.damaged {
+                    println!("DAMAGED {}: {}", d.path, d.problem);
+                }
+                if !r.unfinished.is_empty() {
+                    println!(
+                        "{} unfinished write(s) under {} (harmless; `kiln registry gc` removes them)",
+                        r.unfinished.len(),
+                        reg.root.join(registry::TMP).display()
+                    );
+                }
+                println!(
+                    "checked {} entries: {}",
+                    r.checked,
+                    if r.damaged.is_empty() {
+                        "all intact".to_string()
+                    } else {
+                        format!("{} problem(s)", r.damaged.len())
+                    }
+                );
+            }
+            if !r.damaged.is_empty() {
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn model_name(entry: &registry::Entry) -> String {
+    match &entry.kind {
+        registry::EntryKind::Version { name, .. } => name.clone(),
+        registry::EntryKind::Final { run } | registry::EntryKind::Checkpoint { run, .. } => {
+            run.clone()
+        }
+    }
 }
 
 fn cmd_runs(command: RunsCommand, registry: Option<PathBuf>) -> Result<u8, Failure> {

@@ -1,106 +1,284 @@
-//! Checkpoints of a training: what the loop saves and how a resumed run loads it back.
+//! Checkpoints of a training: what the loop saves, and how a resumed run finds the newest
+//! intact one and loads it back.
 //!
-//! The folders and pointer files are `run`'s (`commit_checkpoint`, `checkpoint_dir`); this
-//! module decides what goes in them.
+//! A checkpoint is a registry folder `<run>/checkpoints/step-NNNNNNNNN/`:
+//! `model.safetensors` (weights), `best.safetensors` (the best weights so far, when they are not
+//! these), `optim.bpk` (optimizer moments, burnpack), `state.json` ([`LoopState`]) and
+//! `manifest.json` (hashes, config, data fingerprint, lineage). Checkpoints are taken between
+//! optimizer steps, so no partly accumulated gradient is ever pending.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use kiln_models::{Model, ModelConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::run;
+use crate::config::RunConfig;
+use crate::registry::manifest::{self, DataFile, DataFingerprint, Kind, Lineage, Manifest};
+use crate::registry::retention::Policy;
+use crate::registry::writer::{Job, Writer};
+use crate::registry::{self, Entry, EntryKind, Registry, RegistryError};
 use crate::train::TrainError;
+use crate::weights;
 
 /// Loop position saved in a checkpoint: enough to continue exactly where it stopped.
+///
+/// Randomness needs no saved generator state: the data order of an epoch is a pure function of
+/// (`seed`, epoch) and the dropout masks of a step of (`seed`, step, micro-batch), so the
+/// position below fixes every random draw still to come.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoopState {
     pub epoch: usize,
-    /// Next batch of `epoch` to run.
+    /// Next batch of `epoch` to run: the loader resumes there, no batch is replayed.
     pub batch: usize,
     /// Optimizer steps taken.
     pub step: usize,
+    /// Micro-batches accumulated towards the next step; always 0, since checkpoints are taken
+    /// between optimizer steps.
+    #[serde(default)]
+    pub micro_step: usize,
     pub best: Option<f64>,
     pub best_step: Option<usize>,
+    /// The monitored metric at the latest validation (what retention ranks checkpoints by).
+    #[serde(default)]
+    pub last_valid: Option<f64>,
     pub validations_without_improvement: usize,
     pub samples_seen: u64,
+    #[serde(default)]
+    pub seed: u64,
+    /// burn's ids of the model's parameters in visit order; they key the optimizer's state.
+    #[serde(default)]
+    pub param_ids: Vec<u64>,
 }
 
-/// Writes a checkpoint (and the best weights, when they changed) as `run::commit_checkpoint`
-/// folders named by `LATEST` and `BEST`.
-pub fn save(
-    run_dir: &Path,
-    model: &Model,
-    optimizer: &ModuleOptimizer,
-    st: &LoopState,
-    best: Option<&Model>,
-) -> Result<(), TrainError> {
-    let root = run_dir.join(run::CHECKPOINTS);
-    let fail = |p: &Path, m: String| TrainError::Checkpoint {
-        path: p.display().to_string(),
-        message: m,
-    };
-    // The best weights first: a crash between the two never leaves LATEST's state pointing at
-    // a best that was not written.
-    if let (Some(best), Some(step)) = (best, st.best_step) {
-        let saved = run::checkpoint_dir(run_dir, run::BEST)
-            .and_then(|d| run::read_json::<LoopState>(&d.join(run::CKPT_STATE)).ok());
-        if saved.and_then(|s| s.best_step) != Some(step) {
-            run::commit_checkpoint(&root, "best", step, run::BEST, |dir| {
-                best.clone()
-                    .save_file(dir.join(run::CKPT_WEIGHTS))
-                    .map_err(|e| fail(dir, e.to_string()))?;
-                Ok::<_, TrainError>(run::write_json(&dir.join(run::CKPT_STATE), st)?)
-            })?;
+fn fail(path: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// The part of every manifest of a run that does not change between checkpoints: config,
+/// model, preprocessing, data fingerprint, versions, git, device, lineage.
+pub fn base_manifest(
+    cfg: &RunConfig,
+    run_id: &str,
+    mconf: &ModelConfig,
+    pre: &crate::data::Preprocessor,
+    config_path: &str,
+    lineage: Lineage,
+) -> Result<Manifest, TrainError> {
+    let spec = &cfg.data;
+    let mut files = Vec::new();
+    for (role, path) in [
+        ("data", Some(&spec.path)),
+        ("labels", spec.labels_path.as_ref()),
+        ("test", spec.test_path.as_ref()),
+        ("test_labels", spec.test_labels_path.as_ref()),
+    ] {
+        if let Some(p) = path {
+            let (sha256, bytes) =
+                registry::store::hash_file(p).map_err(|e| fail(p, e.to_string()))?;
+            files.push(DataFile {
+                role: role.into(),
+                path: p.display().to_string(),
+                sha256,
+                bytes,
+            });
         }
     }
-    run::commit_checkpoint(&root, "step", st.step, run::LATEST, |dir| {
-        model
-            .clone()
-            .save_file(dir.join(run::CKPT_WEIGHTS))
-            .map_err(|e| fail(dir, e.to_string()))?;
-        optimizer
-            .save(dir.join(run::CKPT_OPTIM))
-            .map_err(|e| fail(dir, e.to_string()))?;
-        Ok::<_, TrainError>(run::write_json(&dir.join(run::CKPT_STATE), st)?)
-    })?;
-    Ok(())
+    let split = &cfg.file.data.split;
+    let mut config = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
+    config["name"] = cfg.name.clone().into();
+    let config_dir = Path::new(config_path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(Manifest {
+        format: manifest::FORMAT,
+        kind: Kind::Checkpoint,
+        created: String::new(),
+        files: BTreeMap::new(),
+        model_name: cfg.name.clone(),
+        run_id: run_id.to_string(),
+        version: None,
+        step: 0,
+        epoch: 0,
+        metrics: BTreeMap::new(),
+        monitor: manifest::Monitor {
+            metric: cfg.monitor.metric.clone(),
+            higher_is_better: cfg.monitor.higher_is_better,
+            value: None,
+        },
+        config,
+        model_config: serde_json::to_value(mconf).expect("model configs are JSON"),
+        preprocess: serde_json::to_value(pre).expect("preprocessing is JSON"),
+        data: DataFingerprint {
+            files,
+            split_seed: split.seed.unwrap_or(cfg.file.seed),
+            split: serde_json::to_value(split).expect("the split is JSON"),
+        },
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        burn_version: manifest::BURN_VERSION.into(),
+        git: manifest::git_of(config_dir),
+        backend: "flex".into(),
+        device: "cpu".into(),
+        lineage,
+    })
 }
 
-/// The model, optimizer, loop position and best weights of a run's `LATEST` checkpoint;
-/// `model` and `optimizer` are fresh ones to load into.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Writes a run's checkpoints in the background (see [`registry::writer`]).
+pub struct Saver {
+    writer: Writer,
+    run_dir: PathBuf,
+    base: Manifest,
+}
+
+impl Saver {
+    pub fn new(registry: &Path, run_dir: &Path, base: Manifest, policy: Policy) -> Self {
+        Self {
+            writer: Writer::start(registry.to_path_buf(), run_dir.to_path_buf(), policy),
+            run_dir: run_dir.to_path_buf(),
+            base,
+        }
+    }
+
+    /// Snapshots model, optimizer, loop state and best weights and queues them for writing.
+    pub fn save(
+        &self,
+        model: &Model,
+        optimizer: &ModuleOptimizer,
+        st: &LoopState,
+        best: Option<&Model>,
+        metrics: BTreeMap<String, f64>,
+    ) -> Result<(), TrainError> {
+        let dest = self
+            .run_dir
+            .join(crate::run::CHECKPOINTS)
+            .join(registry::checkpoint_name(st.step));
+        let mut st = st.clone();
+        st.param_ids = weights::param_ids(model);
+        let mut files = vec![(
+            registry::WEIGHTS.to_string(),
+            weights::to_bytes(model).map_err(|e| fail(&dest, e))?,
+        )];
+        if let Some(best) = best.filter(|_| st.best_step != Some(st.step)) {
+            files.push((
+                registry::BEST_WEIGHTS.to_string(),
+                weights::to_bytes(best).map_err(|e| fail(&dest, e))?,
+            ));
+        }
+        let optim = optimizer
+            .into_bytes()
+            .map_err(|e| fail(&dest, e.to_string()))?;
+        files.push((registry::OPTIM.to_string(), optim.to_vec()));
+        files.push((
+            registry::STATE.to_string(),
+            serde_json::to_vec_pretty(&st).expect("loop state is JSON"),
+        ));
+        let mut manifest = self.base.clone();
+        manifest.kind = Kind::Checkpoint;
+        manifest.created = now();
+        manifest.step = st.step;
+        manifest.epoch = st.epoch;
+        manifest.metrics = metrics;
+        manifest.monitor.value = st.last_valid;
+        self.writer.submit(Job {
+            dest,
+            files,
+            manifest,
+        })?;
+        Ok(())
+    }
+
+    /// Waits until every queued checkpoint is on disk.
+    pub fn finish(self) -> Result<(), TrainError> {
+        Ok(self.writer.finish()?)
+    }
+}
+
+/// What a resumed run starts from.
+pub struct Restored {
+    pub model: Model,
+    pub optimizer: ModuleOptimizer,
+    pub state: LoopState,
+    pub best: Option<Model>,
+    /// `<run id>@step-NNNNNNNNN`.
+    pub label: String,
+    /// Newer checkpoints that were damaged and skipped, with why.
+    pub skipped: Vec<String>,
+}
+
+/// Loads the newest intact checkpoint of a run; damaged ones (a hash mismatch, a truncated or
+/// missing file) are skipped, newest first, and reported in `skipped`.
 pub fn load(
+    reg: &Registry,
     run_dir: &Path,
+    run_id: &str,
     mconf: &ModelConfig,
     device: &Device,
-    model: Model,
     optimizer: ModuleOptimizer,
-) -> Result<(Model, ModuleOptimizer, LoopState, Option<Model>), TrainError> {
-    let ck = run::checkpoint_dir(run_dir, run::LATEST).ok_or_else(|| TrainError::Checkpoint {
-        path: run_dir.join(run::CHECKPOINTS).display().to_string(),
-        message: "no checkpoint to resume from (the run stopped before its first one)".into(),
-    })?;
-    let fail = |m: String| TrainError::Checkpoint {
-        path: ck.display().to_string(),
-        message: m,
+) -> Result<Restored, TrainError> {
+    let mut skipped = Vec::new();
+    for (step, dir) in registry::checkpoints(run_dir) {
+        let entry = Entry {
+            label: format!("{run_id}@{}", registry::checkpoint_name(step)),
+            kind: EntryKind::Checkpoint {
+                run: run_id.to_string(),
+                step,
+            },
+            dir: dir.clone(),
+        };
+        let loaded = match reg.load(&entry) {
+            Ok(l) => l,
+            Err(e @ RegistryError::Damaged { .. }) => {
+                skipped.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let file = |name: &str| loaded.file(name).map_err(TrainError::from);
+        let st: LoopState = serde_json::from_slice(file(registry::STATE)?)
+            .map_err(|e| fail(&dir.join(registry::STATE), e.to_string()))?;
+        let model = weights::from_bytes(mconf.init(device), file(registry::WEIGHTS)?.to_vec())
+            .map_err(|e| fail(&dir.join(registry::WEIGHTS), e))?;
+        let model = weights::set_param_ids(model, &st.param_ids)
+            .map_err(|e| fail(&dir.join(registry::STATE), e))?;
+        let optimizer = optimizer
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(
+                file(registry::OPTIM)?.to_vec(),
+            ))
+            .map_err(|e| fail(&dir.join(registry::OPTIM), e.to_string()))?;
+        let best = match (st.best_step, loaded.files.get(registry::BEST_WEIGHTS)) {
+            (Some(s), _) if s == st.step => Some(model.clone()),
+            (Some(_), Some(bytes)) => Some(
+                weights::from_bytes(mconf.init(device), bytes.clone())
+                    .map_err(|e| fail(&dir.join(registry::BEST_WEIGHTS), e))?,
+            ),
+            _ => None,
+        };
+        return Ok(Restored {
+            model,
+            optimizer,
+            state: st,
+            best,
+            label: entry.label,
+            skipped,
+        });
+    }
+    let why = if skipped.is_empty() {
+        "no checkpoint to resume from (the run stopped before its first one)".to_string()
+    } else {
+        format!(
+            "no intact checkpoint to resume from: {}",
+            skipped.join("; ")
+        )
     };
-    let st: LoopState = run::read_json(&ck.join(run::CKPT_STATE))?;
-    let model = model
-        .try_load_file(ck.join(run::CKPT_WEIGHTS))
-        .map_err(|e| fail(e.to_string()))?;
-    let optimizer = optimizer
-        .load(ck.join(run::CKPT_OPTIM))
-        .map_err(|e| fail(e.to_string()))?;
-    let best = match run::checkpoint_dir(run_dir, run::BEST) {
-        Some(dir) => Some(
-            mconf
-                .init(device)
-                .try_load_file(dir.join(run::CKPT_WEIGHTS))
-                .map_err(|e| fail(e.to_string()))?,
-        ),
-        None => None,
-    };
-    Ok((model, optimizer, st, best))
+    Err(fail(&run_dir.join(crate::run::CHECKPOINTS), why))
 }

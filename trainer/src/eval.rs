@@ -82,6 +82,8 @@ pub enum EvalError {
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("{path}: cannot load the weights: {message}")]
     Weights { path: String, message: String },
     #[error("run {id} has no final model ({status:?}); resume it with `kiln train --resume {id}`")]
@@ -89,13 +91,16 @@ pub enum EvalError {
         id: String,
         status: crate::run::Status,
     },
-    #[error("run {id} has an empty {split} split")]
+    #[error("{id} has an empty {split} split")]
     EmptySplit { id: String, split: String },
 }
 
-/// A finished run, loaded: its record, config, preprocessing, model and data.
+/// A trained model, loaded with what evaluating it needs: config, preprocessing, data.
 pub struct LoadedRun {
-    pub info: crate::run::RunInfo,
+    /// How the registry names it (`name/vN`, a run id, `<run id>@step-N`).
+    pub label: String,
+    /// The record of the run, when the model is a run's (a version stands alone).
+    pub info: Option<crate::run::RunInfo>,
     pub pre: Preprocessor,
     pub model: Model,
     pub data: crate::data::Prepared,
@@ -104,34 +109,84 @@ pub struct LoadedRun {
 }
 
 impl LoadedRun {
-    /// Loads everything `kiln eval` and `kiln report` need from a run folder.
+    /// A run folder's final model, with its config and preprocessing.
     pub fn open(run_dir: &std::path::Path) -> Result<Self, EvalError> {
+        use crate::registry::{self, Entry, EntryKind, Registry};
         use crate::run;
-        use burn::module::Module;
         let info: run::RunInfo = run::read_json(&run_dir.join(run::RUN))?;
-        let weights = run_dir.join(run::WEIGHTS);
-        if !weights.is_file() {
+        let fin = run_dir.join(registry::FINAL);
+        if !fin.is_dir() {
             return Err(EvalError::Unfinished {
                 id: info.id,
                 status: info.status,
             });
         }
-        let cfg = crate::config::load_run(run_dir)?;
-        let pre: Preprocessor = run::read_json(&run_dir.join(run::PREPROCESS))?;
-        let mconf: kiln_models::ModelConfig = run::read_json(&run_dir.join(run::MODEL_CONFIG))?;
+        // `<registry>/runs/<id>`: the registry is two levels up.
+        let root = run_dir
+            .parent()
+            .and_then(|p| p.parent())
+            .unwrap_or(std::path::Path::new("."));
+        let entry = Entry {
+            label: info.id.clone(),
+            kind: EntryKind::Final {
+                run: info.id.clone(),
+            },
+            dir: fin,
+        };
+        let loaded = Registry::new(root).load(&entry)?;
+        let weights = loaded.file(registry::WEIGHTS)?.to_vec();
+        Self::build(entry.label, Some(info), run_dir, weights)
+    }
+
+    /// Any registry entry: a version (from its own folder alone), a run's final model, or a
+    /// checkpoint (with its run's config). Every file is checked against its manifest.
+    pub fn open_entry(
+        reg: &crate::registry::Registry,
+        entry: &crate::registry::Entry,
+    ) -> Result<Self, EvalError> {
+        use crate::registry::{self, EntryKind};
+        let run_dir = |run: &str| crate::run::runs_dir(&reg.root).join(run);
+        match &entry.kind {
+            EntryKind::Final { run } => Self::open(&run_dir(run)),
+            EntryKind::Version { .. } => {
+                let loaded = reg.load(entry)?;
+                let weights = loaded.file(registry::WEIGHTS)?.to_vec();
+                Self::build(entry.label.clone(), None, &entry.dir, weights)
+            }
+            EntryKind::Checkpoint { run, .. } => {
+                let loaded = reg.load(entry)?;
+                let weights = loaded.file(registry::WEIGHTS)?.to_vec();
+                let dir = run_dir(run);
+                let info = crate::run::read_json(&dir.join(crate::run::RUN)).ok();
+                Self::build(entry.label.clone(), info, &dir, weights)
+            }
+        }
+    }
+
+    /// From a folder holding `config.toml`, `preprocess.json` and `model.json`, and weights.
+    fn build(
+        label: String,
+        info: Option<crate::run::RunInfo>,
+        dir: &std::path::Path,
+        weights: Vec<u8>,
+    ) -> Result<Self, EvalError> {
+        use crate::run;
+        use burn::module::Module;
+        let cfg = crate::config::load_run(dir)?;
+        let pre: Preprocessor = run::read_json(&dir.join(run::PREPROCESS))?;
+        let mconf: kiln_models::ModelConfig = run::read_json(&dir.join(run::MODEL_CONFIG))?;
         crate::train::init_threads(cfg.file.runtime.threads);
         let device = crate::train::device();
-        let model =
-            mconf
-                .init(&device)
-                .try_load_file(&weights)
-                .map_err(|e| EvalError::Weights {
-                    path: weights.display().to_string(),
-                    message: e.to_string(),
-                })?;
+        let model = crate::weights::from_bytes(mconf.init(&device), weights).map_err(|e| {
+            EvalError::Weights {
+                path: label.clone(),
+                message: e,
+            }
+        })?;
         let data = crate::data::prepare(&cfg.data, Some(&pre))?;
         let loss = crate::train::loss_of(&cfg, &pre)?;
         Ok(Self {
+            label,
             info,
             pre,
             model: model.valid(),
@@ -150,7 +205,7 @@ impl LoadedRun {
         };
         if data.n == 0 {
             return Err(EvalError::EmptySplit {
-                id: self.info.id.clone(),
+                id: self.label.clone(),
                 split: name.into(),
             });
         }
@@ -185,14 +240,15 @@ impl LoadedRun {
     }
 }
 
-/// Loads a run's config, preprocessing and model, and evaluates it on `split` of its data.
-pub fn eval_run(
-    run_dir: &std::path::Path,
+/// Evaluates a registry entry on `split` of its data.
+pub fn eval_entry(
+    reg: &crate::registry::Registry,
+    entry: &crate::registry::Entry,
     split: crate::data::SplitName,
-) -> Result<(crate::run::RunInfo, Metrics), EvalError> {
-    let run = LoadedRun::open(run_dir)?;
+) -> Result<(LoadedRun, Metrics), EvalError> {
+    let run = LoadedRun::open_entry(reg, entry)?;
     let m = run.evaluate(split)?;
-    Ok((run.info, m))
+    Ok((run, m))
 }
 
 /// `kiln validate --deep`: loads the data, builds the model, runs one forward pass and the loss

@@ -234,7 +234,10 @@ fn escape(s: &str) -> String {
 /// Writes the report of the run in `run_dir` to `out`.
 pub fn write_report(run_dir: &Path, out: &Path) -> Result<(), EvalError> {
     let loaded = LoadedRun::open(run_dir)?;
-    let info = &loaded.info;
+    let info = loaded
+        .info
+        .as_ref()
+        .expect("a model opened from its run folder has the run's record");
     let curves = curves(run_dir)?;
     let get = |split: &str, metric: &str| {
         curves

@@ -8,7 +8,7 @@
 //! let cfg = config::validate(file, "configs/digits_mlp.toml", "digits-mlp").unwrap();
 //! let opts = train::Options {
 //!     registry: "kiln-registry".into(), smoke: true, quiet: true,
-//!     config_path: "configs/digits_mlp.toml".into(), resume: None, stop: Default::default(),
+//!     config_path: "configs/digits_mlp.toml".into(), resume: None, stop: Default::default(), init_from: None,
 //! };
 //! let outcome = train::train(&cfg, &opts).unwrap();
 //! println!("{}", outcome.info.id);
@@ -23,9 +23,11 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
+pub mod registry;
 pub mod report;
 pub mod run;
 pub mod setup;
 pub mod tracking;
 pub mod train;
+pub mod weights;
 use gemm as _; // see the workspace Cargo.toml: enables AVX-512 matrix kernels

@@ -137,6 +137,128 @@ pub fn metrics_side_by_side(
     rows
 }
 
+/// Flattened metrics (`<split>_<metric>`) of two entries side by side: `(split, metric, a, b)`.
+pub fn flat_metrics_side_by_side(
+    a: &BTreeMap<String, f64>,
+    b: &BTreeMap<String, f64>,
+) -> Vec<(String, String, Option<f64>, Option<f64>)> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let split_of = |k: &str| {
+        ["train", "valid", "test"]
+            .iter()
+            .position(|s| k.starts_with(s))
+    };
+    let mut keys: Vec<&String> = keys.into_iter().collect();
+    keys.sort_by_key(|k| (split_of(k), (*k).clone()));
+    keys.into_iter()
+        .map(|k| {
+            let (split, metric) = k.split_once('_').unwrap_or(("", k));
+            (
+                split.to_string(),
+                metric.to_string(),
+                a.get(k).copied(),
+                b.get(k).copied(),
+            )
+        })
+        .collect()
+}
+
+/// `kiln registry list`: one row per version.
+pub fn versions_table(versions: &[crate::registry::VersionInfo]) -> String {
+    let mut out = format!(
+        "{:<28}{:<18}{:>8}{:>22}  {}\n",
+        "version", "aliases", "step", "monitored (best)", "run"
+    );
+    for v in versions {
+        let monitored = v
+            .monitor
+            .value
+            .map_or("-".to_string(), |x| format!("{} {x:.4}", v.monitor.metric));
+        let _ = writeln!(
+            out,
+            "{:<28}{:<18}{:>8}{:>22}  {}",
+            format!("{}/v{}", v.name, v.version),
+            v.aliases.join(","),
+            v.step,
+            monitored,
+            v.run_id
+        );
+    }
+    out
+}
+
+/// `kiln registry show` for a person.
+pub fn manifest_text(
+    label: &str,
+    dir: &std::path::Path,
+    m: &crate::registry::manifest::Manifest,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "entry      {label} ({:?})", m.kind);
+    let _ = writeln!(out, "folder     {}", dir.display());
+    let _ = writeln!(out, "model      {}", m.model_name);
+    let _ = writeln!(out, "run        {}", m.run_id);
+    let _ = writeln!(out, "created    {}", m.created);
+    let _ = writeln!(out, "step       {} (epoch {})", m.step, m.epoch);
+    let _ = writeln!(
+        out,
+        "monitor    {} = {}",
+        m.monitor.metric,
+        m.monitor.value.map_or("-".into(), |v| format!("{v:.4}"))
+    );
+    let _ = writeln!(
+        out,
+        "kiln       {} on burn {}, {} ({})",
+        m.kiln_version, m.burn_version, m.backend, m.device
+    );
+    if let Some(g) = &m.git {
+        let _ = writeln!(
+            out,
+            "git        {}{}",
+            g.commit,
+            if g.dirty { " (dirty)" } else { "" }
+        );
+    }
+    if let Some(i) = &m.lineage.init_from {
+        let _ = writeln!(
+            out,
+            "init from  {} = {} (weights {})",
+            i.reference,
+            i.resolved,
+            &i.weights_sha256[..12]
+        );
+    }
+    for r in &m.lineage.resumed_from {
+        let _ = writeln!(out, "resumed    from {r}");
+    }
+    let _ = writeln!(out, "data       split seed {}", m.data.split_seed);
+    for f in &m.data.files {
+        let _ = writeln!(
+            out,
+            "  {:<12}{}  sha256 {}",
+            f.role,
+            f.path,
+            &f.sha256[..16]
+        );
+    }
+    let _ = writeln!(out, "files");
+    for (name, f) in &m.files {
+        let _ = writeln!(
+            out,
+            "  {name:<20}{:>10} bytes  sha256 {}",
+            f.bytes,
+            &f.sha256[..16]
+        );
+    }
+    if !m.metrics.is_empty() {
+        let _ = writeln!(out, "metrics");
+        for (k, v) in &m.metrics {
+            let _ = writeln!(out, "  {k:<24}{v:.4}");
+        }
+    }
+    out
+}
+
 /// `kiln runs compare` for a person: the differing config keys, then the metrics with `b - a`.
 pub fn compare_text(
     a: &str,

@@ -4,18 +4,16 @@
 //! config.toml        the resolved config (defaults filled in, overrides applied), before step 0
 //! model.json         the model architecture with every size resolved
 //! preprocess.json    preprocessing statistics fitted on the training split
-//! run.json           status, timings, final metrics
+//! run.json           status, timings, final metrics, lineage, registered version
 //! metrics.jsonl      one JSON object per logged point
-//! model.bpk          the final weights (burnpack)
-//! checkpoints/LATEST           names the newest complete checkpoint folder (step-NNNNNNNNN)
-//! checkpoints/BEST             names the folder of the best weights so far (best-NNNNNNNNN)
-//! checkpoints/step-NNNNNNNNN/{model.bpk, optim.bin, state.json}
-//! checkpoints/best-NNNNNNNNN/{model.bpk, state.json}
+//! events.out.tfevents.*   TensorBoard
+//! checkpoints/step-NNNNNNNNN/   a checkpoint (see `checkpoint`), kept by the retention policy
+//! final/             the final weights: model.safetensors, manifest.json
+//! .lock              held by the process training this run
 //! ```
 //!
-//! A checkpoint folder is written under a temporary name, renamed into place, and only then
-//! named by its pointer file (itself replaced by a rename), so a process killed at any moment
-//! leaves the pointer naming a complete folder.
+//! Checkpoint and final folders are registry entries: written whole or not at all, with a
+//! manifest of hashes (see `registry`).
 
 use std::path::{Path, PathBuf};
 
@@ -28,13 +26,7 @@ pub const MODEL_CONFIG: &str = "model.json";
 pub const PREPROCESS: &str = "preprocess.json";
 pub const RUN: &str = "run.json";
 pub const METRICS_LOG: &str = "metrics.jsonl";
-pub const WEIGHTS: &str = "model.bpk";
 pub const CHECKPOINTS: &str = "checkpoints";
-pub const CKPT_WEIGHTS: &str = "model.bpk";
-pub const CKPT_OPTIM: &str = "optim.bin";
-pub const CKPT_STATE: &str = "state.json";
-pub const LATEST: &str = "LATEST";
-pub const BEST: &str = "BEST";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -89,6 +81,12 @@ pub struct RunInfo {
     pub best_valid: Option<f64>,
     /// Final metrics per split (`train`, `valid`, `test`).
     pub metrics: std::collections::BTreeMap<String, Metrics>,
+    /// Checkpoints this run resumed from and the entry it was initialised from.
+    #[serde(default)]
+    pub lineage: crate::registry::manifest::Lineage,
+    /// The model version this run registered (`name/vN`); smoke runs register none.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -100,8 +98,11 @@ pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
@@ -208,40 +209,4 @@ pub fn list(registry: &Path) -> Result<Vec<(PathBuf, RunInfo)>, RunError> {
         }
     }
     Ok(out)
-}
-
-/// Writes a checkpoint folder `<prefix>-<step>` in `root` with `write`, points `pointer` at it,
-/// and removes the older folders of that prefix.
-pub fn commit_checkpoint<E: From<RunError>>(
-    root: &Path,
-    prefix: &str,
-    step: usize,
-    pointer: &str,
-    write: impl FnOnce(&Path) -> Result<(), E>,
-) -> Result<PathBuf, E> {
-    let name = format!("{prefix}-{step:09}");
-    let dir = root.join(&name);
-    let tmp = root.join(format!(".tmp-{name}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    write(&tmp)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
-    write_atomic(&root.join(pointer), name.as_bytes())?;
-    for e in std::fs::read_dir(root).map_err(io(root))?.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n != name && n.starts_with(&format!("{prefix}-")) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-    Ok(dir)
-}
-
-/// The checkpoint folder `pointer` names, when there is one.
-pub fn checkpoint_dir(run_dir: &Path, pointer: &str) -> Option<PathBuf> {
-    let root = run_dir.join(CHECKPOINTS);
-    let name = std::fs::read_to_string(root.join(pointer)).ok()?;
-    let name = name.trim();
-    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    valid.then(|| root.join(name)).filter(|d| d.is_dir())
 }

@@ -12,13 +12,16 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Tensor, TensorData};
 use kiln_models::Model;
 
-use crate::checkpoint::{self, LoopState};
+use crate::checkpoint::{self, LoopState, Saver};
 use crate::config::RunConfig;
 use crate::data::{self, DataError, Dataset, Loader, Preprocessor};
 use crate::eval::evaluate;
 use crate::metrics::Metrics;
 use crate::optim;
 use crate::progress::{Progress, StepReport};
+use crate::registry::manifest::{InitFrom, Kind, Lineage};
+use crate::registry::retention::Policy;
+use crate::registry::{self, Registry, RegistryError, store};
 use crate::run::{self, RunError, RunInfo, Status};
 pub use crate::setup::{device, init_threads, loss_of, model_config};
 
@@ -36,6 +39,8 @@ pub struct Options {
     pub resume: Option<PathBuf>,
     /// Set (by Ctrl-C) to stop after the current step, save and exit.
     pub stop: Arc<AtomicBool>,
+    /// Start from the weights of this registry entry (`name`, `name@alias`, `name/vN`, run id).
+    pub init_from: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,8 @@ pub enum TrainError {
     Data(#[from] DataError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("{0}")]
     Setup(String),
     #[error("checkpoint {path}: {message}")]
@@ -83,6 +90,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let f = &cfg.file;
     let t = &f.train;
     init_threads(f.runtime.threads);
+    let reg = Registry::new(&opts.registry);
+    reg.ensure()?;
     let base = device();
     base.seed(f.seed);
     let device = base.clone().autodiff();
@@ -122,6 +131,28 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let loss_fn = loss_of(cfg, &pre)?;
     let mconf = model_config(cfg, &pre, train_set.d, loss_fn.outputs())?;
 
+    // The model; `--init-from` weights are loaded (and the architecture checked) before the
+    // run's folder exists, so a bad reference leaves nothing behind.
+    let mut model: Model = mconf.init(&device);
+    let init = match (&opts.init_from, &opts.resume) {
+        (Some(reference), None) => {
+            let entry = reg.resolve(reference)?;
+            let loaded = reg.load(&entry)?;
+            let bytes = loaded.file(registry::WEIGHTS)?.to_vec();
+            let sha = loaded.manifest.files[registry::WEIGHTS].sha256.clone();
+            let init = crate::weights::from_bytes(model.clone(), bytes).map_err(|e| {
+                TrainError::Setup(format!("--init-from {reference} ({}): {e}", entry.label))
+            })?;
+            let from = InitFrom {
+                reference: reference.clone(),
+                resolved: entry.label,
+                weights_sha256: sha,
+            };
+            Some((init, from))
+        }
+        _ => None,
+    };
+
     // The run's folder, written before step 0.
     let (run_dir, mut info) = match (&opts.resume, resumed) {
         (Some(dir), Some(mut info)) => {
@@ -160,11 +191,20 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 monitor: cfg.monitor.metric.clone(),
                 best_valid: None,
                 metrics: BTreeMap::new(),
+                lineage: Lineage::default(),
+                version: None,
             };
             run::write_json(&dir.join(run::RUN), &info)?;
             (dir, info)
         }
     };
+
+    // One process trains a run at a time.
+    let _run_lock = store::Lock::acquire(
+        &run_dir.join(registry::LOCK),
+        Duration::ZERO,
+        &format!("run {}", info.id),
+    )?;
 
     // From here on the run exists on disk: if training fails (an error or a panic), it is
     // marked `failed` rather than left `running`.
@@ -174,14 +214,40 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     };
 
     // Model, optimizer, loop state: fresh, or from the last checkpoint.
-    let mut model: Model = mconf.init(&device);
     let mut optimizer = optim::optimizer(cfg);
     let mut st = LoopState::default();
     let mut best_model: Option<Model> = None;
+    let mut resumed_label = None;
     if opts.resume.is_some() {
-        (model, optimizer, st, best_model) =
-            checkpoint::load(&run_dir, &mconf, &device, model, optimizer)?;
+        let r = checkpoint::load(&reg, &run_dir, &info.id, &mconf, &device, optimizer)?;
+        for why in &r.skipped {
+            eprintln!("warning: skipping a damaged checkpoint: {why}");
+        }
+        (model, optimizer, st, best_model) = (r.model, r.optimizer, r.state, r.best);
+        info.lineage.resumed_from.push(r.label.clone());
+        run::write_json(&run_dir.join(run::RUN), &info)?;
+        resumed_label = Some(r.label);
+    } else if let Some((init, from)) = init {
+        model = init;
+        info.lineage.init_from = Some(from);
+        run::write_json(&run_dir.join(run::RUN), &info)?;
     }
+    st.seed = f.seed;
+    let policy = Policy {
+        keep_last: t.keep_last,
+        keep_best: t.keep_best,
+        higher_is_better: cfg.monitor.higher_is_better,
+    };
+    let base_manifest = checkpoint::base_manifest(
+        cfg,
+        &info.id,
+        &mconf,
+        &pre,
+        &opts.config_path,
+        info.lineage.clone(),
+    )?;
+    let saver = Saver::new(&opts.registry, &run_dir, base_manifest.clone(), policy);
+    let mut last_metrics: BTreeMap<String, f64> = BTreeMap::new();
 
     let accum = t.grad_accum;
     let batches_per_epoch = Loader::batches_per_epoch(train_set.n, t.batch_size);
@@ -195,9 +261,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         total_steps = total_steps.min(SMOKE_STEPS);
     }
     let progress = Progress::new(total_steps, epochs, opts.quiet);
-    if opts.resume.is_some() {
+    if let Some(label) = &resumed_label {
         progress.line(&format!(
-            "resuming {} at epoch {} step {}",
+            "resuming {} from {label}: epoch {} step {}",
             info.id,
             st.epoch + 1,
             st.step
@@ -231,6 +297,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
 
     let validate = |model: &Model,
                     st: &mut LoopState,
+                    last_metrics: &mut BTreeMap<String, f64>,
                     best_model: &mut Option<Model>,
                     progress: &Progress,
                     log_line: &mut dyn FnMut(crate::tracking::Point) -> Result<(), RunError>|
@@ -239,6 +306,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         let value = m.get(&cfg.monitor.metric);
         let min_delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
         let improved = value.is_some_and(|v| cfg.monitor.improves(v, st.best, min_delta));
+        st.last_valid = value;
+        last_metrics.retain(|k, _| !k.starts_with("valid_"));
+        last_metrics.extend(m.scalars().iter().map(|(k, v)| (format!("valid_{k}"), *v)));
         if improved {
             st.best = value;
             st.best_step = Some(st.step);
@@ -362,6 +432,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     ("samples_per_second".to_string(), sps),
                 ];
                 values.extend(norm.map(|n| ("grad_norm".to_string(), n)));
+                last_metrics.insert("train_loss".into(), mean_loss);
                 values
                     .extend(crate::tracking::resident_mib().map(|m| ("memory_mib".to_string(), m)));
                 log_line(crate::tracking::Point {
@@ -375,8 +446,14 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 window_batches = 0;
             }
             if t.valid_every.is_some_and(|n| st.step % n == 0) && valid_set.n > 0 {
-                let (_, out) =
-                    validate(&model, &mut st, &mut best_model, &progress, &mut log_line)?;
+                let (_, out) = validate(
+                    &model,
+                    &mut st,
+                    &mut last_metrics,
+                    &mut best_model,
+                    &progress,
+                    &mut log_line,
+                )?;
                 stop_early |= out;
             }
             if opts.stop.load(Ordering::SeqCst) {
@@ -384,7 +461,13 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 break 'epochs;
             }
             if t.checkpoint_every.is_some_and(|n| st.step % n == 0) && !last_step {
-                checkpoint::save(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+                saver.save(
+                    &model,
+                    &optimizer,
+                    &st,
+                    best_model.as_ref(),
+                    last_metrics.clone(),
+                )?;
             }
             if last_step || stop_early {
                 break;
@@ -405,10 +488,23 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             })?;
         }
         if t.valid_every.is_none() && valid_set.n > 0 && !stop_early {
-            let (_, out) = validate(&model, &mut st, &mut best_model, &progress, &mut log_line)?;
+            let (_, out) = validate(
+                &model,
+                &mut st,
+                &mut last_metrics,
+                &mut best_model,
+                &progress,
+                &mut log_line,
+            )?;
             stop_early |= out;
         }
-        checkpoint::save(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+        saver.save(
+            &model,
+            &optimizer,
+            &st,
+            best_model.as_ref(),
+            last_metrics.clone(),
+        )?;
         if stop_early {
             progress.line(&format!(
                 "early stopping: valid {} has not improved for {} validations",
@@ -426,7 +522,14 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     info.monitor = cfg.monitor.metric.clone();
     info.best_valid = st.best;
     if interrupted {
-        checkpoint::save(&run_dir, &model, &optimizer, &st, best_model.as_ref())?;
+        saver.save(
+            &model,
+            &optimizer,
+            &st,
+            best_model.as_ref(),
+            last_metrics.clone(),
+        )?;
+        saver.finish()?;
         info.status = Status::Interrupted;
         run::write_json(&run_dir.join(run::RUN), &info)?;
         guard.info = None;
@@ -438,13 +541,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         (true, Some(best)) => best,
         _ => model,
     };
-    final_model
-        .clone()
-        .save_file(run_dir.join(run::WEIGHTS))
-        .map_err(|e| TrainError::Checkpoint {
-            path: run_dir.join(run::WEIGHTS).display().to_string(),
-            message: e.to_string(),
-        })?;
+    saver.finish()?;
     let eval_model = final_model.valid();
     for (name, split) in [
         ("train", &*train_data),
@@ -458,21 +555,48 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             );
         }
     }
-    let finals = info
-        .metrics
-        .iter()
-        .flat_map(|(split, m)| {
-            m.all_scalars()
-                .into_iter()
-                .map(move |(k, v)| (format!("{split}_{k}"), v))
-        })
-        .collect();
+    let finals = finals_map(&info.metrics).into_iter().collect();
     tracker.record(crate::tracking::Point {
         split: "final",
         step: st.step as u64,
         epoch: st.epoch,
         values: finals,
     })?;
+    // The final weights: the run's `final/` folder, then (unless smoke) a model version.
+    let weights_bytes =
+        crate::weights::to_bytes(&final_model).map_err(|e| TrainError::Checkpoint {
+            path: run_dir.join(registry::FINAL).display().to_string(),
+            message: e,
+        })?;
+    let mut manifest = base_manifest;
+    manifest.created = checkpoint::now();
+    manifest.step = st.step;
+    manifest.epoch = st.epoch;
+    manifest.lineage = info.lineage.clone();
+    manifest.metrics = finals_map(&info.metrics);
+    manifest.monitor.value = st.best.or_else(|| {
+        info.metrics
+            .get("valid")
+            .or(info.metrics.get("test"))
+            .and_then(|m| m.get(&cfg.monitor.metric))
+    });
+    manifest.kind = Kind::Final;
+    let weights_file = vec![(registry::WEIGHTS.to_string(), weights_bytes)];
+    store::blocking(store::commit_dir(
+        &opts.registry,
+        &run_dir.join(registry::FINAL),
+        &weights_file,
+        manifest.clone(),
+    ))?;
+    if !smoke {
+        let mut files = weights_file;
+        for name in [run::CONFIG, run::MODEL_CONFIG, run::PREPROCESS] {
+            let p = run_dir.join(name);
+            files.push((name.to_string(), std::fs::read(&p).map_err(run::io(&p))?));
+        }
+        let (v, _) = reg.register(&cfg.name, &files, manifest)?;
+        info.version = Some(format!("{}/v{v}", cfg.name));
+    }
     tracker.ended(Status::Completed)?;
     info.status = Status::Completed;
     info.finished =
@@ -480,6 +604,18 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     run::write_json(&run_dir.join(run::RUN), &info)?;
     guard.info = None;
     Ok(Outcome { run_dir, info })
+}
+
+/// Final metrics flattened to `<split>_<metric>`.
+fn finals_map(metrics: &BTreeMap<String, Metrics>) -> BTreeMap<String, f64> {
+    metrics
+        .iter()
+        .flat_map(|(split, m)| {
+            m.all_scalars()
+                .into_iter()
+                .map(move |(k, v)| (format!("{split}_{k}"), v))
+        })
+        .collect()
 }
 
 /// Marks a run `failed` in its `run.json` when dropped while still armed (`info` is `Some`).

@@ -37,6 +37,7 @@ fn run_with(sets: &[&str]) -> kiln_trainer::run::RunInfo {
         config_path: "digits.toml".into(),
         resume: None,
         stop: Default::default(),
+        init_from: None,
     };
     train::train(&cfg, &opts).unwrap().info
 }

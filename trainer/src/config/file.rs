@@ -296,6 +296,12 @@ pub struct TrainSection {
     /// end and on Ctrl-C). Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// Checkpoints kept: the newest this many (at least 1, which `--resume` continues from).
+    /// Default: 2.
+    pub keep_last: usize,
+    /// Also keep this many checkpoints with the best `monitor` value at their validation.
+    /// Default: 1.
+    pub keep_best: usize,
     /// The validation metric that picks the best model: `loss`, `accuracy`, `f1`, `auc`,
     /// `mse`, `rmse`, `mae`, `r2`. Default: `loss`.
     pub monitor: String,
@@ -321,6 +327,8 @@ impl Default for TrainSection {
             valid_every: None,
             log_every: 50,
             checkpoint_every: None,
+            keep_last: 2,
+            keep_best: 1,
             monitor: "loss".into(),
             restore_best: true,
             early_stopping: None,

@@ -285,6 +285,9 @@ pub fn validate(
                 .into(),
         );
     }
+    if t.keep_last == 0 {
+        bad("`train.keep_last` must be at least 1: the newest checkpoint is what `--resume` continues from".into());
+    }
     if t.checkpoint_every == Some(0) {
         bad("`train.checkpoint_every` must be at least 1 (leave it out for epoch-end checkpoints only)".into());
     }

@@ -1,0 +1,105 @@
+//! Model weights as safetensors bytes, readable by any tool that reads safetensors (PyTorch,
+//! NumPy, Hugging Face). Tensor names are the module paths without enum variants
+//! (`layers.0.weight`), as PyTorch would name them.
+//!
+//! A safetensors file has no notion of burn's parameter ids, which key the optimizer's state;
+//! a checkpoint stores the ids in visit order beside the weights, and [`set_param_ids`] gives
+//! them back to a loaded model so the optimizer's moments find their parameters again.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Tensor;
+use kiln_models::Model;
+
+fn store(bytes: Option<Vec<u8>>) -> SafetensorsStore {
+    SafetensorsStore::from_bytes(bytes)
+        .skip_enum_variants(true)
+        // One metadata key: burn's defaults sit in a HashMap whose order changes from process
+        // to process, and the same weights must give the same file (and sha256).
+        .clear_metadata()
+        .metadata("producer", "kiln")
+}
+
+/// The model's weights as a safetensors file.
+pub fn to_bytes(model: &Model) -> Result<Vec<u8>, String> {
+    let mut s = store(None);
+    model.save_into(&mut s).map_err(|e| e.to_string())?;
+    s.get_bytes().map_err(|e| e.to_string())
+}
+
+/// Loads safetensors bytes into `model` (which gives the architecture). Every parameter must
+/// be present with its shape, and nothing else may be in the file.
+pub fn from_bytes(mut model: Model, bytes: Vec<u8>) -> Result<Model, String> {
+    // Collect every problem instead of failing at the first, to say them all at once.
+    let mut s = store(Some(bytes)).validate(false);
+    let r = model.load_from(&mut s).map_err(|e| e.to_string())?;
+    let mut problems: Vec<String> = r
+        .errors
+        .iter()
+        .map(|e| match e {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
+                "{path} is {:?} in the file, {:?} in the model",
+                found.as_slice(),
+                expected.as_slice()
+            ),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    problems.extend(r.missing.iter().map(|(p, _)| format!("{p} is missing")));
+    problems.extend(r.unused.iter().map(|p| format!("{p} is not in the model")));
+    match problems.len() {
+        0 => Ok(model),
+        1 => Err(format!("{}; is it the same architecture?", problems[0])),
+        n => Err(format!(
+            "{} (and {} more differences); is it the same architecture?",
+            problems[0],
+            n - 1
+        )),
+    }
+}
+
+struct Ids(Vec<u64>);
+
+impl ModuleVisitor for Ids {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.id.val());
+    }
+}
+
+/// The ids of the model's float parameters, in visit order.
+pub fn param_ids(model: &Model) -> Vec<u64> {
+    let mut v = Ids(Vec::new());
+    model.visit(&mut v);
+    v.0
+}
+
+struct SetIds<'a> {
+    ids: &'a [u64],
+    next: usize,
+}
+
+impl ModuleMapper for SetIds<'_> {
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if let Some(&id) = self.ids.get(self.next) {
+            param.id = ParamId::from(id);
+        }
+        self.next += 1;
+        param
+    }
+}
+
+/// Gives the model's float parameters these ids, in visit order.
+pub fn set_param_ids(model: Model, ids: &[u64]) -> Result<Model, String> {
+    let have = param_ids(&model).len();
+    if have != ids.len() {
+        return Err(format!(
+            "the checkpoint lists {} parameters, the model has {have}",
+            ids.len()
+        ));
+    }
+    Ok(model.map(&mut SetIds { ids, next: 0 }))
+}
