@@ -467,22 +467,26 @@ fn collect_tomls(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A model reference for `eval`: a run folder or `latest` (the newest run) as before, or
-/// anything the registry resolves (NAME, NAME@ALIAS, NAME/vN, a run id).
-fn resolve_model(reg: &Registry, reference: &str) -> Result<registry::Entry, Failure> {
+/// A model reference: a run folder or `latest` (the newest run), or anything the registry
+/// resolves (NAME, NAME@ALIAS, NAME/vN, a run id). Returns the registry that holds it: for a
+/// run folder, the one two levels up.
+fn resolve_model(reg: &Registry, reference: &str) -> Result<(Registry, registry::Entry), Failure> {
     if reference == "latest" || Path::new(reference).join(run::RUN).is_file() {
         let dir = run::resolve(&reg.root, reference).map_err(|e| Failure::usage(e.to_string()))?;
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        return Ok(registry::Entry {
-            label: id.clone(),
-            kind: registry::EntryKind::Final { run: id },
-            dir: dir.join(registry::FINAL),
-        });
+        let root = dir
+            .parent()
+            .and_then(Path::parent)
+            .map_or_else(|| reg.root.clone(), Path::to_path_buf);
+        let owner = Registry::new(root);
+        let entry = owner.resolve(&id)?;
+        return Ok((owner, entry));
     }
-    Ok(reg.resolve(reference)?)
+    let entry = reg.resolve(reference)?;
+    Ok((Registry::new(reg.root.clone()), entry))
 }
 
 fn cmd_eval(
@@ -492,8 +496,10 @@ fn cmd_eval(
     registry: Option<PathBuf>,
 ) -> Result<u8, Failure> {
     let split: SplitName = split.parse().map_err(Failure::usage)?;
-    let reg = Registry::new(registry_for(registry, "kiln-registry"));
-    let entry = resolve_model(&reg, reference)?;
+    let (reg, entry) = resolve_model(
+        &Registry::new(registry_for(registry, "kiln-registry")),
+        reference,
+    )?;
     let (loaded, metrics) =
         eval::eval_entry(&reg, &entry, split).map_err(|e| Failure::runtime(e.to_string()))?;
     let split_name = format!("{split:?}").to_lowercase();
@@ -530,8 +536,8 @@ fn cmd_registry(command: RegistryCommand, root: PathBuf) -> Result<u8, Failure> 
             }
         }
         RegistryCommand::Show { reference, json } => {
-            let entry = resolve_model(&reg, &reference)?;
-            let loaded = reg.load(&entry)?;
+            let (owner, entry) = resolve_model(&reg, &reference)?;
+            let loaded = owner.load(&entry)?;
             let m = &loaded.manifest;
             if json {
                 json_line(serde_json::json!({
@@ -574,8 +580,8 @@ fn cmd_registry(command: RegistryCommand, root: PathBuf) -> Result<u8, Failure> 
             }
         }
         RegistryCommand::Diff { a, b, json } => {
-            let (ea, eb) = (resolve_model(&reg, &a)?, resolve_model(&reg, &b)?);
-            let (ma, mb) = (reg.load(&ea)?.manifest, reg.load(&eb)?.manifest);
+            let ((ra, ea), (rb, eb)) = (resolve_model(&reg, &a)?, resolve_model(&reg, &b)?);
+            let (ma, mb) = (ra.load(&ea)?.manifest, rb.load(&eb)?.manifest);
             let diff = report::config_diff(&ma.config, &mb.config);
             let metrics = report::flat_metrics_side_by_side(&ma.metrics, &mb.metrics);
             if json {

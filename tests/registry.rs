@@ -170,8 +170,13 @@ fn versions_aliases_and_the_registry_commands() {
     let o = sb.kiln(&["registry", "list", "--json"]);
     assert_eq!(json(&o).as_array().unwrap().len(), 1);
     assert_intact(&sb);
+    // Version numbers are never reused, even after removing the newest.
+    let o = sb.kiln(&["registry", "rm", "tiny/v2"]);
+    assert_exit(&o, 0);
+    let c3 = train_json(&sb, &[c]);
+    assert_eq!(c3["version"], "tiny/v3");
     let o = sb.kiln(&["registry", "list"]);
-    assert!(stdout(&o).contains("tiny/v2"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("tiny/v3"), "{}", stdout(&o));
 }
 
 #[test]
@@ -489,6 +494,87 @@ fn resume_falls_back_past_a_damaged_checkpoint() {
         !from.ends_with(newest.file_name().unwrap().to_str().unwrap()),
         "resumed from the damaged checkpoint {from}"
     );
+    // The damaged one was set aside, and gc removes it.
+    assert!(!newest.exists());
+    let o = sb.kiln(&["registry", "gc", "--json"]);
+    assert_exit(&o, 0);
+    assert!(json(&o)["removed"].to_string().contains("damaged-step-"));
+    assert_intact(&sb);
+}
+
+#[test]
+fn resume_refuses_a_changed_config_or_data() {
+    let sb = Sandbox::new();
+    // A plain-text copy of digits, so that the test can change a row.
+    let data = sb.path().join("digits.csv");
+    let text = Command::new("gzip")
+        .args([
+            "-dc",
+            root().join("data/sklearn/digits.csv.gz").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(&data, &text).unwrap();
+    let cfg = sb.write(
+        "own.toml",
+        &format!(
+            "name = \"own\"\n[data]\npath = \"{}\"\n[model]\nhidden = [16]\n[train]\nepochs = 400\ncheckpoint_every = 5\n[runtime]\nthreads = 1\n",
+            data.display()
+        ),
+    );
+    let mut child = sb
+        .command(&["train", cfg.to_str().unwrap(), "--quiet"])
+        .spawn()
+        .unwrap();
+    let run_dir = wait_for_checkpoint(&sb);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    // The run's config edited by hand.
+    let config = run_dir.join("config.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, original.replace("lr = 0.001", "lr = 0.01")).unwrap();
+    let o = sb.kiln(&["train", "--resume", &id]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("config.toml changed") && stderr(&o).contains("optim.lr"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&config, original).unwrap();
+    // The data changed under the run: one more row.
+    let first = text.split(|&b| b == b'\n').next().unwrap().to_vec();
+    let mut changed = text.clone();
+    changed.extend_from_slice(&first);
+    changed.push(b'\n');
+    std::fs::write(&data, changed).unwrap();
+    let o = sb.kiln(&["train", "--resume", &id]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("digits.csv changed since"),
+        "{}",
+        stderr(&o)
+    );
+    assert_intact(&sb);
+}
+
+/// Waits (up to a minute) for the sandbox's first run to have a checkpoint; its folder.
+fn wait_for_checkpoint(sb: &Sandbox) -> PathBuf {
+    let started = Instant::now();
+    loop {
+        let run = std::fs::read_dir(sb.registry().join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .next();
+        if let Some(r) = run.filter(|r| newest_checkpoint(r).is_some()) {
+            return r;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]

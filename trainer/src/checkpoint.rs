@@ -129,6 +129,67 @@ pub fn base_manifest(
     })
 }
 
+/// Finite values only: JSON has no NaN, and an undefined metric is better absent.
+pub fn finite(metrics: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    metrics.into_iter().filter(|(_, v)| v.is_finite()).collect()
+}
+
+/// A resume continues exactly only with the config, preprocessing and model the checkpoint was
+/// written with: any difference is an error naming it.
+pub fn check_unchanged(
+    cfg: &RunConfig,
+    pre: &crate::data::Preprocessor,
+    mconf: &ModelConfig,
+    m: &Manifest,
+    label: &str,
+) -> Result<(), TrainError> {
+    let mut config = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
+    config["name"] = cfg.name.clone().into();
+    let diff = crate::report::config_diff(&m.config, &config);
+    if let Some((key, was, now)) = diff.first() {
+        return Err(TrainError::Setup(format!(
+            "the run's config.toml changed since {label}: {key} was {was}, is {now}; a resume continues the run as it was (train a new run, or undo the change)"
+        )));
+    }
+    let same = |a: &serde_json::Value, b: serde_json::Value| *a == b;
+    if !same(&m.preprocess, serde_json::to_value(pre).expect("JSON")) {
+        return Err(TrainError::Setup(format!(
+            "the run's preprocess.json changed since {label}; a resume needs the statistics the run was trained with"
+        )));
+    }
+    if !same(&m.model_config, serde_json::to_value(mconf).expect("JSON")) {
+        return Err(TrainError::Setup(format!(
+            "the run's model changed since {label} (model.json or the data's width)"
+        )));
+    }
+    Ok(())
+}
+
+/// The data files must hash as they did when the checkpoint was written.
+pub fn check_same_data(
+    was: &DataFingerprint,
+    now: &DataFingerprint,
+    label: Option<&str>,
+) -> Result<(), TrainError> {
+    for (a, b) in was.files.iter().zip(&now.files) {
+        if a.sha256 != b.sha256 || a.role != b.role {
+            return Err(TrainError::Setup(format!(
+                "data file {} changed since {} (sha256 {} then, {} now); a resume would not continue the same run: restore the data, or train a new run",
+                b.path,
+                label.unwrap_or("the checkpoint"),
+                a.sha256.get(..12).unwrap_or(&a.sha256),
+                b.sha256.get(..12).unwrap_or(&b.sha256),
+            )));
+        }
+    }
+    if was.files.len() != now.files.len() {
+        return Err(TrainError::Setup(
+            "the run's data files changed since its checkpoint".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
@@ -187,8 +248,8 @@ impl Saver {
         manifest.created = now();
         manifest.step = st.step;
         manifest.epoch = st.epoch;
-        manifest.metrics = metrics;
-        manifest.monitor.value = st.last_valid;
+        manifest.metrics = finite(metrics);
+        manifest.monitor.value = st.last_valid.filter(|v| v.is_finite());
         self.writer.submit(Job {
             dest,
             files,
@@ -211,8 +272,11 @@ pub struct Restored {
     pub best: Option<Model>,
     /// `<run id>@step-NNNNNNNNN`.
     pub label: String,
-    /// Newer checkpoints that were damaged and skipped, with why.
+    /// Newer checkpoints that were damaged, with why; each was moved aside to
+    /// `checkpoints/damaged-step-N-<pid>` (so retention never mistakes it for the newest;
+    /// `kiln registry gc` deletes it).
     pub skipped: Vec<String>,
+    pub manifest: Manifest,
 }
 
 /// Loads the newest intact checkpoint of a run; damaged ones (a hash mismatch, a truncated or
@@ -238,7 +302,21 @@ pub fn load(
         let loaded = match reg.load(&entry) {
             Ok(l) => l,
             Err(e @ RegistryError::Damaged { .. }) => {
-                skipped.push(e.to_string());
+                let aside = dir.with_file_name(format!(
+                    "{}{}-{}",
+                    registry::DAMAGED_PREFIX,
+                    registry::checkpoint_name(step),
+                    std::process::id()
+                ));
+                let moved = std::fs::rename(&dir, &aside).is_ok();
+                skipped.push(format!(
+                    "{e}{}",
+                    if moved {
+                        format!(" (moved aside to {})", aside.display())
+                    } else {
+                        String::new()
+                    }
+                ));
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -270,6 +348,7 @@ pub fn load(
             best,
             label: entry.label,
             skipped,
+            manifest: loaded.manifest,
         });
     }
     let why = if skipped.is_empty() {

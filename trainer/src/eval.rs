@@ -145,18 +145,26 @@ impl LoadedRun {
         entry: &crate::registry::Entry,
     ) -> Result<Self, EvalError> {
         use crate::registry::{self, EntryKind};
-        let run_dir = |run: &str| crate::run::runs_dir(&reg.root).join(run);
+        // `<run>/final` and `<run>/checkpoints/step-N`: the run folder is the entry's parent.
+        let up = |n: usize| {
+            entry
+                .dir
+                .ancestors()
+                .nth(n)
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default()
+        };
         match &entry.kind {
-            EntryKind::Final { run } => Self::open(&run_dir(run)),
+            EntryKind::Final { .. } => Self::open(&up(1)),
             EntryKind::Version { .. } => {
                 let loaded = reg.load(entry)?;
                 let weights = loaded.file(registry::WEIGHTS)?.to_vec();
                 Self::build(entry.label.clone(), None, &entry.dir, weights)
             }
-            EntryKind::Checkpoint { run, .. } => {
+            EntryKind::Checkpoint { .. } => {
                 let loaded = reg.load(entry)?;
                 let weights = loaded.file(registry::WEIGHTS)?.to_vec();
-                let dir = run_dir(run);
+                let dir = up(2);
                 let info = crate::run::read_json(&dir.join(crate::run::RUN)).ok();
                 Self::build(entry.label.clone(), info, &dir, weights)
             }

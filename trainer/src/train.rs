@@ -154,16 +154,31 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     };
 
     // The run's folder, written before step 0.
-    let (run_dir, mut info) = match (&opts.resume, resumed) {
+    // One process trains a run at a time: its lock is taken before anything is written.
+    let run_lock = |dir: &std::path::Path, id: &str| {
+        store::Lock::acquire(
+            &dir.join(registry::LOCK),
+            Duration::ZERO,
+            &format!("run {id}"),
+        )
+    };
+    let (run_dir, mut info, _run_lock) = match (&opts.resume, resumed) {
         (Some(dir), Some(mut info)) => {
+            let lock = run_lock(dir, &info.id)?;
             info.status = Status::Running;
             info.finished = None;
-            (dir.clone(), info)
+            (dir.clone(), info, lock)
         }
         _ => {
             let id = run::new_id(&cfg.name);
-            let dir = run::runs_dir(&opts.registry).join(&id);
-            std::fs::create_dir_all(dir.join(run::CHECKPOINTS)).map_err(run::io(&dir))?;
+            let runs = run::runs_dir(&opts.registry);
+            let dir = runs.join(&id);
+            std::fs::create_dir_all(&runs).map_err(run::io(&runs))?;
+            // `create_dir`, not `_all`: an id taken by another run is an error, not a merge.
+            std::fs::create_dir(&dir).map_err(run::io(&dir))?;
+            let lock = run_lock(&dir, &id)?;
+            let ckpts = dir.join(run::CHECKPOINTS);
+            std::fs::create_dir(&ckpts).map_err(run::io(&ckpts))?;
             let mut resolved = cfg.file.clone();
             resolved.name = Some(cfg.name.clone());
             let toml = toml::to_string_pretty(&resolved).expect("the config serialises to TOML");
@@ -195,16 +210,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 version: None,
             };
             run::write_json(&dir.join(run::RUN), &info)?;
-            (dir, info)
+            (dir, info, lock)
         }
     };
-
-    // One process trains a run at a time.
-    let _run_lock = store::Lock::acquire(
-        &run_dir.join(registry::LOCK),
-        Duration::ZERO,
-        &format!("run {}", info.id),
-    )?;
 
     // From here on the run exists on disk: if training fails (an error or a panic), it is
     // marked `failed` rather than left `running`.
@@ -218,15 +226,18 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let mut st = LoopState::default();
     let mut best_model: Option<Model> = None;
     let mut resumed_label = None;
+    let mut resumed_manifest = None;
     if opts.resume.is_some() {
         let r = checkpoint::load(&reg, &run_dir, &info.id, &mconf, &device, optimizer)?;
         for why in &r.skipped {
             eprintln!("warning: skipping a damaged checkpoint: {why}");
         }
+        checkpoint::check_unchanged(cfg, &pre, &mconf, &r.manifest, &r.label)?;
         (model, optimizer, st, best_model) = (r.model, r.optimizer, r.state, r.best);
         info.lineage.resumed_from.push(r.label.clone());
         run::write_json(&run_dir.join(run::RUN), &info)?;
         resumed_label = Some(r.label);
+        resumed_manifest = Some(r.manifest);
     } else if let Some((init, from)) = init {
         model = init;
         info.lineage.init_from = Some(from);
@@ -246,6 +257,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         &opts.config_path,
         info.lineage.clone(),
     )?;
+    if let Some(m) = &resumed_manifest {
+        checkpoint::check_same_data(&m.data, &base_manifest.data, resumed_label.as_deref())?;
+    }
     let saver = Saver::new(&opts.registry, &run_dir, base_manifest.clone(), policy);
     let mut last_metrics: BTreeMap<String, f64> = BTreeMap::new();
 
@@ -573,13 +587,16 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     manifest.step = st.step;
     manifest.epoch = st.epoch;
     manifest.lineage = info.lineage.clone();
-    manifest.metrics = finals_map(&info.metrics);
-    manifest.monitor.value = st.best.or_else(|| {
-        info.metrics
-            .get("valid")
-            .or(info.metrics.get("test"))
-            .and_then(|m| m.get(&cfg.monitor.metric))
-    });
+    manifest.metrics = checkpoint::finite(finals_map(&info.metrics));
+    manifest.monitor.value = st
+        .best
+        .or_else(|| {
+            info.metrics
+                .get("valid")
+                .or(info.metrics.get("test"))
+                .and_then(|m| m.get(&cfg.monitor.metric))
+        })
+        .filter(|v| v.is_finite());
     manifest.kind = Kind::Final;
     let weights_file = vec![(registry::WEIGHTS.to_string(), weights_bytes)];
     store::blocking(store::commit_dir(

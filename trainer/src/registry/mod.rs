@@ -45,6 +45,10 @@ pub const OPTIM: &str = "optim.bpk";
 pub const STATE: &str = "state.json";
 pub const FINAL: &str = "final";
 pub const CHECKPOINT_PREFIX: &str = "step-";
+/// A damaged checkpoint a resume moved aside (`damaged-step-N-<pid>`); `gc` removes them.
+pub const DAMAGED_PREFIX: &str = "damaged-";
+/// `models/<name>/HIGHEST`: the highest version number ever given.
+pub const HIGHEST: &str = "HIGHEST";
 
 /// How long a command waits for another process holding the registry lock.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -158,7 +162,7 @@ pub struct Registry {
 
 fn version_of_dir(name: &str) -> Option<u32> {
     name.strip_prefix('v')
-        .filter(|n| !n.starts_with('0'))
+        .filter(|n| !n.starts_with('0') && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.parse().ok())
 }
 
@@ -176,7 +180,11 @@ pub fn checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix(CHECKPOINT_PREFIX)?.parse().ok()?;
+            let digits = name.strip_prefix(CHECKPOINT_PREFIX)?;
+            if digits.len() != 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let step = digits.parse().ok()?;
             Some((step, e.path()))
         })
         .collect();
@@ -278,14 +286,15 @@ impl Registry {
     }
 
     fn read_manifest(&self, dir: &Path) -> Option<Manifest> {
-        let bytes = store::read_checked(&self.root, &dir.join(MANIFEST)).ok()?;
+        let bytes =
+            store::read_checked(&self.root, &dir.join(MANIFEST), store::MAX_METADATA_BYTES).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Aliases set by `tag`.
     pub fn tagged(&self, name: &str) -> Result<BTreeMap<String, u32>, RegistryError> {
         let path = self.model_dir(name).join(ALIASES);
-        match store::read_checked(&self.root, &path) {
+        match store::read_checked(&self.root, &path, store::MAX_METADATA_BYTES) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 RegistryError::Refused(format!("{}: unreadable: {e}", path.display()))
             }),
@@ -450,7 +459,7 @@ impl Registry {
         };
         store::no_links(&self.root, &entry.dir)?;
         let mpath = entry.dir.join(MANIFEST);
-        let bytes = std::fs::read(&mpath).map_err(|e| {
+        let bytes = store::read_regular(&mpath, store::MAX_METADATA_BYTES).map_err(|e| {
             damaged(vec![Damage {
                 path: mpath.display().to_string(),
                 problem: format!("manifest: {e}"),
@@ -473,7 +482,7 @@ impl Registry {
                 });
                 continue;
             }
-            match store::read_checked(&self.root, &p) {
+            match store::read_checked(&self.root, &p, want.bytes) {
                 Err(e) => problems.push(Damage {
                     path: p.display().to_string(),
                     problem: match e {
@@ -481,7 +490,7 @@ impl Registry {
                         other => other.to_string(),
                     },
                 }),
-                Ok(b) if b.len() as u64 != want.bytes => problems.push(Damage {
+                Ok(b) if (b.len() as u64) < want.bytes => problems.push(Damage {
                     path: p.display().to_string(),
                     problem: format!(
                         "truncated or extended: {} bytes, the manifest says {}",
@@ -515,12 +524,28 @@ impl Registry {
         names::check("model name", name)?;
         self.ensure()?;
         let _lock = self.lock()?;
-        let version = self.versions(name).last().map_or(1, |v| v + 1);
+        // Numbers are never reused, even after `rm` of the newest: `HIGHEST` remembers.
+        let highest_path = self.model_dir(name).join(HIGHEST);
+        let recorded: u32 = store::read_checked(&self.root, &highest_path, 64)
+            .ok()
+            .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok())
+            .unwrap_or(0);
+        let version = self
+            .versions(name)
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(recorded)
+            + 1;
         manifest.version = Some(version);
         manifest.kind = manifest::Kind::Version;
         let dir = self.version_dir(name, version);
         store::no_links(&self.root, &dir)?;
-        let m = store::blocking(store::commit_dir(&self.root, &dir, files, manifest))?;
+        let m = store::blocking(async {
+            let m = store::commit_dir(&self.root, &dir, files, manifest).await?;
+            store::replace_file(&self.root, &highest_path, version.to_string().as_bytes()).await?;
+            Ok::<_, RegistryError>(m)
+        })?;
         Ok((version, m))
     }
 
@@ -596,11 +621,13 @@ impl Registry {
                         pointing.join(", ")
                     )));
                 }
-                self.discard(&entry.dir)?;
+                // Aliases first: a kill in between leaves an untagged version, never an alias
+                // pointing at nothing.
                 if !pointing.is_empty() {
                     tagged.retain(|_, v| v != version);
                     self.write_tagged(name, &tagged)?;
                 }
+                self.discard(&entry.dir)?;
             }
             EntryKind::Final { run } | EntryKind::Checkpoint { run, .. } => {
                 if Reference::parse(reference)? != Reference::Word(run.clone()) {
@@ -706,14 +733,20 @@ impl Registry {
         let drop = |path: PathBuf, report: &mut GcReport| -> Result<(), RegistryError> {
             report.bytes += dir_bytes(&path);
             report.removed.push(path.display().to_string());
-            if !dry_run {
+            if dry_run {
+                return Ok(());
+            }
+            // Outside .tmp, one rename into .tmp first, so a kill never leaves half an entry.
+            if path.starts_with(self.root.join(TMP)) {
                 if path.is_dir() {
                     std::fs::remove_dir_all(&path).map_err(store::io_err(&path))?;
                 } else {
                     std::fs::remove_file(&path).map_err(store::io_err(&path))?;
                 }
+                Ok(())
+            } else {
+                self.discard(&path)
             }
-            Ok(())
         };
         for e in std::fs::read_dir(self.root.join(TMP))
             .into_iter()
@@ -727,10 +760,23 @@ impl Registry {
             }
         }
         for (dir, _) in crate::run::list(&self.root).unwrap_or_default() {
+            if store::no_links(&self.root, &dir).is_err() {
+                continue;
+            }
             let Ok(_run_lock) = store::Lock::acquire(&dir.join(LOCK), Duration::ZERO, "the run")
             else {
                 continue; // training now: its own writer applies the policy
             };
+            // Damaged checkpoints a resume set aside.
+            for e in std::fs::read_dir(dir.join(crate::run::CHECKPOINTS))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_string_lossy().starts_with(DAMAGED_PREFIX) {
+                    drop(e.path(), &mut report)?;
+                }
+            }
             let Ok(cfg) = crate::config::load_run(&dir) else {
                 continue;
             };
@@ -739,16 +785,21 @@ impl Registry {
                 keep_best: cfg.file.train.keep_best,
                 higher_is_better: cfg.monitor.higher_is_better,
             };
-            let all = checkpoints(&dir);
+            // Only checkpoints with a readable manifest take part; others are left for
+            // `verify` to report.
+            let all: Vec<(usize, PathBuf, Manifest)> = checkpoints(&dir)
+                .into_iter()
+                .filter_map(|(s, d)| self.read_manifest(&d).map(|m| (s, d, m)))
+                .collect();
             let candidates: Vec<retention::Candidate> = all
                 .iter()
-                .map(|(step, d)| retention::Candidate {
+                .map(|(step, _, m)| retention::Candidate {
                     step: *step,
-                    metric: self.read_manifest(d).and_then(|m| m.monitor.value),
+                    metric: m.monitor.value,
                 })
                 .collect();
             let keep = retention::keep(&candidates, &policy);
-            for (step, d) in all {
+            for (step, d, _) in all {
                 if !keep.contains(&step) {
                     drop(d, &mut report)?;
                 }

@@ -79,7 +79,9 @@ impl Reference {
             let version = v
                 .strip_prefix('v')
                 .and_then(|n| n.parse::<u32>().ok())
-                .filter(|&n| n > 0 && !v[1..].starts_with('0'))
+                .filter(|&n| {
+                    n > 0 && !v[1..].starts_with('0') && v[1..].bytes().all(|b| b.is_ascii_digit())
+                })
                 .ok_or_else(|| {
                     bad(&format!(
                         "after '/' comes a version like v3, not {v:?} (forms: NAME, NAME@ALIAS, NAME/vN, RUN_ID)"
@@ -153,6 +155,7 @@ mod tests {
             "a/v0",
             "a/v01",
             "a/3",
+            "a/v+3",
             "a@",
             "@best",
             "a@b@c",

@@ -65,9 +65,22 @@ pub fn tmp_owner(name: &str) -> Option<u32> {
     name.split('-').next()?.parse().ok()
 }
 
-/// Whether a process with this id is alive on this machine.
+/// Whether a process with this id is alive on this machine (signal 0 probes without sending;
+/// EPERM means it exists under another user).
+#[cfg(unix)]
 pub fn process_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Without a way to ask, every owner counts as alive: `gc` then leaves `.tmp` alone.
+#[cfg(not(unix))]
+pub fn process_alive(_pid: u32) -> bool {
+    true
 }
 
 async fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
@@ -117,17 +130,88 @@ pub async fn commit_dir(
         .await
         .map_err(io_err(parent))?;
     if tokio::fs::symlink_metadata(dest).await.is_ok() {
-        // Move the old folder aside first: a directory cannot be renamed over a full one.
-        let old = tmp_path(root, &format!("{what}-old"));
-        tokio::fs::rename(dest, &old).await.map_err(io_err(dest))?;
-        tokio::fs::rename(&tmp, dest).await.map_err(io_err(dest))?;
-        let _ = tokio::fs::remove_dir_all(&old).await;
+        // A folder cannot be renamed over a full one: swap the two in one step, so `dest` is
+        // never absent, then delete the old one (now at the temporary name).
+        exchange(&tmp, dest).map_err(io_err(dest))?;
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
     } else {
         tokio::fs::rename(&tmp, dest).await.map_err(io_err(dest))?;
     }
     sync_dir(parent).await?;
     Ok(manifest)
 }
+
+/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere: move the old folder aside, then the new one in (a kill between the two leaves
+/// the entry absent, never half written).
+#[cfg(not(target_os = "linux"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    let aside = a.with_extension("old");
+    std::fs::rename(b, &aside)?;
+    std::fs::rename(a, b)?;
+    std::fs::rename(&aside, a)
+}
+
+/// Reads a regular file of at most `max` bytes; refuses links, FIFOs, devices and anything
+/// larger (a planted `/dev/zero` or a FIFO can neither exhaust memory nor block).
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let m = std::fs::symlink_metadata(path)?;
+    if !m.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            if m.file_type().is_symlink() {
+                "a symbolic link; kiln does not follow links inside its registry"
+            } else {
+                "not a regular file"
+            },
+        ));
+    }
+    if m.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes, more than the {max} expected", m.len()),
+        ));
+    }
+    let mut f = File::open(path)?;
+    let mut out = Vec::with_capacity(m.len() as usize);
+    f.by_ref().take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "grew while being read",
+        ));
+    }
+    Ok(out)
+}
+
+/// The most a manifest or an alias file may hold.
+pub const MAX_METADATA_BYTES: u64 = 64 << 20;
 
 /// Replaces a small file atomically and durably (temporary file, fsync, rename, fsync parent).
 pub async fn replace_file(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
@@ -229,7 +313,7 @@ pub fn check_dir(root: &Path, dir: &Path) -> Result<Manifest, Vec<Damage>> {
         return Err(vec![damage(dir, e.to_string())]);
     }
     let mpath = dir.join(MANIFEST);
-    let manifest: Manifest = match std::fs::read(&mpath) {
+    let manifest: Manifest = match read_regular(&mpath, MAX_METADATA_BYTES) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(vec![damage(&mpath, "missing manifest".into())]);
         }
@@ -269,7 +353,7 @@ pub fn check_dir(root: &Path, dir: &Path) -> Result<Manifest, Vec<Damage>> {
                     format!(
                         "sha256 {} does not match the manifest's {}",
                         &sha[..12],
-                        &entry.sha256[..12.min(entry.sha256.len())]
+                        entry.sha256.get(..12).unwrap_or(&entry.sha256)
                     ),
                 )),
                 Err(e) => problems.push(damage(&p, e.to_string())),
@@ -291,8 +375,8 @@ pub fn check_dir(root: &Path, dir: &Path) -> Result<Manifest, Vec<Damage>> {
     }
 }
 
-/// Reads a file of a checked folder, refusing links.
-pub fn read_checked(root: &Path, path: &Path) -> Result<Vec<u8>, RegistryError> {
+/// Reads a file inside the registry: no link on the way, a regular file of at most `max` bytes.
+pub fn read_checked(root: &Path, path: &Path, max: u64) -> Result<Vec<u8>, RegistryError> {
     no_links(root, path)?;
-    std::fs::read(path).map_err(io_err(path))
+    read_regular(path, max).map_err(io_err(path))
 }

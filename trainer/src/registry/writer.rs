@@ -102,18 +102,21 @@ async fn write(
     store::commit_dir(root, &job.dest, &job.files, job.manifest).await?;
     // Retention: everything the policy does not keep is moved into .tmp (one rename each, so
     // a kill never leaves half a checkpoint) and deleted there.
-    let all = checkpoints(run_dir);
-    let mut candidates = Vec::with_capacity(all.len());
-    for (step, dir) in &all {
-        let metric = tokio::fs::read(dir.join(super::MANIFEST))
+    // Only checkpoints with a readable manifest take part; others are left for `verify`.
+    let mut all = Vec::new();
+    let mut candidates = Vec::new();
+    for (step, dir) in checkpoints(run_dir) {
+        let manifest = tokio::fs::read(dir.join(super::MANIFEST))
             .await
             .ok()
-            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
-            .and_then(|m| m.monitor.value);
-        candidates.push(Candidate {
-            step: *step,
-            metric,
-        });
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+        if let Some(m) = manifest {
+            candidates.push(Candidate {
+                step,
+                metric: m.monitor.value,
+            });
+            all.push((step, dir));
+        }
     }
     let keep = retention::keep(&candidates, policy);
     for (step, dir) in all {
