@@ -522,6 +522,12 @@ fn cmd_eval(
 }
 
 fn cmd_registry(command: RegistryCommand, root: PathBuf) -> Result<u8, Failure> {
+    if !root.is_dir() {
+        return Err(Failure::usage(format!(
+            "no registry at {} (train a model first, or point --registry or $KILN_REGISTRY at one)",
+            root.display()
+        )));
+    }
     let reg = Registry::new(root);
     let json_line = |v: serde_json::Value| println!("{v}");
     match command {

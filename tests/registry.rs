@@ -494,6 +494,11 @@ fn resume_falls_back_past_a_damaged_checkpoint() {
         !from.ends_with(newest.file_name().unwrap().to_str().unwrap()),
         "resumed from the damaged checkpoint {from}"
     );
+    // A checkpoint is a reference of its own.
+    let label = format!("{id}@{}", latest_name(&run_dir));
+    let o = sb.kiln(&["registry", "show", &label, "--json"]);
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["entry"], label.as_str());
     // The damaged one was set aside, and gc removes it.
     assert!(!newest.exists());
     let o = sb.kiln(&["registry", "gc", "--json"]);
@@ -559,6 +564,11 @@ fn resume_refuses_a_changed_config_or_data() {
     assert_intact(&sb);
 }
 
+fn latest_name(run_dir: &Path) -> String {
+    let p = newest_checkpoint(run_dir).unwrap();
+    p.file_name().unwrap().to_str().unwrap().to_string()
+}
+
 /// Waits (up to a minute) for the sandbox's first run to have a checkpoint; its folder.
 fn wait_for_checkpoint(sb: &Sandbox) -> PathBuf {
     let started = Instant::now();
@@ -604,6 +614,11 @@ fn bad_references_and_links_are_refused() {
         ),
         (vec!["registry", "rm", "../runs"], 2, "not valid"),
         (vec!["eval", "nope/v1"], 2, "no model or run"),
+        (
+            vec!["registry", "verify", "--registry", "/nonexistent/reg"],
+            2,
+            "no registry at /nonexistent/reg",
+        ),
     ] {
         let o = sb.kiln(&args);
         assert_exit(&o, code);

@@ -400,6 +400,30 @@ impl Registry {
             Reference::Version { name, version } => version_entry(&name, version),
             Reference::Alias { name, alias } => {
                 if self.versions(&name).is_empty() {
+                    // `<run id>@step-N`: one checkpoint of a run (how kiln labels them).
+                    let run = self.run_dir(&name);
+                    store::no_links(&self.root, &run)?;
+                    if run.join(crate::run::RUN).is_file() {
+                        let all = checkpoints(&run);
+                        let found = all.iter().find(|(s, _)| checkpoint_name(*s) == alias);
+                        return match found {
+                            Some((step, dir)) => Ok(Entry {
+                                label: format!("{name}@{alias}"),
+                                kind: EntryKind::Checkpoint {
+                                    run: name,
+                                    step: *step,
+                                },
+                                dir: dir.clone(),
+                            }),
+                            None => {
+                                let known: Vec<String> = all
+                                    .iter()
+                                    .map(|(s, _)| format!("{name}@{}", checkpoint_name(*s)))
+                                    .collect();
+                                Err(self.not_found(text, &known))
+                            }
+                        };
+                    }
                     return Err(self.not_found(text, &self.model_names()));
                 }
                 let aliases = self.aliases(&name)?;
