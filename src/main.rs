@@ -45,6 +45,10 @@ enum Command {
         /// the architecture must match. Recorded as the new model's lineage.
         #[arg(long, value_name = "REF", conflicts_with = "resume")]
         init_from: Option<String>,
+        /// Where to compute: auto, cpu, wgpu[:N], cuda[:N] (the config's backend.device
+        /// otherwise). With --resume, continues the run on another device.
+        #[arg(long, value_name = "DEVICE")]
+        device: Option<String>,
         /// Print only the result.
         #[arg(long, short)]
         quiet: bool,
@@ -77,6 +81,11 @@ enum Command {
         json: bool,
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
+    },
+    /// The devices this build can compute on here: id (for --device), kind, name, float types.
+    Devices {
+        #[arg(long)]
+        json: bool,
     },
     /// Print the JSON Schema of the config file, for editors.
     Schema,
@@ -220,6 +229,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    quiet_headless_vulkan();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train {
@@ -228,12 +238,14 @@ fn main() -> ExitCode {
             smoke,
             resume,
             init_from,
+            device,
             quiet,
             json,
             registry,
         } => cmd_train(
-            config, &set, smoke, resume, init_from, quiet, json, registry,
+            config, &set, smoke, resume, init_from, device, quiet, json, registry,
         ),
+        Command::Devices { json } => cmd_devices(json),
         Command::Validate { paths, deep, set } => cmd_validate(&paths, deep, &set),
         Command::Eval {
             run,
@@ -278,6 +290,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" once per adapter probe
+/// on a headless machine (a server, CI). Point it at a private folder when it is unset, so
+/// `kiln devices` and errors stay readable. Runs first in `main`, before any thread exists.
+fn quiet_headless_vulkan() {
+    #[cfg(all(unix, feature = "wgpu"))]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        use std::os::unix::fs::DirBuilderExt;
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let dir = std::env::temp_dir().join(format!("kiln-runtime-{uid}"));
+        // Created now or before; used only if it is ours and private (not a folder someone
+        // else planted in the shared temp dir).
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        let ours = std::fs::symlink_metadata(&dir).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0
+        });
+        if ours {
+            // SAFETY: single-threaded here (the first thing `main` does).
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
+}
+
 fn parse_overrides(set: &[String]) -> Result<Vec<Override>, Failure> {
     set.iter()
         .map(|s| Override::parse(s).map_err(Failure::usage))
@@ -311,6 +347,7 @@ fn cmd_train(
     smoke: bool,
     resume: Option<String>,
     init_from: Option<String>,
+    device: Option<String>,
     quiet: bool,
     json: bool,
     registry: Option<PathBuf>,
@@ -320,11 +357,23 @@ fn cmd_train(
             let registry = registry_for(registry, "kiln-registry");
             let dir =
                 run::resolve(&registry, reference).map_err(|e| Failure::usage(e.to_string()))?;
-            let cfg = config::load_run(&dir)?;
+            let mut cfg = config::load_run(&dir)?;
+            if let Some(d) = &device {
+                cfg.device = d
+                    .parse()
+                    .map_err(|e| Failure::usage(format!("--device: {e}")))?;
+                cfg.file.backend.device = d.clone();
+            }
             (cfg, registry, Some(dir), reference.clone())
         }
         (Some(path), None) => {
-            let cfg = load_config(path, &parse_overrides(set)?)?;
+            let mut overrides = parse_overrides(set)?;
+            if let Some(d) = &device {
+                overrides.push(
+                    Override::parse(&format!("backend.device={d:?}")).map_err(Failure::usage)?,
+                );
+            }
+            let cfg = load_config(path, &overrides)?;
             let registry = registry_for(registry, &cfg.file.runtime.registry);
             (cfg, registry, None, path.display().to_string())
         }
@@ -390,6 +439,40 @@ fn cmd_train(
     } else {
         0
     })
+}
+
+fn cmd_devices(json: bool) -> Result<u8, Failure> {
+    use kiln_trainer::backend;
+    let all = backend::list();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"compiled": backend::compiled(), "devices": all})
+        );
+        return Ok(0);
+    }
+    println!(
+        "{:<10}{:<6}{:<12}{:<10}name",
+        "id", "kind", "float", "hardware"
+    );
+    for d in &all {
+        println!(
+            "{:<10}{:<6}{:<15}{:<10}{}",
+            d.id,
+            d.kind,
+            d.dtypes.join(","),
+            if d.hardware { "gpu" } else { "-" },
+            d.name
+        );
+    }
+    let auto =
+        backend::choose(backend::DeviceSpec::Auto).map_err(|e| Failure::runtime(e.to_string()))?;
+    println!(
+        "compiled in: {}; `--device auto` picks {}",
+        backend::compiled().join(", "),
+        auto.id
+    );
+    Ok(0)
 }
 
 /// Ctrl-C once: stop after the current step and save. Twice: exit now.

@@ -442,6 +442,7 @@ fn readme_documents_every_config_field() {
         "train",
         "optim",
         "schedule",
+        "backend",
         "runtime",
         "data.split",
         "train.early_stopping",

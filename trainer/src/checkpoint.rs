@@ -69,6 +69,7 @@ pub fn base_manifest(
     pre: &crate::data::Preprocessor,
     config_path: &str,
     lineage: Lineage,
+    chosen: &crate::backend::Chosen,
 ) -> Result<Manifest, TrainError> {
     let spec = &cfg.data;
     let mut files = Vec::new();
@@ -123,8 +124,8 @@ pub fn base_manifest(
         kiln_version: env!("CARGO_PKG_VERSION").into(),
         burn_version: manifest::BURN_VERSION.into(),
         git: manifest::git_of(config_dir),
-        backend: "flex".into(),
-        device: "cpu".into(),
+        backend: chosen.backend.into(),
+        device: format!("{} ({})", chosen.id, chosen.name),
         lineage,
     })
 }
@@ -145,8 +146,9 @@ pub fn check_unchanged(
 ) -> Result<(), TrainError> {
     let mut config = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
     config["name"] = cfg.name.clone().into();
+    // The device may change between sessions (`--device` on resume); nothing else may.
     let diff = crate::report::config_diff(&m.config, &config);
-    if let Some((key, was, now)) = diff.first() {
+    if let Some((key, was, now)) = diff.iter().find(|(k, _, _)| k != "backend.device") {
         return Err(TrainError::Setup(format!(
             "the run's config.toml changed since {label}: {key} was {was}, is {now}; a resume continues the run as it was (train a new run, or undo the change)"
         )));

@@ -14,6 +14,7 @@
 //! println!("{}", outcome.info.id);
 //! ```
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

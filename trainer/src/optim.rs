@@ -87,26 +87,51 @@ impl ModuleVisitor for Scale<'_> {
     }
 }
 
-/// Global L2 norm of all gradients of `module` (one host sync).
-pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
-    let mut v = SquaredNorm { grads, sum: None };
-    module.visit(&mut v);
-    v.sum
-        .map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
+/// Multiplies every gradient by a one-element tensor, on the device.
+struct ScaleBy<'a> {
+    grads: &'a mut GradientsParams,
+    factor: Tensor<1>,
 }
 
-/// Scales all gradients so that their global norm is at most `max_norm`; returns the norm
-/// before clipping.
-pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    let norm = grad_norm(module, grads);
-    if norm > max_norm {
-        let mut s = Scale {
-            grads,
-            factor: max_norm / (norm + 1e-6),
-        };
-        module.visit(&mut s);
+impl ModuleVisitor for ScaleBy<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            let f = self.factor.clone().reshape([1; D]);
+            self.grads.register::<D>(param.id, g * f);
+        }
     }
-    norm
+}
+
+/// Global L2 norm of all gradients of `module`, as a one-element tensor on the device (no
+/// host sync); `None` when there are no gradients.
+pub fn grad_norm_tensor<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
+    let mut v = SquaredNorm { grads, sum: None };
+    module.visit(&mut v);
+    v.sum.map(Tensor::sqrt)
+}
+
+/// Global L2 norm of all gradients of `module` (one host sync).
+pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    grad_norm_tensor(module, grads).map_or(0.0, |n| n.into_scalar::<f32>() as f64)
+}
+
+/// Scales all gradients so that their global norm is at most `max_norm`, on the device: the
+/// factor `min(1, max_norm / (norm + 1e-6))` is never read back, so clipping costs no host
+/// sync. Returns the norm before clipping, still on the device.
+pub fn clip_grad_norm<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> Option<Tensor<1>> {
+    let norm = grad_norm_tensor(module, grads)?;
+    let factor = norm
+        .clone()
+        .add_scalar(1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0);
+    module.visit(&mut ScaleBy { grads, factor });
+    Some(norm)
 }
 
 /// Multiplies all gradients by `factor` (averaging accumulated micro-batches).
@@ -163,11 +188,12 @@ mod clip_tests {
                 .backward(),
             &layer,
         );
-        let before = clip_grad_norm(&layer, &mut clipped, 0.5);
+        let scalar = |t: Option<Tensor<1>>| t.unwrap().into_scalar::<f32>() as f64;
+        let before = scalar(clip_grad_norm(&layer, &mut clipped, 0.5));
         assert!((before - norm).abs() < 1e-3 * norm);
         let after = grad_norm(&layer, &clipped);
         assert!((after - 0.5).abs() < 1e-4, "clipped to {after}");
-        let untouched = clip_grad_norm(&layer, &mut clipped, 10.0);
+        let untouched = scalar(clip_grad_norm(&layer, &mut clipped, 10.0));
         assert!(
             (untouched - after).abs() < 1e-6 && (grad_norm(&layer, &clipped) - after).abs() < 1e-6
         );

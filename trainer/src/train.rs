@@ -51,6 +51,8 @@ pub enum TrainError {
     Run(#[from] RunError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
     #[error("{0}")]
     Setup(String),
     #[error("checkpoint {path}: {message}")]
@@ -92,7 +94,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     init_threads(f.runtime.threads);
     let reg = Registry::new(&opts.registry);
     reg.ensure()?;
-    let base = device();
+    let chosen = crate::backend::choose(cfg.device)?;
+    crate::backend::check_precision(&chosen, &f.backend.precision)?;
+    let base = chosen.device.clone();
     base.seed(f.seed);
     let device = base.clone().autodiff();
 
@@ -198,7 +202,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 finished: None,
                 config_path: opts.config_path.clone(),
                 kiln_version: env!("CARGO_PKG_VERSION").into(),
-                device: "cpu (burn flex)".into(),
+                device: chosen.describe(),
                 steps: 0,
                 epochs_done: 0,
                 wall_seconds: 0.0,
@@ -256,6 +260,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         &pre,
         &opts.config_path,
         info.lineage.clone(),
+        &chosen,
     )?;
     if let Some(m) = &resumed_manifest {
         checkpoint::check_same_data(&m.data, &base_manifest.data, resumed_label.as_deref())?;
@@ -275,6 +280,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         total_steps = total_steps.min(SMOKE_STEPS);
     }
     let progress = Progress::new(total_steps, epochs, opts.quiet);
+    progress.line(&format!("device {}", chosen.describe()));
     if let Some(label) = &resumed_label {
         progress.line(&format!(
             "resuming {} from {label}: epoch {} step {}",
@@ -374,11 +380,17 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         );
         let mut accumulator = GradientsAccumulator::<Model>::new();
         let mut micro = 0;
-        for batch in loader {
+        // One batch ahead: the next batch's copy to the device is queued before this step's
+        // kernels, so on a GPU the transfer overlaps compute.
+        let upload = |b: data::loader::Batch| {
+            let x = Tensor::<2>::from_data(TensorData::new(b.x, [b.len, d]), &device);
+            (x, b.y, b.len)
+        };
+        let mut batches = loader.map(upload).peekable();
+        while let Some((x, y, len)) = batches.next() {
+            batches.peek();
             device.seed(step_seed(f.seed, st.step, micro));
-            let len = batch.len;
-            let x = Tensor::<2>::from_data(TensorData::new(batch.x, [len, d]), &device);
-            let loss = loss_fn.forward(model.forward(x), &batch.y, &device);
+            let loss = loss_fn.forward(model.forward(x), &y, &device);
             let detached = loss.clone().detach();
             window_loss = Some(match window_loss.take() {
                 Some(acc) => acc + detached,
@@ -403,12 +415,15 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             };
             micro = 0;
             let logging = (st.step + 1) % t.log_every == 0 || st.step + 1 >= total_steps;
+            // Clipping stays on the device; the norm is read back only at log points.
             let norm = match t.clip_grad_norm {
-                Some(max) => Some(optim::clip_grad_norm(&model, &mut grads, max)),
-                // One extra reduction, only at log points.
-                None if logging => Some(optim::grad_norm(&model, &grads)),
+                Some(max) => optim::clip_grad_norm(&model, &mut grads, max),
+                None if logging => optim::grad_norm_tensor(&model, &grads),
                 None => None,
             };
+            let norm = norm
+                .filter(|_| logging)
+                .map(|n| n.into_scalar::<f32>() as f64);
             let lr = optim::learning_rate(&f.schedule, f.optim.lr, st.step, total_steps);
             model = optimizer.step(lr, model, grads);
             st.step += 1;

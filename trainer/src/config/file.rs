@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub train: TrainSection,
     pub optim: OptimSection,
     pub schedule: ScheduleSection,
+    pub backend: BackendSection,
     pub runtime: RuntimeSection,
 }
 
@@ -37,6 +38,7 @@ impl Default for FileConfig {
             train: TrainSection::default(),
             optim: OptimSection::default(),
             schedule: ScheduleSection::default(),
+            backend: BackendSection::default(),
             runtime: RuntimeSection::default(),
         }
     }
@@ -445,6 +447,26 @@ pub enum ScheduleKind {
 }
 
 /// Where and how the work runs.
+/// The device a run computes on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct BackendSection {
+    /// `auto` (a CUDA GPU, else a hardware WGPU adapter, else the CPU), `cpu`, `wgpu`,
+    /// `wgpu:N`, `cuda`, `cuda:N`; `--device` overrides it. Default: `auto`.
+    pub device: String,
+    /// Float precision of the computation: `f32`. Default: `f32`.
+    pub precision: String,
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            precision: "f32".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct RuntimeSection {

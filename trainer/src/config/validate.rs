@@ -16,6 +16,7 @@ pub struct RunConfig {
     pub loss: LossKind,
     pub monitor: Monitor,
     pub weight_decay: f64,
+    pub device: crate::backend::DeviceSpec,
 }
 
 /// The validation metric that decides "best" and early stopping.
@@ -379,6 +380,21 @@ pub fn validate(
         ));
     }
 
+    // backend
+    let device = match file.backend.device.parse::<crate::backend::DeviceSpec>() {
+        Ok(d) => d,
+        Err(e) => {
+            bad(format!("`backend.device`: {e}"));
+            crate::backend::DeviceSpec::Cpu
+        }
+    };
+    if file.backend.precision != "f32" {
+        bad(format!(
+            "`backend.precision` = {:?}: kiln computes in f32 (f16 and bf16 need the mixed-precision loop, not built yet)",
+            file.backend.precision
+        ));
+    }
+
     // runtime
     let r = &file.runtime;
     if !(1..=64).contains(&r.workers) {
@@ -440,6 +456,7 @@ pub fn validate(
             loss,
             monitor,
             weight_decay,
+            device,
         })
     } else {
         Err(ConfigError { problems: p })
