@@ -129,12 +129,24 @@ fn train_losses(run_dir: &str) -> BTreeMap<u64, f64> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "wgpu"),
+    ignore = "needs --features wgpu and a Vulkan driver"
+)]
 fn wgpu_trains_the_digits_mlp_as_the_cpu_does() {
     let sb = Sandbox::new();
     let Some(adapter) = wgpu_adapter(&sb) else {
         return;
     };
     eprintln!("WGPU adapter: {adapter}");
+    if std::env::var_os("CI").is_some() {
+        // CI's adapter is Mesa's lavapipe.
+        assert!(
+            adapter["name"].as_str().unwrap().contains("llvmpipe"),
+            "{adapter}"
+        );
+        assert_eq!(adapter["hardware"], false);
+    }
     // Both devices start from the same weights (a CPU-made version) and see the same batches;
     // no dropout, so the loss curves differ only by floating-point order of operations.
     let cfg = digits_config(
@@ -205,6 +217,10 @@ fn wgpu_trains_the_digits_mlp_as_the_cpu_does() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs --features cuda and an NVIDIA GPU"
+)]
 fn cuda_trains_when_a_gpu_is_present() {
     if !cfg!(feature = "cuda") {
         eprintln!("SKIPPED: built without the `cuda` feature");
@@ -231,4 +247,113 @@ fn cuda_trains_when_a_gpu_is_present() {
     ]);
     assert_exit(&o, 0);
     assert!(json(&o)["metrics"]["test"]["accuracy"].as_f64().unwrap() > 0.9);
+}
+
+/// Logged training losses and the loss scale of a run made with `--json`.
+fn curve(run: &Value) -> (Vec<f64>, Vec<f64>) {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(run["run_dir"].as_str().unwrap()).join("metrics.jsonl"),
+    )
+    .unwrap();
+    let points: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v["split"] == "train" && v["loss"].is_number())
+        .collect();
+    (
+        points.iter().map(|p| p["loss"].as_f64().unwrap()).collect(),
+        points
+            .iter()
+            .filter_map(|p| p["loss_scale"].as_f64())
+            .collect(),
+    )
+}
+
+#[test]
+fn mixed_precision_tracks_f32_on_the_cpu() {
+    let sb = Sandbox::new();
+    let cfg = digits_config(
+        &sb,
+        "[train]\nepochs = 4\nlog_every = 10\n[runtime]\nthreads = 1\n",
+    );
+    let c = cfg.to_str().unwrap();
+    let run = |precision: &str| {
+        let o = sb.kiln(&[
+            "train",
+            c,
+            "--device",
+            "cpu",
+            "--json",
+            "--set",
+            &format!("backend.precision=\"{precision}\""),
+        ]);
+        assert_exit(&o, 0);
+        json(&o)
+    };
+    let (full, half, brain) = (run("f32"), run("f16"), run("bf16"));
+    let (f32_loss, no_scale) = curve(&full);
+    assert!(no_scale.is_empty(), "f32 logs no loss scale");
+    for (name, r, tol) in [("f16", &half, 0.02), ("bf16", &brain, 0.05)] {
+        let (loss, scale) = curve(r);
+        assert_eq!(loss.len(), f32_loss.len());
+        assert_ne!(
+            loss, f32_loss,
+            "{name} computed exactly as f32: no cast happened"
+        );
+        for (a, b) in f32_loss.iter().zip(&loss).take(6) {
+            assert!(
+                (a - b).abs() <= tol * a.abs().max(0.1),
+                "{name}: f32 {a} vs {b}"
+            );
+        }
+        assert_eq!(
+            scale.is_empty(),
+            name == "bf16",
+            "{name}: loss scale logged only for f16"
+        );
+        let acc = |r: &Value| r["metrics"]["test"]["accuracy"].as_f64().unwrap();
+        assert!(
+            (acc(r) - acc(&full)).abs() < 0.05,
+            "{name} accuracy {} against f32 {}",
+            acc(r),
+            acc(&full)
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "wgpu"),
+    ignore = "needs --features wgpu and a Vulkan driver"
+)]
+fn wgpu_mixed_precision_f16_trains_and_bf16_is_refused() {
+    let sb = Sandbox::new();
+    if wgpu_adapter(&sb).is_none() {
+        return;
+    }
+    let cfg = digits_config(&sb, "[train]\nepochs = 10\n[runtime]\nthreads = 1\n");
+    let c = cfg.to_str().unwrap();
+    let o = sb.kiln(&[
+        "train",
+        c,
+        "--device",
+        "wgpu",
+        "--set",
+        "backend.precision=\"bf16\"",
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("no bf16 arithmetic"), "{}", stderr(&o));
+    let acc = |args: &[&str]| {
+        let mut all = vec!["train", c, "--json"];
+        all.extend_from_slice(args);
+        let o = sb.kiln(&all);
+        assert_exit(&o, 0);
+        json(&o)["metrics"]["test"]["accuracy"].as_f64().unwrap()
+    };
+    let half = acc(&["--device", "wgpu", "--set", "backend.precision=\"f16\""]);
+    let full = acc(&["--device", "cpu"]);
+    assert!(
+        (half - full).abs() < 0.05,
+        "wgpu f16 accuracy {half}, cpu f32 {full}"
+    );
 }

@@ -51,6 +51,9 @@ pub struct LoopState {
     /// burn's ids of the model's parameters in visit order; they key the optimizer's state.
     #[serde(default)]
     pub param_ids: Vec<u64>,
+    /// Dynamic loss scaling of an f16 run.
+    #[serde(default)]
+    pub loss_scale: Option<crate::amp::LossScale>,
 }
 
 fn fail(path: &Path, message: impl Into<String>) -> TrainError {

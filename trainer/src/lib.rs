@@ -14,6 +14,7 @@
 //! println!("{}", outcome.info.id);
 //! ```
 
+pub mod amp;
 pub mod backend;
 pub mod checkpoint;
 pub mod config;

@@ -248,6 +248,11 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         run::write_json(&run_dir.join(run::RUN), &info)?;
     }
     st.seed = f.seed;
+    let precision = crate::amp::Precision::parse(&f.backend.precision)
+        .expect("validation accepts only f32, f16 and bf16");
+    if precision.scales_loss() && st.loss_scale.is_none() {
+        st.loss_scale = Some(crate::amp::LossScale::default());
+    }
     let policy = Policy {
         keep_last: t.keep_last,
         keep_best: t.keep_best,
@@ -390,7 +395,11 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         while let Some((x, y, len)) = batches.next() {
             batches.peek();
             device.seed(step_seed(f.seed, st.step, micro));
-            let loss = loss_fn.forward(model.forward(x), &y, &device);
+            let out = match precision.compute() {
+                Some(half) => crate::amp::forward(&model, x, half),
+                None => model.forward(x),
+            };
+            let loss = loss_fn.forward(out, &y, &device);
             let detached = loss.clone().detach();
             window_loss = Some(match window_loss.take() {
                 Some(acc) => acc + detached,
@@ -399,6 +408,11 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             window_batches += 1;
             window_samples += len;
             st.samples_seen += len as u64;
+            // f16: the loss is scaled before the backward pass so small gradients survive.
+            let loss = match &st.loss_scale {
+                Some(s) => loss.mul_scalar(s.scale),
+                None => loss,
+            };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             st.batch += 1;
             micro += 1;
@@ -409,11 +423,23 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 if micro < accum && st.batch < batches_per_epoch {
                     continue;
                 }
-                let mut g = accumulator.grads();
-                optim::scale_grads(&model, &mut g, 1.0 / micro as f64);
-                g
+                accumulator.grads()
             };
+            // The mean over micro-batches, unscaled.
+            let unscale = micro as f64 * st.loss_scale.as_ref().map_or(1.0, |s| s.scale);
+            if unscale != 1.0 {
+                optim::scale_grads(&model, &mut grads, 1.0 / unscale);
+            }
             micro = 0;
+            // f16: a step whose gradients overflowed is skipped and the scale lowered (one
+            // host read per step, as in PyTorch's GradScaler).
+            let apply = match st.loss_scale.as_mut() {
+                Some(s) => {
+                    let n = optim::grad_norm(&model, &grads);
+                    s.update(n.is_finite())
+                }
+                None => true,
+            };
             let logging = (st.step + 1) % t.log_every == 0 || st.step + 1 >= total_steps;
             // Clipping stays on the device; the norm is read back only at log points.
             let norm = match t.clip_grad_norm {
@@ -425,7 +451,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 .filter(|_| logging)
                 .map(|n| n.into_scalar::<f32>() as f64);
             let lr = optim::learning_rate(&f.schedule, f.optim.lr, st.step, total_steps);
-            model = optimizer.step(lr, model, grads);
+            if apply {
+                model = optimizer.step(lr, model, grads);
+            }
             st.step += 1;
             progress.tick(st.step);
 
@@ -461,6 +489,10 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     ("samples_per_second".to_string(), sps),
                 ];
                 values.extend(norm.map(|n| ("grad_norm".to_string(), n)));
+                if let Some(s) = &st.loss_scale {
+                    values.push(("loss_scale".into(), s.scale));
+                    values.push(("skipped_steps".into(), s.skipped as f64));
+                }
                 last_metrics.insert("train_loss".into(), mean_loss);
                 values
                     .extend(crate::tracking::resident_mib().map(|m| ("memory_mib".to_string(), m)));

@@ -454,7 +454,8 @@ pub struct BackendSection {
     /// `auto` (a CUDA GPU, else a hardware WGPU adapter, else the CPU), `cpu`, `wgpu`,
     /// `wgpu:N`, `cuda`, `cuda:N`; `--device` overrides it. Default: `auto`.
     pub device: String,
-    /// Float precision of the computation: `f32`. Default: `f32`.
+    /// `f32`, or mixed precision with f32 master weights: `f16` (dynamic loss scaling) or
+    /// `bf16`. Default: `f32`.
     pub precision: String,
 }
 

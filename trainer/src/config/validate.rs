@@ -388,9 +388,9 @@ pub fn validate(
             crate::backend::DeviceSpec::Cpu
         }
     };
-    if file.backend.precision != "f32" {
+    if crate::amp::Precision::parse(&file.backend.precision).is_none() {
         bad(format!(
-            "`backend.precision` = {:?}: kiln computes in f32 (f16 and bf16 need the mixed-precision loop, not built yet)",
+            "`backend.precision` = {:?}: use f32, f16 or bf16",
             file.backend.precision
         ));
     }
