@@ -57,6 +57,17 @@ fn unusable_devices_are_clear_errors() {
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("backend.precision"), "{}", stderr(&o));
 
+    let o = sb.kiln(&[
+        "train",
+        c,
+        "--set",
+        "backend.precision=\"f16\"",
+        "--set",
+        "model.norm=\"batch\"",
+    ]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("batch norm"), "{}", stderr(&o));
+
     // CUDA: not compiled in here, or compiled in without a GPU: either way a one-line reason.
     let o = sb.kiln(&["train", c, "--device", "cuda"]);
     assert_exit(&o, 1);
@@ -71,18 +82,12 @@ fn unusable_devices_are_clear_errors() {
     } else {
         assert!(err.contains("built without the `cuda` feature"), "{err}");
     }
-    // No run was left behind by a device error.
-    assert!(
-        !sb.registry().join("runs").exists()
-            || std::fs::read_dir(sb.registry().join("runs"))
-                .unwrap()
-                .next()
-                .is_none()
-    );
 
     let o = sb.kiln(&["train", c, "--device", "wgpu:7"]);
     assert_exit(&o, 1);
     let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     if cfg!(feature = "wgpu") {
         assert!(
             err.contains("there is no wgpu:7") || err.contains("no WGPU adapter"),
@@ -91,6 +96,14 @@ fn unusable_devices_are_clear_errors() {
     } else {
         assert!(err.contains("built without the `wgpu` feature"), "{err}");
     }
+    // No run was left behind by a device error.
+    assert!(
+        !sb.registry().join("runs").exists()
+            || std::fs::read_dir(sb.registry().join("runs"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
 }
 
 /// The WGPU adapters kiln sees; `None` (skipped) without the feature or an adapter, which CI
@@ -250,7 +263,8 @@ fn cuda_trains_when_a_gpu_is_present() {
 }
 
 /// Logged training losses and the loss scale of a run made with `--json`.
-fn curve(run: &Value) -> (Vec<f64>, Vec<f64>) {
+/// Logged training losses, loss scales and gradient norms of a run made with `--json`.
+fn curve(run: &Value) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let text = std::fs::read_to_string(
         std::path::Path::new(run["run_dir"].as_str().unwrap()).join("metrics.jsonl"),
     )
@@ -266,15 +280,21 @@ fn curve(run: &Value) -> (Vec<f64>, Vec<f64>) {
             .iter()
             .filter_map(|p| p["loss_scale"].as_f64())
             .collect(),
+        points
+            .iter()
+            .filter_map(|p| p["grad_norm"].as_f64())
+            .collect(),
     )
 }
 
 #[test]
 fn mixed_precision_tracks_f32_on_the_cpu() {
     let sb = Sandbox::new();
+    // Plain SGD (an update proportional to the gradient) and two micro-batches per step, so a
+    // wrong unscaling of the f16 gradients would show in the curves and the norms.
     let cfg = digits_config(
         &sb,
-        "[train]\nepochs = 4\nlog_every = 10\n[runtime]\nthreads = 1\n",
+        "[train]\nepochs = 4\nlog_every = 5\ngrad_accum = 2\nbatch_size = 32\n[optim]\nname = \"sgd\"\nlr = 0.1\n[runtime]\nthreads = 1\n",
     );
     let c = cfg.to_str().unwrap();
     let run = |precision: &str| {
@@ -291,10 +311,16 @@ fn mixed_precision_tracks_f32_on_the_cpu() {
         json(&o)
     };
     let (full, half, brain) = (run("f32"), run("f16"), run("bf16"));
-    let (f32_loss, no_scale) = curve(&full);
+    let (f32_loss, no_scale, f32_norm) = curve(&full);
     assert!(no_scale.is_empty(), "f32 logs no loss scale");
     for (name, r, tol) in [("f16", &half, 0.02), ("bf16", &brain, 0.05)] {
-        let (loss, scale) = curve(r);
+        let (loss, scale, norm) = curve(r);
+        for (a, b) in f32_norm.iter().zip(&norm).take(6) {
+            assert!(
+                (a - b).abs() <= tol * a.abs().max(0.1),
+                "{name}: gradient norm f32 {a} vs {b}"
+            );
+        }
         assert_eq!(loss.len(), f32_loss.len());
         assert_ne!(
             loss, f32_loss,
@@ -355,5 +381,65 @@ fn wgpu_mixed_precision_f16_trains_and_bf16_is_refused() {
     assert!(
         (half - full).abs() < 0.05,
         "wgpu f16 accuracy {half}, cpu f32 {full}"
+    );
+}
+
+#[test]
+fn a_killed_f16_run_resumes_to_bit_identical_weights() {
+    let sb = Sandbox::new();
+    let cfg = digits_config_with(
+        &sb,
+        "\ndropout = 0.1",
+        "[train]\nepochs = 60\ncheckpoint_every = 3\nrestore_best = false\n[backend]\nprecision = \"f16\"\n[runtime]\nthreads = 1\n",
+    );
+    let c = cfg.to_str().unwrap();
+    let o = sb.kiln(&["train", c, "--device", "cpu", "--json"]);
+    assert_exit(&o, 0);
+    let full = json(&o);
+    let weights = |run_dir: &str| {
+        std::fs::read(std::path::Path::new(run_dir).join("final/model.safetensors")).unwrap()
+    };
+    let want = weights(full["run_dir"].as_str().unwrap());
+    let mut child = sb
+        .command(&["train", c, "--device", "cpu", "--quiet"])
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let run_dir = loop {
+        let found = std::fs::read_dir(sb.registry().join("runs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| !p.ends_with(full["run_id"].as_str().unwrap()))
+            // Zero-padded step numbers compare as paths.
+            .find(|p| {
+                newest_checkpoint(p).is_some_and(|c| c >= p.join("checkpoints/step-000000300"))
+            });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(newest_checkpoint(&run_dir).unwrap().join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        state["loss_scale"]["scale"].as_f64().unwrap() >= 1.0,
+        "{state}"
+    );
+    let id = run_dir.file_name().unwrap().to_str().unwrap();
+    let o = sb.kiln(&["train", "--resume", id, "--json"]);
+    assert_exit(&o, 0);
+    let resumed = json(&o);
+    assert!(
+        weights(resumed["run_dir"].as_str().unwrap()) == want,
+        "a killed and resumed f16 run ended with other weights"
     );
 }

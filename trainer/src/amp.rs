@@ -18,6 +18,9 @@ pub const INITIAL_SCALE: f64 = 65536.0;
 pub const GROWTH_INTERVAL: usize = 2000;
 pub const GROWTH_FACTOR: f64 = 2.0;
 pub const BACKOFF_FACTOR: f64 = 0.5;
+/// Overflowing steps in a row at the lowest scale after which training stops with an error
+/// (rather than skipping every step quietly).
+pub const STALL_STEPS: usize = 100;
 
 /// The compute precision of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,9 @@ pub struct LossScale {
     pub good_steps: usize,
     /// Steps skipped because the gradients overflowed.
     pub skipped: u64,
+    /// Overflowing steps in a row.
+    #[serde(default)]
+    pub streak: usize,
 }
 
 impl Default for LossScale {
@@ -68,6 +74,7 @@ impl Default for LossScale {
             scale: INITIAL_SCALE,
             good_steps: 0,
             skipped: 0,
+            streak: 0,
         }
     }
 }
@@ -76,6 +83,7 @@ impl LossScale {
     /// Records whether this step's gradients were finite; returns whether to apply the step.
     pub fn update(&mut self, finite: bool) -> bool {
         if finite {
+            self.streak = 0;
             self.good_steps += 1;
             if self.good_steps >= GROWTH_INTERVAL {
                 self.scale *= GROWTH_FACTOR;
@@ -85,8 +93,15 @@ impl LossScale {
             self.scale = (self.scale * BACKOFF_FACTOR).max(1.0);
             self.good_steps = 0;
             self.skipped += 1;
+            self.streak += 1;
         }
         finite
+    }
+
+    /// Overflowing for `STALL_STEPS` steps in a row with the scale at its floor: the gradients
+    /// are not finite in f16 at all.
+    pub fn stalled(&self) -> bool {
+        self.scale <= 1.0 && self.streak >= STALL_STEPS
     }
 }
 
@@ -129,5 +144,12 @@ mod tests {
         };
         tiny.update(false);
         assert_eq!(tiny.scale, 1.0, "the scale never drops below 1");
+        for _ in 1..STALL_STEPS {
+            assert!(!tiny.stalled());
+            tiny.update(false);
+        }
+        assert!(tiny.stalled());
+        tiny.update(true);
+        assert!(!tiny.stalled());
     }
 }

@@ -120,53 +120,79 @@ fn cpu_info() -> DeviceInfo {
     }
 }
 
+/// Runs a probe that opens a device; a device that exists but cannot be opened (a driver
+/// mismatch, exclusive mode, no memory) panics inside the backend: that becomes an error, and
+/// the panic message is kept out of the user's terminal.
+fn probe<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|e| {
+        let why = e
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("the backend panicked");
+        format!("{what} could not be opened: {why}")
+    })
+}
+
+/// Opens one device to read its name, kind and float types.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn gpu_infos(kind: &'static str, devices: Vec<Device>) -> Vec<DeviceInfo> {
-    devices
-        .into_iter()
-        .enumerate()
-        .map(|(i, device)| {
-            let identity = device.identity();
-            DeviceInfo {
-                id: format!("{kind}:{i}"),
-                kind,
-                name: identity
-                    .as_ref()
-                    .map_or_else(|| "unnamed device".into(), |d| d.name.clone()),
-                hardware: identity.as_ref().is_some_and(|d| d.physical.is_some()),
-                dtypes: float_dtypes(&device),
-                device,
-            }
-        })
-        .collect()
+fn gpu_info(kind: &'static str, i: usize, device: Device) -> Result<DeviceInfo, String> {
+    let id = format!("{kind}:{i}");
+    let (identity, dtypes) = probe(&id, || (device.identity(), float_dtypes(&device)))?;
+    Ok(DeviceInfo {
+        name: identity
+            .as_ref()
+            .map_or_else(|| "unnamed device".into(), |d| d.name.clone()),
+        hardware: identity.as_ref().is_some_and(|d| d.physical.is_some()),
+        dtypes,
+        id,
+        kind,
+        device,
+    })
 }
 
-/// WGPU adapters (Vulkan, Metal, DirectX 12), in enumeration order; empty without the `wgpu`
-/// feature or without a driver.
+/// The devices of one GPU backend, not yet opened; empty without its feature or its driver
+/// (for CUDA the enumeration loads the driver library instead of letting cudarc panic).
+fn gpu_handles(kind: &str) -> Vec<Device> {
+    let found = probe(kind, || match kind {
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::enumerate(burn::tensor::DeviceType::Cuda).into_vec(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::enumerate(burn::tensor::DeviceType::Wgpu).into_vec(),
+        _ => Vec::new(),
+    });
+    found.unwrap_or_default()
+}
+
+/// Opens every device of a GPU backend; those that fail to open are left out.
+fn gpu_infos(kind: &'static str) -> Vec<DeviceInfo> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        gpu_handles(kind)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, d)| gpu_info(kind, i, d).ok())
+            .collect()
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = (kind, gpu_handles);
+        Vec::new()
+    }
+}
+
+/// WGPU adapters (Vulkan, Metal, DirectX 12), in enumeration order, each opened.
 pub fn wgpu_devices() -> Vec<DeviceInfo> {
-    #[cfg(feature = "wgpu")]
-    {
-        gpu_infos(
-            "wgpu",
-            Device::enumerate(burn::tensor::DeviceType::Wgpu).into_vec(),
-        )
-    }
-    #[cfg(not(feature = "wgpu"))]
-    Vec::new()
+    gpu_infos("wgpu")
 }
 
-/// CUDA devices; empty without the `cuda` feature or without the NVIDIA driver (the check
-/// loads the library instead of letting cudarc panic).
+/// CUDA devices, each opened.
 pub fn cuda_devices() -> Vec<DeviceInfo> {
-    #[cfg(feature = "cuda")]
-    {
-        gpu_infos(
-            "cuda",
-            Device::enumerate(burn::tensor::DeviceType::Cuda).into_vec(),
-        )
-    }
-    #[cfg(not(feature = "cuda"))]
-    Vec::new()
+    gpu_infos("cuda")
 }
 
 /// Every device this build can use on this machine: CUDA, WGPU, then the CPU.
@@ -205,18 +231,25 @@ pub enum BackendError {
     },
 }
 
+/// Opens only the device asked for (`kind:index`), after enumerating its backend.
 fn pick(
     spec: DeviceSpec,
     kind: &'static str,
     index: Option<usize>,
 ) -> Result<DeviceInfo, BackendError> {
-    let devices = match kind {
-        "cuda" => cuda_devices(),
-        _ => wgpu_devices(),
-    };
+    let handles = gpu_handles(kind);
     let i = index.unwrap_or(0);
-    let count = devices.len();
-    devices.into_iter().nth(i).ok_or_else(|| BackendError::Unavailable {
+    let count = handles.len();
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let Some(device) = handles.into_iter().nth(i) {
+        return gpu_info(kind, i, device).map_err(|why| BackendError::Unavailable {
+            spec: spec.to_string(),
+            why,
+        });
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    drop(handles);
+    Err(BackendError::Unavailable {
         spec: spec.to_string(),
         why: match (kind, count) {
             ("cuda", 0) => "no CUDA device: the NVIDIA driver (libcuda.so) is not installed or sees no GPU (`nvidia-smi` should list one)".into(),
@@ -253,8 +286,8 @@ pub fn choose(spec: DeviceSpec) -> Result<Chosen, BackendError> {
         // so `auto` never picks one (ask for it with `--device wgpu`).
         DeviceSpec::Auto => cuda_devices()
             .into_iter()
-            .chain(wgpu_devices().into_iter().filter(|d| d.hardware))
             .next()
+            .or_else(|| wgpu_devices().into_iter().find(|d| d.hardware))
             .unwrap_or_else(cpu_info),
     };
     Ok(Chosen {
@@ -268,12 +301,16 @@ pub fn choose(spec: DeviceSpec) -> Result<Chosen, BackendError> {
     })
 }
 
-/// Checks that `device` computes in `precision` (`f32`, `f16`, `bf16`).
-pub fn check_precision(chosen: &Chosen, precision: &str) -> Result<(), BackendError> {
-    let dtype = match precision {
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        _ => DType::F32,
+/// Checks that `device` computes in `precision`.
+pub fn check_precision(
+    chosen: &Chosen,
+    precision: crate::amp::Precision,
+) -> Result<(), BackendError> {
+    use crate::amp::Precision;
+    let (dtype, precision) = match precision {
+        Precision::F32 => (DType::F32, "f32"),
+        Precision::F16 => (DType::F16, "f16"),
+        Precision::Bf16 => (DType::BF16, "bf16"),
     };
     if chosen.device.supports_dtype(dtype) {
         return Ok(());
@@ -326,7 +363,7 @@ mod tests {
         assert!(cpu.dtypes.contains(&"f32"));
         let chosen = choose(DeviceSpec::Cpu).unwrap();
         assert_eq!(chosen.backend, "flex");
-        assert!(check_precision(&chosen, "f32").is_ok());
+        assert!(check_precision(&chosen, crate::amp::Precision::F32).is_ok());
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -151,7 +151,11 @@ pub fn check_unchanged(
     config["name"] = cfg.name.clone().into();
     // The device may change between sessions (`--device` on resume); nothing else may.
     let diff = crate::report::config_diff(&m.config, &config);
-    if let Some((key, was, now)) = diff.iter().find(|(k, _, _)| k != "backend.device") {
+    // Runs from before the `backend` section existed trained with its defaults.
+    let changed = |(k, was, now): &&(String, String, String)| {
+        k != "backend.device" && !(k == "backend.precision" && was == "(unset)" && now == "f32")
+    };
+    if let Some((key, was, now)) = diff.iter().find(changed) {
         return Err(TrainError::Setup(format!(
             "the run's config.toml changed since {label}: {key} was {was}, is {now}; a resume continues the run as it was (train a new run, or undo the change)"
         )));

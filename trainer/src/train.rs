@@ -94,8 +94,14 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     init_threads(f.runtime.threads);
     let reg = Registry::new(&opts.registry);
     reg.ensure()?;
+    let precision = crate::amp::Precision::parse(&f.backend.precision).ok_or_else(|| {
+        TrainError::Setup(format!(
+            "`backend.precision` = {:?}: use f32, f16 or bf16",
+            f.backend.precision
+        ))
+    })?;
     let chosen = crate::backend::choose(cfg.device)?;
-    crate::backend::check_precision(&chosen, &f.backend.precision)?;
+    crate::backend::check_precision(&chosen, precision)?;
     let base = chosen.device.clone();
     base.seed(f.seed);
     let device = base.clone().autodiff();
@@ -248,8 +254,6 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         run::write_json(&run_dir.join(run::RUN), &info)?;
     }
     st.seed = f.seed;
-    let precision = crate::amp::Precision::parse(&f.backend.precision)
-        .expect("validation accepts only f32, f16 and bf16");
     if precision.scales_loss() && st.loss_scale.is_none() {
         st.loss_scale = Some(crate::amp::LossScale::default());
     }
@@ -436,7 +440,15 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             let apply = match st.loss_scale.as_mut() {
                 Some(s) => {
                     let n = optim::grad_norm(&model, &grads);
-                    s.update(n.is_finite())
+                    let apply = s.update(n.is_finite());
+                    if s.stalled() {
+                        return Err(TrainError::Setup(format!(
+                            "f16 gradients overflowed on {} steps in a row, down to loss scale 1 (step {}); train in bf16 or f32, or lower optim.lr",
+                            crate::amp::STALL_STEPS,
+                            st.step
+                        )));
+                    }
+                    apply
                 }
                 None => true,
             };

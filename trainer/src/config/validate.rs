@@ -388,11 +388,21 @@ pub fn validate(
             crate::backend::DeviceSpec::Cpu
         }
     };
-    if crate::amp::Precision::parse(&file.backend.precision).is_none() {
-        bad(format!(
+    match crate::amp::Precision::parse(&file.backend.precision) {
+        None => bad(format!(
             "`backend.precision` = {:?}: use f32, f16 or bf16",
             file.backend.precision
-        ));
+        )),
+        Some(crate::amp::Precision::F32) => {}
+        Some(_) => {
+            let m = &file.model;
+            if m.norm == kiln_models::Norm::Batch || m.conv.iter().any(|c| c.batch_norm) {
+                bad(format!(
+                    "`backend.precision` = {:?} with batch norm: mixed precision does not cover batch norm's running statistics yet; use f32, or layer norm",
+                    file.backend.precision
+                ));
+            }
+        }
     }
 
     // runtime
