@@ -82,6 +82,24 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
     },
+    /// Export a model to ONNX, accepted only if tract reproduces kiln's outputs (parity gate).
+    Export {
+        /// NAME, NAME@ALIAS, NAME/vN, a run id, `latest` or a run folder.
+        model: String,
+        /// The ONNX file to write; its preprocessing JSON goes beside it (`.json`).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// ONNX opset, 17 to 21.
+        #[arg(long, default_value_t = 17)]
+        opset: i64,
+        /// `dynamic` (a symbolic batch axis) or a fixed batch size.
+        #[arg(long, default_value = "dynamic")]
+        batch: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
     /// The devices this build can compute on here: id (for --device), kind, name, float types.
     Devices {
         #[arg(long)]
@@ -246,6 +264,14 @@ fn main() -> ExitCode {
             config, &set, smoke, resume, init_from, device, quiet, json, registry,
         ),
         Command::Devices { json } => cmd_devices(json),
+        Command::Export {
+            model,
+            output,
+            opset,
+            batch,
+            json,
+            registry,
+        } => cmd_export(&model, &output, opset, &batch, json, registry),
         Command::Validate { paths, deep, set } => cmd_validate(&paths, deep, &set),
         Command::Eval {
             run,
@@ -439,6 +465,64 @@ fn cmd_train(
     } else {
         0
     })
+}
+
+fn cmd_export(
+    reference: &str,
+    output: &Path,
+    opset: i64,
+    batch: &str,
+    json: bool,
+    registry: Option<PathBuf>,
+) -> Result<u8, Failure> {
+    use kiln_trainer::export::{self, run::ExportError};
+    let batch: export::Batch = batch.parse().map_err(Failure::usage)?;
+    if !export::OPSETS.contains(&opset) {
+        return Err(Failure::usage(format!(
+            "--opset {opset}: kiln writes opsets {} to {}",
+            export::OPSETS.start(),
+            export::OPSETS.end()
+        )));
+    }
+    let (reg, entry) = resolve_model(
+        &Registry::new(registry_for(registry, "kiln-registry")),
+        reference,
+    )?;
+    let opts = export::run::Options { opset, batch };
+    let out = export::run::export(&reg, &entry, output, &opts).map_err(|e| match e {
+        ExportError::Registry(r) => Failure::from(r),
+        other => Failure::runtime(other.to_string()),
+    })?;
+    let worst = out
+        .parity
+        .max_abs
+        .iter()
+        .map(|(_, m)| *m)
+        .fold(0.0, f64::max);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": out.label,
+                "onnx": out.path,
+                "preprocess": out.sidecar,
+                "registry": out.registry_dir,
+                "parity": out.parity,
+            })
+        );
+    } else {
+        println!("exported {} -> {}", out.label, out.path.display());
+        println!(
+            "preprocessing (categorical encodings) -> {}",
+            out.sidecar.display()
+        );
+        println!(
+            "parity with tract on {} validation rows: max abs difference {worst:.2e} (tolerance {:.0e}), {} top-1 disagreements",
+            out.parity.rows, out.parity.tolerance, out.parity.top1_disagreements
+        );
+        println!("stored in {}", out.registry_dir.display());
+    }
+    Ok(0)
 }
 
 fn cmd_devices(json: bool) -> Result<u8, Failure> {

@@ -102,6 +102,7 @@ pub struct LoadedRun {
     /// The record of the run, when the model is a run's (a version stands alone).
     pub info: Option<crate::run::RunInfo>,
     pub pre: Preprocessor,
+    pub mconf: kiln_models::ModelConfig,
     pub model: Model,
     pub data: crate::data::Prepared,
     pub loss: Loss,
@@ -197,6 +198,7 @@ impl LoadedRun {
             label,
             info,
             pre,
+            mconf,
             model: model.valid(),
             data,
             loss,

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod html;
 pub mod loss;
 pub mod metrics;

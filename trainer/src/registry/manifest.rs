@@ -19,6 +19,8 @@ pub enum Kind {
     Final,
     /// A registered model version.
     Version,
+    /// An exported ONNX model with its parity report.
+    Export,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

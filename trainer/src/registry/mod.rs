@@ -14,6 +14,7 @@
 //!                                    computed from the versions, never stored)
 //!     vN/                            model.safetensors, config.toml, model.json,
 //!                                    preprocess.json, manifest.json
+//!   exports/<model>-opsetN-<batch>/  model.onnx, preprocess.json, parity.json, manifest.json
 //! ```
 //!
 //! Every folder with a `manifest.json` is written whole or not at all ([`store::commit_dir`]),
@@ -44,6 +45,8 @@ pub const BEST_WEIGHTS: &str = "best.safetensors";
 pub const OPTIM: &str = "optim.bpk";
 pub const STATE: &str = "state.json";
 pub const FINAL: &str = "final";
+/// `exports/<model>-opsetN-<batch>/`: ONNX exports that passed the parity gate.
+pub const EXPORTS: &str = "exports";
 pub const CHECKPOINT_PREFIX: &str = "step-";
 /// A damaged checkpoint a resume moved aside (`damaged-step-N-<pid>`); `gc` removes them.
 pub const DAMAGED_PREFIX: &str = "damaged-";
@@ -701,6 +704,14 @@ impl Registry {
                     .map(|v| self.version_dir(&name, v)),
             );
         }
+        let mut exports: Vec<PathBuf> = std::fs::read_dir(self.root.join(EXPORTS))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        exports.sort();
+        out.extend(exports);
         out
     }
 

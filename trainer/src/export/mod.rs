@@ -1,0 +1,377 @@
+//! Export to ONNX for serving, with a parity gate.
+//!
+//! The graph takes the features as the data file holds them (numeric columns in their own
+//! units, missing ones as NaN; categorical columns one-hot, by the categories in the metadata
+//! and the JSON file beside the model; image pixels as stored) and applies kiln's numeric
+//! preprocessing itself: imputation, standardisation, pixel scaling. Then the model, then the
+//! outputs: `logits` and `probabilities` for classification, `prediction` (in the target's
+//! units) for regression.
+//!
+//! An export is accepted only when an independent runtime agrees: after writing the graph, kiln
+//! runs it with tract (pure Rust) on a validation batch and compares with its own outputs.
+
+pub mod graph;
+pub mod proto;
+pub mod run;
+
+use kiln_models::ModelConfig;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::config::LossKind;
+use crate::data::preprocess::{Column, Preprocessor, TargetEncoding};
+use graph::{Builder, LowerError};
+use proto::*;
+
+/// Tolerances of the parity gate.
+pub const MAX_ABS_TOLERANCE: f64 = 1e-4;
+
+/// Opsets kiln writes: 17 brings `LayerNormalization`; 20 `Gelu`.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=21;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    Dynamic,
+    Fixed(usize),
+}
+
+impl std::str::FromStr for Batch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dynamic" => Ok(Self::Dynamic),
+            n => n
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(Self::Fixed)
+                .ok_or_else(|| format!("--batch {s:?}: use `dynamic` or a positive size")),
+        }
+    }
+}
+
+/// What the graph's input expects, per feature: `x * scale + shift`, after NaN becomes `fill`.
+pub struct FeatureAffine {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    /// Per feature; `None` when no column imputes.
+    pub fill: Option<Vec<f32>>,
+}
+
+/// kiln's numeric preprocessing as one affine map per feature (computed in f64, as kiln does).
+pub fn feature_affine(pre: &Preprocessor) -> FeatureAffine {
+    let (im, is) = pre.image.as_ref().map_or((0.0, 1.0), |i| (i.mean, i.std));
+    let ident = ((1.0 / is) as f32, (-im / is) as f32);
+    let mut scale = Vec::with_capacity(pre.n_features);
+    let mut shift = Vec::with_capacity(pre.n_features);
+    let mut fill = Vec::with_capacity(pre.n_features);
+    let mut imputes = false;
+    for c in &pre.columns {
+        match c {
+            Column::Numeric {
+                fill: f, mean, std, ..
+            } => {
+                scale.push((1.0 / (std * is)) as f32);
+                shift.push(((-mean / std - im) / is) as f32);
+                imputes |= f.is_some();
+                fill.push(f.map_or(f32::NAN, |v| v as f32));
+            }
+            Column::Categorical { categories, .. } => {
+                for _ in categories {
+                    scale.push(ident.0);
+                    shift.push(ident.1);
+                    fill.push(0.0);
+                }
+            }
+        }
+    }
+    while scale.len() < pre.n_features {
+        scale.push(ident.0);
+        shift.push(ident.1);
+        fill.push(0.0);
+    }
+    FeatureAffine {
+        scale,
+        shift,
+        fill: imputes.then_some(fill),
+    }
+}
+
+/// The inverse of [`feature_affine`] for rows kiln has already preprocessed: the raw features
+/// a serving system would send (in f64, then f32).
+pub fn raw_features(pre: &Preprocessor, x: &[f32]) -> Vec<f32> {
+    let (im, is) = pre.image.as_ref().map_or((0.0, 1.0), |i| (i.mean, i.std));
+    let mut per_feature: Vec<(f64, f64)> = Vec::with_capacity(pre.n_features);
+    for c in &pre.columns {
+        match c {
+            Column::Numeric { mean, std, .. } => per_feature.push((*mean, *std)),
+            Column::Categorical { categories, .. } => {
+                per_feature.extend(categories.iter().map(|_| (0.0, 1.0)))
+            }
+        }
+    }
+    per_feature.resize(pre.n_features, (0.0, 1.0));
+    x.chunks(pre.n_features)
+        .flat_map(|row| {
+            row.iter()
+                .zip(&per_feature)
+                .map(|(&v, &(mean, std))| (((v as f64) * is + im) * std + mean) as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The JSON beside the model: how to turn a row of the data file into the graph's input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sidecar {
+    pub input: String,
+    pub input_width: usize,
+    pub outputs: Vec<String>,
+    /// Per input column, in order: numeric (one feature, raw units, NaN when missing) or
+    /// categorical (one feature per category, 1 for the row's category, all 0 for one not
+    /// seen in training; a missing value takes `fill`).
+    pub columns: Vec<Column>,
+    pub missing_values: Vec<String>,
+    pub image_shape: Option<[usize; 3]>,
+    pub class_names: Option<Vec<String>>,
+    pub target: TargetEncoding,
+}
+
+pub fn sidecar(pre: &Preprocessor, outputs: &[&str]) -> Sidecar {
+    Sidecar {
+        input: "features".into(),
+        input_width: pre.n_features,
+        outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        columns: pre.columns.clone(),
+        missing_values: pre.missing_values.clone(),
+        image_shape: pre.image.as_ref().map(|i| i.shape),
+        class_names: pre.class_names().map(<[String]>::to_vec),
+        target: pre.target.clone(),
+    }
+}
+
+fn tensor_info(name: &str, batch: Batch, width: usize) -> ValueInfoProto {
+    let b = match batch {
+        Batch::Dynamic => DimensionValue::DimParam("batch".into()),
+        Batch::Fixed(n) => DimensionValue::DimValue(n as i64),
+    };
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type: FLOAT,
+                shape: Some(TensorShapeProto {
+                    dim: vec![
+                        Dimension { value: Some(b) },
+                        Dimension {
+                            value: Some(DimensionValue::DimValue(width as i64)),
+                        },
+                    ],
+                }),
+            }),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+/// The graph's output names for a loss.
+pub fn output_names(loss: LossKind) -> Vec<&'static str> {
+    match loss {
+        LossKind::CrossEntropy | LossKind::Bce => vec!["logits", "probabilities"],
+        LossKind::Mse | LossKind::Huber => vec!["prediction"],
+    }
+}
+
+/// Writes the ONNX model: preprocessing, the model's layers, the outputs, and `metadata`.
+pub fn build(
+    mconf: &ModelConfig,
+    weights: &graph::Weights,
+    pre: &Preprocessor,
+    loss: LossKind,
+    opset: i64,
+    batch: Batch,
+    metadata: &[(String, String)],
+) -> Result<Vec<u8>, LowerError> {
+    if !OPSETS.contains(&opset) {
+        return Err(LowerError {
+            layer: "(model)".into(),
+            why: format!(
+                "opset {opset} is not one kiln writes ({}..={}; LayerNormalization needs 17)",
+                OPSETS.start(),
+                OPSETS.end()
+            ),
+        });
+    }
+    let d = pre.n_features;
+    let mut g = Builder::new(weights, opset);
+    let affine = feature_affine(pre);
+    let mut x = "features".to_string();
+    if let Some(fill) = &affine.fill {
+        let f = g.constant("fill", &[d], fill);
+        let nan = g.node("IsNaN", &[&x], vec![], None);
+        x = g.node("Where", &[&nan, &f, &x], vec![], None);
+    }
+    let a = g.constant("scale", &[d], &affine.scale);
+    let b = g.constant("shift", &[d], &affine.shift);
+    let scaled = g.node("Mul", &[&x, &a], vec![], None);
+    let x = g.node("Add", &[&scaled, &b], vec![], None);
+    let out = g.model(&x, mconf)?;
+    let width = mconf.d_output();
+    let mut outputs = Vec::new();
+    match loss {
+        LossKind::CrossEntropy => {
+            let logits = g.node("Identity", &[&out], vec![], Some("logits"));
+            g.softmax(&logits, "probabilities");
+            outputs.push(tensor_info("logits", batch, width));
+            outputs.push(tensor_info("probabilities", batch, width));
+        }
+        LossKind::Bce => {
+            let logits = g.node("Identity", &[&out], vec![], Some("logits"));
+            let p = g.node("Sigmoid", &[&logits], vec![], None);
+            let one = g.constant("one", &[], &[1.0]);
+            let q = g.node("Sub", &[&one, &p], vec![], None);
+            g.node(
+                "Concat",
+                &[&q, &p],
+                vec![graph::attr_int("axis", 1)],
+                Some("probabilities"),
+            );
+            outputs.push(tensor_info("logits", batch, 1));
+            outputs.push(tensor_info("probabilities", batch, 2));
+        }
+        LossKind::Mse | LossKind::Huber => {
+            let (mean, std) = match &pre.target {
+                TargetEncoding::Values { mean, std } => (*mean, *std),
+                TargetEncoding::Classes { .. } => (0.0, 1.0),
+            };
+            let s = g.constant("target_std", &[], &[std as f32]);
+            let m = g.constant("target_mean", &[], &[mean as f32]);
+            let scaled = g.node("Mul", &[&out, &s], vec![], None);
+            g.node("Add", &[&scaled, &m], vec![], Some("prediction"));
+            outputs.push(tensor_info("prediction", batch, width));
+        }
+    }
+    let model = ModelProto {
+        ir_version: 8,
+        producer_name: "kiln".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: String::new(),
+        model_version: 1,
+        doc_string: "Exported by kiln; input: see the metadata (input_layout, preprocessing)"
+            .into(),
+        graph: Some(GraphProto {
+            node: g.nodes,
+            name: "kiln".into(),
+            initializer: g.initializers,
+            doc_string: String::new(),
+            input: vec![tensor_info("features", batch, d)],
+            output: outputs,
+        }),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        metadata_props: metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+    };
+    Ok(model.encode_to_vec())
+}
+
+/// Runs an ONNX model with tract on `x` (`rows` x `width`); returns each output, row-major.
+pub fn run_tract(
+    model_bytes: &[u8],
+    x: &[f32],
+    rows: usize,
+    width: usize,
+) -> Result<Vec<Vec<f32>>, String> {
+    use tract_onnx::prelude::*;
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &model_bytes[..])
+        .map_err(|e| format!("tract cannot read the model: {e}"))?
+        .with_input_fact(0, f32::fact([rows, width]).into())
+        .map_err(|e| e.to_string())?
+        .into_optimized()
+        .map_err(|e| format!("tract cannot optimise the model: {e}"))?
+        .into_runnable()
+        .map_err(|e| e.to_string())?;
+    let input = tract_ndarray::Array2::from_shape_vec((rows, width), x.to_vec())
+        .map_err(|e| e.to_string())?;
+    let out = model
+        .run(tvec!(Tensor::from(input).into()))
+        .map_err(|e| format!("tract failed to run the model: {e}"))?;
+    out.iter()
+        .map(|t| {
+            t.to_plain_array_view::<f32>()
+                .map(|v| v.iter().copied().collect())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// The outcome of the parity gate, stored with the export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Parity {
+    pub runtime: String,
+    pub rows: usize,
+    /// Per output: largest absolute difference between tract and kiln.
+    pub max_abs: Vec<(String, f64)>,
+    pub tolerance: f64,
+    /// Rows whose top-1 class differs (classification).
+    pub top1_disagreements: usize,
+    pub passed: bool,
+}
+
+/// Compares tract's outputs with kiln's (`expected`, same order as the graph's outputs).
+pub fn compare(
+    names: &[&str],
+    tract: &[Vec<f32>],
+    expected: &[Vec<f32>],
+    rows: usize,
+    classify: bool,
+) -> Parity {
+    let mut max_abs = Vec::new();
+    let mut passed = tract.len() == expected.len();
+    for ((name, t), e) in names.iter().zip(tract).zip(expected) {
+        let m = if t.len() == e.len() {
+            t.iter()
+                .zip(e)
+                .map(|(a, b)| (*a as f64 - *b as f64).abs())
+                .fold(0.0, f64::max)
+        } else {
+            f64::INFINITY
+        };
+        passed &= m <= MAX_ABS_TOLERANCE;
+        max_abs.push((name.to_string(), m));
+    }
+    let mut top1 = 0;
+    if classify && tract.len() == 2 && expected.len() == 2 && rows > 0 {
+        let w = expected[1].len() / rows;
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+        };
+        for r in 0..rows {
+            let (a, b) = (
+                argmax(&tract[1][r * w..(r + 1) * w]),
+                argmax(&expected[1][r * w..(r + 1) * w]),
+            );
+            top1 += usize::from(a != b);
+        }
+        passed &= top1 == 0;
+    }
+    Parity {
+        runtime: "tract-onnx 0.23".into(),
+        rows,
+        max_abs,
+        tolerance: MAX_ABS_TOLERANCE,
+        top1_disagreements: top1,
+        passed: passed && !names.is_empty(),
+    }
+}
