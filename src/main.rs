@@ -498,7 +498,10 @@ fn cmd_export(
         .max_abs
         .iter()
         .map(|(_, m)| *m)
-        .fold(0.0, f64::max);
+        .fold(
+            0.0,
+            |a: f64, b| if b.is_nan() { f64::INFINITY } else { a.max(b) },
+        );
     if json {
         println!(
             "{}",

@@ -189,6 +189,11 @@ fn bad_export_requests_are_clear_and_leave_nothing_behind() {
             1,
             "is a folder",
         ),
+        (
+            vec!["export", "tiny", "-o", "m.json"],
+            1,
+            "name the model .onnx",
+        ),
     ] {
         let o = sb.kiln(&args);
         assert_exit(&o, code);
@@ -274,4 +279,114 @@ fn a_planted_mismatch_fails_the_gate() {
     let planted = gate(&weights);
     assert!(!planted.passed, "{planted:?}");
     assert!(planted.max_abs[0].1 > 1e-3, "{planted:?}");
+    // A NaN output fails the gate instead of vanishing from the comparison.
+    let nan = export::compare(
+        &names,
+        &[vec![f32::NAN; rows * 3], expected[1].clone()],
+        &expected,
+        rows,
+        false,
+    );
+    assert!(!nan.passed, "{nan:?}");
+}
+
+#[test]
+fn the_graph_imputes_missing_values_as_kiln_does() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use kiln_models::{Activation, MlpConfig, ModelConfig, Norm};
+    use kiln_trainer::config::LossKind;
+    use kiln_trainer::data::preprocess::{Column, Preprocessor, TargetEncoding};
+    use kiln_trainer::export::{self, Batch, graph};
+
+    let device = Device::flex();
+    let mconf = ModelConfig::Mlp(MlpConfig {
+        d_input: 3,
+        hidden: vec![4],
+        d_output: 1,
+        activation: Activation::Relu,
+        dropout: 0.0,
+        norm: Norm::None,
+    });
+    let model = mconf.init(&device);
+    // One numeric column imputed with 7.5, then a two-category column.
+    let pre = Preprocessor {
+        columns: vec![
+            Column::Numeric {
+                name: "age".into(),
+                fill: Some(7.5),
+                mean: 5.0,
+                std: 2.0,
+            },
+            Column::Categorical {
+                name: "color".into(),
+                categories: vec!["blue".into(), "red".into()],
+                fill: None,
+            },
+        ],
+        image: None,
+        target: TargetEncoding::Values {
+            mean: 100.0,
+            std: 10.0,
+        },
+        missing_values: vec!["?".into()],
+        n_features: 3,
+    };
+    let weights = graph::read_weights(&kiln_trainer::weights::to_bytes(&model).unwrap()).unwrap();
+    let onnx = export::build(
+        &mconf,
+        &weights,
+        &pre,
+        LossKind::Mse,
+        17,
+        Batch::Dynamic,
+        &[],
+    )
+    .unwrap();
+    // What a server sends for "?, red": NaN, then the one-hot of red.
+    let got = export::run_tract(&onnx, &[f32::NAN, 0.0, 1.0], 1, 3).unwrap();
+    // What kiln computes for the same row: 7.5 standardised, then 0, 1.
+    let x = Tensor::<2>::from_data(
+        TensorData::new(vec![((7.5 - 5.0) / 2.0) as f32, 0.0, 1.0], [1, 3]),
+        &device,
+    );
+    let kiln = model.forward(x).into_data().try_to_vec::<f32>().unwrap()[0] as f64 * 10.0 + 100.0;
+    assert!(
+        (got[0][0] as f64 - kiln).abs() < 1e-4,
+        "graph {} vs kiln {kiln}",
+        got[0][0]
+    );
+}
+
+#[test]
+fn onnxruntime_reproduces_kiln_eval_on_the_raw_mnist_test_files() {
+    let Some(python) = python_with("onnxruntime") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    for cfg in ["configs/mnist_mlp.toml", "configs/mnist_cnn.toml"] {
+        let o = sb.kiln(&["train", cfg, "--smoke", "--json"]);
+        assert_exit(&o, 0);
+        let id = json(&o)["run_id"].as_str().unwrap().to_string();
+        let out = sb.path().join(format!("{id}.onnx"));
+        let o = sb.kiln(&["export", &id, "-o", out.to_str().unwrap()]);
+        assert_exit(&o, 0);
+        let o = sb.kiln(&["eval", &id, "--split", "test", "--json"]);
+        assert_exit(&o, 0);
+        let kiln = json(&o)["metrics"]["accuracy"].as_f64().unwrap();
+        let o = std::process::Command::new(&python)
+            .arg(root().join("tests/onnx_eval.py"))
+            .arg(&out)
+            .arg(root().join("data/mnist/t10k-images.idx3-ubyte.gz"))
+            .arg(root().join("data/mnist/t10k-labels.idx1-ubyte.gz"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let ort = json(&o);
+        assert_eq!(ort["rows"], 10000);
+        assert_eq!(
+            ort["accuracy"].as_f64().unwrap(),
+            kiln,
+            "{cfg}: onnxruntime on the raw test file against kiln eval"
+        );
+    }
 }

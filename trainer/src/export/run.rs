@@ -152,6 +152,12 @@ pub fn export(
     output: &Path,
     opts: &Options,
 ) -> Result<Outcome, ExportError> {
+    if output.extension().is_some_and(|e| e == "json") {
+        return Err(ExportError::Other(format!(
+            "{}: the preprocessing JSON goes beside the model with this name; name the model .onnx",
+            output.display()
+        )));
+    }
     if output.is_dir() {
         return Err(ExportError::Other(format!(
             "{}: is a folder; give a file name, e.g. -o model.onnx",
@@ -215,6 +221,23 @@ pub fn export(
     let got =
         super::run_tract(&onnx, &raw, rows, run.pre.n_features).map_err(ExportError::Other)?;
     let classify = !matches!(run.loss.kind, LossKind::Mse | LossKind::Huber);
+    // Regression compares in standardised target units, so the tolerance means the same
+    // whether the target is in the hundreds or the millions.
+    let (got, expected) = match &run.pre.target {
+        crate::data::preprocess::TargetEncoding::Values { mean, std } if !classify => {
+            let z = |v: Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+                v.into_iter()
+                    .map(|o| {
+                        o.into_iter()
+                            .map(|p| ((p as f64 - mean) / std) as f32)
+                            .collect()
+                    })
+                    .collect()
+            };
+            (z(got), z(expected))
+        }
+        _ => (got, expected),
+    };
     let parity = super::compare(&names, &got, &expected, rows, classify);
     if !parity.passed {
         return Err(ExportError::Parity { report: parity });
@@ -233,22 +256,16 @@ pub fn export(
         (SIDECAR_FILE.to_string(), side_json.clone().into_bytes()),
         (PARITY_FILE.to_string(), parity_json),
     ];
-    // The user's files first (each whole or absent), then the registry; if the registry
-    // refuses, the files are taken back, so an export is either complete or not there.
+    // The registry first (a complete, verified entry), then the user's two files, each
+    // written to a temporary name and renamed: a failure leaves no partial file, and never
+    // removes a file the user had.
+    {
+        let _lock = reg.lock()?;
+        store::blocking(store::commit_dir(&reg.root, &registry_dir, &files, m))?;
+    }
     let sidecar_path = output.with_extension("json");
     write_whole(output, &onnx)?;
-    if let Err(e) = write_whole(&sidecar_path, side_json.as_bytes()) {
-        let _ = std::fs::remove_file(output);
-        return Err(e);
-    }
-    let stored = reg
-        .lock()
-        .and_then(|_lock| store::blocking(store::commit_dir(&reg.root, &registry_dir, &files, m)));
-    if let Err(e) = stored {
-        let _ = std::fs::remove_file(output);
-        let _ = std::fs::remove_file(&sidecar_path);
-        return Err(e.into());
-    }
+    write_whole(&sidecar_path, side_json.as_bytes())?;
     Ok(Outcome {
         path: output.to_path_buf(),
         sidecar: sidecar_path,
