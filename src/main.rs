@@ -100,6 +100,21 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
     },
+    /// Predict every row of a data file with a registry model (the file read and preprocessed
+    /// as the training data was; its label column may be there or not).
+    Predict {
+        /// NAME, NAME@ALIAS, NAME/vN, a run id, `latest` or a run folder.
+        model: String,
+        /// The data file (CSV/TSV like the training file, or IDX images).
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// Where to write: `.csv` (row, prediction, a probability per class) or `.json`;
+        /// stdout (CSV) without it.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
     /// The devices this build can compute on here: id (for --device), kind, name, float types.
     Devices {
         #[arg(long)]
@@ -264,6 +279,12 @@ fn main() -> ExitCode {
             config, &set, smoke, resume, init_from, device, quiet, json, registry,
         ),
         Command::Devices { json } => cmd_devices(json),
+        Command::Predict {
+            model,
+            input,
+            output,
+            registry,
+        } => cmd_predict(&model, &input, output.as_deref(), registry),
         Command::Export {
             model,
             output,
@@ -524,6 +545,52 @@ fn cmd_export(
             out.parity.rows, out.parity.tolerance, out.parity.top1_disagreements
         );
         println!("stored in {}", out.registry_dir.display());
+    }
+    Ok(0)
+}
+
+fn cmd_predict(
+    reference: &str,
+    input: &Path,
+    output: Option<&Path>,
+    registry: Option<PathBuf>,
+) -> Result<u8, Failure> {
+    use kiln_trainer::predict;
+    if !input.is_file() {
+        return Err(Failure::usage(format!("{}: no such file", input.display())));
+    }
+    let (reg, entry) = resolve_model(
+        &Registry::new(registry_for(registry, "kiln-registry")),
+        reference,
+    )?;
+    let run =
+        eval::LoadedRun::open_model(&reg, &entry).map_err(|e| Failure::runtime(e.to_string()))?;
+    let p = predict::predict_file(&run, input).map_err(|e| Failure::runtime(e.to_string()))?;
+    let json = output.is_some_and(|o| o.extension().is_some_and(|e| e == "json"));
+    let text = if json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "model": entry.label,
+            "input": input,
+            "classes": p.classes,
+            "rows": p.rows,
+        }))
+        .expect("predictions are JSON")
+    } else {
+        predict::to_csv(&p)
+    };
+    match output {
+        Some(path) => {
+            run::write_atomic(path, text.as_bytes())
+                .map_err(|e| Failure::runtime(e.to_string()))?;
+            eprintln!(
+                "{} rows of {} predicted with {} -> {}",
+                p.rows.len(),
+                input.display(),
+                entry.label,
+                path.display()
+            );
+        }
+        None => print!("{text}"),
     }
     Ok(0)
 }

@@ -102,6 +102,8 @@ pub struct LoadedRun {
     /// The record of the run, when the model is a run's (a version stands alone).
     pub info: Option<crate::run::RunInfo>,
     pub pre: Preprocessor,
+    /// How the training data was read (format, delimiter, header, columns, label).
+    pub data_spec: crate::data::DataSpec,
     pub mconf: kiln_models::ModelConfig,
     pub model: Model,
     pub data: crate::data::Prepared,
@@ -112,6 +114,10 @@ pub struct LoadedRun {
 impl LoadedRun {
     /// A run folder's final model, with its config and preprocessing.
     pub fn open(run_dir: &std::path::Path) -> Result<Self, EvalError> {
+        Self::open_with(run_dir, true)
+    }
+
+    fn open_with(run_dir: &std::path::Path, with_data: bool) -> Result<Self, EvalError> {
         use crate::registry::{self, Entry, EntryKind, Registry};
         use crate::run;
         let info: run::RunInfo = run::read_json(&run_dir.join(run::RUN))?;
@@ -136,7 +142,7 @@ impl LoadedRun {
         };
         let loaded = Registry::new(root).load(&entry)?;
         let weights = loaded.file(registry::WEIGHTS)?.to_vec();
-        Self::build(entry.label, Some(info), run_dir, weights)
+        Self::build(entry.label, Some(info), run_dir, weights, with_data)
     }
 
     /// Any registry entry: a version (from its own folder alone), a run's final model, or a
@@ -144,6 +150,23 @@ impl LoadedRun {
     pub fn open_entry(
         reg: &crate::registry::Registry,
         entry: &crate::registry::Entry,
+    ) -> Result<Self, EvalError> {
+        Self::open_entry_with(reg, entry, true)
+    }
+
+    /// The model, config and preprocessing only: the training data is not read (its splits
+    /// are empty), so this works where the data is not (`kiln predict` on a serving machine).
+    pub fn open_model(
+        reg: &crate::registry::Registry,
+        entry: &crate::registry::Entry,
+    ) -> Result<Self, EvalError> {
+        Self::open_entry_with(reg, entry, false)
+    }
+
+    fn open_entry_with(
+        reg: &crate::registry::Registry,
+        entry: &crate::registry::Entry,
+        with_data: bool,
     ) -> Result<Self, EvalError> {
         use crate::registry::{self, EntryKind};
         // `<run>/final` and `<run>/checkpoints/step-N`: the run folder is the entry's parent.
@@ -156,18 +179,18 @@ impl LoadedRun {
                 .unwrap_or_default()
         };
         match &entry.kind {
-            EntryKind::Final { .. } => Self::open(&up(1)),
+            EntryKind::Final { .. } => Self::open_with(&up(1), with_data),
             EntryKind::Version { .. } => {
                 let loaded = reg.load(entry)?;
                 let weights = loaded.file(registry::WEIGHTS)?.to_vec();
-                Self::build(entry.label.clone(), None, &entry.dir, weights)
+                Self::build(entry.label.clone(), None, &entry.dir, weights, with_data)
             }
             EntryKind::Checkpoint { .. } => {
                 let loaded = reg.load(entry)?;
                 let weights = loaded.file(registry::WEIGHTS)?.to_vec();
                 let dir = up(2);
                 let info = crate::run::read_json(&dir.join(crate::run::RUN)).ok();
-                Self::build(entry.label.clone(), info, &dir, weights)
+                Self::build(entry.label.clone(), info, &dir, weights, with_data)
             }
         }
     }
@@ -178,6 +201,7 @@ impl LoadedRun {
         info: Option<crate::run::RunInfo>,
         dir: &std::path::Path,
         weights: Vec<u8>,
+        with_data: bool,
     ) -> Result<Self, EvalError> {
         use crate::run;
         use burn::module::Module;
@@ -192,12 +216,28 @@ impl LoadedRun {
                 message: e,
             }
         })?;
-        let data = crate::data::prepare(&cfg.data, Some(&pre))?;
+        let data = if with_data {
+            crate::data::prepare(&cfg.data, Some(&pre))?
+        } else {
+            let empty = || Dataset {
+                x: Vec::new(),
+                y: Targets::Values(Vec::new()),
+                n: 0,
+                d: pre.n_features,
+            };
+            crate::data::Prepared {
+                train: empty(),
+                valid: empty(),
+                test: empty(),
+                preprocessor: pre.clone(),
+            }
+        };
         let loss = crate::train::loss_of(&cfg, &pre)?;
         Ok(Self {
             label,
             info,
             pre,
+            data_spec: cfg.data.clone(),
             mconf,
             model: model.valid(),
             data,

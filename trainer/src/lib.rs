@@ -25,6 +25,7 @@ pub mod html;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod predict;
 pub mod progress;
 pub mod registry;
 pub mod report;

@@ -92,6 +92,22 @@ fn read_pair(images: &Path, labels: &Path) -> Result<RawTable, DataError> {
     })
 }
 
+/// An images file alone, for `kiln predict` (no labels; `labels` stays empty).
+pub fn read_unlabelled(images: &Path) -> Result<RawTable, DataError> {
+    let (n, r, c, pixels) = read_images(images)?;
+    Ok(RawTable {
+        path: images.display().to_string(),
+        lines: (1..=n).collect(),
+        names: vec![format!("{r}x{c}")],
+        cells: Cells::Dense {
+            x: pixels.into_iter().map(f32::from).collect(),
+            d: r * c,
+            shape: [1, r, c],
+        },
+        labels: Vec::new(),
+    })
+}
+
 pub fn read_all(spec: &DataSpec) -> Result<RawData, DataError> {
     let labels = spec
         .labels_path

@@ -216,6 +216,19 @@ impl Preprocessor {
 
     /// Encodes the rows `rows` of `t`.
     pub fn transform(&self, t: &RawTable, rows: &[usize]) -> Result<Dataset, DataError> {
+        let x = self.features(t, rows)?;
+        let y = self.targets(t, rows)?;
+        Ok(Dataset {
+            x,
+            y,
+            n: rows.len(),
+            d: self.n_features,
+        })
+    }
+
+    /// The encoded features of `rows` (row-major, `n_features` each); labels are not read, so
+    /// this serves files without them (`kiln predict`).
+    pub fn features(&self, t: &RawTable, rows: &[usize]) -> Result<Vec<f32>, DataError> {
         let d = self.n_features;
         let mut x = vec![0f32; rows.len() * d];
         let (img_mean, img_std) = self.image.as_ref().map_or((0.0, 1.0), |i| (i.mean, i.std));
@@ -294,6 +307,10 @@ impl Preprocessor {
                 }
             }
         }
+        Ok(x)
+    }
+
+    fn targets(&self, t: &RawTable, rows: &[usize]) -> Result<Targets, DataError> {
         let y = match &self.target {
             TargetEncoding::Classes { raw, .. } => {
                 let mut ys = Vec::with_capacity(rows.len());
@@ -322,12 +339,7 @@ impl Preprocessor {
                 Targets::Values(ys)
             }
         };
-        Ok(Dataset {
-            x,
-            y,
-            n: rows.len(),
-            d,
-        })
+        Ok(y)
     }
 
     /// Undoes the target standardisation of a regression prediction.

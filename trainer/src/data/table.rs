@@ -67,6 +67,89 @@ pub fn read_all(spec: &DataSpec) -> Result<RawData, DataError> {
     Ok(RawData { main, test })
 }
 
+/// A file to predict on: its columns named as in training (from its header, or by position),
+/// the label column used if present and skipped if not; only the `features` columns are kept,
+/// in that order. `labels` stays empty.
+pub fn read_unlabelled(
+    spec: &DataSpec,
+    path: &Path,
+    features: &[String],
+) -> Result<RawTable, DataError> {
+    let shown = path.display().to_string();
+    let lines = read_lines(spec, path, None)?;
+    let Some((_, first)) = lines.rows.first() else {
+        return Err(DataError::Format {
+            path: shown,
+            message: "no data rows (empty file?)".into(),
+        });
+    };
+    let width = first.len();
+    for (line, fields) in &lines.rows {
+        if fields.len() != width {
+            return Err(DataError::Row {
+                path: shown,
+                line: *line,
+                message: format!("expected {width} fields, found {}", fields.len()),
+            });
+        }
+    }
+    let names = if lines.header.is_some() {
+        column_names(spec, &lines, width)
+    } else {
+        // Without a header, columns are known by position: the training layout had the
+        // features, the ignored columns and (unless labels came from their own file) the label.
+        let full = features.len() + spec.ignore.len() + usize::from(spec.labels_path.is_none());
+        if width == full {
+            column_names(spec, &lines, width)
+        } else if width + 1 == full {
+            let mut all = column_names(spec, &lines, full);
+            let label = label_index(spec, &all).map_err(|m| DataError::Format {
+                path: shown.clone(),
+                message: m,
+            })?;
+            all.remove(label);
+            all
+        } else {
+            return Err(DataError::Format {
+                path: shown,
+                message: format!(
+                    "{width} columns; the model was trained on files of {full} (or {} without the label)",
+                    full - 1
+                ),
+            });
+        }
+    };
+    let mut index = Vec::with_capacity(features.len());
+    for f in features {
+        let i = names
+            .iter()
+            .position(|n| n == f)
+            .ok_or_else(|| DataError::Format {
+                path: shown.clone(),
+                message: format!("no column {f:?}, which the model was trained on"),
+            })?;
+        index.push(i);
+    }
+    let mut cells = Vec::with_capacity(lines.rows.len());
+    let mut line_numbers = Vec::with_capacity(lines.rows.len());
+    for (line, mut fields) in lines.rows {
+        cells.push(
+            index
+                .iter()
+                .map(|&i| std::mem::take(&mut fields[i]))
+                .collect::<Vec<_>>(),
+        );
+        line_numbers.push(line);
+    }
+    Ok(RawTable {
+        path: shown,
+        lines: line_numbers,
+        names: features.to_vec(),
+        cells: Cells::Text(cells),
+        labels: Vec::new(),
+    })
+}
+
 /// Splits one line into fields: quoted fields (`"a, b"`, `""` inside) are supported; every
 /// field is trimmed.
 pub fn split_line(line: &str, delimiter: Option<u8>) -> Vec<String> {
