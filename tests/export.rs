@@ -390,3 +390,74 @@ fn onnxruntime_reproduces_kiln_eval_on_the_raw_mnist_test_files() {
         );
     }
 }
+
+#[test]
+fn onnxruntime_on_the_raw_csv_files_predicts_as_kiln_does() {
+    let Some(python) = python_with("onnxruntime") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    for (cfg, data) in [
+        (
+            "configs/breast_cancer.toml",
+            "data/sklearn/breast_cancer.csv",
+        ),
+        ("configs/digits_mlp.toml", "data/sklearn/digits.csv.gz"),
+        ("configs/adult_income.toml", "data/adult/adult.data"),
+        (
+            "configs/diabetes.toml",
+            "data/sklearn/diabetes_data_raw.csv.gz",
+        ),
+    ] {
+        let o = sb.kiln(&["train", cfg, "--json"]);
+        assert_exit(&o, 0);
+        let run = json(&o);
+        let id = run["run_id"].as_str().unwrap().to_string();
+        let out = sb.path().join(format!("{id}.onnx"));
+        let o = sb.kiln(&["export", &id, "-o", out.to_str().unwrap()]);
+        assert_exit(&o, 0);
+        let preds = sb.path().join(format!("{id}.csv"));
+        let data = root().join(data);
+        let o = sb.kiln(&[
+            "predict",
+            &id,
+            "--input",
+            data.to_str().unwrap(),
+            "-o",
+            preds.to_str().unwrap(),
+        ]);
+        assert_exit(&o, 0);
+        let kiln: Vec<String> = std::fs::read_to_string(&preds)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().to_string())
+            .collect();
+        let config = PathBuf::from(run["run_dir"].as_str().unwrap()).join("config.toml");
+        let o = std::process::Command::new(&python)
+            .arg(root().join("tests/onnx_predict.py"))
+            .arg(&out)
+            .arg(out.with_extension("json"))
+            .arg(&config)
+            .arg(&data)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cfg}: {}", stderr(&o));
+        let ort: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(ort.len(), kiln.len(), "{cfg}: row counts");
+        for (i, (a, b)) in ort.iter().zip(&kiln).enumerate() {
+            match a {
+                Value::String(class) => assert_eq!(class, b, "{cfg}: row {}", i + 1),
+                v => {
+                    let (a, b) = (v.as_f64().unwrap(), b.parse::<f64>().unwrap());
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{cfg}: row {}: onnxruntime {a}, kiln {b}",
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+}
