@@ -106,6 +106,22 @@ fn the_label_column_may_be_there_or_not() {
         .map(|x| x.as_f64().unwrap())
         .sum();
     assert!((p - 1.0).abs() < 1e-5);
+    // A serving machine: the training data is gone, the model still predicts.
+    let data = sb.path().join("train.csv");
+    std::fs::copy(&labelled, &data).unwrap();
+    let cfg = sb.write(
+        "bc.toml",
+        &format!(
+            "name = \"bc\"\n[data]\npath = \"{}\"\nskip_rows = 1\nlabel = -1\nclass_names = [\"malignant\", \"benign\"]\n[train]\nepochs = 2\n",
+            data.display()
+        ),
+    );
+    let o = sb.kiln(&["train", cfg.to_str().unwrap()]);
+    assert_exit(&o, 0);
+    std::fs::remove_file(&data).unwrap();
+    let o = sb.kiln(&["predict", "bc", "--input", unlabelled.to_str().unwrap()]);
+    assert_exit(&o, 0);
+    assert_eq!(csv_predictions(&stdout(&o)).len(), 569);
     // Bad input: a clear line each.
     let wrong = sb.write("wrong.csv", "1,2,3\n4,5,6\n");
     let o = sb.kiln(&[

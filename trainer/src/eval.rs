@@ -205,7 +205,7 @@ impl LoadedRun {
     ) -> Result<Self, EvalError> {
         use crate::run;
         use burn::module::Module;
-        let cfg = crate::config::load_run(dir)?;
+        let cfg = crate::config::load_run_with(dir, with_data)?;
         let pre: Preprocessor = run::read_json(&dir.join(run::PREPROCESS))?;
         let mconf: kiln_models::ModelConfig = run::read_json(&dir.join(run::MODEL_CONFIG))?;
         crate::train::init_threads(cfg.file.runtime.threads);

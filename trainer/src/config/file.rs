@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct FileConfig {
-    /// Model name, used in run ids and (later) the registry. Default: the config file's stem.
+    /// Model name: run ids start with it and a completed run registers a version of it.
+    /// Default: the config file's stem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Seed for weight init, dropout, data split and shuffling. Default: 42.

@@ -68,8 +68,16 @@ impl fmt::Display for ConfigError {
 
 /// Loads and validates the resolved config saved in a run's folder.
 pub fn load_run(run_dir: &std::path::Path) -> Result<RunConfig, ConfigError> {
+    load_run_with(run_dir, true)
+}
+
+/// As [`load_run`]; with `data_files` false the training data files need not exist.
+pub fn load_run_with(
+    run_dir: &std::path::Path,
+    data_files: bool,
+) -> Result<RunConfig, ConfigError> {
     let path = run_dir.join(crate::run::CONFIG);
     let (file, _) = load(&path, &[])?;
     let name = file.name.clone().unwrap_or_else(|| "model".into());
-    validate(file, &path.display().to_string(), &name)
+    validate::validate_with(file, &path.display().to_string(), &name, data_files)
 }

@@ -49,6 +49,17 @@ pub fn validate(
     origin: &str,
     default_name: &str,
 ) -> Result<RunConfig, ConfigError> {
+    validate_with(file, origin, default_name, true)
+}
+
+/// As [`validate`]; with `data_files` false the data files need not exist (a trained model
+/// used where its training data is not, as `kiln predict` on a serving machine).
+pub fn validate_with(
+    file: FileConfig,
+    origin: &str,
+    default_name: &str,
+    data_files: bool,
+) -> Result<RunConfig, ConfigError> {
     let mut p = Vec::new();
     let mut bad = |msg: String| p.push(Problem::new(origin, None, msg));
 
@@ -73,7 +84,7 @@ pub fn validate(
     let check_file = |key: &str, value: &Option<String>, p: &mut Vec<Problem>| -> Option<PathBuf> {
         let v = value.as_ref()?;
         let path = PathBuf::from(v);
-        if !path.is_file() {
+        if data_files && !path.is_file() {
             p.push(Problem::new(
                 origin,
                 None,
@@ -453,7 +464,7 @@ pub fn validate(
         split_seed: d.split.seed.unwrap_or(file.seed),
     };
     // Data shape fit: peek at the files' first lines (only when they exist).
-    if paths_ok {
+    if paths_ok && data_files {
         for msg in data::peek_problems(&spec) {
             p.push(Problem::new(origin, None, msg));
         }
