@@ -827,26 +827,7 @@ fn cmd_registry(command: RegistryCommand, root: PathBuf) -> Result<u8, Failure> 
             let (ma, mb) = (ra.load(&ea)?.manifest, rb.load(&eb)?.manifest);
             let diff = report::config_diff(&ma.config, &mb.config);
             let metrics = report::flat_metrics_side_by_side(&ma.metrics, &mb.metrics);
-            if json {
-                let diff: Vec<_> = diff
-                    .iter()
-                    .map(|(k, x, y)| serde_json::json!({"key": k, "a": x, "b": y}))
-                    .collect();
-                let metrics: Vec<_> = metrics
-                    .iter()
-                    .map(
-                        |(s, m, x, y)| serde_json::json!({"split": s, "metric": m, "a": x, "b": y}),
-                    )
-                    .collect();
-                json_line(
-                    serde_json::json!({"a": ea.label, "b": eb.label, "config": diff, "metrics": metrics}),
-                );
-            } else {
-                print!(
-                    "{}",
-                    report::compare_text(&ea.label, &eb.label, &diff, &metrics)
-                );
-            }
+            print_comparison(&ea.label, &eb.label, &diff, &metrics, json);
         }
         RegistryCommand::Verify { json } => {
             let r = reg.verify();
@@ -879,6 +860,33 @@ fn cmd_registry(command: RegistryCommand, root: PathBuf) -> Result<u8, Failure> 
         }
     }
     Ok(0)
+}
+
+/// Two runs or models side by side (`runs compare`, `registry diff`): the config keys that
+/// differ and the metrics, as text or one JSON object.
+fn print_comparison(
+    a: &str,
+    b: &str,
+    diff: &[(String, String, String)],
+    metrics: &[(String, String, Option<f64>, Option<f64>)],
+    json: bool,
+) {
+    if !json {
+        print!("{}", report::compare_text(a, b, diff, metrics));
+        return;
+    }
+    let diff: Vec<_> = diff
+        .iter()
+        .map(|(k, x, y)| serde_json::json!({"key": k, "a": x, "b": y}))
+        .collect();
+    let metrics: Vec<_> = metrics
+        .iter()
+        .map(|(s, m, x, y)| serde_json::json!({"split": s, "metric": m, "a": x, "b": y}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"a": a, "b": b, "config": diff, "metrics": metrics})
+    );
 }
 
 fn model_name(entry: &registry::Entry) -> String {
@@ -943,24 +951,7 @@ fn cmd_runs(command: RunsCommand, registry: Option<PathBuf>) -> Result<u8, Failu
             };
             let diff = report::config_diff(&config(&da)?, &config(&db)?);
             let metrics = report::metrics_side_by_side(&ra.metrics, &rb.metrics);
-            if json {
-                let diff: Vec<_> = diff
-                    .iter()
-                    .map(|(k, x, y)| serde_json::json!({"key": k, "a": x, "b": y}))
-                    .collect();
-                let metrics: Vec<_> = metrics
-                    .iter()
-                    .map(
-                        |(s, m, x, y)| serde_json::json!({"split": s, "metric": m, "a": x, "b": y}),
-                    )
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"a": ra.id, "b": rb.id, "config": diff, "metrics": metrics})
-                );
-            } else {
-                print!("{}", report::compare_text(&ra.id, &rb.id, &diff, &metrics));
-            }
+            print_comparison(&ra.id, &rb.id, &diff, &metrics, json);
         }
     }
     Ok(0)

@@ -455,22 +455,7 @@ fn resume_falls_back_past_a_damaged_checkpoint() {
         .command(&["train", cfg.to_str().unwrap(), "--quiet"])
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let run_dir = loop {
-        let run = std::fs::read_dir(sb.registry().join("runs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .next();
-        if let Some(r) =
-            run.filter(|r| std::fs::read_dir(r.join("checkpoints")).is_ok_and(|d| d.count() >= 3))
-        {
-            break r;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let run_dir = wait_for_checkpoints(&sb, 3);
     child.kill().unwrap();
     child.wait().unwrap();
     let newest = newest_checkpoint(&run_dir).unwrap();
@@ -531,7 +516,7 @@ fn resume_refuses_a_changed_config_or_data() {
         .command(&["train", cfg.to_str().unwrap(), "--quiet"])
         .spawn()
         .unwrap();
-    let run_dir = wait_for_checkpoint(&sb);
+    let run_dir = wait_for_checkpoints(&sb, 1);
     child.kill().unwrap();
     child.wait().unwrap();
     let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
@@ -568,8 +553,8 @@ fn latest_name(run_dir: &Path) -> String {
     p.file_name().unwrap().to_str().unwrap().to_string()
 }
 
-/// Waits (up to a minute) for the sandbox's first run to have a checkpoint; its folder.
-fn wait_for_checkpoint(sb: &Sandbox) -> PathBuf {
+/// Waits (up to a minute) for the sandbox's first run to have `n` checkpoints; its folder.
+fn wait_for_checkpoints(sb: &Sandbox, n: usize) -> PathBuf {
     let started = Instant::now();
     loop {
         let run = std::fs::read_dir(sb.registry().join("runs"))
@@ -578,7 +563,14 @@ fn wait_for_checkpoint(sb: &Sandbox) -> PathBuf {
             .flatten()
             .map(|e| e.path())
             .next();
-        if let Some(r) = run.filter(|r| newest_checkpoint(r).is_some()) {
+        let count = |r: &PathBuf| {
+            std::fs::read_dir(r.join("checkpoints")).map_or(0, |d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+                    .count()
+            })
+        };
+        if let Some(r) = run.filter(|r| count(r) >= n) {
             return r;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");

@@ -67,7 +67,8 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
 }
 
 fn read_pair(images: &Path, labels: &Path) -> Result<RawTable, DataError> {
-    let (n, r, c, pixels) = read_images(images)?;
+    let mut table = read_unlabelled(images)?;
+    let n = table.lines.len();
     let l = read_labels(labels)?;
     if l.len() != n {
         return Err(DataError::Format {
@@ -79,17 +80,8 @@ fn read_pair(images: &Path, labels: &Path) -> Result<RawTable, DataError> {
             ),
         });
     }
-    Ok(RawTable {
-        path: images.display().to_string(),
-        lines: (1..=n).collect(),
-        names: vec![format!("{r}x{c}")],
-        cells: Cells::Dense {
-            x: pixels.into_iter().map(f32::from).collect(),
-            d: r * c,
-            shape: [1, r, c],
-        },
-        labels: l.into_iter().map(|v| v.to_string()).collect(),
-    })
+    table.labels = l.into_iter().map(|v| v.to_string()).collect();
+    Ok(table)
 }
 
 /// An images file alone, for `kiln predict` (no labels; `labels` stays empty).

@@ -75,24 +75,7 @@ pub fn read_unlabelled(
     path: &Path,
     features: &[String],
 ) -> Result<RawTable, DataError> {
-    let shown = path.display().to_string();
-    let lines = read_lines(spec, path, None)?;
-    let Some((_, first)) = lines.rows.first() else {
-        return Err(DataError::Format {
-            path: shown,
-            message: "no data rows (empty file?)".into(),
-        });
-    };
-    let width = first.len();
-    for (line, fields) in &lines.rows {
-        if fields.len() != width {
-            return Err(DataError::Row {
-                path: shown,
-                line: *line,
-                message: format!("expected {width} fields, found {}", fields.len()),
-            });
-        }
-    }
+    let (shown, lines, width) = read_rows(spec, path)?;
     let names = if lines.header.is_some() {
         column_names(spec, &lines, width)
     } else {
@@ -297,7 +280,8 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
     out
 }
 
-fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawTable, DataError> {
+/// A file's data rows, all of one width: `(path as shown, rows, width)`.
+fn read_rows(spec: &DataSpec, path: &Path) -> Result<(String, Lines, usize), DataError> {
     let shown = path.display().to_string();
     let lines = read_lines(spec, path, None)?;
     let Some((_, first)) = lines.rows.first() else {
@@ -316,6 +300,11 @@ fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawT
             });
         }
     }
+    Ok((shown, lines, width))
+}
+
+fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawTable, DataError> {
+    let (shown, lines, width) = read_rows(spec, path)?;
     let names = column_names(spec, &lines, width);
     if names.len() != width {
         return Err(DataError::Format {
