@@ -427,11 +427,12 @@ fn onnxruntime_on_the_raw_csv_files_predicts_as_kiln_does() {
             preds.to_str().unwrap(),
         ]);
         assert_exit(&o, 0);
-        let kiln: Vec<String> = std::fs::read_to_string(&preds)
+        // Per row: the prediction, then the class probabilities (classification).
+        let kiln: Vec<Vec<String>> = std::fs::read_to_string(&preds)
             .unwrap()
             .lines()
             .skip(1)
-            .map(|l| l.split(',').nth(1).unwrap().to_string())
+            .map(|l| l.split(',').skip(1).map(str::to_string).collect())
             .collect();
         let config = PathBuf::from(run["run_dir"].as_str().unwrap()).join("config.toml");
         let o = std::process::Command::new(&python)
@@ -448,9 +449,19 @@ fn onnxruntime_on_the_raw_csv_files_predicts_as_kiln_does() {
         assert_eq!(ort.len(), kiln.len(), "{cfg}: row counts");
         for (i, (a, b)) in ort.iter().zip(&kiln).enumerate() {
             match a {
-                Value::String(class) => assert_eq!(class, b, "{cfg}: row {}", i + 1),
+                // Same class, and the same probabilities within 1e-4: every metric of every
+                // split (accuracy, F1, AUC) is then kiln's.
+                Value::Array(pair) => {
+                    assert_eq!(pair[0].as_str().unwrap(), b[0], "{cfg}: row {}", i + 1);
+                    let probs = pair[1].as_array().unwrap();
+                    assert_eq!(probs.len(), b.len() - 1);
+                    for (p, q) in probs.iter().zip(&b[1..]) {
+                        let (p, q) = (p.as_f64().unwrap(), q.parse::<f64>().unwrap());
+                        assert!((p - q).abs() <= 1e-4, "{cfg}: row {}: {p} vs {q}", i + 1);
+                    }
+                }
                 v => {
-                    let (a, b) = (v.as_f64().unwrap(), b.parse::<f64>().unwrap());
+                    let (a, b) = (v.as_f64().unwrap(), b[0].parse::<f64>().unwrap());
                     assert!(
                         (a - b).abs() <= 1e-4 * b.abs().max(1.0),
                         "{cfg}: row {}: onnxruntime {a}, kiln {b}",

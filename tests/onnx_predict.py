@@ -5,7 +5,8 @@
 Reads the data file as the model's (resolved) training config says (delimiter, header,
 skipped lines, column names), encodes each row as the JSON beside the model documents
 (numeric columns as numbers, NaN when missing; categorical columns one-hot), runs the model
-in onnxruntime and prints a JSON list: the predicted class name, or the predicted value.
+in onnxruntime and prints a JSON list: per row the predicted class name and the class
+probabilities, or the predicted value.
 """
 import gzip
 import json
@@ -63,7 +64,7 @@ def main():
         out = [float(v) for v in p[:, 0]]
     else:
         (p,) = session.run(["probabilities"], {"features": x})
-        out = [side["class_names"][i] for i in p.argmax(axis=1)]
+        out = [[side["class_names"][int(r.argmax())], [float(v) for v in r]] for r in p]
     print(json.dumps(out))
 
 
