@@ -48,6 +48,7 @@ fn train(registry: &Path, steps: usize, every: Option<usize>) -> (f64, std::path
         resume: None,
         stop: Arc::new(AtomicBool::new(false)),
         init_from: None,
+        group: None,
     };
     let out = kiln_trainer::train::train(&cfg, &opts).unwrap();
     (out.info.wall_seconds, out.run_dir)

@@ -329,9 +329,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            for line in f.message.lines() {
-                eprintln!("error: {line}");
-            }
+            print_error("", &f.message);
             ExitCode::from(f.code)
         }
     }
@@ -399,33 +397,143 @@ fn cmd_train(
     json: bool,
     registry: Option<PathBuf>,
 ) -> Result<u8, Failure> {
-    let (cfg, registry, resume_dir, shown) = match (&config_path, &resume) {
-        (_, Some(reference)) => {
-            let registry = registry_for(registry, "kiln-registry");
-            let dir =
-                run::resolve(&registry, reference).map_err(|e| Failure::usage(e.to_string()))?;
-            let mut cfg = config::load_run(&dir)?;
-            if let Some(d) = &device {
-                cfg.device = d
-                    .parse()
-                    .map_err(|e| Failure::usage(format!("--device: {e}")))?;
-                cfg.file.backend.device = d.clone();
-            }
-            (cfg, registry, Some(dir), reference.clone())
-        }
-        (Some(path), None) => {
-            let mut overrides = parse_overrides(set)?;
-            if let Some(d) = &device {
-                overrides.push(
-                    Override::parse(&format!("backend.device={d:?}")).map_err(Failure::usage)?,
-                );
-            }
-            let cfg = load_config(path, &overrides)?;
-            let registry = registry_for(registry, &cfg.file.runtime.registry);
-            (cfg, registry, None, path.display().to_string())
-        }
-        (None, None) => return Err(Failure::usage("give a config file, or --resume RUN")),
+    // Started by a launcher (mpirun, srun) as one rank of several: join the others first.
+    let group = kiln_trainer::dist::Group::join()
+        .map_err(Failure::usage)?
+        .map(std::rc::Rc::new);
+    let Some(g) = group.as_deref() else {
+        return train_one(
+            config_path,
+            set,
+            smoke,
+            resume,
+            init_from,
+            device,
+            quiet,
+            json,
+            registry,
+            None,
+        )
+        .map_err(|r| match r {
+            Ranked::Agreed(f) | Ranked::Alone(f) => f,
+        });
     };
+    on_launcher_stop(g.rank(), g.world());
+    let (rank, world) = (g.rank(), g.world());
+    let result = train_one(
+        config_path,
+        set,
+        smoke,
+        resume,
+        init_from,
+        device,
+        quiet,
+        json,
+        registry,
+        group.clone(),
+    );
+    match result {
+        Ok(code) => Ok(code),
+        // Every rank knows (the handshake): each says why, then all end together.
+        Err(Ranked::Agreed(f)) => {
+            print_error(&format!("rank {rank} of {world}: "), &f.message);
+            g.barrier();
+            Ok(f.code)
+        }
+        // This rank failed alone, mid-run: end the whole job rather than leave the others
+        // waiting in the next all-reduce.
+        Err(Ranked::Alone(f)) => {
+            print_error(&format!("rank {rank} of {world}: "), &f.message);
+            g.abort(i32::from(f.code))
+        }
+    }
+}
+
+/// `error: ` lines on stderr, in one write: ranks of a job share one terminal, and their lines
+/// must not interleave.
+fn print_error(prefix: &str, message: &str) {
+    use std::io::Write;
+    let text: String = message
+        .lines()
+        .map(|l| format!("error: {prefix}{l}\n"))
+        .collect();
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// How a rank's failure reaches the others.
+enum Ranked {
+    /// Said in the start-up handshake: every rank knows.
+    Agreed(Failure),
+    /// After it: only this rank knows.
+    Alone(Failure),
+}
+
+impl From<Failure> for Ranked {
+    fn from(f: Failure) -> Self {
+        Self::Agreed(f)
+    }
+}
+
+/// A launcher that stops the job (another rank failed, or the job was cancelled) sends
+/// SIGTERM; say so before going, since the cause is in another rank's output.
+fn on_launcher_stop(rank: usize, world: usize) {
+    #[cfg(unix)]
+    {
+        static MESSAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        extern "C" fn stop(_: libc::c_int) {
+            if let Some(m) = MESSAGE.get() {
+                // SAFETY: write(2) and _exit(2) are async-signal-safe.
+                unsafe {
+                    libc::write(2, m.as_ptr().cast(), m.len());
+                    libc::_exit(143);
+                }
+            }
+        }
+        let _ = MESSAGE.set(
+            format!(
+                "error: rank {rank} of {world}: stopped by the launcher (SIGTERM): another rank failed or the job was cancelled (see the first error above); continue with `kiln train --resume latest` under the same launcher\n"
+            )
+            .into_bytes(),
+        );
+        // SAFETY: installs a handler that only calls async-signal-safe functions.
+        unsafe {
+            libc::signal(libc::SIGTERM, stop as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_one(
+    config_path: Option<PathBuf>,
+    set: &[String],
+    smoke: bool,
+    resume: Option<String>,
+    init_from: Option<String>,
+    device: Option<String>,
+    quiet: bool,
+    json: bool,
+    registry: Option<PathBuf>,
+    group: Option<std::rc::Rc<kiln_trainer::dist::Group>>,
+) -> Result<u8, Ranked> {
+    let loaded = (|| {
+        load_for_training(
+            config_path.as_deref(),
+            set,
+            resume.as_deref(),
+            device.as_deref(),
+            registry,
+        )
+    })();
+    let (cfg, registry, resume_dir, shown) = match (loaded, &group) {
+        (Ok(v), _) => v,
+        (Err(f), Some(g)) => {
+            // The first collective: the other ranks learn why this one cannot start.
+            let _ = g.agree(Err(f.message.clone()));
+            return Err(Ranked::Agreed(f));
+        }
+        (Err(f), None) => return Err(Ranked::Agreed(f)),
+    };
+    let writer = group.as_ref().is_none_or(|g| g.is_writer());
     let stop = interrupt_flag();
     // The flag a resume needs: none when the registry is where `--resume` looks by default.
     let registry_flag = if registry == registry_for(None, "kiln-registry") {
@@ -441,8 +549,15 @@ fn cmd_train(
         resume: resume_dir,
         stop,
         init_from,
+        group,
     };
-    let outcome = train::train(&cfg, &opts).map_err(|e| Failure::runtime(e.to_string()))?;
+    let outcome = train::train(&cfg, &opts).map_err(|e| match e {
+        train::TrainError::Distributed(m) => Ranked::Agreed(Failure::runtime(m)),
+        e => Ranked::Alone(Failure::runtime(e.to_string())),
+    })?;
+    if !writer {
+        return Ok(0);
+    }
     let info = &outcome.info;
     if info.status == run::Status::Interrupted {
         eprintln!(
@@ -627,6 +742,43 @@ fn cmd_devices(json: bool) -> Result<u8, Failure> {
         auto.id
     );
     Ok(0)
+}
+
+/// The config (from a file with overrides, or from the run being resumed) and the registry.
+fn load_for_training(
+    config_path: Option<&Path>,
+    set: &[String],
+    resume: Option<&str>,
+    device: Option<&str>,
+    registry: Option<PathBuf>,
+) -> Result<(config::RunConfig, PathBuf, Option<PathBuf>, String), Failure> {
+    Ok(match (config_path, resume) {
+        (_, Some(reference)) => {
+            let registry = registry_for(registry, "kiln-registry");
+            let dir =
+                run::resolve(&registry, reference).map_err(|e| Failure::usage(e.to_string()))?;
+            let mut cfg = config::load_run(&dir)?;
+            if let Some(d) = &device {
+                cfg.device = d
+                    .parse()
+                    .map_err(|e| Failure::usage(format!("--device: {e}")))?;
+                cfg.file.backend.device = d.to_string();
+            }
+            (cfg, registry, Some(dir), reference.to_string())
+        }
+        (Some(path), None) => {
+            let mut overrides = parse_overrides(set)?;
+            if let Some(d) = &device {
+                overrides.push(
+                    Override::parse(&format!("backend.device={d:?}")).map_err(Failure::usage)?,
+                );
+            }
+            let cfg = load_config(path, &overrides)?;
+            let registry = registry_for(registry, &cfg.file.runtime.registry);
+            (cfg, registry, None, path.display().to_string())
+        }
+        (None, None) => return Err(Failure::usage("give a config file, or --resume RUN")),
+    })
 }
 
 /// Ctrl-C once: stop after the current step and save. Twice: exit now.

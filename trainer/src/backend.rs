@@ -111,7 +111,7 @@ fn cpu_info() -> DeviceInfo {
         id: "cpu".into(),
         kind: "cpu",
         name: format!(
-            "{} threads, burn flex",
+            "{} threads",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
         hardware: false,
@@ -299,6 +299,16 @@ pub fn choose(spec: DeviceSpec) -> Result<Chosen, BackendError> {
         name: info.name,
         device: info.device,
     })
+}
+
+/// The device of the rank with local rank `local` on its machine: `cuda` (or `auto` on a machine
+/// with CUDA GPUs) becomes `cuda:LOCAL_RANK`, one GPU per rank; an explicit index is kept.
+pub fn for_local_rank(spec: DeviceSpec, local: usize) -> DeviceSpec {
+    match spec {
+        DeviceSpec::Cuda(None) => DeviceSpec::Cuda(Some(local)),
+        DeviceSpec::Auto if !cuda_devices().is_empty() => DeviceSpec::Cuda(Some(local)),
+        other => other,
+    }
 }
 
 /// Checks that `device` computes in `precision`.

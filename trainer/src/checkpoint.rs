@@ -74,25 +74,7 @@ pub fn base_manifest(
     lineage: Lineage,
     chosen: &crate::backend::Chosen,
 ) -> Result<Manifest, TrainError> {
-    let spec = &cfg.data;
-    let mut files = Vec::new();
-    for (role, path) in [
-        ("data", Some(&spec.path)),
-        ("labels", spec.labels_path.as_ref()),
-        ("test", spec.test_path.as_ref()),
-        ("test_labels", spec.test_labels_path.as_ref()),
-    ] {
-        if let Some(p) = path {
-            let (sha256, bytes) =
-                registry::store::hash_file(p).map_err(|e| fail(p, e.to_string()))?;
-            files.push(DataFile {
-                role: role.into(),
-                path: p.display().to_string(),
-                sha256,
-                bytes,
-            });
-        }
-    }
+    let files = data_files(cfg)?;
     let split = &cfg.file.data.split;
     let mut config = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
     config["name"] = cfg.name.clone().into();
@@ -286,6 +268,122 @@ pub struct Restored {
     /// `kiln registry gc` deletes it).
     pub skipped: Vec<String>,
     pub manifest: Manifest,
+}
+
+/// The data files of a config with their sha256, by role (`data`, `labels`, `test`,
+/// `test_labels`).
+pub fn data_files(cfg: &RunConfig) -> Result<Vec<DataFile>, TrainError> {
+    let spec = &cfg.data;
+    let mut files = Vec::new();
+    for (role, path) in [
+        ("data", Some(&spec.path)),
+        ("labels", spec.labels_path.as_ref()),
+        ("test", spec.test_path.as_ref()),
+        ("test_labels", spec.test_labels_path.as_ref()),
+    ] {
+        if let Some(p) = path {
+            let (sha256, bytes) =
+                registry::store::hash_file(p).map_err(|e| fail(p, e.to_string()))?;
+            files.push(DataFile {
+                role: role.into(),
+                path: p.display().to_string(),
+                sha256,
+                bytes,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Rank 0's starting point for the other ranks of a data-parallel job: weights and parameter
+/// ids, and when resuming the optimizer moments, loop state and best weights. Files in a
+/// length-prefixed list, the same encodings as a checkpoint's.
+pub fn pack_start(
+    model: &Model,
+    optimizer: &ModuleOptimizer,
+    st: &LoopState,
+    best: Option<&Model>,
+    resumed: bool,
+) -> Result<Vec<u8>, TrainError> {
+    let bad = |e: String| TrainError::Setup(format!("packing the starting weights: {e}"));
+    let mut st = st.clone();
+    st.param_ids = weights::param_ids(model);
+    let mut files = vec![
+        (registry::WEIGHTS, weights::to_bytes(model).map_err(bad)?),
+        (
+            registry::STATE,
+            serde_json::to_vec(&st).expect("loop state is JSON"),
+        ),
+    ];
+    if resumed {
+        let optim = optimizer.into_bytes().map_err(|e| bad(e.to_string()))?;
+        files.push((registry::OPTIM, optim.to_vec()));
+        if let Some(b) = best {
+            files.push((registry::BEST_WEIGHTS, weights::to_bytes(b).map_err(bad)?));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, bytes) in files {
+        for part in [name.as_bytes(), &bytes] {
+            out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    Ok(out)
+}
+
+/// The other side of [`pack_start`].
+pub fn unpack_start(
+    packed: &[u8],
+    mconf: &ModelConfig,
+    device: &Device,
+    optimizer: ModuleOptimizer,
+) -> Result<(Model, ModuleOptimizer, LoopState, Option<Model>), TrainError> {
+    let bad = |e: String| TrainError::Setup(format!("rank 0's starting weights: {e}"));
+    let mut files = BTreeMap::new();
+    let mut rest = packed;
+    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, TrainError> {
+        let short = || bad("truncated".into());
+        let n = u64::from_le_bytes(
+            rest.get(..8)
+                .ok_or_else(short)?
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let n = usize::try_from(n).map_err(|_| short())?;
+        let part = rest.get(8..8 + n).ok_or_else(short)?.to_vec();
+        *rest = &rest[8 + n..];
+        Ok(part)
+    };
+    while !rest.is_empty() {
+        let name = String::from_utf8(take(&mut rest)?).map_err(|e| bad(e.to_string()))?;
+        let bytes = take(&mut rest)?;
+        files.insert(name, bytes);
+    }
+    let file = |name: &str| {
+        files
+            .get(name)
+            .ok_or_else(|| bad(format!("{name} is missing")))
+    };
+    let st: LoopState =
+        serde_json::from_slice(file(registry::STATE)?).map_err(|e| bad(e.to_string()))?;
+    let model = weights::from_bytes(mconf.init(device), file(registry::WEIGHTS)?.clone())
+        .and_then(|m| weights::set_param_ids(m, &st.param_ids))
+        .map_err(bad)?;
+    let optimizer = match files.get(registry::OPTIM) {
+        Some(b) => optimizer
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(b.clone()))
+            .map_err(|e| bad(e.to_string()))?,
+        None => optimizer,
+    };
+    let best = match (st.best_step, files.get(registry::BEST_WEIGHTS)) {
+        (Some(s), _) if s == st.step => Some(model.clone()),
+        (Some(_), Some(bytes)) => {
+            Some(weights::from_bytes(mconf.init(device), bytes.clone()).map_err(bad)?)
+        }
+        _ => None,
+    };
+    Ok((model, optimizer, st, best))
 }
 
 /// Loads the newest intact checkpoint of a run; damaged ones (a hash mismatch, a truncated or

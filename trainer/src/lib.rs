@@ -8,7 +8,7 @@
 //! let cfg = config::validate(file, "configs/digits_mlp.toml", "digits-mlp").unwrap();
 //! let opts = train::Options {
 //!     registry: "kiln-registry".into(), smoke: true, quiet: true,
-//!     config_path: "configs/digits_mlp.toml".into(), resume: None, stop: Default::default(), init_from: None,
+//!     config_path: "configs/digits_mlp.toml".into(), resume: None, stop: Default::default(), init_from: None, group: None,
 //! };
 //! let outcome = train::train(&cfg, &opts).unwrap();
 //! println!("{}", outcome.info.id);
@@ -19,6 +19,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod export;
 pub mod html;

@@ -41,6 +41,8 @@ pub struct Options {
     pub stop: Arc<AtomicBool>,
     /// Start from the weights of this registry entry (`name`, `name@alias`, `name/vN`, run id).
     pub init_from: Option<String>,
+    /// The other ranks of a data-parallel job (see [`crate::dist`]); `None` trains alone.
+    pub group: Option<std::rc::Rc<crate::dist::Group>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,9 @@ pub enum TrainError {
     Backend(#[from] crate::backend::BackendError),
     #[error("{0}")]
     Setup(String),
+    /// The ranks of a data-parallel job disagree, or one could not start; every rank says it.
+    #[error("{0}")]
+    Distributed(String),
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: String, message: String },
     #[error(
@@ -82,6 +87,42 @@ fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Every rank's dropout masks differ; rank 0's are those of a single process.
+fn rank_seed(seed: u64, rank: usize) -> u64 {
+    seed ^ (rank as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+}
+
+/// What this rank tells the others before step 0 (see [`crate::dist::Group::agree`]).
+fn hello(cfg: &RunConfig, opts: &Options, world: usize) -> Result<crate::dist::Hello, TrainError> {
+    let mut resolved = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
+    resolved["name"] = cfg.name.clone().into();
+    // Each rank has its own device (cuda:LOCAL_RANK), threads and registry folder.
+    if let Some(o) = resolved.as_object_mut() {
+        o.remove("runtime");
+    }
+    if let Some(b) = resolved.get_mut("backend").and_then(|b| b.as_object_mut()) {
+        b.remove("device");
+    }
+    let mut config = crate::tracking::flatten(&resolved);
+    config.insert("(--smoke)".into(), opts.smoke.into());
+    config.insert("(--init-from)".into(), opts.init_from.clone().into());
+    let data = checkpoint::data_files(cfg)?
+        .into_iter()
+        .map(|f| (f.role, f.sha256))
+        .collect();
+    Ok(crate::dist::Hello {
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        world,
+        config,
+        data,
+        resume: opts
+            .resume
+            .as_ref()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+    })
+}
+
 fn smoke_slice(d: &Dataset) -> Dataset {
     d.head(SMOKE_EXAMPLES)
 }
@@ -91,17 +132,51 @@ fn smoke_slice(d: &Dataset) -> Dataset {
 pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let f = &cfg.file;
     let t = &f.train;
-    init_threads(f.runtime.threads);
+    let group = opts.group.as_deref();
+    // Rank 0 writes the run, its checkpoints, logs and registry entries; the others compute.
+    let writer = group.is_none_or(|g| g.is_writer());
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world()));
+    let mut threads = f.runtime.threads;
+    if let Some(g) = group {
+        g.set_timeout(Duration::from_secs(f.distributed.timeout_s));
+        // Ranks sharing a machine share its cores.
+        let local = g.topology().local_world.unwrap_or(1);
+        if threads == 0 && local > 1 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            threads = (cores / local).max(1);
+        }
+    }
+    init_threads(threads);
+    let prelude = (|| {
+        let precision = crate::amp::Precision::parse(&f.backend.precision).ok_or_else(|| {
+            TrainError::Setup(format!(
+                "`backend.precision` = {:?}: use f32, f16 or bf16",
+                f.backend.precision
+            ))
+        })?;
+        let spec = match group {
+            Some(g) => crate::backend::for_local_rank(cfg.device, g.topology().local_rank),
+            None => cfg.device,
+        };
+        let chosen = crate::backend::choose(spec)?;
+        crate::backend::check_precision(&chosen, precision)?;
+        Ok::<_, TrainError>((precision, chosen))
+    })();
+    let mut agreed = None;
+    if let Some(g) = group {
+        // The first collective: a rank that failed to start tells the others, so every rank
+        // ends with the reason instead of waiting.
+        let mine = prelude
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|_| hello(cfg, opts, world).map_err(|e| e.to_string()));
+        agreed = Some(g.agree(mine).map_err(TrainError::Distributed)?);
+    }
+    let (precision, chosen) = prelude?;
     let reg = Registry::new(&opts.registry);
-    reg.ensure()?;
-    let precision = crate::amp::Precision::parse(&f.backend.precision).ok_or_else(|| {
-        TrainError::Setup(format!(
-            "`backend.precision` = {:?}: use f32, f16 or bf16",
-            f.backend.precision
-        ))
-    })?;
-    let chosen = crate::backend::choose(cfg.device)?;
-    crate::backend::check_precision(&chosen, precision)?;
+    if writer {
+        reg.ensure()?;
+    }
     let base = chosen.device.clone();
     base.seed(f.seed);
     let device = base.clone().autodiff();
@@ -145,7 +220,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     // run's folder exists, so a bad reference leaves nothing behind.
     let mut model: Model = mconf.init(&device);
     let init = match (&opts.init_from, &opts.resume) {
-        (Some(reference), None) => {
+        // Rank 0 reads the registry; the others receive its weights below.
+        (Some(reference), None) if writer => {
             let entry = reg.resolve(reference)?;
             let loaded = reg.load(&entry)?;
             let bytes = loaded.file(registry::WEIGHTS)?.to_vec();
@@ -174,10 +250,37 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     };
     let (run_dir, mut info, _run_lock) = match (&opts.resume, resumed) {
         (Some(dir), Some(mut info)) => {
-            let lock = run_lock(dir, &info.id)?;
+            let lock = if writer {
+                Some(run_lock(dir, &info.id)?)
+            } else {
+                None
+            };
             info.status = Status::Running;
             info.finished = None;
             (dir.clone(), info, lock)
+        }
+        _ if !writer => {
+            let info = RunInfo {
+                id: String::new(),
+                name: cfg.name.clone(),
+                status: Status::Running,
+                smoke,
+                started: String::new(),
+                finished: None,
+                config_path: opts.config_path.clone(),
+                kiln_version: env!("CARGO_PKG_VERSION").into(),
+                device: chosen.describe(),
+                steps: 0,
+                epochs_done: 0,
+                wall_seconds: 0.0,
+                train_samples_per_second: 0.0,
+                monitor: cfg.monitor.metric.clone(),
+                best_valid: None,
+                metrics: BTreeMap::new(),
+                lineage: Lineage::default(),
+                version: None,
+            };
+            (PathBuf::new(), info, None)
         }
         _ => {
             let id = run::new_id(&cfg.name);
@@ -220,7 +323,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 version: None,
             };
             run::write_json(&dir.join(run::RUN), &info)?;
-            (dir, info, lock)
+            (dir, info, Some(lock))
         }
     };
 
@@ -228,7 +331,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     // marked `failed` rather than left `running`.
     let mut guard = FailGuard {
         path: run_dir.join(run::RUN),
-        info: Some(info.clone()),
+        info: writer.then(|| info.clone()),
     };
 
     // Model, optimizer, loop state: fresh, or from the last checkpoint.
@@ -237,7 +340,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let mut best_model: Option<Model> = None;
     let mut resumed_label = None;
     let mut resumed_manifest = None;
-    if opts.resume.is_some() {
+    if opts.resume.is_some() && writer {
         let r = checkpoint::load(&reg, &run_dir, &info.id, &mconf, &device, optimizer)?;
         for why in &r.skipped {
             eprintln!("warning: skipping a damaged checkpoint: {why}");
@@ -253,6 +356,32 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         info.lineage.init_from = Some(from);
         run::write_json(&run_dir.join(run::RUN), &info)?;
     }
+    if let Some(g) = group {
+        // Every rank starts from rank 0's weights (and, resuming, its optimizer moments, loop
+        // state and best weights): identical replicas, whatever the backend's initialisation.
+        let packed = if writer {
+            // burn draws a parameter's initial values when it is first used; alone, that is
+            // the first forward pass, after the step's seed is set. Draw them from that seed
+            // here too, so a data-parallel run starts from a single process's weights.
+            device.seed(step_seed(f.seed, st.step, 0));
+            checkpoint::pack_start(
+                &model,
+                &optimizer,
+                &st,
+                best_model.as_ref(),
+                opts.resume.is_some(),
+            )?
+        } else {
+            Vec::new()
+        };
+        let packed = g.broadcast(packed, &|| {
+            "the broadcast of rank 0's starting weights".into()
+        });
+        if !writer {
+            (model, optimizer, st, best_model) =
+                checkpoint::unpack_start(&packed, &mconf, &device, optimizer)?;
+        }
+    }
     st.seed = f.seed;
     if precision.scales_loss() && st.loss_scale.is_none() {
         st.loss_scale = Some(crate::amp::LossScale::default());
@@ -262,23 +391,32 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         keep_best: t.keep_best,
         higher_is_better: cfg.monitor.higher_is_better,
     };
-    let base_manifest = checkpoint::base_manifest(
-        cfg,
-        &info.id,
-        &mconf,
-        &pre,
-        &opts.config_path,
-        info.lineage.clone(),
-        &chosen,
-    )?;
-    if let Some(m) = &resumed_manifest {
-        checkpoint::check_same_data(&m.data, &base_manifest.data, resumed_label.as_deref())?;
+    let base_manifest = if !writer {
+        None
+    } else {
+        Some(checkpoint::base_manifest(
+            cfg,
+            &info.id,
+            &mconf,
+            &pre,
+            &opts.config_path,
+            info.lineage.clone(),
+            &chosen,
+        )?)
+    };
+    if let (Some(m), Some(b)) = (&resumed_manifest, &base_manifest) {
+        checkpoint::check_same_data(&m.data, &b.data, resumed_label.as_deref())?;
     }
-    let saver = Saver::new(&opts.registry, &run_dir, base_manifest.clone(), policy);
+    let saver = base_manifest
+        .as_ref()
+        .map(|b| Saver::new(&opts.registry, &run_dir, b.clone(), policy));
     let mut last_metrics: BTreeMap<String, f64> = BTreeMap::new();
 
     let accum = t.grad_accum;
-    let batches_per_epoch = Loader::batches_per_epoch(train_set.n, t.batch_size);
+    // `train.batch_size` is per rank: a step takes `global_batch` examples, as one process
+    // with that batch size would.
+    let global_batch = t.batch_size * world;
+    let batches_per_epoch = Loader::batches_per_epoch(train_set.n, global_batch);
     let steps_per_epoch = batches_per_epoch.div_ceil(accum);
     let epochs = if smoke { 1 } else { t.epochs };
     let mut total_steps = epochs * steps_per_epoch;
@@ -288,8 +426,18 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     if smoke {
         total_steps = total_steps.min(SMOKE_STEPS);
     }
-    let progress = Progress::new(total_steps, epochs, opts.quiet);
+    let progress = Progress::new(total_steps, epochs, opts.quiet || !writer);
     progress.line(&format!("device {}", chosen.describe()));
+    if let (Some(g), Some(a)) = (group, agreed) {
+        progress.line(&format!(
+            "{world} ranks through {} ({}); global batch {global_batch} ({} per rank); ranks agreed after {:.1} s, test all-reduce {:.1} ms",
+            g.engine_name(),
+            g.topology().launcher.describe(),
+            t.batch_size,
+            a.waited.as_secs_f64(),
+            a.test_all_reduce.as_secs_f64() * 1e3
+        ));
+    }
     if let Some(label) = &resumed_label {
         progress.line(&format!(
             "resuming {} from {label}: epoch {} step {}",
@@ -299,16 +447,24 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         ));
     }
     // Tracking: metrics.jsonl and TensorBoard; a resumed session continues the same step axis.
-    let mut tracker =
-        crate::tracking::Tracker::open(&run_dir, opts.resume.as_ref().map(|_| st.step as u64))?;
-    if opts.resume.is_none() {
+    let mut tracker = match writer {
+        true => Some(crate::tracking::Tracker::open(
+            &run_dir,
+            opts.resume.as_ref().map(|_| st.step as u64),
+        )?),
+        false => None,
+    };
+    if let Some(tracker) = tracker.as_mut().filter(|_| opts.resume.is_none()) {
         let mut resolved = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
         resolved["name"] = cfg.name.clone().into();
         // The HParams tab averages the sessions of a group: each run is its own group.
         tracker.started(&crate::tracking::flatten(&resolved), &info.id)?;
     }
     // A point that cannot be written (a full disk) stops training at once, with the error.
-    let mut log_line = |p: crate::tracking::Point| tracker.record(p);
+    let mut log_line = |p: crate::tracking::Point| match tracker.as_mut() {
+        Some(t) => t.record(p),
+        None => Ok(()),
+    };
 
     let train_data = Arc::new(train_set);
     let started = Instant::now();
@@ -379,45 +535,69 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     'epochs: while st.epoch < epochs && st.step < total_steps {
         let epoch_started = Instant::now();
         let order = data::loader::epoch_order(train_data.n, f.seed, st.epoch, true);
-        let loader = Loader::new(
-            Arc::clone(&train_data),
-            order,
-            t.batch_size,
-            st.batch,
-            f.runtime.workers,
-            f.runtime.prefetch,
-        );
+        let loader = match world {
+            1 => Loader::new(
+                Arc::clone(&train_data),
+                order,
+                t.batch_size,
+                st.batch,
+                f.runtime.workers,
+                f.runtime.prefetch,
+            ),
+            _ => Loader::from_batches(
+                Arc::clone(&train_data),
+                crate::dist::shard(&order, t.batch_size, world, rank),
+                st.batch,
+                f.runtime.workers,
+                f.runtime.prefetch,
+            ),
+        };
         let mut accumulator = GradientsAccumulator::<Model>::new();
         let mut micro = 0;
         // One batch ahead: the next batch's copy to the device is queued before this step's
         // kernels, so on a GPU the transfer overlaps compute.
+        // A rank's share of the last, short batch may be empty: it only joins the all-reduce.
         let upload = |b: data::loader::Batch| {
-            let x = Tensor::<2>::from_data(TensorData::new(b.x, [b.len, d]), &device);
+            let x = (b.len > 0)
+                .then(|| Tensor::<2>::from_data(TensorData::new(b.x, [b.len, d]), &device));
             (x, b.y, b.len)
         };
         let mut batches = loader.map(upload).peekable();
         while let Some((x, y, len)) = batches.next() {
             batches.peek();
-            device.seed(step_seed(f.seed, st.step, micro));
-            let out = match precision.compute() {
-                Some(half) => crate::amp::forward(&model, x, half),
-                None => model.forward(x),
-            };
-            let loss = loss_fn.forward(out, &y, &device);
-            let detached = loss.clone().detach();
-            window_loss = Some(match window_loss.take() {
-                Some(acc) => acc + detached,
-                None => detached,
-            });
+            // This step's examples over all ranks; this rank's loss counts `len / m` of their
+            // mean, so the summed gradient is the gradient of the global batch's mean loss.
+            let m = global_batch.min(train_data.n - st.batch * global_batch);
+            let share = len as f64 / m as f64;
             window_batches += 1;
-            window_samples += len;
-            st.samples_seen += len as u64;
-            // f16: the loss is scaled before the backward pass so small gradients survive.
-            let loss = match &st.loss_scale {
-                Some(s) => loss.mul_scalar(s.scale),
-                None => loss,
+            window_samples += m;
+            st.samples_seen += m as u64;
+            let grads = match x {
+                None => GradientsParams::new(),
+                Some(x) => {
+                    device.seed(rank_seed(step_seed(f.seed, st.step, micro), rank));
+                    let out = match precision.compute() {
+                        Some(half) => crate::amp::forward(&model, x, half),
+                        None => model.forward(x),
+                    };
+                    let mut loss = loss_fn.forward(out, &y, &device);
+                    if share != 1.0 {
+                        loss = loss.mul_scalar(share);
+                    }
+                    let detached = loss.clone().detach();
+                    window_loss = Some(match window_loss.take() {
+                        Some(acc) => acc + detached,
+                        None => detached,
+                    });
+                    // f16: the loss is scaled before the backward pass so small gradients
+                    // survive.
+                    let loss = match &st.loss_scale {
+                        Some(s) => loss.mul_scalar(s.scale),
+                        None => loss,
+                    };
+                    GradientsParams::from_grads(loss.backward(), &model)
+                }
             };
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
             st.batch += 1;
             micro += 1;
             let mut grads = if accum == 1 {
@@ -435,6 +615,18 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 optim::scale_grads(&model, &mut grads, 1.0 / unscale);
             }
             micro = 0;
+            // Data-parallel: one all-reduce of the flat gradient, with a stop flag riding along
+            // so every rank stops (Ctrl-C) at the same step.
+            let mut stop_requested = opts.stop.load(Ordering::SeqCst);
+            if let Some(g) = group {
+                let flag = [f32::from(u8::from(stop_requested))];
+                let (mut flat, layout) = crate::dist::grads::flatten(&model, &grads, &flag);
+                g.all_reduce_sum(&mut flat, &|| {
+                    format!("the gradient all-reduce of step {}", st.step + 1)
+                });
+                stop_requested = flat[layout.extra_start()] > 0.0;
+                grads = crate::dist::grads::unflatten(&model, &flat, &layout, &base);
+            }
             // f16: a step whose gradients overflowed is skipped and the scale lowered (one
             // host read per step, as in PyTorch's GradScaler).
             let apply = match st.loss_scale.as_mut() {
@@ -471,10 +663,15 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
 
             let last_step = st.step >= total_steps;
             if st.step % t.log_every == 0 || last_step {
-                let mean_loss = window_loss
+                let mut mean_loss = window_loss
                     .take()
                     .map_or(0.0, |l| l.into_scalar::<f32>() as f64)
                     / window_batches.max(1) as f64;
+                if let Some(g) = group {
+                    let mut sum = [mean_loss as f32];
+                    g.all_reduce_sum(&mut sum, &|| format!("the loss sum of step {}", st.step));
+                    mean_loss = f64::from(sum[0]);
+                }
                 if !mean_loss.is_finite() {
                     return Err(TrainError::Diverged {
                         step: st.step,
@@ -529,11 +726,14 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 )?;
                 stop_early |= out;
             }
-            if opts.stop.load(Ordering::SeqCst) {
+            if stop_requested {
                 interrupted = true;
                 break 'epochs;
             }
-            if t.checkpoint_every.is_some_and(|n| st.step % n == 0) && !last_step {
+            if let Some(saver) = saver
+                .as_ref()
+                .filter(|_| t.checkpoint_every.is_some_and(|n| st.step % n == 0) && !last_step)
+            {
                 saver.save(
                     &model,
                     &optimizer,
@@ -571,13 +771,15 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             )?;
             stop_early |= out;
         }
-        saver.save(
-            &model,
-            &optimizer,
-            &st,
-            best_model.as_ref(),
-            last_metrics.clone(),
-        )?;
+        if let Some(saver) = &saver {
+            saver.save(
+                &model,
+                &optimizer,
+                &st,
+                best_model.as_ref(),
+                last_metrics.clone(),
+            )?;
+        }
         if stop_early {
             progress.line(&format!(
                 "early stopping: valid {} has not improved for {} validations",
@@ -594,6 +796,16 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
 
     info.monitor = cfg.monitor.metric.clone();
     info.best_valid = st.best;
+    let Some(saver) = saver else {
+        // Not rank 0: the run's record, final evaluation and model version are rank 0's.
+        info.status = match interrupted {
+            true => Status::Interrupted,
+            false => Status::Completed,
+        };
+        return Ok(Outcome { run_dir, info });
+    };
+    let base_manifest = base_manifest.expect("rank 0 has the run's manifest");
+    let mut tracker = tracker.expect("rank 0 tracks the run");
     if interrupted {
         saver.save(
             &model,

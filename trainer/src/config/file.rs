@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub optim: OptimSection,
     pub schedule: ScheduleSection,
     pub backend: BackendSection,
+    pub distributed: DistributedSection,
     pub runtime: RuntimeSection,
 }
 
@@ -40,6 +41,7 @@ impl Default for FileConfig {
             optim: OptimSection::default(),
             schedule: ScheduleSection::default(),
             backend: BackendSection::default(),
+            distributed: DistributedSection::default(),
             runtime: RuntimeSection::default(),
         }
     }
@@ -448,6 +450,24 @@ pub enum ScheduleKind {
 }
 
 /// Where and how the work runs.
+/// Data-parallel training, when a launcher (mpirun, srun) starts several ranks (see README,
+/// "Multi-GPU and multi-node"). `train.batch_size` is per rank: the global batch is
+/// `batch_size` times the number of ranks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct DistributedSection {
+    /// Seconds a rank waits for the others in one collective (the start-up handshake, a
+    /// gradient all-reduce) before it gives up with an error naming what it waited for.
+    /// Default: 300.
+    pub timeout_s: u64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self { timeout_s: 300 }
+    }
+}
+
 /// The device a run computes on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]

@@ -391,6 +391,9 @@ pub fn validate_with(
         ));
     }
 
+    if file.distributed.timeout_s == 0 {
+        bad("`distributed.timeout_s` must be at least 1 (seconds)".into());
+    }
     // backend
     let device = match file.backend.device.parse::<crate::backend::DeviceSpec>() {
         Ok(d) => d,

@@ -70,23 +70,34 @@ impl Loader {
         workers: usize,
         prefetch: usize,
     ) -> Self {
-        let n_batches = order.len().div_ceil(batch_size);
-        let order = Arc::new(order);
+        let batches = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+        Self::from_batches(data, batches, start_batch, workers, prefetch)
+    }
+
+    /// A loader over given batches of example indices (a rank's shard, where a batch may be
+    /// empty).
+    pub fn from_batches(
+        data: Arc<Dataset>,
+        batches: Vec<Vec<usize>>,
+        start_batch: usize,
+        workers: usize,
+        prefetch: usize,
+    ) -> Self {
+        let n_batches = batches.len();
+        let batches = Arc::new(batches);
         let workers = workers.max(1);
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
             let (tx, rx) = sync_channel(prefetch.max(1));
-            let (data, order) = (Arc::clone(&data), Arc::clone(&order));
+            let (data, batches) = (Arc::clone(&data), Arc::clone(&batches));
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("kiln-loader-{w}"))
                     .spawn(move || {
                         let mut b = start_batch + w;
                         while b < n_batches {
-                            let idx =
-                                &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
-                            if tx.send(gather(&data, idx)).is_err() {
+                            if tx.send(gather(&data, &batches[b])).is_err() {
                                 return; // the consumer stopped early
                             }
                             b += workers;

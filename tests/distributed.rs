@@ -1,0 +1,276 @@
+//! Data-parallel training through MPI, end to end: `mpirun -np 2 kiln train` on the CPU.
+//!
+//! Needs a build with `--features mpi` and Open MPI's `mpirun` (CI installs Debian's
+//! openmpi-bin); without the feature these tests are ignored and say why.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `mpirun -np N` (Open MPI) running `kiln ARGS` in the repository root. Several programs
+/// (MPMD, `A : B`) when `ranks` has more than one entry.
+fn mpirun(sb: &Sandbox, ranks: &[&[&str]]) -> Command {
+    let mut c = Command::new("mpirun");
+    // Root in containers, and two ranks on however many cores CI has.
+    c.args(["--allow-run-as-root", "--oversubscribe"]);
+    for (i, args) in ranks.iter().enumerate() {
+        if i > 0 {
+            c.arg(":");
+        }
+        c.args(["-np", "1", env!("CARGO_BIN_EXE_kiln")]).args(*args);
+    }
+    c.current_dir(root())
+        .env("KILN_REGISTRY", sb.registry())
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+    c
+}
+
+/// Runs `c` and fails the test if it takes longer than `limit`.
+fn within(mut c: Command, limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts (is Open MPI installed?)");
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return (child.wait_with_output().expect("output"), start.elapsed());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "still running after {limit:?}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn max_abs_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(
+        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+fn final_weights(registry: &Path) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(registry.join("runs"))
+        .expect("runs")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(runs.len(), 1, "one run folder: {runs:?}");
+    runs[0].join("final/model.safetensors")
+}
+
+fn versions(registry: &Path, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(registry.join("models").join(name))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('v'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// No dropout: its masks are drawn per rank, so they differ from one process's.
+const SETTINGS: &[&str] = &["--set", "model.dropout=0", "--set", "train.epochs=6"];
+
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
+fn two_ranks_train_the_weights_of_one_process_with_the_same_global_batch() {
+    let cfg = "configs/digits_mlp.toml";
+    let one = Sandbox::new();
+    let mut args = vec!["train", cfg, "-q", "--set", "train.batch_size=64"];
+    args.extend_from_slice(SETTINGS);
+    let out = one.kiln(&args);
+    assert_exit(&out, 0);
+
+    let two = Sandbox::new();
+    let mut args = vec!["train", cfg, "--set", "train.batch_size=32"];
+    args.extend_from_slice(SETTINGS);
+    let (out, _) = within(mpirun(&two, &[&args, &args]), Duration::from_secs(300));
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("2 ranks through mpi") && err.contains("global batch 64 (32 per rank)"),
+        "{err}"
+    );
+    // Rank 0 alone reports and writes: one run, one model version.
+    assert_eq!(stdout(&out).matches("model   digits-mlp/v1").count(), 1);
+    assert_eq!(versions(&two.registry(), "digits-mlp"), vec!["v1"]);
+
+    let diff = max_abs_diff(
+        &weights(&final_weights(&one.registry())),
+        &weights(&final_weights(&two.registry())),
+    );
+    eprintln!("max abs difference, 1 process vs 2 ranks: {diff:e}");
+    assert!(diff <= 1e-5, "weights differ by {diff}");
+    // The registry is intact.
+    assert_exit(&two.kiln(&["registry", "verify"]), 0);
+}
+
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
+fn ranks_with_different_configs_all_stop_with_the_reason() {
+    let sb = Sandbox::new();
+    let a: &[&str] = &["train", "configs/digits_mlp.toml", "--set", "optim.lr=1e-3"];
+    let b: &[&str] = &["train", "configs/digits_mlp.toml", "--set", "optim.lr=3e-3"];
+    let (out, took) = within(mpirun(&sb, &[a, b]), Duration::from_secs(60));
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    for rank in 0..2 {
+        let line = format!(
+            "error: rank {rank} of 2: rank 1's config differs from rank 0's: optim.lr is 0.003 on rank 1, 0.001 on rank 0"
+        );
+        assert!(err.contains(&line), "missing {line:?} in:\n{err}");
+    }
+    eprintln!("both ranks stopped after {took:?}");
+    assert!(!sb.registry().join("runs").exists(), "nothing was written");
+
+    // A rank whose config does not even load says so to the others.
+    let bad: &[&str] = &["train", "configs/digits_mlp.toml", "--set", "optim.lr=-1"];
+    let (out, _) = within(mpirun(&sb, &[a, bad]), Duration::from_secs(60));
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: rank 0 of 2: rank 1 could not start:") && err.contains("optim.lr"),
+        "{err}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
+fn a_dead_rank_stops_the_job_and_resume_continues_it_exactly() {
+    let settings = [
+        "--set",
+        "model.dropout=0",
+        "--set",
+        "train.epochs=150",
+        "--set",
+        "train.checkpoint_every=100",
+        "--set",
+        "train.batch_size=32",
+        "--set",
+        "train.log_every=100",
+    ];
+    let mut args = vec!["train", "configs/digits_mlp.toml"];
+    args.extend_from_slice(&settings);
+
+    // The uninterrupted run, for reference.
+    let whole = Sandbox::new();
+    let (out, _) = within(mpirun(&whole, &[&args, &args]), Duration::from_secs(600));
+    assert_exit(&out, 0);
+
+    let sb = Sandbox::new();
+    let mut c = mpirun(&sb, &[&args, &args]);
+    let mut job = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    // Wait for a checkpoint, then kill rank 1 (a kiln child of mpirun) without warning.
+    let runs = sb.registry().join("runs");
+    let start = Instant::now();
+    let ranks = loop {
+        let ckpt = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| newest_checkpoint(&e.path()));
+        if ckpt.is_some() {
+            break children(job.id());
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ranks.len(), 2, "two kiln ranks under mpirun: {ranks:?}");
+    let victim = ranks[1];
+    Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .expect("kill");
+    let killed = Instant::now();
+    let out = loop {
+        if job.try_wait().expect("wait").is_some() {
+            break job.wait_with_output().expect("output");
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the job still runs 60 s after a rank died"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(out.status.code(), Some(0));
+    eprintln!(
+        "the job ended {:?} after a rank was killed:\n{}",
+        killed.elapsed(),
+        stderr(&out)
+    );
+    assert!(sb.kiln(&["runs", "list"]).status.success());
+    assert_exit(&sb.kiln(&["registry", "verify"]), 0);
+
+    // Every rank resumes from rank 0's last checkpoint and ends where the whole run ended.
+    let resume: &[&str] = &["train", "--resume", "latest"];
+    let (out, _) = within(mpirun(&sb, &[resume, resume]), Duration::from_secs(600));
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
+    let diff = max_abs_diff(
+        &weights(&final_weights(&whole.registry())),
+        &weights(&final_weights(&sb.registry())),
+    );
+    assert!(diff <= 1e-6, "resumed weights differ by {diff}");
+    assert_eq!(versions(&sb.registry(), "digits-mlp"), vec!["v1"]);
+}
+
+/// Process ids of the `kiln` children of `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // /proc/PID/stat: "PID (comm) STATE PPID ..."
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                let after = s.rsplit_once(')').map_or("", |x| x.1);
+                s.contains("(kiln)")
+                    && after.split_whitespace().nth(1) == Some(pid.to_string().as_str())
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
