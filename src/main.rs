@@ -515,15 +515,13 @@ fn train_one(
     registry: Option<PathBuf>,
     group: Option<std::rc::Rc<kiln_trainer::dist::Group>>,
 ) -> Result<u8, Ranked> {
-    let loaded = (|| {
-        load_for_training(
-            config_path.as_deref(),
-            set,
-            resume.as_deref(),
-            device.as_deref(),
-            registry,
-        )
-    })();
+    let loaded = load_for_training(
+        config_path.as_deref(),
+        set,
+        resume.as_deref(),
+        device.as_deref(),
+        registry,
+    );
     let (cfg, registry, resume_dir, shown) = match (loaded, &group) {
         (Ok(v), _) => v,
         (Err(f), Some(g)) => {

@@ -443,6 +443,7 @@ fn readme_documents_every_config_field() {
         "optim",
         "schedule",
         "backend",
+        "distributed",
         "runtime",
         "data.split",
         "train.early_stopping",

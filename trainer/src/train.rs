@@ -173,6 +173,15 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         agreed = Some(g.agree(mine).map_err(TrainError::Distributed)?);
     }
     let (precision, chosen) = prelude?;
+    #[cfg(feature = "nccl")]
+    if let Some(g) = group.filter(|g| chosen.backend == "cuda" && g.engine_name() == "mpi") {
+        let ordinal = chosen
+            .id
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        g.use_nccl(ordinal).map_err(TrainError::Setup)?;
+    }
     let reg = Registry::new(&opts.registry);
     if writer {
         reg.ensure()?;
@@ -668,7 +677,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     .map_or(0.0, |l| l.into_scalar::<f32>() as f64)
                     / window_batches.max(1) as f64;
                 if let Some(g) = group {
-                    let mut sum = [mean_loss as f32];
+                    let mut sum = vec![mean_loss as f32];
                     g.all_reduce_sum(&mut sum, &|| format!("the loss sum of step {}", st.step));
                     mean_loss = f64::from(sum[0]);
                 }

@@ -38,6 +38,7 @@ fn run_with(sets: &[&str]) -> kiln_trainer::run::RunInfo {
         resume: None,
         stop: Default::default(),
         init_from: None,
+        group: None,
     };
     train::train(&cfg, &opts).unwrap().info
 }

@@ -16,6 +16,10 @@ pub mod grads;
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+pub mod rendezvous;
 mod watchdog;
 
 use std::cell::RefCell;
@@ -36,7 +40,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub trait Engine {
     fn name(&self) -> &'static str;
     /// Sums `buf` element-wise across ranks, in place, on every rank.
-    fn all_reduce_sum(&mut self, buf: &mut [f32]);
+    fn all_reduce_sum(&mut self, buf: &mut Vec<f32>);
     /// Rank 0's bytes into `buf` on every rank (every rank passes the same length).
     fn broadcast_fixed(&mut self, buf: &mut [u8]);
     /// Every rank's `mine` (all of one length), concatenated in rank order.
@@ -49,6 +53,8 @@ pub trait Engine {
 pub struct Group {
     topology: Topology,
     engine: RefCell<Box<dyn Engine>>,
+    /// NCCL for the gradients of ranks on CUDA, when the control engine is MPI.
+    fast: RefCell<Option<Box<dyn Engine>>>,
     watchdog: Watchdog,
     timeout: std::cell::Cell<Duration>,
 }
@@ -72,17 +78,23 @@ impl Group {
         if topology.world == 1 {
             return Ok(None);
         }
+        #[cfg(feature = "nccl")]
+        nccl::make_nccl_findable();
         let engine: Box<dyn Engine> = match &topology.launcher {
             l if l.is_mpi() => {
                 let (engine, local) = open_mpi(&topology)?;
                 topology.local_world.get_or_insert(local);
                 engine
             }
+            #[cfg(feature = "nccl")]
+            Launcher::Torchrun { addr, port } => open_nccl_rendezvous(&topology, addr, *port)?,
+            #[cfg(not(feature = "nccl"))]
             Launcher::Torchrun { .. } => {
                 return Err(format!(
                     "started as rank {} of {} by torchrun-style variables (RANK, WORLD_SIZE): \
-                     this kiln all-reduces through MPI only; launch it with mpirun or srun, \
-                     or unset RANK and WORLD_SIZE",
+                     they need NCCL on CUDA GPUs, and this kiln was built without it (rebuild \
+                     with `--features nccl`); on CPUs launch with mpirun or srun, or unset \
+                     RANK and WORLD_SIZE",
                     topology.rank, topology.world
                 ));
             }
@@ -92,6 +104,7 @@ impl Group {
             watchdog: Watchdog::start(topology.rank, topology.world),
             topology,
             engine: RefCell::new(engine),
+            fast: RefCell::new(None),
             timeout: std::cell::Cell::new(DEFAULT_TIMEOUT),
         };
         Ok(Some(group))
@@ -109,8 +122,43 @@ impl Group {
         &self.topology
     }
 
+    /// The engine that all-reduces the gradients (`mpi` or `nccl`).
     pub fn engine_name(&self) -> &'static str {
-        self.engine.borrow().name()
+        match self.fast.borrow().as_ref() {
+            Some(f) => f.name(),
+            None => self.engine.borrow().name(),
+        }
+    }
+
+    /// Ranks on CUDA under an MPI launcher: from here on, gradients go through NCCL, whose
+    /// communicator id rank 0 makes and MPI broadcasts. `ordinal` is this rank's GPU.
+    #[cfg(feature = "nccl")]
+    pub fn use_nccl(&self, ordinal: usize) -> Result<(), String> {
+        let id = if self.is_writer() {
+            nccl::new_id().map_err(|e| format!("rank 0: {e}"))
+        } else {
+            Ok([0; 128])
+        };
+        // One byte of verdict, then the id: a rank 0 without NCCL stops every rank.
+        let mut msg = vec![u8::from(id.is_ok())];
+        msg.extend_from_slice(&id.as_ref().map_or([0; 128], |i| *i));
+        let msg = self.broadcast(msg, &|| "the broadcast of NCCL's communicator id".into());
+        if msg[0] == 0 {
+            return Err(id
+                .err()
+                .unwrap_or_else(|| "rank 0 cannot start NCCL (see its error)".into()));
+        }
+        let id: [u8; 128] = msg[1..129].try_into().expect("128 bytes");
+        let (rank, world) = (self.rank(), self.world());
+        let opened = {
+            let _armed = self.watchdog.arm(
+                self.timeout.get(),
+                "NCCL's start-up (ncclCommInitRank)".into(),
+            );
+            nccl::Nccl::open(ordinal, rank, world, id)?
+        };
+        *self.fast.borrow_mut() = Some(Box::new(opened));
+        Ok(())
     }
 
     /// Rank 0 writes checkpoints, logs and registry entries; the others only compute.
@@ -130,7 +178,11 @@ impl Group {
     }
 
     /// Sums `buf` across ranks, in place.
-    pub fn all_reduce_sum(&self, buf: &mut [f32], what: &dyn Fn() -> String) {
+    pub fn all_reduce_sum(&self, buf: &mut Vec<f32>, what: &dyn Fn() -> String) {
+        if let Some(fast) = self.fast.borrow_mut().as_mut() {
+            let _armed = self.watchdog.arm(self.timeout.get(), what());
+            return fast.all_reduce_sum(buf);
+        }
         self.guarded(what, |e| e.all_reduce_sum(buf));
     }
 
@@ -169,7 +221,7 @@ impl Group {
     /// message first, so the launcher, which ends the job at the first non-zero exit, cannot
     /// cut another rank short.
     pub fn barrier(&self) {
-        self.all_reduce_sum(&mut [0.0], &|| "the final barrier".into());
+        self.all_reduce_sum(&mut vec![0.0], &|| "the final barrier".into());
     }
 
     /// Ends every rank of the job, after this one failed on its own.
@@ -249,6 +301,33 @@ fn open_mpi(t: &Topology) -> Result<(Box<dyn Engine>, usize), String> {
         t.world,
         t.launcher.describe()
     ))
+}
+
+/// torchrun-style launch: NCCL on `cuda:LOCAL_RANK`, its id shared at the rendezvous.
+#[cfg(feature = "nccl")]
+fn open_nccl_rendezvous(
+    t: &Topology,
+    addr: &Option<String>,
+    port: Option<u16>,
+) -> Result<Box<dyn Engine>, String> {
+    let (Some(addr), Some(port)) = (addr, port) else {
+        return Err(
+            "torchrun-style variables need MASTER_ADDR and MASTER_PORT (where rank 0 listens)"
+                .into(),
+        );
+    };
+    let payload = if t.rank == 0 {
+        Some(nccl::new_id()?)
+    } else {
+        None
+    };
+    let id = rendezvous::exchange(addr, port, t.rank, t.world, payload, DEFAULT_TIMEOUT)?;
+    Ok(Box::new(nccl::Nccl::open(
+        t.local_rank,
+        t.rank,
+        t.world,
+        id,
+    )?))
 }
 
 /// What each rank says before step 0.

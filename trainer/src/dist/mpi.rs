@@ -12,6 +12,9 @@ use super::Engine;
 
 pub struct Mpi {
     world: SimpleCommunicator,
+    /// The receive buffer of the last all-reduce, swapped with the caller's: no copy, and no
+    /// fresh pages to fault in each step.
+    spare: Vec<f32>,
     // Dropped last: MPI_Finalize.
     _universe: Universe,
 }
@@ -26,6 +29,7 @@ impl Mpi {
         let world = universe.world();
         Ok(Self {
             world,
+            spare: Vec::new(),
             _universe: universe,
         })
     }
@@ -49,14 +53,18 @@ impl Engine for Mpi {
         "mpi"
     }
 
-    fn all_reduce_sum(&mut self, buf: &mut [f32]) {
-        let mut out = vec![0f32; buf.len().min(CHUNK)];
-        for piece in buf.chunks_mut(CHUNK) {
-            let out = &mut out[..piece.len()];
+    fn all_reduce_sum(&mut self, buf: &mut Vec<f32>) {
+        self.spare.resize(buf.len(), 0.0);
+        if buf.len() <= CHUNK {
             self.world
-                .all_reduce_into(&*piece, out, SystemOperation::sum());
-            piece.copy_from_slice(out);
+                .all_reduce_into(&buf[..], &mut self.spare[..], SystemOperation::sum());
+        } else {
+            for (piece, out) in buf.chunks(CHUNK).zip(self.spare.chunks_mut(CHUNK)) {
+                self.world
+                    .all_reduce_into(piece, out, SystemOperation::sum());
+            }
         }
+        std::mem::swap(buf, &mut self.spare);
     }
 
     fn broadcast_fixed(&mut self, buf: &mut [u8]) {

@@ -1,0 +1,155 @@
+//! The rendezvous of torchrun-style launches: rank 0 listens at `MASTER_ADDR:MASTER_PORT`,
+//! every other rank connects, says its rank and world size, and receives rank 0's 128 bytes
+//! (NCCL's communicator id). Nothing else travels here: the training's traffic is NCCL's.
+//!
+//! tokio waits on the sockets; a rank that does not show up within the timeout is an error
+//! naming it, on rank 0, and a rank 0 that never listens is one on the others.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Rank 0's `payload` on every rank; rank 0 passes `Some`, the others `None`.
+pub fn exchange(
+    addr: &str,
+    port: u16,
+    rank: usize,
+    world: usize,
+    payload: Option<[u8; 128]>,
+    timeout: Duration,
+) -> Result<[u8; 128], String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("the rendezvous cannot start: {e}"))?;
+    let work = async {
+        match payload {
+            Some(p) => serve(port, world, p).await.map(|()| p),
+            None => join(addr, port, rank, world).await,
+        }
+    };
+    rt.block_on(async {
+        tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
+            Err(format!(
+                "the rendezvous at {addr}:{port} did not complete within {} s: {}",
+                timeout.as_secs(),
+                if rank == 0 {
+                    "some ranks never connected (are they running, with the same MASTER_ADDR and MASTER_PORT?)"
+                } else {
+                    "rank 0 is not listening there (is it running? is the port reachable?)"
+                }
+            ))
+        })
+    })
+}
+
+async fn serve(port: u16, world: usize, payload: [u8; 128]) -> Result<(), String> {
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|e| format!("rank 0 cannot listen on port {port} (MASTER_PORT): {e}"))?;
+    let mut seen = vec![false; world];
+    seen[0] = true;
+    let mut waiting = Vec::new();
+    while seen.iter().any(|s| !s) {
+        let (mut s, peer) = listener
+            .accept()
+            .await
+            .map_err(|e| format!("the rendezvous: {e}"))?;
+        let mut hello = [0u8; 16];
+        s.read_exact(&mut hello)
+            .await
+            .map_err(|e| format!("the rendezvous: {peer} said nothing ({e})"))?;
+        let r = u64::from_le_bytes(hello[..8].try_into().expect("8 bytes")) as usize;
+        let w = u64::from_le_bytes(hello[8..].try_into().expect("8 bytes")) as usize;
+        if w != world {
+            return Err(format!(
+                "rank {r} at {peer} was told the world has {w} ranks, rank 0 {world}"
+            ));
+        }
+        match seen.get_mut(r) {
+            Some(s) if !*s => *s = true,
+            Some(_) => {
+                return Err(format!(
+                    "two processes at the rendezvous say they are rank {r}"
+                ));
+            }
+            None => return Err(format!("{peer} says it is rank {r} of {world}")),
+        }
+        waiting.push(s);
+    }
+    for mut s in waiting {
+        s.write_all(&payload)
+            .await
+            .map_err(|e| format!("the rendezvous: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn join(addr: &str, port: u16, rank: usize, world: usize) -> Result<[u8; 128], String> {
+    // Rank 0 may start later than this rank: retry until the timeout.
+    let mut s = loop {
+        match TcpStream::connect((addr, port)).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let mut hello = [0u8; 16];
+    hello[..8].copy_from_slice(&(rank as u64).to_le_bytes());
+    hello[8..].copy_from_slice(&(world as u64).to_le_bytes());
+    s.write_all(&hello)
+        .await
+        .map_err(|e| format!("the rendezvous at {addr}:{port}: {e}"))?;
+    let mut payload = [0u8; 128];
+    s.read_exact(&mut payload).await.map_err(|e| {
+        format!("the rendezvous at {addr}:{port} closed before rank 0 answered ({e}); see rank 0's error")
+    })?;
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn every_rank_gets_rank_0s_bytes() {
+        let port = free_port();
+        let id = [7u8; 128];
+        let t = Duration::from_secs(20);
+        // The others start first: they retry until rank 0 listens.
+        let others: Vec<_> = (1..4)
+            .map(|r| std::thread::spawn(move || exchange("127.0.0.1", port, r, 4, None, t)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(exchange("127.0.0.1", port, 0, 4, Some(id), t).unwrap(), id);
+        for o in others {
+            assert_eq!(o.join().unwrap().unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn a_missing_rank_is_an_error_within_the_timeout() {
+        let port = free_port();
+        let t = Duration::from_millis(600);
+        let one = std::thread::spawn(move || exchange("127.0.0.1", port, 1, 3, None, t));
+        let e = exchange("127.0.0.1", port, 0, 3, Some([1; 128]), t).unwrap_err();
+        assert!(e.contains("some ranks never connected"), "{e}");
+        let e = one.join().unwrap().unwrap_err();
+        assert!(
+            e.contains("closed before rank 0 answered") || e.contains("did not complete"),
+            "{e}"
+        );
+        // And a rank with no rank 0 at all.
+        let e = exchange("127.0.0.1", free_port(), 2, 3, None, t).unwrap_err();
+        assert!(e.contains("rank 0 is not listening"), "{e}");
+    }
+}
