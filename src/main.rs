@@ -49,6 +49,11 @@ enum Command {
         /// otherwise). With --resume, continues the run on another device.
         #[arg(long, value_name = "DEVICE")]
         device: Option<String>,
+        /// Every GPU of this machine, one process each, gradients through NCCL: `cuda:all`
+        /// or `cuda:0,1,...` (needs `--features cuda,nccl`). Under mpirun or srun, use
+        /// --device instead: the launcher starts the ranks.
+        #[arg(long, value_name = "DEVICES", conflicts_with = "device")]
+        devices: Option<String>,
         /// Print only the result.
         #[arg(long, short)]
         quiet: bool,
@@ -266,12 +271,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train {
+            devices: Some(devices),
+            ..
+        } => launch_local(&devices),
+        Command::Train {
             config,
             set,
             smoke,
             resume,
             init_from,
             device,
+            devices: None,
             quiet,
             json,
             registry,
@@ -458,6 +468,119 @@ fn print_error(prefix: &str, message: &str) {
         .map(|l| format!("error: {prefix}{l}\n"))
         .collect();
     let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// `--devices cuda:all`: starts one kiln per GPU of this machine with torchrun-style variables
+/// (they meet at a local rendezvous and all-reduce through NCCL), waits for them, and stops
+/// the others when one fails.
+fn launch_local(devices: &str) -> Result<u8, Failure> {
+    if kiln_trainer::dist::Topology::from_env()
+        .map_err(Failure::usage)?
+        .is_some()
+    {
+        return Err(Failure::usage(
+            "--devices starts its own processes, but a launcher (mpirun, srun, torchrun) already started this one: use --device",
+        ));
+    }
+    let list = devices.strip_prefix("cuda:").ok_or_else(|| {
+        Failure::usage(format!(
+            "--devices {devices:?}: use cuda:all or cuda:N,M,... (one process per GPU); CPUs scale with mpirun -np N"
+        ))
+    })?;
+    if !cfg!(feature = "nccl") {
+        return Err(Failure::usage(
+            "--devices needs NCCL: build kiln with `--features cuda,nccl`, or launch with `mpirun -np N kiln train CONFIG --device cuda` on an MPI build",
+        ));
+    }
+    let found = kiln_trainer::backend::cuda_devices().len();
+    let chosen: Vec<usize> = if list == "all" {
+        (0..found).collect()
+    } else {
+        list.split(',')
+            .map(|i| {
+                i.trim().parse::<usize>().map_err(|_| {
+                    Failure::usage(format!("--devices {devices:?}: {i:?} is not a GPU index"))
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if found == 0 {
+        return Err(Failure::runtime(
+            "--devices: no CUDA GPU here (`kiln devices` lists what this build can use)",
+        ));
+    }
+    if let Some(bad) = chosen.iter().find(|&&i| i >= found) {
+        return Err(Failure::usage(format!(
+            "--devices: there is no cuda:{bad}; this machine has {found} (cuda:0 to cuda:{})",
+            found - 1
+        )));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Failure::runtime(format!("--devices: no free local port: {e}")))?
+        .port();
+    let exe = std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?;
+    // The same command line without --devices; `--device cuda` means cuda:LOCAL_RANK among
+    // the visible GPUs.
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args_os().skip(1) {
+        let text = a.to_string_lossy();
+        if skip {
+            skip = false;
+        } else if text == "--devices" {
+            skip = true;
+        } else if !text.starts_with("--devices=") {
+            args.push(a);
+        }
+    }
+    args.extend(["--device".into(), "cuda".into()]);
+    let visible: Vec<String> = chosen.iter().map(usize::to_string).collect();
+    let world = chosen.len();
+    // Ctrl-C reaches every process of the terminal: the ranks stop together and save; this
+    // one waits for them.
+    let _ = ctrlc_handler(|| {});
+    let mut children = Vec::new();
+    for rank in 0..world {
+        let child = std::process::Command::new(&exe)
+            .args(&args)
+            .env("CUDA_VISIBLE_DEVICES", visible.join(","))
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", world.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .map_err(|e| Failure::runtime(format!("--devices: cannot start rank {rank}: {e}")))?;
+        children.push(child);
+    }
+    let mut code = 0u8;
+    let mut running: Vec<Option<std::process::Child>> = children.into_iter().map(Some).collect();
+    while running.iter().any(Option::is_some) {
+        let mut failed = false;
+        for slot in running.iter_mut() {
+            if let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                *slot = None;
+                if !status.success() && code == 0 {
+                    code = status.code().map_or(1, |c| c.clamp(1, 255) as u8);
+                    failed = true;
+                }
+            }
+        }
+        // One rank failed: stop the others, as mpirun would.
+        #[cfg(unix)]
+        if failed {
+            for other in running.iter().flatten() {
+                // SAFETY: signals a child process this function started.
+                unsafe {
+                    libc::kill(other.id() as libc::pid_t, libc::SIGTERM);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(code)
 }
 
 /// How a rank's failure reaches the others.

@@ -274,3 +274,43 @@ fn children(pid: u32) -> Vec<u32> {
     v.sort();
     v
 }
+
+#[test]
+fn launch_mistakes_are_one_line_errors() {
+    let sb = Sandbox::new();
+    let cfg = "configs/digits_mlp.toml";
+    let out = sb.kiln(&["train", cfg, "--devices", "cpu:2"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("mpirun -np N"), "{}", stderr(&out));
+    // A launcher variable that is not a number is named.
+    let out = sb
+        .command(&["train", cfg])
+        .env("SLURM_STEP_ID", "0")
+        .env("SLURM_NTASKS", "2")
+        .env("SLURM_PROCID", "first")
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: the launcher variable SLURM_PROCID=\"first\" is not a non-negative integer"
+    );
+    if !cfg!(feature = "nccl") {
+        let out = sb.kiln(&["train", cfg, "--devices", "cuda:all"]);
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("--features cuda,nccl"),
+            "{}",
+            stderr(&out)
+        );
+        let out = sb
+            .command(&["train", cfg])
+            .env("RANK", "1")
+            .env("WORLD_SIZE", "2")
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("torchrun-style"), "{}", stderr(&out));
+    }
+    assert!(!sb.registry().join("runs").exists(), "nothing was written");
+}
