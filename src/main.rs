@@ -677,7 +677,10 @@ fn train_one(
         e => Ranked::Alone(Failure::runtime(e.to_string())),
     })?;
     if !writer {
-        return Ok(0);
+        return Ok(match outcome.info.status {
+            run::Status::Interrupted => 130,
+            _ => 0,
+        });
     }
     let info = &outcome.info;
     if info.status == run::Status::Interrupted {
@@ -918,7 +921,29 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     if let Err(e) = installed {
         eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupt will not save a checkpoint");
     }
+    stop_on_sigusr1(&stop);
     stop
+}
+
+/// SIGUSR1 asks for what a first Ctrl-C does: stop after this step and save. Launchers pass it
+/// on (mpirun forwards SIGUSR1 to every rank; Slurm sends it before a time limit with
+/// `--signal=USR1@SECONDS`), whereas Ctrl-C under mpirun becomes SIGTERM, which ends at once.
+fn stop_on_sigusr1(stop: &Arc<AtomicBool>) {
+    #[cfg(unix)]
+    {
+        static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+        extern "C" fn usr1(_: libc::c_int) {
+            if let Some(f) = FLAG.get() {
+                f.store(true, Ordering::SeqCst);
+            }
+        }
+        if FLAG.set(Arc::clone(stop)).is_ok() {
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+            unsafe {
+                libc::signal(libc::SIGUSR1, usr1 as *const () as libc::sighandler_t);
+            }
+        }
+    }
 }
 
 fn ctrlc_handler(f: impl FnMut() + Send + 'static) -> Result<(), String> {

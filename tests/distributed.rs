@@ -139,6 +139,25 @@ fn two_ranks_train_the_weights_of_one_process_with_the_same_global_batch() {
     );
     eprintln!("max abs difference, 1 process vs 2 ranks: {diff:e}");
     assert!(diff <= 1e-5, "weights differ by {diff}");
+    // The ranks evaluate shards and pool the predictions: the same metrics as one process.
+    let metrics = |sb: &Sandbox| -> serde_json::Value {
+        let run = final_weights(&sb.registry())
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("run.json");
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run).unwrap()).unwrap()["metrics"].clone()
+    };
+    let (a, b) = (metrics(&one), metrics(&two));
+    for split in ["train", "valid", "test"] {
+        assert_eq!(a[split]["accuracy"], b[split]["accuracy"], "{split}");
+        let (la, lb) = (
+            a[split]["loss"].as_f64().unwrap(),
+            b[split]["loss"].as_f64().unwrap(),
+        );
+        assert!((la - lb).abs() < 1e-5, "{split} loss {la} vs {lb}");
+    }
     // The registry is intact.
     assert_exit(&two.kiln(&["registry", "verify"]), 0);
 }
@@ -172,9 +191,72 @@ fn ranks_with_different_configs_all_stop_with_the_reason() {
     );
 }
 
+/// The newest checkpoint's step of the only run in `registry`.
+fn newest_step(registry: &Path) -> Option<u64> {
+    let run = std::fs::read_dir(registry.join("runs"))
+        .ok()?
+        .next()?
+        .ok()?
+        .path();
+    let name = newest_checkpoint(&run)?
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+/// Waits until `job` ends, failing the test after `limit`.
+fn wait_for(job: &mut std::process::Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if job.try_wait().expect("wait").is_some() {
+            let mut out = Output {
+                status: job.wait().expect("status"),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+            use std::io::Read;
+            if let Some(mut s) = job.stdout.take() {
+                s.read_to_end(&mut out.stdout).unwrap();
+            }
+            if let Some(mut s) = job.stderr.take() {
+                s.read_to_end(&mut out.stderr).unwrap();
+            }
+            return out;
+        }
+        assert!(start.elapsed() < limit, "still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `job`'s ranks and returns once a checkpoint newer than `after` exists.
+fn start_until_checkpoint(
+    mut c: Command,
+    registry: &Path,
+    after: Option<u64>,
+) -> std::process::Child {
+    let mut job = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    let start = Instant::now();
+    while newest_step(registry) <= after {
+        if let Some(status) = job.try_wait().expect("wait") {
+            panic!("the job ended ({status}) before a new checkpoint");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no new checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    job
+}
+
 #[test]
 #[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
-fn a_dead_rank_stops_the_job_and_resume_continues_it_exactly() {
+fn stopped_or_killed_ranks_resume_to_the_uninterrupted_weights() {
     let settings = [
         "--set",
         "model.dropout=0",
@@ -195,65 +277,57 @@ fn a_dead_rank_stops_the_job_and_resume_continues_it_exactly() {
     let (out, _) = within(mpirun(&whole, &[&args, &args]), Duration::from_secs(600));
     assert_exit(&out, 0);
 
+    // SIGUSR1 to mpirun (which forwards it): every rank stops at the same step, rank 0 saves.
     let sb = Sandbox::new();
-    let mut c = mpirun(&sb, &[&args, &args]);
-    let mut job = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun starts");
-    // Wait for a checkpoint, then kill rank 1 (a kiln child of mpirun) without warning.
-    let runs = sb.registry().join("runs");
-    let start = Instant::now();
-    let ranks = loop {
-        let ckpt = std::fs::read_dir(&runs)
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| e.ok())
-            .and_then(|e| newest_checkpoint(&e.path()));
-        if ckpt.is_some() {
-            break children(job.id());
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(ranks.len(), 2, "two kiln ranks under mpirun: {ranks:?}");
-    let victim = ranks[1];
+    let reg = sb.registry();
+    let mut job = start_until_checkpoint(mpirun(&sb, &[&args, &args]), &reg, None);
     Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
+        .args(["-USR1", &job.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = wait_for(&mut job, Duration::from_secs(60));
+    assert_exit(&out, 130);
+    assert!(
+        stderr(&out).contains("interrupted at step"),
+        "{}",
+        stderr(&out)
+    );
+    let stopped = newest_step(&reg);
+
+    // Resume, then kill rank 1 without warning once it has saved again.
+    let resume: &[&str] = &["train", "--resume", "latest"];
+    let mut job = start_until_checkpoint(mpirun(&sb, &[resume, resume]), &reg, stopped);
+    let ranks = children(job.id());
+    assert_eq!(ranks.len(), 2, "two kiln ranks under mpirun: {ranks:?}");
+    Command::new("kill")
+        .args(["-KILL", &ranks[1].to_string()])
         .status()
         .expect("kill");
     let killed = Instant::now();
-    let out = loop {
-        if job.try_wait().expect("wait").is_some() {
-            break job.wait_with_output().expect("output");
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "the job still runs 60 s after a rank died"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = wait_for(&mut job, Duration::from_secs(60));
     assert_ne!(out.status.code(), Some(0));
     eprintln!(
         "the job ended {:?} after a rank was killed:\n{}",
         killed.elapsed(),
         stderr(&out)
     );
-    assert!(sb.kiln(&["runs", "list"]).status.success());
+    assert!(
+        stderr(&out).contains("error: rank 0 of 2: stopped by the launcher"),
+        "{}",
+        stderr(&out)
+    );
     assert_exit(&sb.kiln(&["registry", "verify"]), 0);
 
     // Every rank resumes from rank 0's last checkpoint and ends where the whole run ended.
-    let resume: &[&str] = &["train", "--resume", "latest"];
     let (out, _) = within(mpirun(&sb, &[resume, resume]), Duration::from_secs(600));
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
     let diff = max_abs_diff(
         &weights(&final_weights(&whole.registry())),
-        &weights(&final_weights(&sb.registry())),
+        &weights(&final_weights(&reg)),
     );
     assert!(diff <= 1e-6, "resumed weights differ by {diff}");
-    assert_eq!(versions(&sb.registry(), "digits-mlp"), vec!["v1"]);
+    assert_eq!(versions(&reg, "digits-mlp"), vec!["v1"]);
 }
 
 /// Process ids of the `kiln` children of `pid`, from /proc.

@@ -20,11 +20,26 @@ pub struct Predictions {
 
 /// Runs `model` (in validation mode, on a device without autodiff) over `data`.
 pub fn predict(model: &Model, data: &Dataset, loss: &Loss, device: &Device) -> Predictions {
-    let mut values = Vec::with_capacity(data.n * loss.outputs().max(2));
+    let (values, loss_sum) = predict_rows(model, data, loss, device, 0..data.n);
+    Predictions {
+        values,
+        width: loss.predicted_width(),
+        loss: loss_sum / data.n.max(1) as f64,
+    }
+}
+
+/// Predictions for the rows `rows` of `data`, and the sum of their losses.
+fn predict_rows(
+    model: &Model,
+    data: &Dataset,
+    loss: &Loss,
+    device: &Device,
+    rows: std::ops::Range<usize>,
+) -> (Vec<f32>, f64) {
+    let mut values = Vec::with_capacity(rows.len() * loss.predicted_width());
     let mut loss_sum = 0.0;
-    let mut width = 0;
-    for start in (0..data.n).step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(data.n);
+    for start in rows.clone().step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(rows.end);
         let idx: Vec<usize> = (start..end).collect();
         let batch = crate::data::loader::gather(data, &idx);
         let x = Tensor::<2>::from_data(TensorData::new(batch.x, [batch.len, data.d]), device);
@@ -33,19 +48,14 @@ pub fn predict(model: &Model, data: &Dataset, loss: &Loss, device: &Device) -> P
             .forward(out.clone(), &batch.y, device)
             .into_scalar::<f32>() as f64;
         loss_sum += l * batch.len as f64;
-        let p = loss.predict(out);
-        width = p.dims()[1];
         values.extend(
-            p.into_data()
+            loss.predict(out)
+                .into_data()
                 .try_to_vec::<f32>()
                 .expect("model outputs are f32"),
         );
     }
-    Predictions {
-        values,
-        width,
-        loss: loss_sum / data.n.max(1) as f64,
-    }
+    (values, loss_sum)
 }
 
 /// Metrics of `model` on `data`, in the target's original units.
@@ -56,7 +66,41 @@ pub fn evaluate(
     pre: &Preprocessor,
     device: &Device,
 ) -> Metrics {
-    let p = predict(model, data, loss, device);
+    metrics_of(predict(model, data, loss, device), data, pre)
+}
+
+/// [`evaluate`] across the ranks of a data-parallel job: each rank predicts a contiguous
+/// slice of `data`, and one all-reduce of the (zero-padded) predictions gives every rank all
+/// of them, so every rank computes the same metrics (AUC included) and makes the same
+/// decisions.
+pub fn evaluate_sharded(
+    model: &Model,
+    data: &Dataset,
+    loss: &Loss,
+    pre: &Preprocessor,
+    device: &Device,
+    group: &crate::dist::Group,
+) -> Metrics {
+    let (n, w) = (data.n, loss.predicted_width());
+    let per = n.div_ceil(group.world());
+    let start = (group.rank() * per).min(n);
+    let end = (start + per).min(n);
+    let (mine, loss_sum) = predict_rows(model, data, loss, device, start..end);
+    let mut all = vec![0.0f32; n * w + 1];
+    all[start * w..end * w].copy_from_slice(&mine);
+    all[n * w] = loss_sum as f32;
+    group.all_reduce_sum(&mut all, &|| "the validation all-reduce".into());
+    let loss = f64::from(all[n * w]) / n.max(1) as f64;
+    all.truncate(n * w);
+    let p = Predictions {
+        values: all,
+        width: w,
+        loss,
+    };
+    metrics_of(p, data, pre)
+}
+
+fn metrics_of(p: Predictions, data: &Dataset, pre: &Preprocessor) -> Metrics {
     match &data.y {
         Targets::Classes(labels) => {
             let names = pre

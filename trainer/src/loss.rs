@@ -70,6 +70,16 @@ impl Loss {
         }
     }
 
+    /// Columns of [`Loss::predict`]: class probabilities (two for a binary classifier) or one
+    /// value.
+    pub fn predicted_width(&self) -> usize {
+        match self.kind {
+            LossKind::CrossEntropy => self.classes,
+            LossKind::Bce => 2,
+            LossKind::Mse | LossKind::Huber => 1,
+        }
+    }
+
     /// Model outputs for this loss.
     pub fn outputs(&self) -> usize {
         match self.kind {

@@ -496,7 +496,12 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     progress: &Progress,
                     log_line: &mut dyn FnMut(crate::tracking::Point) -> Result<(), RunError>|
      -> Result<(Metrics, bool), RunError> {
-        let m = evaluate(&model.valid(), &valid_set, &loss_fn, &pre, &base);
+        let m = match group {
+            Some(g) => {
+                crate::eval::evaluate_sharded(&model.valid(), &valid_set, &loss_fn, &pre, &base, g)
+            }
+            None => evaluate(&model.valid(), &valid_set, &loss_fn, &pre, &base),
+        };
         let value = m.get(&cfg.monitor.metric);
         let min_delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
         let improved = value.is_some_and(|v| cfg.monitor.improves(v, st.best, min_delta));
@@ -805,12 +810,38 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
 
     info.monitor = cfg.monitor.metric.clone();
     info.best_valid = st.best;
+    if saver.is_none() && interrupted {
+        info.status = Status::Interrupted;
+        return Ok(Outcome { run_dir, info });
+    }
+    // The final model: the best by `train.monitor` when asked, else the last.
+    let final_model = match (t.restore_best, best_model.clone()) {
+        (true, Some(best)) => best,
+        _ => model.clone(),
+    };
+    let final_metrics = |info: &mut RunInfo| {
+        let eval_model = final_model.valid();
+        for (name, split) in [
+            ("train", &*train_data),
+            ("valid", &valid_set),
+            ("test", &test_set),
+        ] {
+            if split.n > 0 {
+                let m = match group {
+                    Some(g) => {
+                        crate::eval::evaluate_sharded(&eval_model, split, &loss_fn, &pre, &base, g)
+                    }
+                    None => evaluate(&eval_model, split, &loss_fn, &pre, &base),
+                };
+                info.metrics.insert(name.into(), m);
+            }
+        }
+    };
     let Some(saver) = saver else {
-        // Not rank 0: the run's record, final evaluation and model version are rank 0's.
-        info.status = match interrupted {
-            true => Status::Interrupted,
-            false => Status::Completed,
-        };
+        // Not rank 0: it helps with the final evaluation; the run's record and model version
+        // are rank 0's.
+        final_metrics(&mut info);
+        info.status = Status::Completed;
         return Ok(Outcome { run_dir, info });
     };
     let base_manifest = base_manifest.expect("rank 0 has the run's manifest");
@@ -830,25 +861,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         return Ok(Outcome { run_dir, info });
     }
 
-    // The final model: the best by `train.monitor` when asked, else the last.
-    let final_model = match (t.restore_best, best_model) {
-        (true, Some(best)) => best,
-        _ => model,
-    };
     saver.finish()?;
-    let eval_model = final_model.valid();
-    for (name, split) in [
-        ("train", &*train_data),
-        ("valid", &valid_set),
-        ("test", &test_set),
-    ] {
-        if split.n > 0 {
-            info.metrics.insert(
-                name.into(),
-                evaluate(&eval_model, split, &loss_fn, &pre, &base),
-            );
-        }
-    }
+    final_metrics(&mut info);
     let finals = finals_map(&info.metrics).into_iter().collect();
     tracker.record(crate::tracking::Point {
         split: "final",
