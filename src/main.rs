@@ -429,6 +429,13 @@ fn cmd_train(
         });
     };
     on_launcher_stop(g.rank(), g.world());
+    // A panic unwinds into MPI_Finalize, which waits for ranks that are waiting for this one:
+    // end the process instead, so the launcher stops the job.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let (rank, world) = (g.rank(), g.world());
     let result = train_one(
         config_path,
@@ -538,7 +545,7 @@ fn launch_local(devices: &str) -> Result<u8, Failure> {
     let visible: Vec<String> = chosen.iter().map(usize::to_string).collect();
     let world = chosen.len();
     // Ctrl-C reaches every process of the terminal: the ranks stop together and save; this
-    // one waits for them.
+    // one waits for them. SIGUSR1 and SIGTERM sent to this process are passed on to the ranks.
     let _ = ctrlc_handler(|| {});
     let mut children = Vec::new();
     for rank in 0..world {
@@ -553,6 +560,7 @@ fn launch_local(devices: &str) -> Result<u8, Failure> {
             .env("MASTER_PORT", port.to_string())
             .spawn()
             .map_err(|e| Failure::runtime(format!("--devices: cannot start rank {rank}: {e}")))?;
+        forward_signals_to(child.id());
         children.push(child);
     }
     let mut code = 0u8;
@@ -562,9 +570,10 @@ fn launch_local(devices: &str) -> Result<u8, Failure> {
         for slot in running.iter_mut() {
             if let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 *slot = None;
+                // 130: stopped on request (every rank stops at the same step), not a failure.
                 if !status.success() && code == 0 {
                     code = status.code().map_or(1, |c| c.clamp(1, 255) as u8);
-                    failed = true;
+                    failed = code != 130;
                 }
             }
         }
@@ -581,6 +590,42 @@ fn launch_local(devices: &str) -> Result<u8, Failure> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     Ok(code)
+}
+
+/// The ranks `--devices` started, for [`forward_signals_to`]'s handler.
+#[cfg(unix)]
+static RANK_PIDS: [std::sync::atomic::AtomicI32; 64] =
+    [const { std::sync::atomic::AtomicI32::new(0) }; 64];
+
+/// Passes SIGUSR1 (stop with a checkpoint) and SIGTERM (stop now) sent to `--devices`'s
+/// process on to the ranks it started, as mpirun does.
+fn forward_signals_to(pid: u32) {
+    #[cfg(unix)]
+    {
+        if let Some(slot) = RANK_PIDS.iter().find(|s| s.load(Ordering::SeqCst) == 0) {
+            slot.store(pid as i32, Ordering::SeqCst);
+        }
+        extern "C" fn forward(sig: libc::c_int) {
+            for p in &RANK_PIDS {
+                let pid = p.load(Ordering::SeqCst);
+                if pid > 0 {
+                    // SAFETY: kill(2) is async-signal-safe.
+                    unsafe {
+                        libc::kill(pid, sig);
+                    }
+                }
+            }
+            if sig == libc::SIGTERM {
+                // SAFETY: _exit(2) is async-signal-safe.
+                unsafe { libc::_exit(143) };
+            }
+        }
+        // SAFETY: the handler only loads atomics and calls async-signal-safe functions.
+        unsafe {
+            libc::signal(libc::SIGUSR1, forward as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
+        }
+    }
 }
 
 /// How a rank's failure reaches the others.
@@ -614,7 +659,7 @@ fn on_launcher_stop(rank: usize, world: usize) {
         }
         let _ = MESSAGE.set(
             format!(
-                "error: rank {rank} of {world}: stopped by the launcher (SIGTERM): another rank failed or the job was cancelled (see the first error above); continue with `kiln train --resume latest` under the same launcher\n"
+                "error: rank {rank} of {world}: stopped by the launcher (SIGTERM): another rank failed or the job was cancelled (see the first error above); once a checkpoint exists, continue with `kiln train --resume RUN` under the same launcher (`kiln runs list` shows the run)\n"
             )
             .into_bytes(),
         );

@@ -293,6 +293,14 @@ fn stopped_or_killed_ranks_resume_to_the_uninterrupted_weights() {
         stderr(&out)
     );
     let stopped = newest_step(&reg);
+    // A run trained on 2 ranks resumes on 2: one process would take other batches.
+    let out = sb.kiln(&["train", "--resume", "latest"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("was trained on 2 ranks (global batch 64); resume it on 2 ranks"),
+        "{}",
+        stderr(&out)
+    );
 
     // Resume, then kill rank 1 without warning once it has saved again.
     let resume: &[&str] = &["train", "--resume", "latest"];
@@ -328,6 +336,43 @@ fn stopped_or_killed_ranks_resume_to_the_uninterrupted_weights() {
     );
     assert!(diff <= 1e-6, "resumed weights differ by {diff}");
     assert_eq!(versions(&reg, "digits-mlp"), vec!["v1"]);
+}
+
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
+fn batch_norm_statistics_agree_across_ranks() {
+    // Batch norm's running statistics have no gradient: the ranks average them each step, so
+    // the sharded evaluation during training sees the model that is saved.
+    let sb = Sandbox::new();
+    let args: &[&str] = &[
+        "train",
+        "configs/digits_mlp.toml",
+        "--set",
+        "model.norm=\"batch\"",
+        "--set",
+        "train.epochs=3",
+    ];
+    let (out, _) = within(mpirun(&sb, &[args, args]), Duration::from_secs(300));
+    assert_exit(&out, 0);
+    let run = final_weights(&sb.registry())
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("run.json");
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run).unwrap()).unwrap();
+    let out = sb.kiln(&["eval", "latest", "--split", "valid", "--json"]);
+    assert_exit(&out, 0);
+    let alone = json(&out)["metrics"].clone();
+    let during = &recorded["metrics"]["valid"];
+    assert_eq!(alone["accuracy"], during["accuracy"]);
+    assert_eq!(alone["f1"], during["f1"]);
+    let (a, b) = (
+        alone["loss"].as_f64().unwrap(),
+        during["loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5, "loss {a} alone, {b} in the run");
 }
 
 /// Process ids of the `kiln` children of `pid`, from /proc.

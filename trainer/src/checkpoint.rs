@@ -54,6 +54,10 @@ pub struct LoopState {
     /// Dynamic loss scaling of an f16 run.
     #[serde(default)]
     pub loss_scale: Option<crate::amp::LossScale>,
+    /// Ranks of the data-parallel job that saved this state (`None`: one process, or a
+    /// checkpoint from before kiln trained on several). A run resumes on as many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<usize>,
 }
 
 fn fail(path: &Path, message: impl Into<String>) -> TrainError {

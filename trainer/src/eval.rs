@@ -89,7 +89,7 @@ pub fn evaluate_sharded(
     let mut all = vec![0.0f32; n * w + 1];
     all[start * w..end * w].copy_from_slice(&mine);
     all[n * w] = loss_sum as f32;
-    group.all_reduce_sum(&mut all, &|| "the validation all-reduce".into());
+    group.all_reduce_sum(&mut all, &|| "the evaluation all-reduce".into());
     let loss = f64::from(all[n * w]) / n.max(1) as f64;
     all.truncate(n * w);
     let p = Predictions {

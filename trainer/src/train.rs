@@ -93,7 +93,12 @@ fn rank_seed(seed: u64, rank: usize) -> u64 {
 }
 
 /// What this rank tells the others before step 0 (see [`crate::dist::Group::agree`]).
-fn hello(cfg: &RunConfig, opts: &Options, world: usize) -> Result<crate::dist::Hello, TrainError> {
+fn hello(
+    cfg: &RunConfig,
+    opts: &Options,
+    world: usize,
+    backend: &str,
+) -> Result<crate::dist::Hello, TrainError> {
     let mut resolved = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
     resolved["name"] = cfg.name.clone().into();
     // Each rank has its own device (cuda:LOCAL_RANK), threads and registry folder.
@@ -106,6 +111,15 @@ fn hello(cfg: &RunConfig, opts: &Options, world: usize) -> Result<crate::dist::H
     let mut config = crate::tracking::flatten(&resolved);
     config.insert("(--smoke)".into(), opts.smoke.into());
     config.insert("(--init-from)".into(), opts.init_from.clone().into());
+    // One engine for all: NCCL only when every rank is on CUDA.
+    config.insert("(backend)".into(), backend.into());
+    if let Some(dir) = &opts.resume {
+        // Each rank reads the resumed run's preprocessing from its own copy of the registry.
+        let p = dir.join(run::PREPROCESS);
+        let (sha, _) = registry::store::hash_file(&p)
+            .map_err(|e| TrainError::Setup(format!("{}: {e}", p.display())))?;
+        config.insert("(resumed preprocess.json)".into(), sha.into());
+    }
     let data = checkpoint::data_files(cfg)?
         .into_iter()
         .map(|f| (f.role, f.sha256))
@@ -169,7 +183,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         let mine = prelude
             .as_ref()
             .map_err(|e| e.to_string())
-            .and_then(|_| hello(cfg, opts, world).map_err(|e| e.to_string()));
+            .and_then(|(_, chosen)| {
+                hello(cfg, opts, world, chosen.backend).map_err(|e| e.to_string())
+            });
         agreed = Some(g.agree(mine).map_err(TrainError::Distributed)?);
     }
     let (precision, chosen) = prelude?;
@@ -182,6 +198,15 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             .unwrap_or(0);
         g.use_nccl(ordinal).map_err(TrainError::Setup)?;
     }
+    // What run.json records as the device: with several ranks, how many and through what.
+    let device_label = match group {
+        Some(g) => format!(
+            "{} x {world} ranks ({})",
+            chosen.describe(),
+            g.engine_name()
+        ),
+        None => chosen.describe(),
+    };
     let reg = Registry::new(&opts.registry);
     if writer {
         reg.ensure()?;
@@ -278,7 +303,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 finished: None,
                 config_path: opts.config_path.clone(),
                 kiln_version: env!("CARGO_PKG_VERSION").into(),
-                device: chosen.describe(),
+                device: device_label.clone(),
                 steps: 0,
                 epochs_done: 0,
                 wall_seconds: 0.0,
@@ -320,7 +345,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 finished: None,
                 config_path: opts.config_path.clone(),
                 kiln_version: env!("CARGO_PKG_VERSION").into(),
-                device: chosen.describe(),
+                device: device_label.clone(),
                 steps: 0,
                 epochs_done: 0,
                 wall_seconds: 0.0,
@@ -391,6 +416,27 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                 checkpoint::unpack_start(&packed, &mconf, &device, optimizer)?;
         }
     }
+    if opts.resume.is_some() && st.world.unwrap_or(1) != world {
+        let was = st.world.unwrap_or(1);
+        let why = format!(
+            "run {} was trained on {was} rank{} (global batch {}); resume it on {was}{}: another number of ranks changes the global batch, the schedule and the place in the epoch",
+            info.id,
+            if was == 1 { "" } else { "s" },
+            t.batch_size * was,
+            if was == 1 {
+                " process, without a launcher".to_string()
+            } else {
+                format!(" ranks (mpirun -np {was})")
+            }
+        );
+        // The run is as it was: resumable with the right number of ranks.
+        guard.info = None;
+        return Err(match group {
+            Some(_) => TrainError::Distributed(why),
+            None => TrainError::Setup(why),
+        });
+    }
+    st.world = Some(world);
     st.seed = f.seed;
     if precision.scales_loss() && st.loss_scale.is_none() {
         st.loss_scale = Some(crate::amp::LossScale::default());
@@ -476,6 +522,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     };
 
     let train_data = Arc::new(train_set);
+    let has_buffers = group.is_some() && crate::dist::grads::has_buffers(&model);
     let started = Instant::now();
     let mut window_start = Instant::now();
     let mut window_samples = 0usize;
@@ -634,12 +681,22 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             let mut stop_requested = opts.stop.load(Ordering::SeqCst);
             if let Some(g) = group {
                 let flag = [f32::from(u8::from(stop_requested))];
+                if has_buffers {
+                    // burn keeps batch norm's newest running statistics aside, per thread,
+                    // until the module is synchronised; `valid()` does that (and the copy it
+                    // returns is not needed), so the statistics read and replaced below are
+                    // the current ones.
+                    drop(model.valid());
+                }
                 let (mut flat, layout) = crate::dist::grads::flatten(&model, &grads, &flag);
                 g.all_reduce_sum(&mut flat, &|| {
                     format!("the gradient all-reduce of step {}", st.step + 1)
                 });
                 stop_requested = flat[layout.extra_start()] > 0.0;
                 grads = crate::dist::grads::unflatten(&model, &flat, &layout, &base);
+                if layout.has_buffers() {
+                    model = crate::dist::grads::average_buffers(model, &flat, &layout, world);
+                }
             }
             // f16: a step whose gradients overflowed is skipped and the scale lowered (one
             // host read per step, as in PyTorch's GradScaler).
@@ -811,6 +868,10 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     info.monitor = cfg.monitor.metric.clone();
     info.best_valid = st.best;
     if saver.is_none() && interrupted {
+        // Rank 0 saves the checkpoint: wait for it before leaving.
+        if let Some(g) = group {
+            g.barrier();
+        }
         info.status = Status::Interrupted;
         return Ok(Outcome { run_dir, info });
     }
@@ -858,11 +919,16 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         info.status = Status::Interrupted;
         run::write_json(&run_dir.join(run::RUN), &info)?;
         guard.info = None;
+        if let Some(g) = group {
+            g.barrier();
+        }
         return Ok(Outcome { run_dir, info });
     }
 
-    saver.finish()?;
+    // The other ranks take part in the final evaluation: it comes before waiting for the
+    // checkpoint writer.
     final_metrics(&mut info);
+    saver.finish()?;
     let finals = finals_map(&info.metrics).into_iter().collect();
     tracker.record(crate::tracking::Point {
         split: "final",

@@ -1,27 +1,59 @@
 //! A model's gradients as one flat host buffer, for one all-reduce per step.
 //!
-//! Layout: every float parameter's gradient in visit order (zeros where this rank has none),
-//! then one presence count per parameter, then any `extra` values the caller appends. After the
+//! Layout: every trainable parameter's gradient in visit order (zeros where this rank has
+//! none), one presence count per trainable parameter, the model's buffers (batch norm's running
+//! statistics, which have no gradient), then any `extra` values the caller appends. After the
 //! sum, a parameter gets a gradient if any rank had one, so a rank whose share of a batch was
-//! empty changes nothing.
+//! empty changes nothing, and every buffer becomes the mean over ranks (the running statistics
+//! of the global batch, as near as per-rank batches allow), so the replicas stay identical.
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Where each parameter sits in the flat buffer.
 #[derive(Debug, Clone)]
 pub struct Layout {
+    /// Trainable parameters: id, offset, length.
     params: Vec<(ParamId, usize, usize)>,
+    /// Buffers: id, offset (from the start of the flat buffer), length.
+    buffers: Vec<(ParamId, usize, usize)>,
     /// Total gradient values (before the presence counts).
     values: usize,
+    /// Where the extras start.
+    extra: usize,
 }
 
 impl Layout {
     /// Index of the first extra value.
     pub fn extra_start(&self) -> usize {
-        self.values + self.params.len()
+        self.extra
     }
+
+    /// Whether the model has buffers to average after the sum ([`average_buffers`]).
+    pub fn has_buffers(&self) -> bool {
+        !self.buffers.is_empty()
+    }
+}
+
+/// Whether a visited float is a buffer (batch norm's running statistics): no gradient, ever.
+fn is_buffer<const D: usize>(param: &Param<Tensor<D>>) -> bool {
+    !param.val().is_require_grad()
+}
+
+struct Buffers(bool);
+
+impl ModuleVisitor for Buffers {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0 |= is_buffer(param);
+    }
+}
+
+/// Whether `model` has buffers (batch norm's running statistics).
+pub fn has_buffers<M: Module>(model: &M) -> bool {
+    let mut b = Buffers(false);
+    model.visit(&mut b);
+    b.0
 }
 
 struct Gather<'a> {
@@ -30,11 +62,16 @@ struct Gather<'a> {
     pieces: Vec<(usize, Option<usize>)>,
     params: Vec<(ParamId, usize, usize)>,
     values: usize,
+    buffers: Vec<(ParamId, Tensor<1>)>,
 }
 
 impl ModuleVisitor for Gather<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let n = param.val().shape().num_elements();
+        if is_buffer(param) {
+            self.buffers.push((param.id, param.val().reshape([n])));
+            return;
+        }
         self.params.push((param.id, self.values, n));
         let slot = self.grads.get::<D>(param.id).map(|g| {
             self.present.push(g.reshape([n]));
@@ -45,7 +82,23 @@ impl ModuleVisitor for Gather<'_> {
     }
 }
 
-/// The flat buffer of `grads` (one device-to-host copy) with `extra` appended.
+fn to_host(tensors: Vec<Tensor<1>>) -> Vec<f32> {
+    if tensors.is_empty() {
+        return Vec::new();
+    }
+    let device = tensors[0].device();
+    // Gradients and buffers may sit on different (autodiff or inner) devices: one device for
+    // the concatenation.
+    let tensors = tensors.into_iter().map(|t| t.to_device(&device)).collect();
+    Tensor::cat(tensors, 0)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("gradients read back as f32")
+}
+
+/// The flat buffer of `grads` and the model's buffers (one device-to-host copy each) with
+/// `extra` appended.
 pub fn flatten<M: Module>(model: &M, grads: &GradientsParams, extra: &[f32]) -> (Vec<f32>, Layout) {
     let mut g = Gather {
         grads,
@@ -53,17 +106,10 @@ pub fn flatten<M: Module>(model: &M, grads: &GradientsParams, extra: &[f32]) -> 
         pieces: Vec::new(),
         params: Vec::new(),
         values: 0,
+        buffers: Vec::new(),
     };
     model.visit(&mut g);
-    let host: Vec<f32> = if g.present.is_empty() {
-        Vec::new()
-    } else {
-        Tensor::cat(std::mem::take(&mut g.present), 0)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("gradients read back as f32")
-    };
+    let host = to_host(std::mem::take(&mut g.present));
     let mut flat = Vec::with_capacity(g.values + g.pieces.len() + extra.len());
     let mut at = 0;
     for &(n, slot) in &g.pieces {
@@ -80,12 +126,24 @@ pub fn flatten<M: Module>(model: &M, grads: &GradientsParams, extra: &[f32]) -> 
             .iter()
             .map(|(_, s)| if s.is_some() { 1.0 } else { 0.0 }),
     );
+    let mut buffers = Vec::with_capacity(g.buffers.len());
+    let mut offset = flat.len();
+    let (ids, tensors): (Vec<ParamId>, Vec<Tensor<1>>) = g.buffers.into_iter().unzip();
+    let lens: Vec<usize> = tensors.iter().map(|t| t.dims()[0]).collect();
+    flat.extend(to_host(tensors));
+    for (id, n) in ids.into_iter().zip(lens) {
+        buffers.push((id, offset, n));
+        offset += n;
+    }
+    let extra_at = flat.len();
     flat.extend_from_slice(extra);
     (
         flat,
         Layout {
             params: g.params,
+            buffers,
             values: g.values,
+            extra: extra_at,
         },
     )
 }
@@ -100,6 +158,9 @@ struct Scatter<'a> {
 
 impl ModuleVisitor for Scatter<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if is_buffer(param) {
+            return;
+        }
         let (id, offset, n) = self.layout.params[self.next];
         let present = self.present[self.next] > 0.0;
         self.next += 1;
@@ -112,7 +173,7 @@ impl ModuleVisitor for Scatter<'_> {
     }
 }
 
-/// Gradients from a summed flat buffer, multiplied by `scale`, uploaded once to `device`.
+/// Gradients from a summed flat buffer, uploaded once to `device`.
 pub fn unflatten<M: Module>(
     model: &M,
     flat: &[f32],
@@ -123,7 +184,7 @@ pub fn unflatten<M: Module>(
     let tensor = Tensor::<1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device);
     let mut s = Scatter {
         flat: &tensor,
-        present: &flat[layout.values..layout.extra_start()],
+        present: &flat[layout.values..layout.values + layout.params.len()],
         layout,
         next: 0,
         grads: GradientsParams::new(),
@@ -132,10 +193,46 @@ pub fn unflatten<M: Module>(
     s.grads
 }
 
+struct SetBuffers<'a> {
+    flat: &'a [f32],
+    layout: &'a Layout,
+    next: usize,
+    world: f32,
+}
+
+impl ModuleMapper for SetBuffers<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !is_buffer(&param) {
+            return param;
+        }
+        let (id, offset, n) = self.layout.buffers[self.next];
+        self.next += 1;
+        debug_assert_eq!(id, param.id);
+        let mean: Vec<f32> = self.flat[offset..offset + n]
+            .iter()
+            .map(|v| v / self.world)
+            .collect();
+        param.map(|t| {
+            let (shape, device) = (t.shape(), t.device());
+            Tensor::<1>::from_data(TensorData::new(mean, [n]), &device).reshape(shape)
+        })
+    }
+}
+
+/// Sets the model's buffers to their mean over `world` ranks, from a summed flat buffer.
+pub fn average_buffers<M: Module>(model: M, flat: &[f32], layout: &Layout, world: usize) -> M {
+    model.map(&mut SetBuffers {
+        flat,
+        layout,
+        next: 0,
+        world: world as f32,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::nn::LinearConfig;
+    use burn::nn::{BatchNormConfig, LinearConfig};
     use burn::optim::GradientsParams;
 
     #[test]
@@ -148,6 +245,7 @@ mod tests {
         assert_eq!(flat.len(), 6 + 2 + 2 + 1);
         assert_eq!(flat[layout.extra_start()], 7.0);
         assert_eq!(&flat[8..10], &[1.0, 1.0]);
+        assert!(!layout.has_buffers());
         let back = unflatten(&layer, &flat, &layout, &Device::flex());
         let w = |g: &GradientsParams| {
             g.get::<2>(layer.weight.id)
@@ -161,5 +259,38 @@ mod tests {
         let (empty, _) = flatten(&layer, &GradientsParams::new(), &[]);
         assert!(empty.iter().all(|v| *v == 0.0));
         assert!(unflatten(&layer, &empty, &layout, &Device::flex()).is_empty());
+    }
+
+    #[test]
+    fn batch_norm_statistics_are_averaged_over_ranks() {
+        let device = Device::flex().autodiff();
+        let bn = BatchNormConfig::new(2).init(&device);
+        // Training mode: the forward pass moves the running mean towards the batch mean.
+        let x = Tensor::<2>::from_data([[1.0, 2.0], [3.0, 6.0]], &device);
+        let grads = GradientsParams::from_grads(bn.forward(x).sum().backward(), &bn);
+        let (mut flat, layout) = flatten(&bn, &grads, &[]);
+        assert!(layout.has_buffers());
+        let mean_before = bn
+            .running_mean
+            .value()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        // As if a second rank had the same statistics plus 1.0 on every running value.
+        let (off, n) = (layout.buffers[0].1, layout.buffers[0].2);
+        for v in &mut flat[off..off + n] {
+            *v = 2.0 * *v + 1.0;
+        }
+        let bn = average_buffers(bn, &flat, &layout, 2);
+        let mean_after = bn
+            .running_mean
+            .value()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (a, b) in mean_before.iter().zip(&mean_after) {
+            assert!((b - (a + 0.5)).abs() < 1e-6, "{a} -> {b}");
+        }
+        assert!(!bn.running_mean.value().is_require_grad());
     }
 }

@@ -57,10 +57,13 @@ async fn serve(port: u16, world: usize, payload: [u8; 128]) -> Result<(), String
             .accept()
             .await
             .map_err(|e| format!("the rendezvous: {e}"))?;
+        // A stray connection (a port scanner, a health check) that says nothing within a few
+        // seconds is dropped, not waited for.
         let mut hello = [0u8; 16];
-        s.read_exact(&mut hello)
-            .await
-            .map_err(|e| format!("the rendezvous: {peer} said nothing ({e})"))?;
+        match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hello)).await {
+            Ok(Ok(_)) => {}
+            _ => continue,
+        }
         let r = u64::from_le_bytes(hello[..8].try_into().expect("8 bytes")) as usize;
         let w = u64::from_le_bytes(hello[8..].try_into().expect("8 bytes")) as usize;
         if w != world {
