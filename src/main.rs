@@ -429,13 +429,6 @@ fn cmd_train(
         });
     };
     on_launcher_stop(g.rank(), g.world());
-    // A panic unwinds into MPI_Finalize, which waits for ranks that are waiting for this one:
-    // end the process instead, so the launcher stops the job.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        std::process::abort();
-    }));
     let (rank, world) = (g.rank(), g.world());
     let result = train_one(
         config_path,
@@ -547,6 +540,7 @@ fn launch_local(devices: &str) -> Result<u8, Failure> {
     // Ctrl-C reaches every process of the terminal: the ranks stop together and save; this
     // one waits for them. SIGUSR1 and SIGTERM sent to this process are passed on to the ranks.
     let _ = ctrlc_handler(|| {});
+    forward_signals();
     let mut children = Vec::new();
     for rank in 0..world {
         let child = std::process::Command::new(&exe)
@@ -560,28 +554,34 @@ fn launch_local(devices: &str) -> Result<u8, Failure> {
             .env("MASTER_PORT", port.to_string())
             .spawn()
             .map_err(|e| Failure::runtime(format!("--devices: cannot start rank {rank}: {e}")))?;
-        forward_signals_to(child.id());
+        RANK_PIDS[rank.min(RANK_PIDS.len() - 1)].store(child.id() as i32, Ordering::SeqCst);
         children.push(child);
     }
-    let mut code = 0u8;
+    let (mut failure, mut stopped) = (None::<u8>, false);
     let mut running: Vec<Option<std::process::Child>> = children.into_iter().map(Some).collect();
     while running.iter().any(Option::is_some) {
-        let mut failed = false;
-        for slot in running.iter_mut() {
+        let mut failed_now = false;
+        for (rank, slot) in running.iter_mut().enumerate() {
             if let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 *slot = None;
-                // 130: stopped on request (every rank stops at the same step), not a failure.
-                if !status.success() && code == 0 {
-                    code = status.code().map_or(1, |c| c.clamp(1, 255) as u8);
-                    failed = code != 130;
+                // Reaped: its process id may be reused, so no signal goes there any more.
+                RANK_PIDS[rank.min(RANK_PIDS.len() - 1)].store(0, Ordering::SeqCst);
+                match status.code() {
+                    Some(0) => {}
+                    // Stopped on request: every rank stops after the same step.
+                    Some(130) => stopped = true,
+                    other => {
+                        failed_now |= failure.is_none();
+                        failure.get_or_insert(other.map_or(1, |c| c.clamp(1, 255) as u8));
+                    }
                 }
             }
         }
         // One rank failed: stop the others, as mpirun would.
         #[cfg(unix)]
-        if failed {
+        if failed_now {
             for other in running.iter().flatten() {
-                // SAFETY: signals a child process this function started.
+                // SAFETY: signals a child process this function started and has not reaped.
                 unsafe {
                     libc::kill(other.id() as libc::pid_t, libc::SIGTERM);
                 }
@@ -589,22 +589,20 @@ fn launch_local(devices: &str) -> Result<u8, Failure> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let code = failure.unwrap_or(if stopped { 130 } else { 0 });
     Ok(code)
 }
 
-/// The ranks `--devices` started, for [`forward_signals_to`]'s handler.
-#[cfg(unix)]
+/// The ranks `--devices` started and has not reaped, for [`forward_signals`]'s handler.
 static RANK_PIDS: [std::sync::atomic::AtomicI32; 64] =
     [const { std::sync::atomic::AtomicI32::new(0) }; 64];
 
 /// Passes SIGUSR1 (stop with a checkpoint) and SIGTERM (stop now) sent to `--devices`'s
-/// process on to the ranks it started, as mpirun does.
-fn forward_signals_to(pid: u32) {
+/// process on to the ranks it started, as mpirun does; the ranks' exit codes then say how
+/// they ended.
+fn forward_signals() {
     #[cfg(unix)]
     {
-        if let Some(slot) = RANK_PIDS.iter().find(|s| s.load(Ordering::SeqCst) == 0) {
-            slot.store(pid as i32, Ordering::SeqCst);
-        }
         extern "C" fn forward(sig: libc::c_int) {
             for p in &RANK_PIDS {
                 let pid = p.load(Ordering::SeqCst);
@@ -615,12 +613,8 @@ fn forward_signals_to(pid: u32) {
                     }
                 }
             }
-            if sig == libc::SIGTERM {
-                // SAFETY: _exit(2) is async-signal-safe.
-                unsafe { libc::_exit(143) };
-            }
         }
-        // SAFETY: the handler only loads atomics and calls async-signal-safe functions.
+        // SAFETY: the handler only loads atomics and calls kill(2), async-signal-safe.
         unsafe {
             libc::signal(libc::SIGUSR1, forward as *const () as libc::sighandler_t);
             libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);

@@ -83,6 +83,15 @@ fn max_abs_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+fn final_weights_dir(registry: &Path) -> PathBuf {
+    final_weights(registry)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 fn final_weights(registry: &Path) -> PathBuf {
     let runs: Vec<PathBuf> = std::fs::read_dir(registry.join("runs"))
         .expect("runs")
@@ -300,6 +309,15 @@ fn stopped_or_killed_ranks_resume_to_the_uninterrupted_weights() {
         stderr(&out).contains("was trained on 2 ranks (global batch 64); resume it on 2 ranks"),
         "{}",
         stderr(&out)
+    );
+    let run_json = final_weights_dir(&reg).join("run.json");
+    let status =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&run_json).unwrap())
+            .unwrap()["status"]
+            .clone();
+    assert_eq!(
+        status, "interrupted",
+        "a refused resume leaves the run as it was"
     );
 
     // Resume, then kill rank 1 without warning once it has saved again.

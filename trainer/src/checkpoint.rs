@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module as _;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use kiln_models::{Model, ModelConfig};
@@ -54,8 +55,8 @@ pub struct LoopState {
     /// Dynamic loss scaling of an f16 run.
     #[serde(default)]
     pub loss_scale: Option<crate::amp::LossScale>,
-    /// Ranks of the data-parallel job that saved this state (`None`: one process, or a
-    /// checkpoint from before kiln trained on several). A run resumes on as many.
+    /// Ranks of the data-parallel job that saved this state (`None`: a checkpoint older than
+    /// this field, taken as one process). A run resumes on as many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world: Option<usize>,
 }
@@ -381,7 +382,7 @@ pub fn unpack_start(
         None => optimizer,
     };
     let best = match (st.best_step, files.get(registry::BEST_WEIGHTS)) {
-        (Some(s), _) if s == st.step => Some(model.clone()),
+        (Some(s), _) if s == st.step => Some(model.valid()),
         (Some(_), Some(bytes)) => {
             Some(weights::from_bytes(mconf.init(device), bytes.clone()).map_err(bad)?)
         }
@@ -445,7 +446,7 @@ pub fn load(
             ))
             .map_err(|e| fail(&dir.join(registry::OPTIM), e.to_string()))?;
         let best = match (st.best_step, loaded.files.get(registry::BEST_WEIGHTS)) {
-            (Some(s), _) if s == st.step => Some(model.clone()),
+            (Some(s), _) if s == st.step => Some(model.valid()),
             (Some(_), Some(bytes)) => Some(
                 weights::from_bytes(mconf.init(device), bytes.clone())
                     .map_err(|e| fail(&dir.join(registry::BEST_WEIGHTS), e))?,

@@ -374,15 +374,39 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     let mut best_model: Option<Model> = None;
     let mut resumed_label = None;
     let mut resumed_manifest = None;
+    // A run resumes on as many ranks as saved it; otherwise it is refused before anything
+    // about it changes, on every rank (the verdict rides in the broadcast below).
+    let mut refused: Option<String> = None;
     if opts.resume.is_some() && writer {
         let r = checkpoint::load(&reg, &run_dir, &info.id, &mconf, &device, optimizer)?;
         for why in &r.skipped {
             eprintln!("warning: skipping a damaged checkpoint: {why}");
         }
         checkpoint::check_unchanged(cfg, &pre, &mconf, &r.manifest, &r.label)?;
+        let was = r.state.world.unwrap_or(1);
+        if was != world {
+            let why = format!(
+                "run {} was trained on {was} rank{} (global batch {}); resume it on {was}{}: another number of ranks changes the global batch, the schedule and the place in the epoch",
+                info.id,
+                if was == 1 { "" } else { "s" },
+                t.batch_size * was,
+                if was == 1 {
+                    " process, without a launcher".to_string()
+                } else {
+                    format!(" ranks (mpirun -np {was})")
+                }
+            );
+            // run.json is untouched: the run stays resumable with the right count.
+            guard.info = None;
+            if group.is_none() {
+                return Err(TrainError::Setup(why));
+            }
+            refused = Some(why);
+        } else {
+            info.lineage.resumed_from.push(r.label.clone());
+            run::write_json(&run_dir.join(run::RUN), &info)?;
+        }
         (model, optimizer, st, best_model) = (r.model, r.optimizer, r.state, r.best);
-        info.lineage.resumed_from.push(r.label.clone());
-        run::write_json(&run_dir.join(run::RUN), &info)?;
         resumed_label = Some(r.label);
         resumed_manifest = Some(r.manifest);
     } else if let Some((init, from)) = init {
@@ -393,48 +417,38 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
     if let Some(g) = group {
         // Every rank starts from rank 0's weights (and, resuming, its optimizer moments, loop
         // state and best weights): identical replicas, whatever the backend's initialisation.
-        let packed = if writer {
+        let packed = if let Some(why) = &refused {
+            [&[0u8][..], why.as_bytes()].concat()
+        } else if writer {
             // burn draws a parameter's initial values when it is first used; alone, that is
             // the first forward pass, after the step's seed is set. Draw them from that seed
             // here too, so a data-parallel run starts from a single process's weights.
             device.seed(step_seed(f.seed, st.step, 0));
-            checkpoint::pack_start(
+            let mut packed = vec![1u8];
+            packed.extend(checkpoint::pack_start(
                 &model,
                 &optimizer,
                 &st,
                 best_model.as_ref(),
                 opts.resume.is_some(),
-            )?
+            )?);
+            packed
         } else {
             Vec::new()
         };
         let packed = g.broadcast(packed, &|| {
             "the broadcast of rank 0's starting weights".into()
         });
+        // The first byte: 1, rank 0's state follows; 0, why rank 0 refused to start.
+        if packed.first() != Some(&1) {
+            return Err(TrainError::Distributed(
+                String::from_utf8_lossy(packed.get(1..).unwrap_or_default()).into_owned(),
+            ));
+        }
         if !writer {
             (model, optimizer, st, best_model) =
-                checkpoint::unpack_start(&packed, &mconf, &device, optimizer)?;
+                checkpoint::unpack_start(&packed[1..], &mconf, &device, optimizer)?;
         }
-    }
-    if opts.resume.is_some() && st.world.unwrap_or(1) != world {
-        let was = st.world.unwrap_or(1);
-        let why = format!(
-            "run {} was trained on {was} rank{} (global batch {}); resume it on {was}{}: another number of ranks changes the global batch, the schedule and the place in the epoch",
-            info.id,
-            if was == 1 { "" } else { "s" },
-            t.batch_size * was,
-            if was == 1 {
-                " process, without a launcher".to_string()
-            } else {
-                format!(" ranks (mpirun -np {was})")
-            }
-        );
-        // The run is as it was: resumable with the right number of ranks.
-        guard.info = None;
-        return Err(match group {
-            Some(_) => TrainError::Distributed(why),
-            None => TrainError::Setup(why),
-        });
     }
     st.world = Some(world);
     st.seed = f.seed;
@@ -559,7 +573,9 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             st.best = value;
             st.best_step = Some(st.step);
             st.validations_without_improvement = 0;
-            *best_model = Some(model.clone());
+            // A snapshot of its own: a clone would share batch norm's running statistics
+            // with the model that goes on training.
+            *best_model = Some(model.valid());
         } else if value.is_some() {
             // An undefined metric (AUC of a split missing a class) says nothing either way.
             st.validations_without_improvement += 1;

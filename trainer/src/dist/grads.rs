@@ -109,8 +109,13 @@ pub fn flatten<M: Module>(model: &M, grads: &GradientsParams, extra: &[f32]) -> 
         buffers: Vec::new(),
     };
     model.visit(&mut g);
-    let host = to_host(std::mem::take(&mut g.present));
-    let mut flat = Vec::with_capacity(g.values + g.pieces.len() + extra.len());
+    // One read from the device: the gradients present, then the buffers.
+    let (ids, buffer_tensors): (Vec<ParamId>, Vec<Tensor<1>>) = g.buffers.into_iter().unzip();
+    let lens: Vec<usize> = buffer_tensors.iter().map(|t| t.dims()[0]).collect();
+    let mut tensors = std::mem::take(&mut g.present);
+    tensors.extend(buffer_tensors);
+    let host = to_host(tensors);
+    let mut flat = Vec::with_capacity(host.len() + g.values + g.pieces.len() + extra.len());
     let mut at = 0;
     for &(n, slot) in &g.pieces {
         match slot {
@@ -126,14 +131,11 @@ pub fn flatten<M: Module>(model: &M, grads: &GradientsParams, extra: &[f32]) -> 
             .iter()
             .map(|(_, s)| if s.is_some() { 1.0 } else { 0.0 }),
     );
-    let mut buffers = Vec::with_capacity(g.buffers.len());
-    let mut offset = flat.len();
-    let (ids, tensors): (Vec<ParamId>, Vec<Tensor<1>>) = g.buffers.into_iter().unzip();
-    let lens: Vec<usize> = tensors.iter().map(|t| t.dims()[0]).collect();
-    flat.extend(to_host(tensors));
+    let mut buffers = Vec::with_capacity(ids.len());
     for (id, n) in ids.into_iter().zip(lens) {
-        buffers.push((id, offset, n));
-        offset += n;
+        buffers.push((id, flat.len(), n));
+        flat.extend_from_slice(&host[at..at + n]);
+        at += n;
     }
     let extra_at = flat.len();
     flat.extend_from_slice(extra);

@@ -273,6 +273,22 @@ impl Group {
     }
 }
 
+impl Drop for Group {
+    /// Unwinding from a panic would end in `MPI_Finalize`, which waits for ranks that are
+    /// waiting for this one: end the job instead, once the run was marked failed (the trainer's
+    /// guards drop first).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "error: rank {} of {}: kiln panicked (a bug: please report it with the message above); stopping the job",
+                self.rank(),
+                self.world()
+            );
+            self.engine.get_mut().abort(101);
+        }
+    }
+}
+
 #[cfg(feature = "mpi")]
 fn open_mpi(t: &Topology) -> Result<(Box<dyn Engine>, usize), String> {
     let m = mpi::Mpi::init()?;

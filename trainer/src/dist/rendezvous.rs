@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The first bytes of a kiln rank's hello: anything else on the port is not a rank.
+const MAGIC: &[u8; 8] = b"kiln-rdv";
+
 /// Rank 0's `payload` on every rank; rank 0 passes `Some`, the others `None`.
 pub fn exchange(
     addr: &str,
@@ -59,13 +62,13 @@ async fn serve(port: u16, world: usize, payload: [u8; 128]) -> Result<(), String
             .map_err(|e| format!("the rendezvous: {e}"))?;
         // A stray connection (a port scanner, a health check) that says nothing within a few
         // seconds is dropped, not waited for.
-        let mut hello = [0u8; 16];
+        let mut hello = [0u8; 24];
         match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hello)).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) if &hello[..8] == MAGIC => {}
             _ => continue,
         }
-        let r = u64::from_le_bytes(hello[..8].try_into().expect("8 bytes")) as usize;
-        let w = u64::from_le_bytes(hello[8..].try_into().expect("8 bytes")) as usize;
+        let r = u64::from_le_bytes(hello[8..16].try_into().expect("8 bytes")) as usize;
+        let w = u64::from_le_bytes(hello[16..].try_into().expect("8 bytes")) as usize;
         if w != world {
             return Err(format!(
                 "rank {r} at {peer} was told the world has {w} ranks, rank 0 {world}"
@@ -98,9 +101,10 @@ async fn join(addr: &str, port: u16, rank: usize, world: usize) -> Result<[u8; 1
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    let mut hello = [0u8; 16];
-    hello[..8].copy_from_slice(&(rank as u64).to_le_bytes());
-    hello[8..].copy_from_slice(&(world as u64).to_le_bytes());
+    let mut hello = [0u8; 24];
+    hello[..8].copy_from_slice(MAGIC);
+    hello[8..16].copy_from_slice(&(rank as u64).to_le_bytes());
+    hello[16..].copy_from_slice(&(world as u64).to_le_bytes());
     s.write_all(&hello)
         .await
         .map_err(|e| format!("the rendezvous at {addr}:{port}: {e}"))?;
@@ -132,6 +136,14 @@ mod tests {
         let others: Vec<_> = (1..4)
             .map(|r| std::thread::spawn(move || exchange("127.0.0.1", port, r, 4, None, t)))
             .collect();
+        // A stray client (an HTTP health check) is not taken for a rank.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::Write;
+                let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            }
+        });
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(exchange("127.0.0.1", port, 0, 4, Some(id), t).unwrap(), id);
         for o in others {
