@@ -393,6 +393,50 @@ fn batch_norm_statistics_agree_across_ranks() {
     assert!((a - b).abs() < 1e-5, "loss {a} alone, {b} in the run");
 }
 
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
+fn a_hung_rank_ends_the_job_after_the_timeout() {
+    // Rank 1 stops answering (SIGSTOP: alive, but silent): rank 0 waits in the gradient
+    // all-reduce until `distributed.timeout_s`, then ends with the reason.
+    let sb = Sandbox::new();
+    let args: &[&str] = &[
+        "train",
+        "configs/digits_mlp.toml",
+        "--set",
+        "train.epochs=150",
+        "--set",
+        "train.checkpoint_every=100",
+        "--set",
+        "distributed.timeout_s=3",
+    ];
+    let reg = sb.registry();
+    let mut job = start_until_checkpoint(mpirun(&sb, &[args, args]), &reg, None);
+    let ranks = children(job.id());
+    assert_eq!(ranks.len(), 2, "two kiln ranks under mpirun: {ranks:?}");
+    Command::new("kill")
+        .args(["-STOP", &ranks[1].to_string()])
+        .status()
+        .expect("kill");
+    let stopped = Instant::now();
+    let out = wait_for(&mut job, Duration::from_secs(60));
+    let took = stopped.elapsed();
+    // In case the launcher left it stopped.
+    let _ = Command::new("kill")
+        .args(["-KILL", &ranks[1].to_string()])
+        .status();
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: rank 0 of 2: no answer from the other ranks after 3 s in the gradient all-reduce of step"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "ended after {took:?}, before the timeout"
+    );
+    eprintln!("the job ended {took:?} after rank 1 stopped answering");
+}
+
 /// Process ids of the `kiln` children of `pid`, from /proc.
 fn children(pid: u32) -> Vec<u32> {
     let mut v: Vec<u32> = std::fs::read_dir("/proc")
