@@ -285,9 +285,17 @@ fn main() -> ExitCode {
             quiet,
             json,
             registry,
-        } => cmd_train(
-            config, &set, smoke, resume, init_from, device, quiet, json, registry,
-        ),
+        } => cmd_train(TrainArgs {
+            config_path: config,
+            set,
+            smoke,
+            resume,
+            init_from,
+            device,
+            quiet,
+            json,
+            registry,
+        }),
         Command::Devices { json } => cmd_devices(json),
         Command::Predict {
             model,
@@ -395,10 +403,10 @@ fn load_config(path: &Path, overrides: &[Override]) -> Result<config::RunConfig,
     )?)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cmd_train(
+/// `kiln train`'s arguments, as given.
+struct TrainArgs {
     config_path: Option<PathBuf>,
-    set: &[String],
+    set: Vec<String>,
     smoke: bool,
     resume: Option<String>,
     init_from: Option<String>,
@@ -406,42 +414,23 @@ fn cmd_train(
     quiet: bool,
     json: bool,
     registry: Option<PathBuf>,
-) -> Result<u8, Failure> {
+}
+
+fn cmd_train(args: TrainArgs) -> Result<u8, Failure> {
     // Started by a launcher (mpirun, srun) as one rank of several: join the others first.
     let group = kiln_trainer::dist::Group::join()
         .map_err(Failure::usage)?
         .map(std::rc::Rc::new);
+    if let Some(g) = &group {
+        on_launcher_stop(g.rank(), g.world());
+    }
+    let result = train_one(args, group.clone());
     let Some(g) = group.as_deref() else {
-        return train_one(
-            config_path,
-            set,
-            smoke,
-            resume,
-            init_from,
-            device,
-            quiet,
-            json,
-            registry,
-            None,
-        )
-        .map_err(|r| match r {
+        return result.map_err(|r| match r {
             Ranked::Agreed(f) | Ranked::Alone(f) => f,
         });
     };
-    on_launcher_stop(g.rank(), g.world());
     let (rank, world) = (g.rank(), g.world());
-    let result = train_one(
-        config_path,
-        set,
-        smoke,
-        resume,
-        init_from,
-        device,
-        quiet,
-        json,
-        registry,
-        group.clone(),
-    );
     match result {
         Ok(code) => Ok(code),
         // Every rank knows (the handshake): each says why, then all end together.
@@ -664,22 +653,24 @@ fn on_launcher_stop(rank: usize, world: usize) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn train_one(
-    config_path: Option<PathBuf>,
-    set: &[String],
-    smoke: bool,
-    resume: Option<String>,
-    init_from: Option<String>,
-    device: Option<String>,
-    quiet: bool,
-    json: bool,
-    registry: Option<PathBuf>,
+    args: TrainArgs,
     group: Option<std::rc::Rc<kiln_trainer::dist::Group>>,
 ) -> Result<u8, Ranked> {
+    let TrainArgs {
+        config_path,
+        set,
+        smoke,
+        resume,
+        init_from,
+        device,
+        quiet,
+        json,
+        registry,
+    } = args;
     let loaded = load_for_training(
         config_path.as_deref(),
-        set,
+        &set,
         resume.as_deref(),
         device.as_deref(),
         registry,

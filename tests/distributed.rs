@@ -150,12 +150,7 @@ fn two_ranks_train_the_weights_of_one_process_with_the_same_global_batch() {
     assert!(diff <= 1e-5, "weights differ by {diff}");
     // The ranks evaluate shards and pool the predictions: the same metrics as one process.
     let metrics = |sb: &Sandbox| -> serde_json::Value {
-        let run = final_weights(&sb.registry())
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("run.json");
+        let run = final_weights_dir(&sb.registry()).join("run.json");
         serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run).unwrap()).unwrap()["metrics"].clone()
     };
     let (a, b) = (metrics(&one), metrics(&two));
@@ -372,12 +367,7 @@ fn batch_norm_statistics_agree_across_ranks() {
     ];
     let (out, _) = within(mpirun(&sb, &[args, args]), Duration::from_secs(300));
     assert_exit(&out, 0);
-    let run = final_weights(&sb.registry())
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("run.json");
+    let run = final_weights_dir(&sb.registry()).join("run.json");
     let recorded: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run).unwrap()).unwrap();
     let out = sb.kiln(&["eval", "latest", "--split", "valid", "--json"]);

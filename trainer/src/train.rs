@@ -282,6 +282,26 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             &format!("run {id}"),
         )
     };
+    let new_info = |id: String| RunInfo {
+        id,
+        name: cfg.name.clone(),
+        status: Status::Running,
+        smoke,
+        started: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        finished: None,
+        config_path: opts.config_path.clone(),
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        device: device_label.clone(),
+        steps: 0,
+        epochs_done: 0,
+        wall_seconds: 0.0,
+        train_samples_per_second: 0.0,
+        monitor: cfg.monitor.metric.clone(),
+        best_valid: None,
+        metrics: BTreeMap::new(),
+        lineage: Lineage::default(),
+        version: None,
+    };
     let (run_dir, mut info, _run_lock) = match (&opts.resume, resumed) {
         (Some(dir), Some(mut info)) => {
             let lock = if writer {
@@ -293,29 +313,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             info.finished = None;
             (dir.clone(), info, lock)
         }
-        _ if !writer => {
-            let info = RunInfo {
-                id: String::new(),
-                name: cfg.name.clone(),
-                status: Status::Running,
-                smoke,
-                started: String::new(),
-                finished: None,
-                config_path: opts.config_path.clone(),
-                kiln_version: env!("CARGO_PKG_VERSION").into(),
-                device: device_label.clone(),
-                steps: 0,
-                epochs_done: 0,
-                wall_seconds: 0.0,
-                train_samples_per_second: 0.0,
-                monitor: cfg.monitor.metric.clone(),
-                best_valid: None,
-                metrics: BTreeMap::new(),
-                lineage: Lineage::default(),
-                version: None,
-            };
-            (PathBuf::new(), info, None)
-        }
+        // Not rank 0: the run's record lives in memory only.
+        _ if !writer => (PathBuf::new(), new_info(String::new()), None),
         _ => {
             let id = run::new_id(&cfg.name);
             let runs = run::runs_dir(&opts.registry);
@@ -336,26 +335,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             run::write_atomic(&dir.join(run::CONFIG), format!("{header}{toml}").as_bytes())?;
             run::write_json(&dir.join(run::PREPROCESS), &pre)?;
             run::write_json(&dir.join(run::MODEL_CONFIG), &mconf)?;
-            let info = RunInfo {
-                id: id.clone(),
-                name: cfg.name.clone(),
-                status: Status::Running,
-                smoke,
-                started: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                finished: None,
-                config_path: opts.config_path.clone(),
-                kiln_version: env!("CARGO_PKG_VERSION").into(),
-                device: device_label.clone(),
-                steps: 0,
-                epochs_done: 0,
-                wall_seconds: 0.0,
-                train_samples_per_second: 0.0,
-                monitor: cfg.monitor.metric.clone(),
-                best_valid: None,
-                metrics: BTreeMap::new(),
-                lineage: Lineage::default(),
-                version: None,
-            };
+            let info = new_info(id);
             run::write_json(&dir.join(run::RUN), &info)?;
             (dir, info, Some(lock))
         }
