@@ -69,7 +69,9 @@ fn fail(path: &Path, message: impl Into<String>) -> TrainError {
 }
 
 /// The part of every manifest of a run that does not change between checkpoints: config,
-/// model, preprocessing, data fingerprint, versions, git, device, lineage.
+/// model, preprocessing, data fingerprint (`files`, from [`data_files`]), versions, git,
+/// device, lineage.
+#[allow(clippy::too_many_arguments)]
 pub fn base_manifest(
     cfg: &RunConfig,
     run_id: &str,
@@ -78,8 +80,8 @@ pub fn base_manifest(
     config_path: &str,
     lineage: Lineage,
     chosen: &crate::backend::Chosen,
+    files: Vec<DataFile>,
 ) -> Result<Manifest, TrainError> {
-    let files = data_files(cfg)?;
     let split = &cfg.file.data.split;
     let mut config = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
     config["name"] = cfg.name.clone().into();

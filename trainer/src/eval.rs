@@ -69,18 +69,21 @@ pub fn evaluate(
     metrics_of(predict(model, data, loss, device), data, pre)
 }
 
-/// [`evaluate`] across the ranks of a data-parallel job: each rank predicts a contiguous
-/// slice of `data`, and one all-reduce of the (zero-padded) predictions gives every rank all
-/// of them, so every rank computes the same metrics (AUC included) and makes the same
-/// decisions.
-pub fn evaluate_sharded(
+/// [`evaluate`], shared among the ranks of a data-parallel job when there is one: each rank
+/// predicts a contiguous slice of `data`, and one all-reduce of the (zero-padded) predictions
+/// gives every rank all of them, so every rank computes the same metrics (AUC included) and
+/// makes the same decisions.
+pub fn evaluate_in(
+    group: Option<&crate::dist::Group>,
     model: &Model,
     data: &Dataset,
     loss: &Loss,
     pre: &Preprocessor,
     device: &Device,
-    group: &crate::dist::Group,
 ) -> Metrics {
+    let Some(group) = group else {
+        return evaluate(model, data, loss, pre, device);
+    };
     let (n, w) = (data.n, loss.predicted_width());
     let per = n.div_ceil(group.world());
     let start = (group.rank() * per).min(n);

@@ -15,7 +15,7 @@ use kiln_models::Model;
 use crate::checkpoint::{self, LoopState, Saver};
 use crate::config::RunConfig;
 use crate::data::{self, DataError, Dataset, Loader, Preprocessor};
-use crate::eval::evaluate;
+use crate::eval::evaluate_in;
 use crate::metrics::Metrics;
 use crate::optim;
 use crate::progress::{Progress, StepReport};
@@ -98,6 +98,7 @@ fn hello(
     opts: &Options,
     world: usize,
     backend: &str,
+    data_files: &[crate::registry::manifest::DataFile],
 ) -> Result<crate::dist::Hello, TrainError> {
     let mut resolved = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
     resolved["name"] = cfg.name.clone().into();
@@ -120,9 +121,9 @@ fn hello(
             .map_err(|e| TrainError::Setup(format!("{}: {e}", p.display())))?;
         config.insert("(resumed preprocess.json)".into(), sha.into());
     }
-    let data = checkpoint::data_files(cfg)?
-        .into_iter()
-        .map(|f| (f.role, f.sha256))
+    let data = data_files
+        .iter()
+        .map(|f| (f.role.clone(), f.sha256.clone()))
         .collect();
     Ok(crate::dist::Hello {
         kiln_version: env!("CARGO_PKG_VERSION").into(),
@@ -177,6 +178,8 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
         Ok::<_, TrainError>((precision, chosen))
     })();
     let mut agreed = None;
+    // The data files' hashes: compared between ranks, then recorded in rank 0's manifests.
+    let mut data_files = None;
     if let Some(g) = group {
         // The first collective: a rank that failed to start tells the others, so every rank
         // ends with the reason instead of waiting.
@@ -184,7 +187,10 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             .as_ref()
             .map_err(|e| e.to_string())
             .and_then(|(_, chosen)| {
-                hello(cfg, opts, world, chosen.backend).map_err(|e| e.to_string())
+                let files = checkpoint::data_files(cfg).map_err(|e| e.to_string())?;
+                let h = hello(cfg, opts, world, chosen.backend, &files);
+                data_files = Some(files);
+                h.map_err(|e| e.to_string())
             });
         agreed = Some(g.agree(mine).map_err(TrainError::Distributed)?);
     }
@@ -451,6 +457,10 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             &opts.config_path,
             info.lineage.clone(),
             &chosen,
+            match data_files.take() {
+                Some(files) => files,
+                None => checkpoint::data_files(cfg)?,
+            },
         )?)
     };
     if let (Some(m), Some(b)) = (&resumed_manifest, &base_manifest) {
@@ -537,12 +547,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
                     progress: &Progress,
                     log_line: &mut dyn FnMut(crate::tracking::Point) -> Result<(), RunError>|
      -> Result<(Metrics, bool), RunError> {
-        let m = match group {
-            Some(g) => {
-                crate::eval::evaluate_sharded(&model.valid(), &valid_set, &loss_fn, &pre, &base, g)
-            }
-            None => evaluate(&model.valid(), &valid_set, &loss_fn, &pre, &base),
-        };
+        let m = evaluate_in(group, &model.valid(), &valid_set, &loss_fn, &pre, &base);
         let value = m.get(&cfg.monitor.metric);
         let min_delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
         let improved = value.is_some_and(|v| cfg.monitor.improves(v, st.best, min_delta));
@@ -884,12 +889,7 @@ pub fn train(cfg: &RunConfig, opts: &Options) -> Result<Outcome, TrainError> {
             ("test", &test_set),
         ] {
             if split.n > 0 {
-                let m = match group {
-                    Some(g) => {
-                        crate::eval::evaluate_sharded(&eval_model, split, &loss_fn, &pre, &base, g)
-                    }
-                    None => evaluate(&eval_model, split, &loss_fn, &pre, &base),
-                };
+                let m = evaluate_in(group, &eval_model, split, &loss_fn, &pre, &base);
                 info.metrics.insert(name.into(), m);
             }
         }
