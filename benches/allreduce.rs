@@ -95,7 +95,8 @@ fn main() {
     })
     .init(&device);
     let x = Tensor::<2>::ones([128, 784], &device);
-    let grads = GradientsParams::from_grads(model.forward(x).sum().backward(), &model);
+    let out = model.forward(kiln_models::Input::Rows(x)).per_example();
+    let grads = GradientsParams::from_grads(out.sum().backward(), &model);
     let params = model.num_params();
     let mut step = Vec::new();
     for _ in 0..rounds {

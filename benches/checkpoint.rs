@@ -13,13 +13,14 @@
 //!    (`store::commit_dir`: temporary folder, fsync of each file, rename, fsync of the parent)
 //!    against `std::fs::write` + `fsync` of the same files into a plain folder.
 
+use kiln_trainer::layout;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use kiln_trainer::config::{self, Override};
-use kiln_trainer::registry::{self, manifest::Manifest, store};
+use kiln_trainer::registry::{manifest::Manifest, store};
 
 fn train(registry: &Path, steps: usize, every: Option<usize>) -> (f64, std::path::PathBuf) {
     let cfg_path = "configs/mnist_mlp.toml";
@@ -90,7 +91,7 @@ fn main() {
         }
         i += 1;
     }
-    kiln_trainer::train::init_threads(2);
+    kiln_trainer::backend::init_threads(2);
     let settings: [Option<usize>; 3] = [None, Some(100), Some(20)];
     let mut walls: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
     let reg = tempfile::tempdir().unwrap();
@@ -122,9 +123,9 @@ fn main() {
 
     // Throughput: the files of the newest real checkpoint.
     let run = last_run.unwrap();
-    let (_, ckpt) = registry::checkpoints(&run).into_iter().next().unwrap();
+    let (_, ckpt) = layout::checkpoints(&run).into_iter().next().unwrap();
     let manifest: Manifest =
-        serde_json::from_slice(&std::fs::read(ckpt.join(registry::MANIFEST)).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(ckpt.join(layout::MANIFEST)).unwrap()).unwrap();
     let files: Vec<(String, Vec<u8>)> = manifest
         .files
         .keys()

@@ -32,7 +32,7 @@ fn main() {
         .iter()
         .position(|a| a == "--threads")
         .map_or(2, |i| args[i + 1].parse().expect("--threads T"));
-    kiln_trainer::train::init_threads(threads);
+    kiln_trainer::backend::init_threads(threads);
     let device = Device::flex().autodiff();
     let pad = PaddingConfig2d::Explicit(1, 1, 1, 1);
     let c1 = Conv2dConfig::new([1, 32], [3, 3])

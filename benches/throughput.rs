@@ -209,7 +209,7 @@ fn main() {
         }
         i += 1;
     }
-    kiln_trainer::train::init_threads(threads);
+    kiln_trainer::backend::init_threads(threads);
     let warmup = (steps / 5).max(5);
     for model in ["mlp", "cnn"] {
         if which != "all" && which != model {

@@ -443,3 +443,117 @@ fn a_killed_f16_run_resumes_to_bit_identical_weights() {
         "a killed and resumed f16 run ended with other weights"
     );
 }
+
+/// Starts a CPU training of `cfg` (with `train.checkpoint_every = 1`, `total_steps` steps in
+/// all) and interrupts it as Ctrl-C does (SIGINT) after its first checkpoint; returns the run's
+/// folder. The process is frozen while the test checks that steps remain (it runs at most a
+/// few steps ahead of its newest checkpoint, the writer's queue being short), so the interrupt
+/// cannot come after the last step; if too few remain (a very slow poll), the attempt is
+/// dropped and made again with a new run.
+fn interrupted_run(sb: &Sandbox, cfg: &str, total_steps: u64) -> std::path::PathBuf {
+    // Runs already there, and attempts given up on, are not the one awaited.
+    let mut dropped: Vec<std::path::PathBuf> = run_dirs(sb);
+    for _ in 0..5 {
+        let mut child = sb
+            .command(&["train", cfg, "--device", "cpu"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let run_dir = wait_until(
+            "the first checkpoint of a new run",
+            std::time::Duration::from_secs(120),
+            || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("the training ended ({status}) before its first checkpoint");
+                }
+                run_dirs(sb)
+                    .into_iter()
+                    .find(|r| !dropped.contains(r) && !checkpoint_steps(r).is_empty())
+            },
+        );
+        freeze(child.id());
+        let newest = *checkpoint_steps(&run_dir).last().unwrap();
+        if newest + 5 < total_steps {
+            signal(child.id(), "INT");
+            signal(child.id(), "CONT");
+            let o = wait_with_deadline(
+                child,
+                std::time::Duration::from_secs(120),
+                "an interrupted training",
+            );
+            assert_exit(&o, 130);
+            assert!(
+                stderr(&o).contains("resume with: kiln train --resume"),
+                "{}",
+                stderr(&o)
+            );
+            return run_dir;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        dropped.push(run_dir);
+    }
+    panic!("five trainings all ran to their end before the test could interrupt them");
+}
+
+/// README, "Backends and features": `--device` with `--resume` continues a run on another
+/// device; a device that cannot be used is one line, exit code 1, before anything about the
+/// run changes ("No GPU, no driver, an index out of range, a backend not compiled in: each is
+/// one line saying which and how to fix it, exit code 1").
+#[test]
+fn resume_continues_on_another_device_and_a_missing_one_changes_nothing() {
+    let sb = Sandbox::new();
+    // 20 steps an epoch.
+    let cfg = digits_config(
+        &sb,
+        "[train]\nepochs = 10\ncheckpoint_every = 1\n[runtime]\nthreads = 1\n",
+    );
+    let c = cfg.to_str().unwrap();
+    let run_dir = interrupted_run(&sb, c, 200);
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let run_json = run_dir.join("run.json");
+    let before = std::fs::read(&run_json).unwrap();
+    assert_eq!(read_json(&run_json)["status"], "interrupted");
+
+    // No such device here (CI has no NVIDIA GPU, and may be built without CUDA).
+    let o = sb.kiln(&["train", "--resume", &id, "--device", "cuda:7"]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error:") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&run_json).unwrap(),
+        before,
+        "a resume refused for its device changed run.json"
+    );
+
+    let o = sb.kiln(&["train", "--resume", &id, "--device", "cpu", "--json"]);
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["status"], "completed");
+    let info = read_json(&run_json);
+    assert_eq!(info["status"], "completed", "{info}");
+    assert!(
+        info["device"].as_str().unwrap().starts_with("cpu"),
+        "{info}"
+    );
+
+    // On the Vulkan device, where there is one (CI: lavapipe).
+    if wgpu_adapter(&sb).is_none() {
+        return;
+    }
+    let run_dir = interrupted_run(&sb, c, 200);
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let o = sb.kiln(&["train", "--resume", &id, "--device", "wgpu", "--json"]);
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["status"], "completed");
+    let info = read_json(&run_dir.join("run.json"));
+    assert_eq!(info["status"], "completed", "{info}");
+    assert!(
+        info["device"].as_str().unwrap().starts_with("wgpu"),
+        "run.json names the device the run finished on: {info}"
+    );
+}

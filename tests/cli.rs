@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -394,6 +395,15 @@ fn interrupt_saves_and_resume_matches_an_uninterrupted_run() {
     assert_eq!(
         resumed["metrics"], full["metrics"],
         "resumed and uninterrupted runs end equal"
+    );
+    // And with the same weights, to the bit (README, "Exact resume").
+    let weights = |run: &Value| {
+        sha256_file(&Path::new(run["run_dir"].as_str().unwrap()).join("final/model.safetensors"))
+    };
+    assert_eq!(
+        weights(&resumed),
+        weights(&full),
+        "the interrupted and resumed run ended with other final weights than the uninterrupted one"
     );
 }
 
@@ -863,9 +873,13 @@ fn resume_refuses_a_completed_run_and_smoke() {
     assert_exit(&o, 2);
 }
 
+/// README, "The command line": a killed process (no Ctrl-C) resumes from its newest intact
+/// checkpoint (the end of the last epoch, or the last `train.checkpoint_every` step) and ends
+/// with the final weights of an uninterrupted run.
 #[test]
 fn a_killed_run_resumes_from_a_mid_epoch_checkpoint_and_ends_as_if_never_killed() {
     let sb = Sandbox::new();
+    // 20 steps an epoch (batch 64), a checkpoint every 7 steps and at each epoch's end.
     let cfg = digits_config_with(
         &sb,
         "\ndropout = 0.2",
@@ -878,25 +892,76 @@ fn a_killed_run_resumes_from_a_mid_epoch_checkpoint_and_ends_as_if_never_killed(
     let full_id = full["run_id"].as_str().unwrap().to_string();
 
     let mut child = sb.command(&["train", c, "--quiet"]).spawn().unwrap();
-    let run_dir = wait_for_logged_step(&sb, 1000, Some(&full_id));
-    child.kill().unwrap();
+    let run_dir = wait_for_logged_step(&sb, 300, Some(&full_id));
+    // Which checkpoint survives a kill depends on where the background writer was: rather than
+    // guess, freeze the process (SIGSTOP stops every thread, the writer's too, so nothing more
+    // is committed), read what is on disk, and kill it when the newest checkpoint is a
+    // mid-epoch one; when it is an epoch's end, let it run to its next checkpoint and look
+    // again.
+    let pid = child.id();
+    let mut looked_at = Vec::new();
+    let (newest, state) = wait_until(
+        "a moment when the newest checkpoint is a mid-epoch one",
+        Duration::from_secs(120),
+        || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the training ended ({status}) first; checkpoints seen: {looked_at:?}");
+            }
+            freeze(pid);
+            let newest = newest_checkpoint(&run_dir).expect("a checkpoint before step 300");
+            let state = read_json(&newest.join("state.json"));
+            if state["batch"].as_u64().unwrap() > 0 {
+                return Some((newest, state));
+            }
+            looked_at.push(state["step"].as_u64().unwrap());
+            signal(pid, "CONT");
+            wait_until("the next checkpoint", Duration::from_secs(60), || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("the training ended ({status}); checkpoints seen: {looked_at:?}");
+                }
+                newest_checkpoint(&run_dir)
+                    .filter(|n| *n > newest)
+                    .map(|_| ())
+            });
+            None
+        },
+    );
+    child.kill().unwrap(); // SIGKILL, while stopped
     child.wait().unwrap();
-    let latest = newest_checkpoint(&run_dir).unwrap();
-    let name = latest.file_name().unwrap().to_str().unwrap();
-    let step: u64 = name.trim_start_matches("step-").parse().unwrap();
-    // Checkpoints are written in the background, at most two behind training: the kill may
-    // take the newest ones with it, never an older complete one.
+    // What the resume must start from, read from the disk after the kill.
+    let name = newest.file_name().unwrap().to_str().unwrap().to_string();
+    let step = state["step"].as_u64().unwrap();
+    assert_eq!(name, format!("step-{step:09}"), "{state}");
     assert!(
-        (966..1000).contains(&step) && (step.is_multiple_of(7) || step.is_multiple_of(40)),
-        "checkpoint at step {step}"
+        step.is_multiple_of(7),
+        "a mid-epoch checkpoint comes from train.checkpoint_every = 7: {state}"
+    );
+    assert_eq!(
+        newest_checkpoint(&run_dir).as_ref(),
+        Some(&newest),
+        "the kill of a stopped process changed the checkpoints"
     );
     let id = run_dir.file_name().unwrap().to_str().unwrap();
     let o = sb.kiln(&["train", "--resume", id, "--json"]);
     assert_exit(&o, 0);
     let resumed = json(&o);
+    let info = read_json(&run_dir.join("run.json"));
+    assert_eq!(
+        info["lineage"]["resumed_from"],
+        serde_json::json!([format!("{id}@{name}")]),
+        "resumed from another checkpoint than the newest intact one"
+    );
     assert_eq!(resumed["steps"], full["steps"]);
     assert_eq!(
         resumed["metrics"], full["metrics"],
         "killed and resumed ends equal to uninterrupted"
+    );
+    let weights = |run: &Value| {
+        sha256_file(&Path::new(run["run_dir"].as_str().unwrap()).join("final/model.safetensors"))
+    };
+    assert_eq!(
+        weights(&resumed),
+        weights(&full),
+        "killed at step {step} and resumed, the final weights differ from an uninterrupted run's"
     );
 }

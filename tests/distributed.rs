@@ -166,6 +166,66 @@ fn two_ranks_train_the_weights_of_one_process_with_the_same_global_batch() {
     assert_exit(&two.kiln(&["registry", "verify"]), 0);
 }
 
+/// README, "Multi-GPU and multi-node", batch size: gradients are weighted by each rank's share
+/// (the last batch of an epoch may be uneven), so N ranks compute the gradient of the same
+/// global-batch mean loss as one process. Plain SGD without momentum makes the update
+/// proportional to the gradient itself (AdamW's would hide a constant factor), and the training
+/// split is not a multiple of the global batch, so the last step of every epoch splits unevenly
+/// between the two ranks.
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
+fn two_ranks_with_uneven_shares_train_the_weights_of_one_process_with_sgd() {
+    let cfg = "configs/digits_mlp.toml";
+    let sgd = [
+        "--set",
+        "optim.name=sgd",
+        "--set",
+        "optim.momentum=0.0",
+        "--set",
+        "optim.lr=0.05",
+        // The last weights: a validation that one rounding apart picks another best epoch
+        // must not decide the comparison.
+        "--set",
+        "train.restore_best=false",
+    ];
+    let one = Sandbox::new();
+    let mut args = vec!["train", cfg, "--json", "--set", "train.batch_size=64"];
+    args.extend_from_slice(SETTINGS);
+    args.extend_from_slice(&sgd);
+    let out = one.kiln(&args);
+    assert_exit(&out, 0);
+    // The training split's size, from the run's own metrics: its last global batch of 64 must
+    // be short, and longer than one rank's 32, so that both ranks hold part of it, unequally.
+    let n = json(&out)["metrics"]["train"]["count"].as_u64().unwrap();
+    let last = n % 64;
+    assert!(
+        last > 32,
+        "the training split has {n} examples: its last batch of 64 holds {last}, which does not split unevenly between two ranks of 32; change the batch sizes"
+    );
+
+    let two = Sandbox::new();
+    let mut args = vec!["train", cfg, "--set", "train.batch_size=32"];
+    args.extend_from_slice(SETTINGS);
+    args.extend_from_slice(&sgd);
+    let (out, _) = within(mpirun(&two, &[&args, &args]), Duration::from_secs(300));
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("global batch 64 (32 per rank)"),
+        "{}",
+        stderr(&out)
+    );
+    let diff = max_abs_diff(
+        &weights(&final_weights(&one.registry())),
+        &weights(&final_weights(&two.registry())),
+    );
+    eprintln!("max abs difference, SGD, 1 process vs 2 ranks with uneven shares: {diff:e}");
+    assert!(
+        diff <= 1e-6,
+        "2 ranks ({last} examples in the last batch: 32 and {}) end {diff:e} away from one process",
+        last - 32
+    );
+}
+
 #[test]
 #[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
 fn ranks_with_different_configs_all_stop_with_the_reason() {
@@ -343,11 +403,17 @@ fn stopped_or_killed_ranks_resume_to_the_uninterrupted_weights() {
     let (out, _) = within(mpirun(&sb, &[resume, resume]), Duration::from_secs(600));
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
+    // README: the final weights equal an uninterrupted run's, to the bit (the CPU path is
+    // deterministic, and the same weights give the same file).
     let diff = max_abs_diff(
         &weights(&final_weights(&whole.registry())),
         &weights(&final_weights(&reg)),
     );
-    assert!(diff <= 1e-6, "resumed weights differ by {diff}");
+    assert_eq!(
+        sha256_file(&final_weights(&reg)),
+        sha256_file(&final_weights(&whole.registry())),
+        "the stopped, killed and resumed 2-rank run ended with other weights (max abs difference {diff:e})"
+    );
     assert_eq!(versions(&reg, "digits-mlp"), vec!["v1"]);
 }
 
@@ -383,11 +449,17 @@ fn batch_norm_statistics_agree_across_ranks() {
     assert!((a - b).abs() < 1e-5, "loss {a} alone, {b} in the run");
 }
 
+/// README, "Multi-GPU and multi-node", a rank that hangs: any collective that waits longer than
+/// `distributed.timeout_s` ends its rank with a message naming what it waited for.
 #[test]
 #[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
 fn a_hung_rank_ends_the_job_after_the_timeout() {
     // Rank 1 stops answering (SIGSTOP: alive, but silent): rank 0 waits in the gradient
-    // all-reduce until `distributed.timeout_s`, then ends with the reason.
+    // all-reduce until `distributed.timeout_s`, then ends with the reason. The timeout is
+    // generous, so that a loaded 2-core machine cannot trip it before the freeze (the start-up
+    // handshake waits under it too), and rank 1 is frozen only once training is under way (a
+    // checkpoint exists). No validation and no loss logging until the end: mid-run, the
+    // gradient all-reduce is the only collective, so it is the one rank 0 waits in.
     let sb = Sandbox::new();
     let args: &[&str] = &[
         "train",
@@ -397,7 +469,11 @@ fn a_hung_rank_ends_the_job_after_the_timeout() {
         "--set",
         "train.checkpoint_every=100",
         "--set",
-        "distributed.timeout_s=3",
+        "train.valid_every=1000000",
+        "--set",
+        "train.log_every=1000000",
+        "--set",
+        "distributed.timeout_s=20",
     ];
     let reg = sb.registry();
     let mut job = start_until_checkpoint(mpirun(&sb, &[args, args]), &reg, None);
@@ -408,7 +484,8 @@ fn a_hung_rank_ends_the_job_after_the_timeout() {
         .status()
         .expect("kill");
     let stopped = Instant::now();
-    let out = wait_for(&mut job, Duration::from_secs(60));
+    // Generous: the timeout, plus the launcher's clean-up on a loaded machine.
+    let out = wait_for(&mut job, Duration::from_secs(120));
     let took = stopped.elapsed();
     // In case the launcher left it stopped.
     let _ = Command::new("kill")
@@ -417,13 +494,10 @@ fn a_hung_rank_ends_the_job_after_the_timeout() {
     assert_ne!(out.status.code(), Some(0));
     let err = stderr(&out);
     assert!(
-        err.contains("error: rank 0 of 2: no answer from the other ranks after 3 s in the gradient all-reduce of step"),
+        err.contains("error: rank 0 of 2: no answer from the other ranks after 20 s in the gradient all-reduce of step"),
         "{err}"
     );
-    assert!(
-        took >= Duration::from_secs(3),
-        "ended after {took:?}, before the timeout"
-    );
+    // No duration is asserted (this machine's load decides it); the job ended, with the reason.
     eprintln!("the job ended {took:?} after rank 1 stopped answering");
 }
 

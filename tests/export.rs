@@ -214,7 +214,6 @@ fn bad_export_requests_are_clear_and_leave_nothing_behind() {
 fn a_planted_mismatch_fails_the_gate() {
     use burn::tensor::{Device, Tensor, TensorData};
     use kiln_models::{Activation, MlpConfig, ModelConfig, Norm};
-    use kiln_trainer::config::LossKind;
     use kiln_trainer::data::preprocess::{Column, Preprocessor, TargetEncoding};
     use kiln_trainer::export::{self, Batch, graph};
 
@@ -245,12 +244,19 @@ fn a_planted_mismatch_fails_the_gate() {
         missing_values: vec![],
         n_features: 4,
     };
+    let task = kiln_trainer::task::Classification {
+        binary: false,
+        names: vec!["a".into(), "b".into(), "c".into()],
+        label_smoothing: 0.0,
+    };
     let rows = 5;
     let x: Vec<f32> = (0..rows * 4).map(|i| (i as f32 * 0.37).sin()).collect();
-    let logits = model.forward(Tensor::<2>::from_data(
-        TensorData::new(x.clone(), [rows, 4]),
-        &device,
-    ));
+    let logits = model
+        .forward(kiln_models::Input::Rows(Tensor::<2>::from_data(
+            TensorData::new(x.clone(), [rows, 4]),
+            &device,
+        )))
+        .per_example();
     let probs = burn::tensor::activation::softmax(logits.clone(), 1);
     let flat = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
     let expected = vec![flat(logits), flat(probs)];
@@ -261,7 +267,7 @@ fn a_planted_mismatch_fails_the_gate() {
             &mconf,
             weights,
             &pre,
-            LossKind::CrossEntropy,
+            &task,
             17,
             Batch::Dynamic,
             &[],
@@ -290,70 +296,193 @@ fn a_planted_mismatch_fails_the_gate() {
     assert!(!nan.passed, "{nan:?}");
 }
 
+/// A small table with missing values in column `a` (`?`), two classes: `a,b,c,label`.
+fn table_with_missing_values() -> String {
+    let mut text = String::from("a,b,c,label\n");
+    for i in 0..150u32 {
+        let a = f64::from((i * 37) % 101) / 10.0;
+        let b = f64::from((i * 53) % 97) / 20.0;
+        let c = f64::from(i % 7) * 0.5;
+        let label = if a + b > 7.5 { "yes" } else { "no" };
+        let a = if i % 6 == 0 {
+            "?".to_string()
+        } else {
+            a.to_string()
+        };
+        text.push_str(&format!("{a},{b},{c},{label}\n"));
+    }
+    text
+}
+
+/// README, "Export to ONNX": the numeric preprocessing, imputation of missing values included,
+/// is in the graph, so a serving system feeds NaN for a missing value; "a test feeds the graph a
+/// NaN for an imputed column and checks it against kiln's output for the imputed value". kiln's
+/// output comes from `kiln predict` on a CSV row with the missing marker.
 #[test]
 fn the_graph_imputes_missing_values_as_kiln_does() {
-    use burn::tensor::{Device, Tensor, TensorData};
-    use kiln_models::{Activation, MlpConfig, ModelConfig, Norm};
-    use kiln_trainer::config::LossKind;
-    use kiln_trainer::data::preprocess::{Column, Preprocessor, TargetEncoding};
-    use kiln_trainer::export::{self, Batch, graph};
+    let sb = Sandbox::new();
+    let data = sb.write("imp.csv", &table_with_missing_values());
+    let cfg = sb.write(
+        "imp.toml",
+        &format!(
+            "name = \"imp\"\n[data]\npath = {:?}\nheader = true\nlabel = \"label\"\nimpute = \"mean\"\n[model]\nhidden = [8]\n[train]\nepochs = 3\n",
+            data.display().to_string()
+        ),
+    );
+    let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--json"]);
+    assert_exit(&o, 0);
+    let run_dir = PathBuf::from(json(&o)["run_dir"].as_str().unwrap());
+    // The fill kiln saved for `a`: the mean of the training split's values.
+    let pre = read_json(&run_dir.join("preprocess.json"));
+    let col_a = pre["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "a")
+        .unwrap_or_else(|| panic!("no column a in {pre}"));
+    let fill = col_a["fill"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("a is imputed: {col_a}"));
 
-    let device = Device::flex();
-    let mconf = ModelConfig::Mlp(MlpConfig {
-        d_input: 3,
-        hidden: vec![4],
-        d_output: 1,
-        activation: Activation::Relu,
-        dropout: 0.0,
-        norm: Norm::None,
-    });
-    let model = mconf.init(&device);
-    // One numeric column imputed with 7.5, then a two-category column.
-    let pre = Preprocessor {
-        columns: vec![
-            Column::Numeric {
-                name: "age".into(),
-                fill: Some(7.5),
-                mean: 5.0,
-                std: 2.0,
-            },
-            Column::Categorical {
-                name: "color".into(),
-                categories: vec!["blue".into(), "red".into()],
-                fill: None,
-            },
-        ],
-        image: None,
-        target: TargetEncoding::Values {
-            mean: 100.0,
-            std: 10.0,
-        },
-        missing_values: vec!["?".into()],
-        n_features: 3,
+    // kiln: the row with `a` missing, and the same row with the fill written out.
+    let rows = sb.write("rows.csv", &format!("a,b,c\n?,1.5,2\n{fill},1.5,2\n"));
+    let out = sb.path().join("kiln.json");
+    let o = sb.kiln(&[
+        "predict",
+        "imp",
+        "--input",
+        rows.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 0);
+    let predicted = read_json(&out);
+    let probs = |i: usize| -> Vec<f64> {
+        predicted["rows"][i]["probabilities"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{predicted}"))
+            .iter()
+            .map(|p| p.as_f64().unwrap())
+            .collect()
     };
-    let weights = graph::read_weights(&kiln_trainer::weights::to_bytes(&model).unwrap()).unwrap();
-    let onnx = export::build(
-        &mconf,
-        &weights,
-        &pre,
-        LossKind::Mse,
-        17,
-        Batch::Dynamic,
-        &[],
+    let (missing, filled) = (probs(0), probs(1));
+    assert_eq!(missing.len(), 2, "{predicted}");
+    for (p, q) in missing.iter().zip(&filled) {
+        assert!(
+            (p - q).abs() <= 1e-6,
+            "kiln predicts {missing:?} for a missing `a`, {filled:?} for a = {fill}: the missing value was not imputed with the saved fill"
+        );
+    }
+
+    // The graph: the exported file, run in tract with NaN where `a` is missing.
+    let onnx = sb.path().join("imp.onnx");
+    let o = sb.kiln(&["export", "imp", "-o", onnx.to_str().unwrap()]);
+    assert_exit(&o, 0);
+    let side = read_json(&onnx.with_extension("json"));
+    let x: Vec<f32> = side["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| match c["name"].as_str().unwrap() {
+            "a" => f32::NAN,
+            "b" => 1.5,
+            "c" => 2.0,
+            other => panic!("unexpected input column {other}: {side}"),
+        })
+        .collect();
+    assert_eq!(side["input_width"], x.len(), "{side}");
+    let bytes = std::fs::read(&onnx).unwrap();
+    let got = kiln_trainer::export::run_tract(&bytes, &x, 1, x.len()).unwrap();
+    let names: Vec<&str> = side["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    let at = names
+        .iter()
+        .position(|n| *n == "probabilities")
+        .unwrap_or_else(|| panic!("no probabilities output: {names:?}"));
+    let graph = &got[at];
+    assert_eq!(graph.len(), missing.len());
+    for (g, k) in graph.iter().zip(&missing) {
+        assert!(
+            (f64::from(*g) - k).abs() < 1e-5,
+            "graph {graph:?} vs kiln predict {missing:?} for a missing `a`"
+        );
+    }
+}
+
+/// Sets the first value of `tensor` in a safetensors file to NaN (the file stays the same size).
+fn plant_nan(file: &Path, tensor: &str) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header[tensor]["dtype"], "F32", "{header}");
+    let at = 8 + n + header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(file, &bytes).unwrap();
+}
+
+/// README, "Export to ONNX", parity gate: when it fails, "the export fails with the report and
+/// nothing is written": neither the requested file, nor its JSON beside it, nor a temporary
+/// file, nor an entry under `<registry>/exports/`. The mismatch is planted through the registry
+/// a user has: a NaN in a version's weights (its manifest updated to match, so the registry
+/// accepts the file), which the gate must refuse ("a NaN on either side fails").
+#[test]
+fn a_failed_parity_gate_through_the_cli_leaves_nothing_behind() {
+    let sb = Sandbox::new();
+    let cfg = digits_config(&sb, "[train]\nepochs = 1\n");
+    assert_exit(&sb.kiln(&["train", cfg.to_str().unwrap()]), 0);
+    let version = sb.registry().join("models/tiny/v1");
+    let weights = version.join("model.safetensors");
+    plant_nan(&weights, "output.bias");
+    let manifest_path = version.join("manifest.json");
+    let mut manifest = read_json(&manifest_path);
+    manifest["files"]["model.safetensors"]["sha256"] = sha256_file(&weights).into();
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
     )
     .unwrap();
-    // What a server sends for "?, red": NaN, then the one-hot of red.
-    let got = export::run_tract(&onnx, &[f32::NAN, 0.0, 1.0], 1, 3).unwrap();
-    // What kiln computes for the same row: 7.5 standardised, then 0, 1.
-    let x = Tensor::<2>::from_data(
-        TensorData::new(vec![((7.5 - 5.0) / 2.0) as f32, 0.0, 1.0], [1, 3]),
-        &device,
+    assert_exit(&sb.kiln(&["registry", "verify"]), 0);
+
+    let out_dir = sb.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("m.onnx");
+    let exports = sb.registry().join("exports");
+    let (exports_before, tmp_before) = (
+        (entries(&exports), snapshot(&exports)),
+        entries(&sb.registry().join(".tmp")),
     );
-    let kiln = model.forward(x).into_data().try_to_vec::<f32>().unwrap()[0] as f64 * 10.0 + 100.0;
+    let o = sb.kiln(&["export", "tiny/v1", "-o", out.to_str().unwrap()]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
     assert!(
-        (got[0][0] as f64 - kiln).abs() < 1e-4,
-        "graph {} vs kiln {kiln}",
-        got[0][0]
+        err.contains("parity gate failed") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(error_lines(&o).len(), 1, "{err}");
+    assert!(!out.exists(), "{} was written", out.display());
+    assert!(
+        !out.with_extension("json").exists(),
+        "{} was written",
+        out.with_extension("json").display()
+    );
+    assert_eq!(
+        entries(&out_dir),
+        Vec::<String>::new(),
+        "a failed export left files beside its output"
+    );
+    assert_eq!(
+        (entries(&exports), snapshot(&exports)),
+        exports_before,
+        "a failed export added to the registry's exports"
+    );
+    assert_eq!(
+        entries(&sb.registry().join(".tmp")),
+        tmp_before,
+        "a failed export left a write in progress"
     );
 }
 

@@ -5,40 +5,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-fn sha256_file(p: &Path) -> String {
-    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Every regular file under `dir` with its sha256 (what "nothing else was touched" compares).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(p);
-            } else if t.is_file() && p.file_name().unwrap() != ".lock" {
-                out.insert(p.clone(), sha256_file(&p));
-            }
-        }
-    }
-    out
-}
 
 fn train_json(sb: &Sandbox, args: &[&str]) -> Value {
     let mut all = vec!["train"];
@@ -234,11 +206,16 @@ impl Lcg {
 }
 
 fn tmp_entries(sb: &Sandbox) -> Vec<String> {
-    std::fs::read_dir(sb.registry().join(".tmp"))
+    entries(&sb.registry().join(".tmp"))
+}
+
+/// The entries of `<registry>/.tmp` that are writes in progress (`<pid>-<n>-<nanos>-<what>`):
+/// not the checkpoints retention retired (`...-retired`) or the entries a deletion moved
+/// there (`...-deleted`), which are on their way out, not in.
+fn writes_in_progress(sb: &Sandbox) -> Vec<String> {
+    tmp_entries(sb)
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|e| !e.ends_with("-retired") && !e.ends_with("-deleted"))
         .collect()
 }
 
@@ -265,7 +242,7 @@ fn sigkill_twenty_times_then_resume_ends_bit_identical() {
             None => vec!["train", c, "--quiet"],
             Some(id) => vec!["train", "--resume", id, "--quiet"],
         };
-        let before = tmp_entries(&sb);
+        let before = writes_in_progress(&sb);
         let mut child = sb.command(&args).spawn().unwrap();
         // The first session must reach a checkpoint; later ones run a random while.
         if id.is_none() {
@@ -291,7 +268,9 @@ fn sigkill_twenty_times_then_resume_ends_bit_identical() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
-        let after = tmp_entries(&sb);
+        // A write the kill interrupted leaves its folder; a retired checkpoint or a deletion
+        // does not count (it was complete, and on its way out).
+        let after = writes_in_progress(&sb);
         if after.iter().any(|e| !before.contains(e)) {
             mid_write += 1;
         }
@@ -327,6 +306,8 @@ fn sigkill_twenty_times_then_resume_ends_bit_identical() {
     assert_intact(&sb);
 }
 
+/// README, "The model registry" (crash safety): the registry lock makes version numbers and
+/// aliases safe with concurrent writers; `latest` and `best` move by themselves.
 #[test]
 fn two_trainings_into_one_registry_at_once() {
     let sb = Sandbox::new();
@@ -335,7 +316,19 @@ fn two_trainings_into_one_registry_at_once() {
         "[train]\nepochs = 8\ncheckpoint_every = 5\n[runtime]\nthreads = 1\n",
     );
     let c = cfg.to_str().unwrap();
-    let children: Vec<_> = ["1", "2", "3"]
+    // The test holds the registry lock while the trainings run. Each one trains, commits its
+    // final weights, then waits for the lock to register its version: once every run has its
+    // `final/`, all the registrations are pending at once, and letting go makes them race.
+    // (kiln waits up to 60 s for the lock, so the test lets go well before.)
+    std::fs::create_dir_all(sb.registry()).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(sb.registry().join(".lock"))
+        .unwrap();
+    lock.lock().expect("the test takes the registry lock");
+    let mut children: Vec<_> = ["1", "2", "3"]
         .iter()
         .map(|seed| {
             sb.command(&[
@@ -352,15 +345,39 @@ fn two_trainings_into_one_registry_at_once() {
             .unwrap()
         })
         .collect();
+    wait_until(
+        "all three runs to commit their final weights",
+        Duration::from_secs(40),
+        || {
+            for child in children.iter_mut() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("a training ended ({status}) while the registry was locked");
+                }
+            }
+            let finals = run_dirs(&sb)
+                .iter()
+                .filter(|r| r.join("final/manifest.json").is_file())
+                .count();
+            (finals == 3).then_some(())
+        },
+    );
+    assert!(
+        entries(&sb.registry().join("models/tiny"))
+            .iter()
+            .all(|e| !e.starts_with('v')),
+        "a version was registered while the test held the registry lock"
+    );
+    drop(lock);
     let mut versions = Vec::new();
     for child in children {
-        let o = child.wait_with_output().unwrap();
+        let o = wait_with_deadline(child, Duration::from_secs(90), "a registering training");
         assert_exit(&o, 0);
         versions.push(json(&o)["version"].as_str().unwrap().to_string());
     }
     versions.sort();
     assert_eq!(versions, vec!["tiny/v1", "tiny/v2", "tiny/v3"]);
     let o = sb.kiln(&["registry", "list", "--json"]);
+    assert_exit(&o, 0);
     let list = json(&o);
     let runs: std::collections::BTreeSet<&str> = list
         .as_array()
@@ -369,6 +386,48 @@ fn two_trainings_into_one_registry_at_once() {
         .map(|v| v["run_id"].as_str().unwrap())
         .collect();
     assert_eq!(runs.len(), 3, "each version comes from its own run: {list}");
+    // `latest` on the highest version; `best` on the version with the best monitored value
+    // (the first of equals), read from each version's own manifest.
+    let mut best: Option<(u64, f64)> = None;
+    for v in 1..=3u64 {
+        let o = sb.kiln(&["registry", "show", &format!("tiny/v{v}"), "--json"]);
+        assert_exit(&o, 0);
+        let monitor = json(&o)["manifest"]["monitor"].clone();
+        assert_eq!(monitor["metric"], "loss", "{monitor}");
+        assert_eq!(monitor["higher_is_better"], false, "{monitor}");
+        let value = monitor["value"].as_f64().unwrap();
+        if best.is_none_or(|(_, b)| value < b) {
+            best = Some((v, value));
+        }
+    }
+    let best = best.unwrap().0;
+    let aliases_of = |v: u64| -> Vec<String> {
+        let entry = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["version"].as_u64() == Some(v))
+            .unwrap_or_else(|| panic!("no v{v} in {list}"));
+        entry["aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    for v in 1..=3u64 {
+        let aliases = aliases_of(v);
+        assert_eq!(
+            aliases.contains(&"latest".to_string()),
+            v == 3,
+            "v{v} has {aliases:?}: latest belongs on v3; {list}"
+        );
+        assert_eq!(
+            aliases.contains(&"best".to_string()),
+            v == best,
+            "v{v} has {aliases:?}: best belongs on v{best}; {list}"
+        );
+    }
     assert_intact(&sb);
     assert!(verify(&sb)["checked"].as_u64().unwrap() >= 6);
 }
@@ -677,7 +736,10 @@ fn init_from_records_lineage_and_checks_the_architecture() {
         tuned < (fresh + v1_end) / 2.0,
         "--init-from did not start from the trained weights: first loss {tuned}, fresh {fresh}, v1 ended at {v1_end}"
     );
-    // Another architecture: a clear error, no run left marked running.
+    // Another architecture: a clear error naming a tensor that differs and both its shapes
+    // (README, "The command line": "a mismatch names the tensor and both shapes"), and no run
+    // left behind.
+    let runs_before = run_dirs(&sb);
     let other = digits_config_with(&sb, "\nhidden = [16]", SMALL);
     let o = sb.kiln(&["train", other.to_str().unwrap(), "--init-from", "tiny/v1"]);
     assert_exit(&o, 1);
@@ -685,5 +747,29 @@ fn init_from_records_lineage_and_checks_the_architecture() {
     assert!(
         err.contains("same architecture") && err.contains("tiny/v1"),
         "{err}"
+    );
+    // v1 has `hidden = [32]` (digits_config's default), the new model `hidden = [16]`; digits
+    // has 64 inputs and 10 classes, and burn's Linear stores its weight as [in, out]. Each
+    // tensor whose shape differs, as trainer/src/weights.rs words it ("{path} is {found:?} in
+    // the file, {expected:?} in the model"); kiln names the first it meets, and all three
+    // differ.
+    let mismatches = [
+        ("hidden.0.linear.weight", "[64, 32]", "[64, 16]"),
+        ("hidden.0.linear.bias", "[32]", "[16]"),
+        ("output.weight", "[32, 10]", "[16, 10]"),
+    ];
+    let named: Vec<String> = mismatches
+        .iter()
+        .map(|(t, file, model)| format!("{t} is {file} in the file, {model} in the model"))
+        .collect();
+    assert!(
+        named.iter().any(|n| err.contains(n.as_str())),
+        "the error names no differing tensor with both shapes (one of {named:?}):\n{err}"
+    );
+    assert_eq!(error_lines(&o).len(), 1, "{err}");
+    assert_eq!(
+        run_dirs(&sb),
+        runs_before,
+        "a refused --init-from left a run behind"
     );
 }

@@ -5,7 +5,12 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, PaddingConfig
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::{Activation, Mlp, MlpConfig};
+use crate::onnx::{Builder, LowerError};
+use crate::section::check_probability;
+use crate::{
+    Activation, Architecture, Forward, Input, InputShape, Mlp, MlpConfig, ModelSection, Output,
+    SectionError,
+};
 
 /// One convolution block: conv (stride 1, "same" padding) -> [batch norm] -> activation ->
 /// [max pool] -> [dropout].
@@ -48,6 +53,47 @@ impl CnnConfig {
         self.blocks.last().map_or(self.in_channels, |b| b.channels) * h * w
     }
 
+    /// Channels and spatial size after each block.
+    fn block_shapes(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let (mut h, mut w) = (self.height, self.width);
+        self.blocks.iter().map(move |b| {
+            let conv = (b.channels, h, w);
+            h /= b.pool.max(1);
+            w /= b.pool.max(1);
+            conv
+        })
+    }
+
+    /// Parameters of the conv blocks for `c_in` input channels (saturating).
+    fn conv_params(c_in: u64, blocks: &[ConvBlockConfig]) -> u64 {
+        let mut c_in = c_in;
+        let mut n = 0u64;
+        for b in blocks {
+            let c = b.channels as u64;
+            let k = b.kernel as u64;
+            n = n.saturating_add(c_in.saturating_mul(c).saturating_mul(k * k).saturating_add(c));
+            if b.batch_norm {
+                n = n.saturating_add(c.saturating_mul(2));
+            }
+            c_in = c;
+        }
+        n
+    }
+
+    fn blocks_of(s: &ModelSection) -> Vec<ConvBlockConfig> {
+        s.conv
+            .iter()
+            .map(|b| ConvBlockConfig {
+                channels: b.channels,
+                kernel: b.kernel,
+                pool: b.pool,
+                batch_norm: b.batch_norm,
+                dropout: b.dropout,
+            })
+            .collect()
+    }
+
+    /// The module with freshly initialised weights.
     pub fn init(&self, device: &Device) -> Cnn {
         let mut c_in = self.in_channels;
         let blocks = self
@@ -96,12 +142,167 @@ pub struct Cnn {
     input_shape: [usize; 3],
 }
 
+impl Architecture for CnnConfig {
+    type Net = Cnn;
+    const SIZE_KEYS: &'static [&'static str] = &["model.conv", "model.hidden"];
+
+    /// Images only; the head's input is the flattened output of the last block.
+    fn from_section(
+        s: &ModelSection,
+        input: InputShape,
+        outputs: usize,
+    ) -> Result<Self, SectionError> {
+        let InputShape::Images {
+            channels,
+            height,
+            width,
+        } = input
+        else {
+            return Err(SectionError::new(
+                "model.kind",
+                "`model.kind` = \"cnn\" needs images: set `data.image_shape` = [channels, height, width]",
+            ));
+        };
+        let shrink: usize = s.conv.iter().map(|b| b.pool.max(1)).product();
+        if shrink > height.min(width) {
+            return Err(SectionError::new(
+                "model.conv",
+                format!(
+                    "`model.conv`: pooling shrinks the {height}x{width} images by {shrink}x, to nothing; use fewer or smaller pools"
+                ),
+            ));
+        }
+        let head = MlpConfig::from_section(s, InputShape::Rows { features: 0 }, outputs)?;
+        let mut cnn = CnnConfig {
+            in_channels: channels,
+            height,
+            width,
+            blocks: Self::blocks_of(s),
+            activation: s.activation,
+            head,
+        };
+        cnn.head.d_input = cnn.flat_features();
+        Ok(cnn)
+    }
+
+    fn check_section(s: &ModelSection) -> Vec<SectionError> {
+        let mut out = Vec::new();
+        MlpConfig::check_head(s, &mut out);
+        if s.conv.is_empty() {
+            out.push(SectionError::new(
+                "model.conv",
+                "`model.kind` = \"cnn\" needs at least one `[[model.conv]]` block",
+            ));
+        }
+        for (i, c) in s.conv.iter().enumerate() {
+            let key = |k: &str| format!("model.conv.{i}.{k}");
+            if c.channels == 0 {
+                out.push(SectionError::new(
+                    key("channels"),
+                    format!("`model.conv.{i}.channels` is required and must be at least 1"),
+                ));
+            }
+            if c.kernel == 0 || c.kernel % 2 == 0 {
+                out.push(SectionError::new(
+                    key("kernel"),
+                    format!(
+                        "`model.conv.{i}.kernel` = {}: must be odd (1, 3, 5, ...)",
+                        c.kernel
+                    ),
+                ));
+            }
+            if c.pool == 0 {
+                out.push(SectionError::new(
+                    key("pool"),
+                    format!("`model.conv.{i}.pool` = 0: use 1 for no pooling"),
+                ));
+            }
+            check_probability(&key("dropout"), c.dropout, &mut out);
+        }
+        out
+    }
+
+    fn min_params(s: &ModelSection) -> u64 {
+        let blocks = Self::blocks_of(s);
+        let last = blocks.last().map_or(1, |b| b.channels as u64);
+        Self::conv_params(1, &blocks).saturating_add(MlpConfig::count_params(
+            last,
+            &s.hidden,
+            1,
+            s.norm,
+        ))
+    }
+
+    fn init(&self, device: &Device) -> Cnn {
+        CnnConfig::init(self, device)
+    }
+
+    fn input(&self) -> InputShape {
+        InputShape::Images {
+            channels: self.in_channels,
+            height: self.height,
+            width: self.width,
+        }
+    }
+
+    fn outputs(&self) -> usize {
+        self.head.d_output
+    }
+
+    fn num_params(&self) -> u64 {
+        Self::conv_params(self.in_channels as u64, &self.blocks)
+            .saturating_add(self.head.num_params())
+    }
+
+    /// Per block: the convolution's output, normalised, activated, pooled and dropped out.
+    fn activations_per_example(&self) -> u64 {
+        let convs: u64 = self
+            .block_shapes()
+            .map(|(c, h, w)| (c as u64).saturating_mul(h as u64).saturating_mul(w as u64))
+            .fold(0, u64::saturating_add);
+        (self.in_channels * self.height * self.width) as u64
+            + convs.saturating_mul(5)
+            + self.head.activations_per_example()
+    }
+
+    /// The input is `[batch, channels, height, width]`.
+    fn lower(&self, g: &mut Builder, x: &str) -> Result<String, LowerError> {
+        let mut x = x.to_string();
+        let mut c_in = self.in_channels;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let prefix = format!("blocks.{i}");
+            x = g.conv2d(&x, &format!("{prefix}.conv"), c_in, b.channels, b.kernel)?;
+            if b.batch_norm {
+                x = g.batch_norm(&x, &format!("{prefix}.norm"), b.channels)?;
+            }
+            x = g.activation(&x, self.activation);
+            if b.pool > 1 {
+                x = g.max_pool(&x, b.pool);
+            }
+            c_in = b.channels;
+        }
+        let flat = g.node(
+            "Flatten",
+            &[&x],
+            vec![crate::onnx::attr_int("axis", 1)],
+            None,
+        );
+        self.head.lower_prefixed(g, &flat, "head.")
+    }
+}
+
+impl Forward for Cnn {
+    /// Images `[batch, channels, height, width]` (rows are taken as row-major images) ->
+    /// `[batch, outputs]`.
+    fn forward_input(&self, x: Input) -> Output {
+        Output::PerExample(self.forward(x.into_images(self.input_shape)))
+    }
+}
+
 impl Cnn {
-    /// `x: [batch, channels * height * width]` (row-major images) -> `[batch, outputs]`.
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let [batch, _] = x.dims();
-        let [c, h, w] = self.input_shape;
-        let mut x: Tensor<4> = x.reshape([batch, c, h, w]);
+    /// `x: [batch, channels, height, width]` -> `[batch, outputs]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = x;
         for block in &self.blocks {
             x = block.conv.forward(x);
             if let Some(norm) = &block.norm {

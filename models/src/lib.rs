@@ -1,8 +1,14 @@
 //! kiln's model zoo.
 //!
 //! Every model is a plain burn module with a plain config: `XConfig::init(&device) -> X`, and a
-//! `forward` that documents its shapes. Models take a flat batch `[batch, features]` so that one
-//! data loader feeds them all; a CNN reshapes it to `[batch, channels, height, width]` itself.
+//! `forward` that documents its shapes. A model declares the shape of the examples it reads
+//! ([`InputShape`]): the data is shaped for it on upload, so an MLP reads `[batch, features]`
+//! rows and a CNN `[batch, channels, height, width]` images.
+//!
+//! **Adding a model kind**: a new file here with its config implementing [`Architecture`]
+//! (built from the `[model]` table and the data's shape, with the checks of its sizes, its
+//! parameter count and its ONNX lowering) and its module implementing [`Forward`], then one line
+//! in the [`model_kinds!`] list below. Its `[model]` keys go in [`ModelSection`].
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Tensor};
@@ -19,65 +25,23 @@
 
 mod activation;
 mod cnn;
+mod io;
+#[macro_use]
+mod kind;
 mod mlp;
+pub mod onnx;
+mod section;
 
 pub use activation::Activation;
 pub use cnn::{Cnn, CnnConfig, ConvBlockConfig};
+pub use io::{Input, InputShape, Output};
+pub use kind::{Architecture, Forward};
 pub use mlp::{Mlp, MlpConfig, Norm};
+pub use section::{ConvSection, ModelSection, SectionError};
 
-use burn::module::Module;
-use burn::tensor::{Device, Tensor};
-use serde::{Deserialize, Serialize};
-
-/// The architecture of any model in the zoo, with every size resolved.
-///
-/// This is what a checkpoint stores so that a model can be rebuilt from it alone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ModelConfig {
-    Mlp(MlpConfig),
-    Cnn(CnnConfig),
-}
-
-impl ModelConfig {
-    /// Builds the model with freshly initialised weights on `device`.
-    pub fn init(&self, device: &Device) -> Model {
-        match self {
-            ModelConfig::Mlp(c) => Model::Mlp(c.init(device)),
-            ModelConfig::Cnn(c) => Model::Cnn(c.init(device)),
-        }
-    }
-
-    /// Number of input features the model reads per example.
-    pub fn d_input(&self) -> usize {
-        match self {
-            ModelConfig::Mlp(c) => c.d_input,
-            ModelConfig::Cnn(c) => c.in_channels * c.height * c.width,
-        }
-    }
-
-    /// Number of outputs per example (classes, or 1 for binary and regression).
-    pub fn d_output(&self) -> usize {
-        match self {
-            ModelConfig::Mlp(c) => c.d_output,
-            ModelConfig::Cnn(c) => c.head.d_output,
-        }
-    }
-}
-
-/// Any model in the zoo.
-#[derive(Module, Debug)]
-pub enum Model {
-    Mlp(Mlp),
-    Cnn(Cnn),
-}
-
-impl Model {
-    /// `x: [batch, features]` -> `[batch, outputs]` (logits for classification).
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        match self {
-            Model::Mlp(m) => m.forward(x),
-            Model::Cnn(m) => m.forward(x),
-        }
-    }
+model_kinds! {
+    /// A multi-layer perceptron over rows (images are read as rows of pixels).
+    Mlp(MlpConfig => Mlp) = "mlp",
+    /// Convolution blocks over images, then an MLP head.
+    Cnn(CnnConfig => Cnn) = "cnn",
 }

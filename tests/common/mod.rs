@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -138,4 +139,182 @@ pub fn python_with(module: &str) -> Option<String> {
         "SKIPPED: no Python with the {module} package ({python}); set KILN_TEST_PYTHON to run this test"
     );
     None
+}
+
+/// sha256 of a file, as lowercase hex (what "the same weights" compares: kiln writes the same
+/// bytes for the same weights).
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every regular file under `dir` with its sha256 (what "nothing else was touched" compares);
+/// lock files are left out (taking a lock is not a change). Empty when `dir` does not exist.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file() && p.file_name().unwrap() != ".lock" {
+                out.insert(p.clone(), sha256_file(&p));
+            }
+        }
+    }
+    out
+}
+
+/// A JSON file, parsed.
+pub fn read_json(p: &Path) -> Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {text}", p.display()))
+}
+
+/// Names of the entries of a folder, sorted; empty when it does not exist.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The run folders of the sandbox's registry, oldest id first.
+pub fn run_dirs(sb: &Sandbox) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(sb.registry().join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Steps of a run's `checkpoints/step-NNNNNNNNN` folders, ascending.
+pub fn checkpoint_steps(run_dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = entries(&run_dir.join("checkpoints"))
+        .iter()
+        .filter_map(|n| n.strip_prefix("step-")?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The folder of a run's checkpoint at `step`.
+pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join("checkpoints").join(format!("step-{step:09}"))
+}
+
+/// Calls `probe` every few milliseconds until it gives a value, and returns it; fails the test,
+/// saying `what` was awaited, after `limit`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "waited {limit:?} for {what}; it never happened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (up to two minutes) until a run of the sandbox other than `except` has a checkpoint,
+/// and returns its folder; fails the test if `child` (the training) ends first.
+pub fn wait_for_checkpoint(sb: &Sandbox, child: &mut Child, except: Option<&str>) -> PathBuf {
+    wait_until(
+        "a checkpoint of the new run",
+        Duration::from_secs(120),
+        || {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("the training ended ({status}) before its first checkpoint");
+            }
+            run_dirs(sb).into_iter().find(|r| {
+                except.is_none_or(|id| !r.ends_with(id)) && !checkpoint_steps(r).is_empty()
+            })
+        },
+    )
+}
+
+/// Waits (up to `limit`) for `child` to end and returns its output; kills it and fails the test
+/// otherwise.
+pub fn wait_with_deadline(mut child: Child, limit: Duration, what: &str) -> Output {
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().expect("output");
+            panic!(
+                "{what}: still running after {limit:?}; killed it\nstderr: {}",
+                stderr(&o)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends a signal (`INT`, `KILL`, `STOP`, `CONT`, `USR1`) to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(ok.success(), "kill -{sig} {pid} failed");
+}
+
+/// The `error:` lines of a command's stderr.
+pub fn error_lines(o: &Output) -> Vec<String> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the sandbox's registry holds no run folder (`runs/` absent or empty).
+pub fn no_runs(sb: &Sandbox) -> bool {
+    run_dirs(sb).is_empty()
+}
+
+/// Whether every thread of a process is stopped (a SIGSTOP took effect).
+fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+            // "TID (comm) STATE ...": the state follows the last ')'.
+            let state = s.rsplit_once(')').map_or("", |x| x.1).trim_start();
+            state.starts_with('T') || state.starts_with('t')
+        })
+    })
+}
+
+/// Freezes a process (SIGSTOP) and returns once every one of its threads has stopped: from
+/// then on it writes nothing (no checkpoint is committed, no step taken) until SIGCONT, so what
+/// is on disk can be read without racing it.
+pub fn freeze(pid: u32) {
+    signal(pid, "STOP");
+    wait_until("the process to stop", Duration::from_secs(30), || {
+        all_threads_stopped(pid).then_some(())
+    });
 }

@@ -11,7 +11,7 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{FloatDType, Tensor};
-use kiln_models::Model;
+use kiln_models::{Input, Model, Output};
 use serde::{Deserialize, Serialize};
 
 pub const INITIAL_SCALE: f64 = 65536.0;
@@ -116,7 +116,7 @@ impl ModuleMapper for CastTo {
 
 /// The model's forward pass in `dtype`, from its f32 master weights: outputs come back as f32,
 /// gradients flow back through the casts to the master weights.
-pub fn forward(model: &Model, x: Tensor<2>, dtype: FloatDType) -> Tensor<2> {
+pub fn forward(model: &Model, x: Input, dtype: FloatDType) -> Output {
     let half = model.clone().map(&mut CastTo(dtype));
     half.forward(x.cast(dtype)).cast(FloatDType::F32)
 }

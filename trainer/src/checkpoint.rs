@@ -1,72 +1,27 @@
-//! Checkpoints of a training: what the loop saves, and how a resumed run finds the newest
-//! intact one and loads it back.
+//! Checkpoints of a training: the background [`Saver`], the manifest every entry of a run
+//! shares, the checks that a resume continues the same run, and [`restore`], which finds the
+//! newest intact checkpoint and decodes it.
 //!
-//! A checkpoint is a registry folder `<run>/checkpoints/step-NNNNNNNNN/`:
-//! `model.safetensors` (weights), `best.safetensors` (the best weights so far, when they are not
-//! these), `optim.bpk` (optimizer moments, burnpack), `state.json` ([`LoopState`]) and
-//! `manifest.json` (hashes, config, data fingerprint, lineage). Checkpoints are taken between
-//! optimizer steps, so no partly accumulated gradient is ever pending.
+//! A checkpoint is a registry entry `<run>/checkpoints/step-NNNNNNNNN/` holding the files of a
+//! [`TrainState`] (see [`crate::state`]) and a `manifest.json` (hashes, config, data
+//! fingerprint, lineage). Checkpoints are taken between optimizer steps, so no partly
+//! accumulated gradient is ever pending.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module as _;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
-use kiln_models::{Model, ModelConfig};
-use serde::{Deserialize, Serialize};
+use kiln_models::ModelConfig;
 
 use crate::config::RunConfig;
+use crate::error::{ResumeError, TrainError};
+use crate::layout;
 use crate::registry::manifest::{self, DataFile, DataFingerprint, Kind, Lineage, Manifest};
 use crate::registry::retention::Policy;
 use crate::registry::writer::{Job, Writer};
-use crate::registry::{self, Entry, EntryKind, Registry, RegistryError};
-use crate::train::TrainError;
-use crate::weights;
-
-/// Loop position saved in a checkpoint: enough to continue exactly where it stopped.
-///
-/// Randomness needs no saved generator state: the data order of an epoch is a pure function of
-/// (`seed`, epoch) and the dropout masks of a step of (`seed`, step, micro-batch), so the
-/// position below fixes every random draw still to come.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LoopState {
-    pub epoch: usize,
-    /// Next batch of `epoch` to run: the loader resumes there, no batch is replayed.
-    pub batch: usize,
-    /// Optimizer steps taken.
-    pub step: usize,
-    /// Micro-batches accumulated towards the next step; always 0, since checkpoints are taken
-    /// between optimizer steps.
-    #[serde(default)]
-    pub micro_step: usize,
-    pub best: Option<f64>,
-    pub best_step: Option<usize>,
-    /// The monitored metric at the latest validation (what retention ranks checkpoints by).
-    #[serde(default)]
-    pub last_valid: Option<f64>,
-    pub validations_without_improvement: usize,
-    pub samples_seen: u64,
-    #[serde(default)]
-    pub seed: u64,
-    /// burn's ids of the model's parameters in visit order; they key the optimizer's state.
-    #[serde(default)]
-    pub param_ids: Vec<u64>,
-    /// Dynamic loss scaling of an f16 run.
-    #[serde(default)]
-    pub loss_scale: Option<crate::amp::LossScale>,
-    /// Ranks of the data-parallel job that saved this state (`None`: a checkpoint older than
-    /// this field, taken as one process). A run resumes on as many.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub world: Option<usize>,
-}
-
-fn fail(path: &Path, message: impl Into<String>) -> TrainError {
-    TrainError::Checkpoint {
-        path: path.display().to_string(),
-        message: message.into(),
-    }
-}
+use crate::registry::{Entry, EntryKind, Registry, RegistryError};
+use crate::state::TrainState;
 
 /// The part of every manifest of a run that does not change between checkpoints: config,
 /// model, preprocessing, data fingerprint (`files`, from [`data_files`]), versions, git,
@@ -82,9 +37,8 @@ pub fn base_manifest(
     chosen: &crate::backend::Chosen,
     files: Vec<DataFile>,
 ) -> Result<Manifest, TrainError> {
-    let split = &cfg.file.data.split;
-    let mut config = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
-    config["name"] = cfg.name.clone().into();
+    let split = cfg.split_section();
+    let config = cfg.resolved_json();
     let config_dir = Path::new(config_path)
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -110,7 +64,7 @@ pub fn base_manifest(
         preprocess: serde_json::to_value(pre).expect("preprocessing is JSON"),
         data: DataFingerprint {
             files,
-            split_seed: split.seed.unwrap_or(cfg.file.seed),
+            split_seed: cfg.data.split_seed,
             split: serde_json::to_value(split).expect("the split is JSON"),
         },
         kiln_version: env!("CARGO_PKG_VERSION").into(),
@@ -135,9 +89,8 @@ pub fn check_unchanged(
     mconf: &ModelConfig,
     m: &Manifest,
     label: &str,
-) -> Result<(), TrainError> {
-    let mut config = serde_json::to_value(&cfg.file).expect("the config serialises to JSON");
-    config["name"] = cfg.name.clone().into();
+) -> Result<(), ResumeError> {
+    let config = cfg.resolved_json();
     // The device may change between sessions (`--device` on resume); nothing else may.
     let diff = crate::report::config_diff(&m.config, &config);
     // Runs from before the `backend` section existed trained with its defaults.
@@ -145,20 +98,23 @@ pub fn check_unchanged(
         k != "backend.device" && !(k == "backend.precision" && was == "(unset)" && now == "f32")
     };
     if let Some((key, was, now)) = diff.iter().find(changed) {
-        return Err(TrainError::Setup(format!(
-            "the run's config.toml changed since {label}: {key} was {was}, is {now}; a resume continues the run as it was (train a new run, or undo the change)"
-        )));
+        return Err(ResumeError::ConfigChanged {
+            label: label.to_string(),
+            key: key.clone(),
+            was: was.clone(),
+            now: now.clone(),
+        });
     }
     let same = |a: &serde_json::Value, b: serde_json::Value| *a == b;
     if !same(&m.preprocess, serde_json::to_value(pre).expect("JSON")) {
-        return Err(TrainError::Setup(format!(
-            "the run's preprocess.json changed since {label}; a resume needs the statistics the run was trained with"
-        )));
+        return Err(ResumeError::PreprocessChanged {
+            label: label.to_string(),
+        });
     }
     if !same(&m.model_config, serde_json::to_value(mconf).expect("JSON")) {
-        return Err(TrainError::Setup(format!(
-            "the run's model changed since {label} (model.json or the data's width)"
-        )));
+        return Err(ResumeError::ModelChanged {
+            label: label.to_string(),
+        });
     }
     Ok(())
 }
@@ -168,22 +124,19 @@ pub fn check_same_data(
     was: &DataFingerprint,
     now: &DataFingerprint,
     label: Option<&str>,
-) -> Result<(), TrainError> {
+) -> Result<(), ResumeError> {
     for (a, b) in was.files.iter().zip(&now.files) {
         if a.sha256 != b.sha256 || a.role != b.role {
-            return Err(TrainError::Setup(format!(
-                "data file {} changed since {} (sha256 {} then, {} now); a resume would not continue the same run: restore the data, or train a new run",
-                b.path,
-                label.unwrap_or("the checkpoint"),
-                a.sha256.get(..12).unwrap_or(&a.sha256),
-                b.sha256.get(..12).unwrap_or(&b.sha256),
-            )));
+            return Err(ResumeError::DataChanged {
+                path: b.path.clone(),
+                label: label.unwrap_or("the checkpoint").to_string(),
+                was: a.sha256.get(..12).unwrap_or(&a.sha256).to_string(),
+                now: b.sha256.get(..12).unwrap_or(&b.sha256).to_string(),
+            });
         }
     }
     if was.files.len() != now.files.len() {
-        return Err(TrainError::Setup(
-            "the run's data files changed since its checkpoint".into(),
-        ));
+        return Err(ResumeError::DataFiles);
     }
     Ok(())
 }
@@ -208,46 +161,22 @@ impl Saver {
         }
     }
 
-    /// Snapshots model, optimizer, loop state and best weights and queues them for writing.
+    /// Snapshots the state (model, optimizer, best weights, position) and queues it for
+    /// writing; `metrics` are the latest logged values, recorded in the manifest.
     pub fn save(
         &self,
-        model: &Model,
-        optimizer: &ModuleOptimizer,
-        st: &LoopState,
-        best: Option<&Model>,
+        state: &TrainState,
         metrics: BTreeMap<String, f64>,
     ) -> Result<(), TrainError> {
-        let dest = self
-            .run_dir
-            .join(crate::run::CHECKPOINTS)
-            .join(registry::checkpoint_name(st.step));
-        let mut st = st.clone();
-        st.param_ids = weights::param_ids(model);
-        let mut files = vec![(
-            registry::WEIGHTS.to_string(),
-            weights::to_bytes(model).map_err(|e| fail(&dest, e))?,
-        )];
-        if let Some(best) = best.filter(|_| st.best_step != Some(st.step)) {
-            files.push((
-                registry::BEST_WEIGHTS.to_string(),
-                weights::to_bytes(best).map_err(|e| fail(&dest, e))?,
-            ));
-        }
-        let optim = optimizer
-            .into_bytes()
-            .map_err(|e| fail(&dest, e.to_string()))?;
-        files.push((registry::OPTIM.to_string(), optim.to_vec()));
-        files.push((
-            registry::STATE.to_string(),
-            serde_json::to_vec_pretty(&st).expect("loop state is JSON"),
-        ));
+        let dest = layout::checkpoint_dir(&self.run_dir, state.pos.step);
+        let files = state.encode(&format!("checkpoint {}", dest.display()))?;
         let mut manifest = self.base.clone();
         manifest.kind = Kind::Checkpoint;
         manifest.created = now();
-        manifest.step = st.step;
-        manifest.epoch = st.epoch;
+        manifest.step = state.pos.step;
+        manifest.epoch = state.pos.epoch;
         manifest.metrics = finite(metrics);
-        manifest.monitor.value = st.last_valid.filter(|v| v.is_finite());
+        manifest.monitor.value = state.pos.last_valid.filter(|v| v.is_finite());
         self.writer.submit(Job {
             dest,
             files,
@@ -264,10 +193,7 @@ impl Saver {
 
 /// What a resumed run starts from.
 pub struct Restored {
-    pub model: Model,
-    pub optimizer: ModuleOptimizer,
-    pub state: LoopState,
-    pub best: Option<Model>,
+    pub state: TrainState,
     /// `<run id>@step-NNNNNNNNN`.
     pub label: String,
     /// Newer checkpoints that were damaged, with why; each was moved aside to
@@ -290,7 +216,10 @@ pub fn data_files(cfg: &RunConfig) -> Result<Vec<DataFile>, TrainError> {
     ] {
         if let Some(p) = path {
             let (sha256, bytes) =
-                registry::store::hash_file(p).map_err(|e| fail(p, e.to_string()))?;
+                crate::registry::store::hash_file(p).map_err(|source| TrainError::Io {
+                    path: p.display().to_string(),
+                    source,
+                })?;
             files.push(DataFile {
                 role: role.into(),
                 path: p.display().to_string(),
@@ -302,100 +231,9 @@ pub fn data_files(cfg: &RunConfig) -> Result<Vec<DataFile>, TrainError> {
     Ok(files)
 }
 
-/// Rank 0's starting point for the other ranks of a data-parallel job: weights and parameter
-/// ids, and when resuming the optimizer moments, loop state and best weights. Files in a
-/// length-prefixed list, the same encodings as a checkpoint's.
-pub fn pack_start(
-    model: &Model,
-    optimizer: &ModuleOptimizer,
-    st: &LoopState,
-    best: Option<&Model>,
-    resumed: bool,
-) -> Result<Vec<u8>, TrainError> {
-    let bad = |e: String| TrainError::Setup(format!("packing the starting weights: {e}"));
-    let mut st = st.clone();
-    st.param_ids = weights::param_ids(model);
-    let mut files = vec![
-        (registry::WEIGHTS, weights::to_bytes(model).map_err(bad)?),
-        (
-            registry::STATE,
-            serde_json::to_vec(&st).expect("loop state is JSON"),
-        ),
-    ];
-    if resumed {
-        let optim = optimizer.into_bytes().map_err(|e| bad(e.to_string()))?;
-        files.push((registry::OPTIM, optim.to_vec()));
-        if let Some(b) = best {
-            files.push((registry::BEST_WEIGHTS, weights::to_bytes(b).map_err(bad)?));
-        }
-    }
-    let mut out = Vec::new();
-    for (name, bytes) in files {
-        for part in [name.as_bytes(), &bytes] {
-            out.extend_from_slice(&(part.len() as u64).to_le_bytes());
-            out.extend_from_slice(part);
-        }
-    }
-    Ok(out)
-}
-
-/// The other side of [`pack_start`].
-pub fn unpack_start(
-    packed: &[u8],
-    mconf: &ModelConfig,
-    device: &Device,
-    optimizer: ModuleOptimizer,
-) -> Result<(Model, ModuleOptimizer, LoopState, Option<Model>), TrainError> {
-    let bad = |e: String| TrainError::Setup(format!("rank 0's starting weights: {e}"));
-    let mut files = BTreeMap::new();
-    let mut rest = packed;
-    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, TrainError> {
-        let short = || bad("truncated".into());
-        let n = u64::from_le_bytes(
-            rest.get(..8)
-                .ok_or_else(short)?
-                .try_into()
-                .expect("8 bytes"),
-        );
-        let n = usize::try_from(n).map_err(|_| short())?;
-        let part = rest.get(8..8 + n).ok_or_else(short)?.to_vec();
-        *rest = &rest[8 + n..];
-        Ok(part)
-    };
-    while !rest.is_empty() {
-        let name = String::from_utf8(take(&mut rest)?).map_err(|e| bad(e.to_string()))?;
-        let bytes = take(&mut rest)?;
-        files.insert(name, bytes);
-    }
-    let file = |name: &str| {
-        files
-            .get(name)
-            .ok_or_else(|| bad(format!("{name} is missing")))
-    };
-    let st: LoopState =
-        serde_json::from_slice(file(registry::STATE)?).map_err(|e| bad(e.to_string()))?;
-    let model = weights::from_bytes(mconf.init(device), file(registry::WEIGHTS)?.clone())
-        .and_then(|m| weights::set_param_ids(m, &st.param_ids))
-        .map_err(bad)?;
-    let optimizer = match files.get(registry::OPTIM) {
-        Some(b) => optimizer
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(b.clone()))
-            .map_err(|e| bad(e.to_string()))?,
-        None => optimizer,
-    };
-    let best = match (st.best_step, files.get(registry::BEST_WEIGHTS)) {
-        (Some(s), _) if s == st.step => Some(model.valid()),
-        (Some(_), Some(bytes)) => {
-            Some(weights::from_bytes(mconf.init(device), bytes.clone()).map_err(bad)?)
-        }
-        _ => None,
-    };
-    Ok((model, optimizer, st, best))
-}
-
 /// Loads the newest intact checkpoint of a run; damaged ones (a hash mismatch, a truncated or
-/// missing file) are skipped, newest first, and reported in `skipped`.
-pub fn load(
+/// missing file) are skipped, newest first, moved aside and reported in `skipped`.
+pub fn restore(
     reg: &Registry,
     run_dir: &Path,
     run_id: &str,
@@ -404,9 +242,9 @@ pub fn load(
     optimizer: ModuleOptimizer,
 ) -> Result<Restored, TrainError> {
     let mut skipped = Vec::new();
-    for (step, dir) in registry::checkpoints(run_dir) {
+    for (step, dir) in layout::checkpoints(run_dir) {
         let entry = Entry {
-            label: format!("{run_id}@{}", registry::checkpoint_name(step)),
+            label: format!("{run_id}@{}", layout::checkpoint_name(step)),
             kind: EntryKind::Checkpoint {
                 run: run_id.to_string(),
                 step,
@@ -418,8 +256,8 @@ pub fn load(
             Err(e @ RegistryError::Damaged { .. }) => {
                 let aside = dir.with_file_name(format!(
                     "{}{}-{}",
-                    registry::DAMAGED_PREFIX,
-                    registry::checkpoint_name(step),
+                    layout::DAMAGED_PREFIX,
+                    layout::checkpoint_name(step),
                     std::process::id()
                 ));
                 let moved = std::fs::rename(&dir, &aside).is_ok();
@@ -435,31 +273,10 @@ pub fn load(
             }
             Err(e) => return Err(e.into()),
         };
-        let file = |name: &str| loaded.file(name).map_err(TrainError::from);
-        let st: LoopState = serde_json::from_slice(file(registry::STATE)?)
-            .map_err(|e| fail(&dir.join(registry::STATE), e.to_string()))?;
-        let model = weights::from_bytes(mconf.init(device), file(registry::WEIGHTS)?.to_vec())
-            .map_err(|e| fail(&dir.join(registry::WEIGHTS), e))?;
-        let model = weights::set_param_ids(model, &st.param_ids)
-            .map_err(|e| fail(&dir.join(registry::STATE), e))?;
-        let optimizer = optimizer
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(
-                file(registry::OPTIM)?.to_vec(),
-            ))
-            .map_err(|e| fail(&dir.join(registry::OPTIM), e.to_string()))?;
-        let best = match (st.best_step, loaded.files.get(registry::BEST_WEIGHTS)) {
-            (Some(s), _) if s == st.step => Some(model.valid()),
-            (Some(_), Some(bytes)) => Some(
-                weights::from_bytes(mconf.init(device), bytes.clone())
-                    .map_err(|e| fail(&dir.join(registry::BEST_WEIGHTS), e))?,
-            ),
-            _ => None,
-        };
+        let at = format!("checkpoint {}", dir.display());
+        let state = TrainState::decode(&loaded.files, &at, mconf, device, optimizer)?;
         return Ok(Restored {
-            model,
-            optimizer,
-            state: st,
-            best,
+            state,
             label: entry.label,
             skipped,
             manifest: loaded.manifest,
@@ -473,5 +290,9 @@ pub fn load(
             skipped.join("; ")
         )
     };
-    Err(fail(&run_dir.join(crate::run::CHECKPOINTS), why))
+    Err(ResumeError::NoCheckpoint {
+        path: run_dir.join(layout::CHECKPOINTS).display().to_string(),
+        why,
+    }
+    .into())
 }

@@ -1,122 +1,74 @@
-//! Evaluation: a model over a split, in batches, to metrics.
+//! Evaluation: a model over a split, in batches, to metrics (sharded across the ranks of a
+//! data-parallel job); and a saved model loaded with what evaluating it needs.
 
-use burn::tensor::{Device, Tensor, TensorData};
-use kiln_models::Model;
+use std::sync::Arc;
 
-use crate::data::{Dataset, Preprocessor, Targets};
-use crate::loss::Loss;
-use crate::metrics::{self, Metrics};
+use burn::tensor::Device;
+use kiln_models::{InputShape, Model};
+
+use crate::data::{Dataset, Preprocessor, Source};
+use crate::layout;
+use crate::metrics::Metrics;
+use crate::task::Task;
 
 /// Examples per forward pass when evaluating.
 pub const EVAL_BATCH: usize = 512;
 
-/// Model outputs turned into probabilities (`[n, classes]`) or decoded predictions (`[n]`),
-/// plus the mean loss.
-pub struct Predictions {
-    pub values: Vec<f32>,
-    pub width: usize,
-    pub loss: f64,
-}
-
-/// Runs `model` (in validation mode, on a device without autodiff) over `data`.
-pub fn predict(model: &Model, data: &Dataset, loss: &Loss, device: &Device) -> Predictions {
-    let (values, loss_sum) = predict_rows(model, data, loss, device, 0..data.n);
-    Predictions {
-        values,
-        width: loss.predicted_width(),
-        loss: loss_sum / data.n.max(1) as f64,
-    }
-}
-
-/// Predictions for the rows `rows` of `data`, and the sum of their losses.
-fn predict_rows(
+/// The evaluation rows (see [`Task::eval_rows`]) of examples `rows` of `data`, and the sum of
+/// their losses. `model` is in validation mode, on a device without autodiff.
+fn eval_rows(
     model: &Model,
-    data: &Dataset,
-    loss: &Loss,
+    data: &dyn Source,
+    input: InputShape,
+    task: &dyn Task,
     device: &Device,
     rows: std::ops::Range<usize>,
 ) -> (Vec<f32>, f64) {
-    let mut values = Vec::with_capacity(rows.len() * loss.predicted_width());
+    let mut out = Vec::with_capacity(rows.len() * task.row_width());
     let mut loss_sum = 0.0;
     for start in rows.clone().step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(rows.end);
         let idx: Vec<usize> = (start..end).collect();
-        let batch = crate::data::loader::gather(data, &idx);
-        let x = Tensor::<2>::from_data(TensorData::new(batch.x, [batch.len, data.d]), device);
-        let out = model.forward(x);
-        let l = loss
-            .forward(out.clone(), &batch.y, device)
+        let batch = data.gather(&idx).upload(input, device);
+        let Some(x) = batch.input else { continue };
+        let output = model.forward(x);
+        let l = task
+            .loss(output.clone(), &batch.y, device)
             .into_scalar::<f32>() as f64;
         loss_sum += l * batch.len as f64;
-        values.extend(
-            loss.predict(out)
-                .into_data()
-                .try_to_vec::<f32>()
-                .expect("model outputs are f32"),
-        );
+        out.extend(task.eval_rows(output, &batch.y));
     }
-    (values, loss_sum)
+    (out, loss_sum)
 }
 
-/// Metrics of `model` on `data`, in the target's original units.
+/// Metrics of `model` on `data`, in the target's units. With the ranks of a data-parallel job,
+/// each rank evaluates a contiguous slice and one all-reduce of the (zero-padded) rows gives
+/// every rank all of them, so every rank computes the same metrics (AUC included) and makes the
+/// same decisions.
 pub fn evaluate(
-    model: &Model,
-    data: &Dataset,
-    loss: &Loss,
-    pre: &Preprocessor,
-    device: &Device,
-) -> Metrics {
-    metrics_of(predict(model, data, loss, device), data, pre)
-}
-
-/// [`evaluate`], shared among the ranks of a data-parallel job when there is one: each rank
-/// predicts a contiguous slice of `data`, and one all-reduce of the (zero-padded) predictions
-/// gives every rank all of them, so every rank computes the same metrics (AUC included) and
-/// makes the same decisions.
-pub fn evaluate_in(
     group: Option<&crate::dist::Group>,
     model: &Model,
-    data: &Dataset,
-    loss: &Loss,
-    pre: &Preprocessor,
+    data: &dyn Source,
+    input: InputShape,
+    task: &dyn Task,
     device: &Device,
 ) -> Metrics {
+    let (n, w) = (data.len(), task.row_width());
     let Some(group) = group else {
-        return evaluate(model, data, loss, pre, device);
+        let (rows, loss_sum) = eval_rows(model, data, input, task, device, 0..n);
+        return task.metrics(&rows, loss_sum / n.max(1) as f64);
     };
-    let (n, w) = (data.n, loss.predicted_width());
     let per = n.div_ceil(group.world());
     let start = (group.rank() * per).min(n);
     let end = (start + per).min(n);
-    let (mine, loss_sum) = predict_rows(model, data, loss, device, start..end);
+    let (mine, loss_sum) = eval_rows(model, data, input, task, device, start..end);
     let mut all = vec![0.0f32; n * w + 1];
     all[start * w..end * w].copy_from_slice(&mine);
     all[n * w] = loss_sum as f32;
     group.all_reduce_sum(&mut all, &|| "the evaluation all-reduce".into());
     let loss = f64::from(all[n * w]) / n.max(1) as f64;
     all.truncate(n * w);
-    let p = Predictions {
-        values: all,
-        width: w,
-        loss,
-    };
-    metrics_of(p, data, pre)
-}
-
-fn metrics_of(p: Predictions, data: &Dataset, pre: &Preprocessor) -> Metrics {
-    match &data.y {
-        Targets::Classes(labels) => {
-            let names = pre
-                .class_names()
-                .expect("class targets come with class names");
-            Metrics::Classification(metrics::classification(&p.values, labels, names, p.loss))
-        }
-        Targets::Values(values) => {
-            let pred: Vec<f64> = p.values.iter().map(|&v| pre.decode_value(v)).collect();
-            let truth: Vec<f64> = values.iter().map(|&v| pre.decode_value(v)).collect();
-            Metrics::Regression(metrics::regression(&pred, &truth, p.loss))
-        }
-    }
+    task.metrics(&all, loss)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,11 +80,16 @@ pub enum EvalError {
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
-    Train(#[from] crate::train::TrainError),
+    Train(#[from] crate::error::TrainError),
+    #[error(transparent)]
+    Setup(#[from] crate::error::SetupError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
-    #[error("{path}: cannot load the weights: {message}")]
-    Weights { path: String, message: String },
+    #[error("{path}: cannot load the weights: {source}")]
+    Weights {
+        path: String,
+        source: crate::weights::WeightsError,
+    },
     #[error("run {id} has no final model ({status:?}); resume it with `kiln train --resume {id}`")]
     Unfinished {
         id: String,
@@ -154,7 +111,7 @@ pub struct LoadedRun {
     pub mconf: kiln_models::ModelConfig,
     pub model: Model,
     pub data: crate::data::Prepared,
-    pub loss: Loss,
+    pub task: Arc<dyn Task>,
     pub device: Device,
 }
 
@@ -165,21 +122,17 @@ impl LoadedRun {
     }
 
     fn open_with(run_dir: &std::path::Path, with_data: bool) -> Result<Self, EvalError> {
-        use crate::registry::{self, Entry, EntryKind, Registry};
+        use crate::registry::{Entry, EntryKind, Registry};
         use crate::run;
-        let info: run::RunInfo = run::read_json(&run_dir.join(run::RUN))?;
-        let fin = run_dir.join(registry::FINAL);
+        let info: run::RunInfo = run::read_json(&run_dir.join(layout::RUN))?;
+        let fin = run_dir.join(layout::FINAL);
         if !fin.is_dir() {
             return Err(EvalError::Unfinished {
                 id: info.id,
                 status: info.status,
             });
         }
-        // `<registry>/runs/<id>`: the registry is two levels up.
-        let root = run_dir
-            .parent()
-            .and_then(|p| p.parent())
-            .unwrap_or(std::path::Path::new("."));
+        let root = layout::registry_of_run(run_dir);
         let entry = Entry {
             label: info.id.clone(),
             kind: EntryKind::Final {
@@ -187,8 +140,8 @@ impl LoadedRun {
             },
             dir: fin,
         };
-        let loaded = Registry::new(root).load(&entry)?;
-        let weights = loaded.file(registry::WEIGHTS)?.to_vec();
+        let loaded = Registry::new(&root).load(&entry)?;
+        let weights = loaded.file(layout::WEIGHTS)?.to_vec();
         Self::build(entry.label, Some(info), run_dir, weights, with_data)
     }
 
@@ -215,7 +168,7 @@ impl LoadedRun {
         entry: &crate::registry::Entry,
         with_data: bool,
     ) -> Result<Self, EvalError> {
-        use crate::registry::{self, EntryKind};
+        use crate::registry::EntryKind;
         // `<run>/final` and `<run>/checkpoints/step-N`: the run folder is the entry's parent.
         let up = |n: usize| {
             entry
@@ -229,14 +182,14 @@ impl LoadedRun {
             EntryKind::Final { .. } => Self::open_with(&up(1), with_data),
             EntryKind::Version { .. } => {
                 let loaded = reg.load(entry)?;
-                let weights = loaded.file(registry::WEIGHTS)?.to_vec();
+                let weights = loaded.file(layout::WEIGHTS)?.to_vec();
                 Self::build(entry.label.clone(), None, &entry.dir, weights, with_data)
             }
             EntryKind::Checkpoint { .. } => {
                 let loaded = reg.load(entry)?;
-                let weights = loaded.file(registry::WEIGHTS)?.to_vec();
+                let weights = loaded.file(layout::WEIGHTS)?.to_vec();
                 let dir = up(2);
-                let info = crate::run::read_json(&dir.join(crate::run::RUN)).ok();
+                let info = crate::run::read_json(&dir.join(layout::RUN)).ok();
                 Self::build(entry.label.clone(), info, &dir, weights, with_data)
             }
         }
@@ -253,33 +206,27 @@ impl LoadedRun {
         use crate::run;
         use burn::module::Module;
         let cfg = crate::config::load_run_with(dir, with_data)?;
-        let pre: Preprocessor = run::read_json(&dir.join(run::PREPROCESS))?;
-        let mconf: kiln_models::ModelConfig = run::read_json(&dir.join(run::MODEL_CONFIG))?;
-        crate::train::init_threads(cfg.file.runtime.threads);
-        let device = crate::train::device();
-        let model = crate::weights::from_bytes(mconf.init(&device), weights).map_err(|e| {
+        let pre: Preprocessor = run::read_json(&dir.join(layout::PREPROCESS))?;
+        let mconf: kiln_models::ModelConfig = run::read_json(&dir.join(layout::MODEL_CONFIG))?;
+        crate::backend::init_threads(cfg.runtime.threads);
+        let device = crate::backend::cpu();
+        let model = crate::weights::from_bytes(mconf.init(&device), weights).map_err(|source| {
             EvalError::Weights {
                 path: label.clone(),
-                message: e,
+                source,
             }
         })?;
         let data = if with_data {
             crate::data::prepare(&cfg.data, Some(&pre))?
         } else {
-            let empty = || Dataset {
-                x: Vec::new(),
-                y: Targets::Values(Vec::new()),
-                n: 0,
-                d: pre.n_features,
-            };
             crate::data::Prepared {
-                train: empty(),
-                valid: empty(),
-                test: empty(),
+                train: Dataset::empty(pre.n_features),
+                valid: Dataset::empty(pre.n_features),
+                test: Dataset::empty(pre.n_features),
                 preprocessor: pre.clone(),
             }
         };
-        let loss = crate::train::loss_of(&cfg, &pre)?;
+        let task = crate::task::task_of(&cfg, &pre)?;
         Ok(Self {
             label,
             info,
@@ -288,7 +235,7 @@ impl LoadedRun {
             mconf,
             model: model.valid(),
             data,
-            loss,
+            task,
             device,
         })
     }
@@ -311,28 +258,37 @@ impl LoadedRun {
 
     pub fn evaluate(&self, split: crate::data::SplitName) -> Result<Metrics, EvalError> {
         Ok(evaluate(
+            None,
             &self.model,
             self.split(split)?,
-            &self.loss,
-            &self.pre,
+            self.mconf.input(),
+            self.task.as_ref(),
             &self.device,
         ))
     }
 
-    /// Regression: `(predicted, true)` pairs of a split in the target's units.
+    /// Regression: `(predicted, true)` pairs of a split in the target's units (empty for
+    /// classification).
     pub fn regression_pairs(
         &self,
         split: crate::data::SplitName,
     ) -> Result<Vec<(f64, f64)>, EvalError> {
         let data = self.split(split)?;
-        let p = predict(&self.model, data, &self.loss, &self.device);
-        let Targets::Values(truth) = &data.y else {
+        if self.task.class_names().is_some() {
             return Ok(Vec::new());
-        };
-        Ok(p.values
-            .iter()
-            .zip(truth)
-            .map(|(&a, &b)| (self.pre.decode_value(a), self.pre.decode_value(b)))
+        }
+        // A regression's evaluation rows are (prediction, target), standardised.
+        let (rows, _) = eval_rows(
+            &self.model,
+            data,
+            self.mconf.input(),
+            self.task.as_ref(),
+            &self.device,
+            0..data.n,
+        );
+        Ok(rows
+            .chunks(2)
+            .map(|r| (self.pre.decode_value(r[0]), self.pre.decode_value(r[1])))
             .collect())
     }
 }
@@ -348,29 +304,27 @@ pub fn eval_entry(
     Ok((run, m))
 }
 
-/// `kiln validate --deep`: loads the data, builds the model, runs one forward pass and the loss
-/// on a real batch. Returns a one-line description of what was checked.
-pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::train::TrainError> {
-    crate::train::init_threads(cfg.file.runtime.threads);
-    let device = crate::train::device();
+/// `kiln validate --deep`: loads the data, builds the model (checking that it fits in
+/// memory), runs one forward pass and the loss on a real batch. Returns a one-line description
+/// of what was checked.
+pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::error::TrainError> {
+    use crate::error::{SetupError, TrainError};
+    crate::backend::init_threads(cfg.runtime.threads);
+    let device = crate::backend::cpu();
     let prepared = crate::data::prepare(&cfg.data, None)?;
-    let loss = crate::train::loss_of(cfg, &prepared.preprocessor)?;
-    let mconf = crate::train::model_config(
-        cfg,
-        &prepared.preprocessor,
-        prepared.train.d,
-        loss.outputs(),
-    )?;
+    let pre = &prepared.preprocessor;
+    let task = crate::task::task_of(cfg, pre)?;
+    let mconf = crate::train::architecture(cfg, pre, task.as_ref())?;
+    let chosen = crate::backend::choose(crate::backend::DeviceSpec::Cpu)?;
+    crate::train::check_memory(cfg, &mconf, &chosen)?;
     let model = mconf.init(&device);
     let batch = prepared
         .train
-        .head(cfg.file.train.batch_size.min(prepared.train.n));
-    let p = predict(&model, &batch, &loss, &device);
-    if !p.loss.is_finite() {
-        return Err(crate::train::TrainError::Setup(format!(
-            "the loss of the first batch is {}",
-            p.loss
-        )));
+        .head(cfg.train.batch_size.min(prepared.train.n));
+    let (_, loss_sum) = eval_rows(&model, &batch, mconf.input(), task.as_ref(), &device, 0..batch.n);
+    let loss = loss_sum / batch.n.max(1) as f64;
+    if !loss.is_finite() {
+        return Err(TrainError::Setup(SetupError::FirstLoss { loss }));
     }
     Ok(format!(
         "{} train / {} valid / {} test examples, {} features, {} parameters, first-batch loss {:.4}",
@@ -379,6 +333,6 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::train
         prepared.test.n,
         prepared.train.d,
         burn::module::Module::num_params(&model),
-        p.loss
+        loss
     ))
 }

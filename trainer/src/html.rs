@@ -1,6 +1,7 @@
 //! `kiln report`: one self-contained HTML page with a run's curves and its confusion matrix (or
 //! residual plot), drawn as inline SVG with `plotters`.
 
+use crate::layout;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
@@ -28,7 +29,7 @@ type Curves = BTreeMap<(String, String), Vec<(f64, f64)>>;
 
 /// Every logged curve of a run's `metrics.jsonl`.
 fn curves(run_dir: &Path) -> Result<Curves, run::RunError> {
-    let path = run_dir.join(run::METRICS_LOG);
+    let path = run_dir.join(layout::METRICS_LOG);
     let text = std::fs::read_to_string(&path).map_err(run::io(&path))?;
     let mut out = Curves::new();
     for line in text.lines() {
@@ -345,7 +346,7 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<(), EvalError> {
         }
         None => {}
     }
-    let config = std::fs::read_to_string(run_dir.join(run::CONFIG)).unwrap_or_default();
+    let config = std::fs::read_to_string(run_dir.join(layout::CONFIG)).unwrap_or_default();
     let _ = write!(body, "<h2>Config</h2><pre>{}</pre>", escape(&config));
     let html = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>kiln run {}</title><style>\

@@ -20,10 +20,12 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod error;
 pub mod eval;
 pub mod export;
 pub mod html;
-pub mod loss;
+pub mod layout;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod predict;
@@ -31,8 +33,11 @@ pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod run;
-pub mod setup;
+pub mod state;
+pub mod task;
 pub mod tracking;
 pub mod train;
 pub mod weights;
+
+pub use error::TrainError;
 use gemm as _; // see the workspace Cargo.toml: enables AVX-512 matrix kernels

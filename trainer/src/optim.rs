@@ -10,8 +10,8 @@ use crate::config::{OptimName, RunConfig, ScheduleKind, ScheduleSection};
 
 /// Builds the optimizer the config names.
 pub fn optimizer(cfg: &RunConfig) -> ModuleOptimizer {
-    let o = &cfg.file.optim;
-    let wd = cfg.weight_decay;
+    let o = &cfg.optim;
+    let wd = o.weight_decay;
     let decay = (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
     match o.name {
         OptimName::Sgd => SgdConfig::new()

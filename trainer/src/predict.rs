@@ -3,11 +3,9 @@
 
 use std::path::Path;
 
-use burn::tensor::{Tensor, TensorData};
-
 use crate::config::DataFormat;
-use crate::config::LossKind;
 use crate::data::preprocess::Column;
+use crate::data::{Dataset, Source};
 use crate::eval::{EVAL_BATCH, EvalError, LoadedRun};
 
 /// One row's prediction.
@@ -48,41 +46,24 @@ pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalEr
     };
     let n = table.lines.len();
     let rows: Vec<usize> = (0..n).collect();
-    let x = run.pre.features(&table, &rows)?;
-    let d = run.pre.n_features;
-    let classes = run.pre.class_names().map(<[String]>::to_vec);
+    let data = Dataset {
+        x: run.pre.features(&table, &rows)?,
+        y: crate::data::Targets::Values(vec![0.0; n]),
+        n,
+        d: run.pre.n_features,
+    };
+    let classes = run.task.class_names().map(<[String]>::to_vec);
     let mut out = Vec::with_capacity(n);
     for start in (0..n).step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(n);
-        let batch = Tensor::<2>::from_data(
-            TensorData::new(x[start * d..end * d].to_vec(), [end - start, d]),
-            &run.device,
-        );
-        let p = run.loss.predict(run.model.forward(batch));
-        let width = p.dims()[1];
-        let values = p.into_data().try_to_vec::<f32>().expect("outputs are f32");
-        for (i, v) in values.chunks(width).enumerate() {
-            let row = table.lines[start + i];
-            let r = match (&run.loss.kind, &classes) {
-                (LossKind::CrossEntropy | LossKind::Bce, Some(names)) => {
-                    let best = v
-                        .iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .map_or(0, |(k, _)| k);
-                    Row {
-                        row,
-                        prediction: names[best].clone().into(),
-                        probabilities: v.to_vec(),
-                    }
-                }
-                _ => Row {
-                    row,
-                    prediction: serde_json::json!(run.pre.decode_value(v[0])),
-                    probabilities: Vec::new(),
-                },
-            };
-            out.push(r);
+        let idx: Vec<usize> = (start..(start + EVAL_BATCH).min(n)).collect();
+        let batch = data.gather(&idx).upload(run.mconf.input(), &run.device);
+        let Some(x) = batch.input else { continue };
+        for (i, p) in run.task.predictions(run.model.forward(x)).into_iter().enumerate() {
+            out.push(Row {
+                row: table.lines[start + i],
+                prediction: p.prediction,
+                probabilities: p.probabilities,
+            });
         }
     }
     Ok(Predictions { classes, rows: out })

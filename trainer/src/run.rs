@@ -15,18 +15,12 @@
 //! Checkpoint and final folders are registry entries: written whole or not at all, with a
 //! manifest of hashes (see `registry`).
 
+use crate::layout;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
-
-pub const CONFIG: &str = "config.toml";
-pub const MODEL_CONFIG: &str = "model.json";
-pub const PREPROCESS: &str = "preprocess.json";
-pub const RUN: &str = "run.json";
-pub const METRICS_LOG: &str = "metrics.jsonl";
-pub const CHECKPOINTS: &str = "checkpoints";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -119,11 +113,6 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunErro
     })
 }
 
-/// `<registry>/runs`.
-pub fn runs_dir(registry: &Path) -> PathBuf {
-    registry.join("runs")
-}
-
 /// A new run id: `<name>-<UTC time>-<4 hex>`; unique within a registry.
 pub fn new_id(name: &str) -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -143,10 +132,10 @@ pub fn new_id(name: &str) -> String {
 /// Resolves a run reference (`latest`, a run id, or a path to a run folder) to its folder.
 pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
     let as_path = Path::new(reference);
-    if as_path.join(RUN).is_file() {
+    if as_path.join(layout::RUN).is_file() {
         return Ok(as_path.to_path_buf());
     }
-    let runs = runs_dir(registry);
+    let runs = layout::runs_dir(registry);
     if reference == "latest" {
         let mut all = list(registry)?;
         all.sort_by(|a, b| a.1.started.cmp(&b.1.started).then(a.1.id.cmp(&b.1.id)));
@@ -165,7 +154,7 @@ pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
         return Err(RunError::BadReference(reference.into()));
     }
     let dir = runs.join(reference);
-    if dir.join(RUN).is_file() {
+    if dir.join(layout::RUN).is_file() {
         return Ok(dir);
     }
     let ids: Vec<String> = list(registry)
@@ -183,12 +172,12 @@ pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
 
 /// Run folders whose `run.json` exists but cannot be read, with why.
 pub fn unreadable(registry: &Path) -> Vec<(PathBuf, RunError)> {
-    let Ok(entries) = std::fs::read_dir(runs_dir(registry)) else {
+    let Ok(entries) = std::fs::read_dir(layout::runs_dir(registry)) else {
         return Vec::new();
     };
     entries
         .flatten()
-        .map(|e| e.path().join(RUN))
+        .map(|e| e.path().join(layout::RUN))
         .filter(|p| p.is_file())
         .filter_map(|p| read_json::<RunInfo>(&p).err().map(|e| (p, e)))
         .collect()
@@ -197,14 +186,14 @@ pub fn unreadable(registry: &Path) -> Vec<(PathBuf, RunError)> {
 /// Every run of a registry with its `run.json`; unreadable entries are skipped (see
 /// [`unreadable`]).
 pub fn list(registry: &Path) -> Result<Vec<(PathBuf, RunInfo)>, RunError> {
-    let runs = runs_dir(registry);
+    let runs = layout::runs_dir(registry);
     let Ok(entries) = std::fs::read_dir(&runs) else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for e in entries.flatten() {
         let p = e.path();
-        if let Ok(info) = read_json::<RunInfo>(&p.join(RUN)) {
+        if let Ok(info) = read_json::<RunInfo>(&p.join(layout::RUN)) {
             out.push((p, info));
         }
     }

@@ -7,9 +7,21 @@
 //! them back to a loaded model so the optimizer's moments find their parameters again.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
+use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore, SafetensorsStoreError};
 use burn::tensor::Tensor;
 use kiln_models::Model;
+
+/// Why weights could not be written or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{0}")]
+    Store(#[from] SafetensorsStoreError),
+    /// The file's tensors are not the model's: every difference, the first shown.
+    #[error("{}{}; is it the same architecture?", problems[0], match problems.len() { 1 => String::new(), n => format!(" (and {} more differences)", n - 1) })]
+    Mismatch { problems: Vec<String> },
+    #[error("the checkpoint lists {listed} parameters, the model has {have}")]
+    ParamIds { listed: usize, have: usize },
+}
 
 fn store(bytes: Option<Vec<u8>>) -> SafetensorsStore {
     SafetensorsStore::from_bytes(bytes)
@@ -21,18 +33,18 @@ fn store(bytes: Option<Vec<u8>>) -> SafetensorsStore {
 }
 
 /// The model's weights as a safetensors file.
-pub fn to_bytes(model: &Model) -> Result<Vec<u8>, String> {
+pub fn to_bytes(model: &Model) -> Result<Vec<u8>, WeightsError> {
     let mut s = store(None);
-    model.save_into(&mut s).map_err(|e| e.to_string())?;
-    s.get_bytes().map_err(|e| e.to_string())
+    model.save_into(&mut s)?;
+    Ok(s.get_bytes()?)
 }
 
 /// Loads safetensors bytes into `model` (which gives the architecture). Every parameter must
 /// be present with its shape, and nothing else may be in the file.
-pub fn from_bytes(mut model: Model, bytes: Vec<u8>) -> Result<Model, String> {
+pub fn from_bytes(mut model: Model, bytes: Vec<u8>) -> Result<Model, WeightsError> {
     // Collect every problem instead of failing at the first, to say them all at once.
     let mut s = store(Some(bytes)).validate(false);
-    let r = model.load_from(&mut s).map_err(|e| e.to_string())?;
+    let r = model.load_from(&mut s)?;
     let mut problems: Vec<String> = r
         .errors
         .iter()
@@ -51,14 +63,10 @@ pub fn from_bytes(mut model: Model, bytes: Vec<u8>) -> Result<Model, String> {
         .collect();
     problems.extend(r.missing.iter().map(|(p, _)| format!("{p} is missing")));
     problems.extend(r.unused.iter().map(|p| format!("{p} is not in the model")));
-    match problems.len() {
-        0 => Ok(model),
-        1 => Err(format!("{}; is it the same architecture?", problems[0])),
-        n => Err(format!(
-            "{} (and {} more differences); is it the same architecture?",
-            problems[0],
-            n - 1
-        )),
+    if problems.is_empty() {
+        Ok(model)
+    } else {
+        Err(WeightsError::Mismatch { problems })
     }
 }
 
@@ -93,13 +101,13 @@ impl ModuleMapper for SetIds<'_> {
 }
 
 /// Gives the model's float parameters these ids, in visit order.
-pub fn set_param_ids(model: Model, ids: &[u64]) -> Result<Model, String> {
+pub fn set_param_ids(model: Model, ids: &[u64]) -> Result<Model, WeightsError> {
     let have = param_ids(&model).len();
     if have != ids.len() {
-        return Err(format!(
-            "the checkpoint lists {} parameters, the model has {have}",
-            ids.len()
-        ));
+        return Err(WeightsError::ParamIds {
+            listed: ids.len(),
+            have,
+        });
     }
     Ok(model.map(&mut SetIds { ids, next: 0 }))
 }

@@ -7,6 +7,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The `[model]` table is the model zoo's: each kind reads its own keys there.
+pub use kiln_models::{ConvSection, ModelKind, ModelSection};
+
 /// A whole kiln config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
@@ -194,74 +197,6 @@ impl Default for SplitSection {
             test: None,
             stratify: true,
             seed: None,
-        }
-    }
-}
-
-/// The network. Input and output sizes come from the data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default)]
-pub struct ModelSection {
-    /// `mlp` or `cnn`. Default: `mlp`.
-    pub kind: ModelKind,
-    /// Hidden layer widths of the MLP (for `cnn`: of its head). Default: `[128]`.
-    pub hidden: Vec<usize>,
-    /// `relu`, `gelu`, `tanh`, `sigmoid`, `silu` or `leaky_relu`. Default: `relu`.
-    pub activation: kiln_models::Activation,
-    /// Dropout after each hidden layer of the MLP / head, in `[0, 1)`. Default: 0.
-    pub dropout: f64,
-    /// Normalisation of the MLP's hidden layers: `none`, `batch` or `layer`. Default: `none`.
-    pub norm: kiln_models::Norm,
-    /// Convolution blocks of a `cnn`, in order (`[[model.conv]]` tables).
-    pub conv: Vec<ConvSection>,
-}
-
-impl Default for ModelSection {
-    fn default() -> Self {
-        Self {
-            kind: ModelKind::Mlp,
-            hidden: vec![128],
-            activation: kiln_models::Activation::Relu,
-            dropout: 0.0,
-            norm: kiln_models::Norm::None,
-            conv: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    #[default]
-    Mlp,
-    Cnn,
-}
-
-/// One convolution block: conv (stride 1, same padding), batch norm, activation, max pool,
-/// dropout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default)]
-pub struct ConvSection {
-    /// Output channels. Required.
-    pub channels: usize,
-    /// Kernel side, odd. Default: 3.
-    pub kernel: usize,
-    /// Max-pool window (and stride); 1 for none. Default: 2.
-    pub pool: usize,
-    /// Batch norm after the convolution. Default: false.
-    pub batch_norm: bool,
-    /// Dropout after the block, in `[0, 1)`. Default: 0.
-    pub dropout: f64,
-}
-
-impl Default for ConvSection {
-    fn default() -> Self {
-        Self {
-            channels: 0,
-            kernel: 3,
-            pool: 2,
-            batch_norm: false,
-            dropout: 0.0,
         }
     }
 }

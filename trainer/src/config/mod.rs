@@ -3,14 +3,17 @@
 
 mod file;
 mod load;
+mod run;
 mod schema;
 mod validate;
 
 pub use file::*;
 pub use load::{Override, known_keys_hint, load, parse};
+pub use run::{EarlyStopping, LossConfig, Monitor, OptimConfig, RunConfig, TrainConfig};
 pub use schema::{known_keys, schema};
-pub use validate::{Monitor, RunConfig, default_name, validate};
+pub use validate::{default_name, validate, validate_with};
 
+use crate::layout;
 use std::fmt;
 
 /// One thing wrong with a config, located as precisely as we can.
@@ -76,8 +79,8 @@ pub fn load_run_with(
     run_dir: &std::path::Path,
     data_files: bool,
 ) -> Result<RunConfig, ConfigError> {
-    let path = run_dir.join(crate::run::CONFIG);
+    let path = run_dir.join(layout::CONFIG);
     let (file, _) = load(&path, &[])?;
     let name = file.name.clone().unwrap_or_else(|| "model".into());
-    validate::validate_with(file, &path.display().to_string(), &name, data_files)
+    validate_with(file, &path.display().to_string(), &name, data_files)
 }

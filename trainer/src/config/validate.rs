@@ -2,40 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ConfigError, DataFormat, FileConfig, LossKind, ModelKind, OptimName, Problem, Task};
+use super::run::{EarlyStopping, LossConfig, Monitor, OptimConfig, RunConfig, TrainConfig};
+use super::{ConfigError, DataFormat, FileConfig, LossKind, OptimName, Problem, Task};
+use crate::amp::Precision;
 use crate::data;
-
-/// A config that passed [`validate`]: everything the trainer needs, resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunConfig {
-    pub name: String,
-    /// The file config with its defaults filled in and overrides applied: what is saved with the
-    /// run and what `kiln eval` reads back.
-    pub file: FileConfig,
-    pub data: data::DataSpec,
-    pub loss: LossKind,
-    pub monitor: Monitor,
-    pub weight_decay: f64,
-    pub device: crate::backend::DeviceSpec,
-}
-
-/// The validation metric that decides "best" and early stopping.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Monitor {
-    pub metric: String,
-    pub higher_is_better: bool,
-}
-
-impl Monitor {
-    /// Whether `new` improves on `best` by more than `min_delta`.
-    pub fn improves(&self, new: f64, best: Option<f64>, min_delta: f64) -> bool {
-        match best {
-            None => new.is_finite(),
-            Some(b) if self.higher_is_better => new > b + min_delta,
-            Some(b) => new < b - min_delta,
-        }
-    }
-}
+use kiln_models::{InputShape, ModelConfig};
 
 const CLASSIFICATION_METRICS: &[&str] = &["loss", "accuracy", "f1", "precision", "recall", "auc"];
 const REGRESSION_METRICS: &[&str] = &["loss", "mse", "rmse", "mae", "r2"];
@@ -84,7 +55,13 @@ pub fn validate_with(
     let check_file = |key: &str, value: &Option<String>, p: &mut Vec<Problem>| -> Option<PathBuf> {
         let v = value.as_ref()?;
         let path = PathBuf::from(v);
-        if data_files && !path.is_file() {
+        if data_files && path.is_dir() {
+            p.push(Problem::new(
+                origin,
+                None,
+                format!("`data.{key}` = {v:?}: is a directory; give the data file in it"),
+            ));
+        } else if data_files && !path.is_file() {
             p.push(Problem::new(
                 origin,
                 None,
@@ -187,61 +164,42 @@ pub fn validate_with(
             "`data.image_shape` = {s:?}: every size must be at least 1"
         ));
     }
-    // IDX files are images whose shape their header gives; CSV rows are images only when told.
-    let images = d.image_shape.is_some() || d.format == DataFormat::Idx;
 
-    // model
+    // model: each kind checks its own keys; then, where the data's shape is known before
+    // reading it (rows, or `data.image_shape`), the architecture is built as training will.
     let m = &file.model;
-    if m.hidden.contains(&0) {
-        bad("`model.hidden`: every layer width must be at least 1".into());
+    let model_problems = m.kind.check_section(m);
+    let clean = model_problems.is_empty();
+    for e in model_problems {
+        bad(e.to_string());
     }
-    if !(0.0..1.0).contains(&m.dropout) {
-        bad(format!(
-            "`model.dropout` = {}: must be in [0, 1)",
-            m.dropout
-        ));
+    let provisional = match (d.image_shape, d.format) {
+        (Some([channels, height, width]), _) => Some(InputShape::Images {
+            channels,
+            height,
+            width,
+        }),
+        (None, DataFormat::Csv) => Some(InputShape::Rows { features: 1 }),
+        // IDX images: their shape is in the file's header, read at training time.
+        (None, DataFormat::Idx) => None,
+    };
+    if let Some(input) = provisional.filter(|_| clean)
+        && let Err(e) = ModelConfig::from_section(m, input, 1)
+    {
+        bad(e.to_string());
     }
-    match m.kind {
-        ModelKind::Mlp if !m.conv.is_empty() => {
-            bad("`model.conv` is set but `model.kind` = \"mlp\"; use kind = \"cnn\" or remove the conv blocks".into())
-        }
-        ModelKind::Cnn if m.conv.is_empty() => {
-            bad("`model.kind` = \"cnn\" needs at least one `[[model.conv]]` block".into())
-        }
-        ModelKind::Cnn if !images => bad(
-            "`model.kind` = \"cnn\" needs images: set `data.image_shape` = [channels, height, width]".into(),
-        ),
-        _ => {}
-    }
-    for (i, c) in m.conv.iter().enumerate() {
-        if c.channels == 0 {
-            bad(format!(
-                "`model.conv.{i}.channels` is required and must be at least 1"
-            ));
-        }
-        if c.kernel == 0 || c.kernel % 2 == 0 {
-            bad(format!(
-                "`model.conv.{i}.kernel` = {}: must be odd (1, 3, 5, ...)",
-                c.kernel
-            ));
-        }
-        if c.pool == 0 {
-            bad(format!("`model.conv.{i}.pool` = 0: use 1 for no pooling"));
-        }
-        if !(0.0..1.0).contains(&c.dropout) {
-            bad(format!(
-                "`model.conv.{i}.dropout` = {}: must be in [0, 1)",
-                c.dropout
-            ));
-        }
-    }
-    if let (ModelKind::Cnn, Some([_, h, w])) = (m.kind, d.image_shape) {
-        let shrink: usize = m.conv.iter().map(|c| c.pool.max(1)).product();
-        if shrink > h.min(w) {
-            bad(format!(
-                "`model.conv`: pooling shrinks the {h}x{w} image by {shrink}x, to nothing; use fewer or smaller pools"
-            ));
-        }
+    // A size no machine here can hold is refused before any data is read; training checks
+    // again with the data's real sizes.
+    if clean
+        && let Err(e) = crate::memory::check_fits(
+            crate::memory::size_keys(m),
+            m.kind.min_params(m),
+            0,
+            0,
+            crate::memory::available_bytes(),
+        )
+    {
+        bad(e.to_string());
     }
 
     // train
@@ -326,6 +284,10 @@ pub fn validate_with(
         metric: t.monitor.clone(),
         higher_is_better: !matches!(t.monitor.as_str(), "loss" | "mse" | "rmse" | "mae"),
     };
+    let early_stopping = t.early_stopping.as_ref().map(|e| EarlyStopping {
+        patience: e.patience,
+        min_delta: e.min_delta,
+    });
     let no_valid = d.split.valid == 0.0;
     if no_valid && t.early_stopping.is_some() {
         bad("`train.early_stopping` needs a validation split: `data.split.valid` is 0".into());
@@ -402,22 +364,25 @@ pub fn validate_with(
             crate::backend::DeviceSpec::Cpu
         }
     };
-    match crate::amp::Precision::parse(&file.backend.precision) {
-        None => bad(format!(
-            "`backend.precision` = {:?}: use f32, f16 or bf16",
-            file.backend.precision
-        )),
-        Some(crate::amp::Precision::F32) => {}
-        Some(_) => {
-            let m = &file.model;
-            if m.norm == kiln_models::Norm::Batch || m.conv.iter().any(|c| c.batch_norm) {
+    let precision = match Precision::parse(&file.backend.precision) {
+        None => {
+            bad(format!(
+                "`backend.precision` = {:?}: use f32, f16 or bf16",
+                file.backend.precision
+            ));
+            Precision::F32
+        }
+        Some(Precision::F32) => Precision::F32,
+        Some(half) => {
+            if file.model.uses_batch_norm() {
                 bad(format!(
                     "`backend.precision` = {:?} with batch norm: mixed precision does not cover batch norm's running statistics yet; use f32, or layer norm",
                     file.backend.precision
                 ));
             }
+            half
         }
-    }
+    };
 
     // runtime
     let r = &file.runtime;
@@ -473,14 +438,48 @@ pub fn validate_with(
         }
     }
     if p.is_empty() {
+        let t = &file.train;
         Ok(RunConfig {
             name,
-            file,
+            seed: file.seed,
+            task,
             data: spec,
-            loss,
+            model: file.model.clone(),
+            train: TrainConfig {
+                epochs: t.epochs,
+                max_steps: t.max_steps,
+                batch_size: t.batch_size,
+                grad_accum: t.grad_accum,
+                clip_grad_norm: t.clip_grad_norm,
+                valid_every: t.valid_every,
+                log_every: t.log_every,
+                checkpoint_every: t.checkpoint_every,
+                keep_last: t.keep_last,
+                keep_best: t.keep_best,
+                restore_best: t.restore_best,
+                early_stopping,
+            },
+            loss: LossConfig {
+                kind: loss,
+                label_smoothing: t.label_smoothing,
+                huber_delta: t.huber_delta,
+            },
             monitor,
-            weight_decay,
+            optim: OptimConfig {
+                name: o.name,
+                lr: o.lr,
+                weight_decay,
+                momentum: o.momentum,
+                nesterov: o.nesterov,
+                betas: o.betas,
+                eps: o.eps,
+            },
+            schedule: file.schedule.clone(),
+            precision,
             device,
+            timeout: std::time::Duration::from_secs(file.distributed.timeout_s),
+            runtime: file.runtime.clone(),
+            file,
         })
     } else {
         Err(ConfigError { problems: p })

@@ -12,15 +12,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Dataset, Targets};
-
-/// One batch, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    pub x: Vec<f32>,
-    pub y: Targets,
-    pub len: usize,
-}
+use super::{Batch, Source};
 
 /// The example order of one epoch.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
@@ -31,24 +23,6 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usiz
         order.shuffle(&mut rng);
     }
     order
-}
-
-/// Copies the rows `idx` of `data` into a batch.
-pub fn gather(data: &Dataset, idx: &[usize]) -> Batch {
-    let d = data.d;
-    let mut x = Vec::with_capacity(idx.len() * d);
-    for &i in idx {
-        x.extend_from_slice(&data.x[i * d..(i + 1) * d]);
-    }
-    let y = match &data.y {
-        Targets::Classes(v) => Targets::Classes(idx.iter().map(|&i| v[i]).collect()),
-        Targets::Values(v) => Targets::Values(idx.iter().map(|&i| v[i]).collect()),
-    };
-    Batch {
-        x,
-        y,
-        len: idx.len(),
-    }
 }
 
 /// An epoch's batches, in order, from `start_batch` on.
@@ -63,7 +37,7 @@ pub struct Loader {
 impl Loader {
     /// Starts `workers` threads that each keep up to `prefetch` batches ready.
     pub fn new(
-        data: Arc<Dataset>,
+        data: Arc<dyn Source>,
         order: Vec<usize>,
         batch_size: usize,
         start_batch: usize,
@@ -77,7 +51,7 @@ impl Loader {
     /// A loader over given batches of example indices (a rank's shard, where a batch may be
     /// empty).
     pub fn from_batches(
-        data: Arc<Dataset>,
+        data: Arc<dyn Source>,
         batches: Vec<Vec<usize>>,
         start_batch: usize,
         workers: usize,
@@ -97,7 +71,7 @@ impl Loader {
                     .spawn(move || {
                         let mut b = start_batch + w;
                         while b < n_batches {
-                            if tx.send(gather(&data, &batches[b])).is_err() {
+                            if tx.send(data.gather(&batches[b])).is_err() {
                                 return; // the consumer stopped early
                             }
                             b += workers;
@@ -151,14 +125,20 @@ impl Drop for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::{Dataset, Features, Targets};
 
-    fn data(n: usize) -> Arc<Dataset> {
+    fn data(n: usize) -> Arc<dyn Source> {
         Arc::new(Dataset {
             x: (0..n).map(|i| i as f32).collect(),
             y: Targets::Classes((0..n as u32).collect()),
             n,
             d: 1,
         })
+    }
+
+    fn values(b: &Batch) -> Vec<f32> {
+        let Features::Dense { x, .. } = &b.x;
+        x.clone()
     }
 
     #[test]
@@ -168,7 +148,7 @@ mod tests {
         let three: Vec<Batch> = Loader::new(data(103), order.clone(), 10, 0, 3, 1).collect();
         assert_eq!(one, three);
         assert_eq!(one.len(), 11);
-        let mut seen: Vec<f32> = one.iter().flat_map(|b| b.x.clone()).collect();
+        let mut seen: Vec<f32> = one.iter().flat_map(values).collect();
         seen.sort_by(f32::total_cmp);
         assert_eq!(seen, (0..103).map(|i| i as f32).collect::<Vec<_>>());
         let resumed: Vec<Batch> = Loader::new(data(103), order, 10, 4, 2, 1).collect();

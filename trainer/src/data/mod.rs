@@ -1,6 +1,12 @@
 //! Data: reading files ([`table`], [`idx`]), splitting ([`split`]), preprocessing fitted on the
-//! training split only ([`preprocess`]), and feeding batches ([`loader`]).
+//! training split only ([`preprocess`]), batches and the [`Source`] seam ([`batch`]), and feeding
+//! batches ahead of the model ([`loader`]).
+//!
+//! **Adding a data format**: a reader beside `table` and `idx` that fills a
+//! [`table::RawData`] (then the split and preprocessing apply as they are), or, for data that
+//! is not a table of numbers (token streams, folders of image files), a [`Source`] of its own.
 
+pub mod batch;
 pub mod idx;
 pub mod loader;
 pub mod preprocess;
@@ -9,7 +15,9 @@ pub mod table;
 
 use std::path::PathBuf;
 
-pub use loader::{Batch, Loader};
+pub use batch::{Batch, Features, Source, Targets, Uploaded};
+use kiln_models::InputShape;
+pub use loader::Loader;
 pub use preprocess::Preprocessor;
 
 use crate::config::{ColumnRef, DataFormat, Impute, Task};
@@ -65,27 +73,8 @@ pub enum DataError {
     Other(String),
 }
 
-/// Targets of a split: class indices or (possibly standardised) values.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Targets {
-    Classes(Vec<u32>),
-    Values(Vec<f32>),
-}
-
-impl Targets {
-    pub fn len(&self) -> usize {
-        match self {
-            Targets::Classes(v) => v.len(),
-            Targets::Values(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// One split, ready for the model: `x` is row-major `[n, d]`.
+/// One split held in memory, ready for the model: `x` is row-major `[n, d]` (rows, or images
+/// flattened in channel-height-width order).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     pub x: Vec<f32>,
@@ -95,18 +84,65 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// An empty split of `d` numbers per example.
+    pub fn empty(d: usize) -> Dataset {
+        Dataset {
+            x: Vec::new(),
+            y: Targets::Values(Vec::new()),
+            n: 0,
+            d,
+        }
+    }
+
     /// The first `n` examples (all when there are fewer).
     pub fn head(&self, n: usize) -> Dataset {
         let n = n.min(self.n);
         Dataset {
             x: self.x[..n * self.d].to_vec(),
-            y: match &self.y {
-                Targets::Classes(v) => Targets::Classes(v[..n].to_vec()),
-                Targets::Values(v) => Targets::Values(v[..n].to_vec()),
-            },
+            y: self.y.select(&(0..n).collect::<Vec<_>>()),
             n,
             d: self.d,
         }
+    }
+}
+
+impl Source for Dataset {
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Copies the rows `idx` into a batch.
+    fn gather(&self, idx: &[usize]) -> Batch {
+        let d = self.d;
+        let mut x = Vec::with_capacity(idx.len() * d);
+        for &i in idx {
+            x.extend_from_slice(&self.x[i * d..(i + 1) * d]);
+        }
+        Batch {
+            x: Features::Dense { x, width: d },
+            y: self.y.select(idx),
+            len: idx.len(),
+        }
+    }
+}
+
+/// The shape of one example as the data gives it: images when the preprocessing holds an image
+/// shape that covers the encoded width, else rows. `Err` carries the image shape and the width
+/// when the two disagree (a model that reads images cannot use this data).
+pub fn input_shape(pre: &Preprocessor) -> Result<InputShape, ([usize; 3], usize)> {
+    let rows = InputShape::Rows {
+        features: pre.n_features,
+    };
+    match pre.image.as_ref().map(|i| i.shape) {
+        Some([channels, height, width]) if channels * height * width == pre.n_features => {
+            Ok(InputShape::Images {
+                channels,
+                height,
+                width,
+            })
+        }
+        Some(shape) => Err((shape, pre.n_features)),
+        None => Ok(rows),
     }
 }
 

@@ -175,6 +175,9 @@ fn read_lines(spec: &DataSpec, path: &Path, max_rows: Option<usize>) -> Result<L
         path: path.display().to_string(),
         message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
     })?;
+    // Spreadsheet programs often start UTF-8 files with a byte-order mark; it is not part of
+    // the first cell.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut header = None;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().skip(spec.skip_rows) {

@@ -337,7 +337,8 @@ fn open_nccl_rendezvous(
     } else {
         None
     };
-    let id = rendezvous::exchange(addr, port, t.rank, t.world, payload, DEFAULT_TIMEOUT)?;
+    let bound = (t.rank == 0).then(rendezvous::inherited_listener).flatten();
+    let id = rendezvous::exchange(addr, port, t.rank, t.world, payload, DEFAULT_TIMEOUT, bound)?;
     Ok(Box::new(nccl::Nccl::open(
         t.local_rank,
         t.rank,

@@ -10,16 +10,18 @@
 //! An export is accepted only when an independent runtime agrees: after writing the graph, kiln
 //! runs it with tract (pure Rust) on a validation batch and compares with its own outputs.
 
-pub mod graph;
-pub mod proto;
 pub mod run;
 
-use kiln_models::ModelConfig;
+/// The ONNX graph builder and protobuf messages live with the models, which lower themselves.
+pub use kiln_models::onnx as graph;
+pub use kiln_models::onnx::proto;
+
+use kiln_models::{InputShape, ModelConfig};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::config::LossKind;
 use crate::data::preprocess::{Column, Preprocessor, TargetEncoding};
+use crate::task::Task;
 use graph::{Builder, LowerError};
 use proto::*;
 
@@ -176,20 +178,13 @@ fn tensor_info(name: &str, batch: Batch, width: usize) -> ValueInfoProto {
     }
 }
 
-/// The graph's output names for a loss.
-pub fn output_names(loss: LossKind) -> Vec<&'static str> {
-    match loss {
-        LossKind::CrossEntropy | LossKind::Bce => vec!["logits", "probabilities"],
-        LossKind::Mse | LossKind::Huber => vec!["prediction"],
-    }
-}
-
-/// Writes the ONNX model: preprocessing, the model's layers, the outputs, and `metadata`.
+/// Writes the ONNX model: preprocessing, the model's layers, the task's outputs, and
+/// `metadata`.
 pub fn build(
     mconf: &ModelConfig,
     weights: &graph::Weights,
     pre: &Preprocessor,
-    loss: LossKind,
+    task: &dyn Task,
     opset: i64,
     batch: Batch,
     metadata: &[(String, String)],
@@ -216,43 +211,26 @@ pub fn build(
     let a = g.constant("scale", &[d], &affine.scale);
     let b = g.constant("shift", &[d], &affine.shift);
     let scaled = g.node("Mul", &[&x, &a], vec![], None);
-    let x = g.node("Add", &[&scaled, &b], vec![], None);
-    let out = g.model(&x, mconf)?;
-    let width = mconf.d_output();
-    let mut outputs = Vec::new();
-    match loss {
-        LossKind::CrossEntropy => {
-            let logits = g.node("Identity", &[&out], vec![], Some("logits"));
-            g.softmax(&logits, "probabilities");
-            outputs.push(tensor_info("logits", batch, width));
-            outputs.push(tensor_info("probabilities", batch, width));
-        }
-        LossKind::Bce => {
-            let logits = g.node("Identity", &[&out], vec![], Some("logits"));
-            let p = g.node("Sigmoid", &[&logits], vec![], None);
-            let one = g.constant("one", &[], &[1.0]);
-            let q = g.node("Sub", &[&one, &p], vec![], None);
-            g.node(
-                "Concat",
-                &[&q, &p],
-                vec![graph::attr_int("axis", 1)],
-                Some("probabilities"),
-            );
-            outputs.push(tensor_info("logits", batch, 1));
-            outputs.push(tensor_info("probabilities", batch, 2));
-        }
-        LossKind::Mse | LossKind::Huber => {
-            let (mean, std) = match &pre.target {
-                TargetEncoding::Values { mean, std } => (*mean, *std),
-                TargetEncoding::Classes { .. } => (0.0, 1.0),
-            };
-            let s = g.constant("target_std", &[], &[std as f32]);
-            let m = g.constant("target_mean", &[], &[mean as f32]);
-            let scaled = g.node("Mul", &[&out, &s], vec![], None);
-            g.node("Add", &[&scaled, &m], vec![], Some("prediction"));
-            outputs.push(tensor_info("prediction", batch, width));
-        }
+    let mut x = g.node("Add", &[&scaled, &b], vec![], None);
+    // The rows as the model reads its examples.
+    if let InputShape::Images {
+        channels,
+        height,
+        width,
+    } = mconf.input()
+    {
+        let shape = g.constant_i64(
+            "image_shape",
+            &[-1, channels as i64, height as i64, width as i64],
+        );
+        x = g.node("Reshape", &[&x, &shape], vec![], None);
     }
+    let out = mconf.lower(&mut g, &x)?;
+    let outputs = task
+        .lower_outputs(&mut g, &out)
+        .into_iter()
+        .map(|(name, width)| tensor_info(name, batch, width))
+        .collect();
     let model = ModelProto {
         // The IR version each opset came with.
         ir_version: match opset {

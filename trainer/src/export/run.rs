@@ -1,23 +1,19 @@
 //! `kiln export`: a registry model to an ONNX file, accepted only through the parity gate, and
 //! stored in the registry with its parity report.
 
+use crate::layout;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Tensor, TensorData};
-
 use super::{Batch, Parity, Sidecar};
-use crate::config::LossKind;
+use crate::data::{Dataset, Source, Targets};
 use crate::eval::LoadedRun;
 use crate::registry::manifest::Kind;
-use crate::registry::{self, Entry, Registry, RegistryError, store};
+use crate::registry::{Entry, Registry, RegistryError, store};
 
 /// Rows of the validation batch the gate runs (all of them when the split is smaller).
 pub const GATE_ROWS: usize = 256;
 
-pub use crate::registry::EXPORTS;
-pub const ONNX_FILE: &str = "model.onnx";
-pub const SIDECAR_FILE: &str = "preprocess.json";
-pub const PARITY_FILE: &str = "parity.json";
+pub use layout::EXPORTS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -27,8 +23,24 @@ pub enum ExportError {
     Eval(#[from] crate::eval::EvalError),
     #[error(transparent)]
     Lower(#[from] super::graph::LowerError),
+    #[error(
+        "{0}: the preprocessing JSON goes beside the model with this name; name the model .onnx"
+    )]
+    JsonOutput(String),
+    #[error("{0}: is a folder; give a file name, e.g. -o model.onnx")]
+    FolderOutput(String),
+    #[error("{entry}: {why}")]
+    WeightsFile { entry: String, why: String },
+    #[error("the model's data has no rows to check against")]
+    NoRows,
+    /// tract could not read or run the graph (its messages).
     #[error("{0}")]
-    Other(String),
+    Tract(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "parity gate failed: tract and kiln disagree on {rows} validation rows ({}; {} top-1 disagreements; tolerance {tolerance:e}); nothing was written",
         .report.max_abs.iter().map(|(n, m)| format!("{n} max abs {m:.3e}")).collect::<Vec<_>>().join(", "),
@@ -54,25 +66,17 @@ pub struct Outcome {
 
 /// kiln's own outputs for `rows` preprocessed rows `x`, in the graph's output order.
 fn kiln_outputs(run: &LoadedRun, x: &[f32], rows: usize) -> Vec<Vec<f32>> {
-    let d = run.pre.n_features;
-    let input = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, d]), &run.device);
-    let logits = run.model.forward(input);
-    let flat = |t: Tensor<2>| {
-        t.into_data()
-            .try_to_vec::<f32>()
-            .expect("model outputs are f32")
+    let data = Dataset {
+        x: x.to_vec(),
+        // The outputs do not read targets.
+        y: Targets::Values(vec![0.0; rows]),
+        n: rows,
+        d: run.pre.n_features,
     };
-    match run.loss.kind {
-        LossKind::CrossEntropy | LossKind::Bce => {
-            let probs = run.loss.predict(logits.clone());
-            vec![flat(logits), flat(probs)]
-        }
-        LossKind::Mse | LossKind::Huber => vec![
-            flat(logits)
-                .into_iter()
-                .map(|v| run.pre.decode_value(v) as f32)
-                .collect(),
-        ],
+    let idx: Vec<usize> = (0..rows).collect();
+    match data.gather(&idx).upload(run.mconf.input(), &run.device).input {
+        Some(input) => run.task.output_values(run.model.forward(input)),
+        None => Vec::new(),
     }
 }
 
@@ -84,7 +88,7 @@ fn gate_rows(run: &LoadedRun, batch: Batch) -> Result<(Vec<f32>, usize), ExportE
         .into_iter()
         .find(|s| s.n > 0)
         .ok_or_else(|| {
-            ExportError::Other("the model's data has no rows to check against".into())
+            ExportError::NoRows
         })?;
     let want = match batch {
         Batch::Dynamic => split.n.min(GATE_ROWS),
@@ -120,7 +124,10 @@ fn file_stem_label(label: &str, opts: &Options) -> String {
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename: a failure
 /// leaves no partial file.
 fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let fail = |e: std::io::Error| ExportError::Other(format!("{}: {e}", path.display()));
+    let fail = |source: std::io::Error| ExportError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -153,28 +160,25 @@ pub fn export(
     opts: &Options,
 ) -> Result<Outcome, ExportError> {
     if output.extension().is_some_and(|e| e == "json") {
-        return Err(ExportError::Other(format!(
-            "{}: the preprocessing JSON goes beside the model with this name; name the model .onnx",
-            output.display()
-        )));
+        return Err(ExportError::JsonOutput(output.display().to_string()));
     }
     if output.is_dir() {
-        return Err(ExportError::Other(format!(
-            "{}: is a folder; give a file name, e.g. -o model.onnx",
-            output.display()
-        )));
+        return Err(ExportError::FolderOutput(output.display().to_string()));
     }
     let loaded = reg.load(entry)?;
     let manifest = loaded.manifest.clone();
-    let weights = super::graph::read_weights(loaded.file(registry::WEIGHTS)?)
-        .map_err(|e| ExportError::Other(format!("{}: {e}", entry.label)))?;
+    let weights = super::graph::read_weights(loaded.file(layout::WEIGHTS)?)
+        .map_err(|why| ExportError::WeightsFile {
+            entry: entry.label.clone(),
+            why,
+        })?;
     let run = LoadedRun::open_entry(reg, entry)?;
-    let names = super::output_names(run.loss.kind);
+    let names = run.task.output_names();
     let side: Sidecar = super::sidecar(&run.pre, &names);
     let side_json = serde_json::to_string_pretty(&side).expect("the sidecar is JSON");
     let weights_sha = manifest
         .files
-        .get(registry::WEIGHTS)
+        .get(layout::WEIGHTS)
         .map(|f| f.sha256.clone())
         .unwrap_or_default();
     let metadata = vec![
@@ -208,7 +212,7 @@ pub fn export(
         &run.mconf,
         &weights,
         &run.pre,
-        run.loss.kind,
+        run.task.as_ref(),
         opts.opset,
         opts.batch,
         &metadata,
@@ -219,25 +223,9 @@ pub fn export(
     let raw = super::raw_features(&run.pre, &x);
     let expected = kiln_outputs(&run, &x, rows);
     let got =
-        super::run_tract(&onnx, &raw, rows, run.pre.n_features).map_err(ExportError::Other)?;
-    let classify = !matches!(run.loss.kind, LossKind::Mse | LossKind::Huber);
-    // Regression compares in standardised target units, so the tolerance means the same
-    // whether the target is in the hundreds or the millions.
-    let (got, expected) = match &run.pre.target {
-        crate::data::preprocess::TargetEncoding::Values { mean, std } if !classify => {
-            let z = |v: Vec<Vec<f32>>| -> Vec<Vec<f32>> {
-                v.into_iter()
-                    .map(|o| {
-                        o.into_iter()
-                            .map(|p| ((p as f64 - mean) / std) as f32)
-                            .collect()
-                    })
-                    .collect()
-            };
-            (z(got), z(expected))
-        }
-        _ => (got, expected),
-    };
+        super::run_tract(&onnx, &raw, rows, run.pre.n_features).map_err(ExportError::Tract)?;
+    let classify = run.task.class_names().is_some();
+    let (got, expected) = (run.task.parity_units(got), run.task.parity_units(expected));
     let parity = super::compare(&names, &got, &expected, rows, classify);
     if !parity.passed {
         return Err(ExportError::Parity { report: parity });
@@ -246,15 +234,15 @@ pub fn export(
     let parity_json = serde_json::to_vec_pretty(&parity).expect("the report is JSON");
     let registry_dir = reg
         .root
-        .join(EXPORTS)
+        .join(layout::EXPORTS)
         .join(file_stem_label(&entry.label, opts));
     let mut m = manifest;
     m.kind = Kind::Export;
     m.created = crate::checkpoint::now();
     let files = vec![
-        (ONNX_FILE.to_string(), onnx.clone()),
-        (SIDECAR_FILE.to_string(), side_json.clone().into_bytes()),
-        (PARITY_FILE.to_string(), parity_json),
+        (layout::ONNX_FILE.to_string(), onnx.clone()),
+        (layout::SIDECAR_FILE.to_string(), side_json.clone().into_bytes()),
+        (layout::PARITY_FILE.to_string(), parity_json),
     ];
     // The registry first (a complete, verified entry), then the user's two files, each
     // written to a temporary name and renamed: a failure leaves no partial file, and never

@@ -26,6 +26,7 @@ pub mod retention;
 pub mod store;
 pub mod writer;
 
+use crate::layout;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,25 +34,6 @@ use std::time::Duration;
 use manifest::Manifest;
 use names::{NameError, Reference};
 use store::Damage;
-
-pub const MANIFEST: &str = "manifest.json";
-pub const TMP: &str = ".tmp";
-pub const LOCK: &str = ".lock";
-pub const MARKER: &str = "kiln-registry.json";
-pub const MODELS: &str = "models";
-pub const ALIASES: &str = "aliases.json";
-pub const WEIGHTS: &str = "model.safetensors";
-pub const BEST_WEIGHTS: &str = "best.safetensors";
-pub const OPTIM: &str = "optim.bpk";
-pub const STATE: &str = "state.json";
-pub const FINAL: &str = "final";
-/// `exports/<model>-opsetN-<batch>/`: ONNX exports that passed the parity gate.
-pub const EXPORTS: &str = "exports";
-pub const CHECKPOINT_PREFIX: &str = "step-";
-/// A damaged checkpoint a resume moved aside (`damaged-step-N-<pid>`); `gc` removes them.
-pub const DAMAGED_PREFIX: &str = "damaged-";
-/// `models/<name>/HIGHEST`: the highest version number ever given.
-pub const HIGHEST: &str = "HIGHEST";
 
 /// How long a command waits for another process holding the registry lock.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -169,32 +151,6 @@ fn version_of_dir(name: &str) -> Option<u32> {
         .and_then(|n| n.parse().ok())
 }
 
-/// `step-NNNNNNNNN` folder name of a checkpoint.
-pub fn checkpoint_name(step: usize) -> String {
-    format!("{CHECKPOINT_PREFIX}{step:09}")
-}
-
-/// The checkpoints of a run folder, newest first.
-pub fn checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
-    let root = run_dir.join(crate::run::CHECKPOINTS);
-    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(&root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let digits = name.strip_prefix(CHECKPOINT_PREFIX)?;
-            if digits.len() != 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let step = digits.parse().ok()?;
-            Some((step, e.path()))
-        })
-        .collect();
-    out.sort_by_key(|c| std::cmp::Reverse(c.0));
-    out
-}
-
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(m) = std::fs::symlink_metadata(dir) else {
         return 0;
@@ -218,7 +174,7 @@ impl Registry {
     /// Creates the registry's top folders (and its format marker) if they are missing; refuses
     /// a registry written by a newer kiln.
     pub fn ensure(&self) -> Result<(), RegistryError> {
-        let marker = self.root.join(MARKER);
+        let marker = self.root.join(layout::MARKER);
         match std::fs::read(&marker) {
             Ok(bytes) => {
                 let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -235,7 +191,7 @@ impl Registry {
                 Ok(())
             }
             Err(_) => {
-                for d in [TMP, MODELS, "runs"] {
+                for d in [layout::TMP, layout::MODELS, layout::RUNS] {
                     let p = self.root.join(d);
                     std::fs::create_dir_all(&p).map_err(store::io_err(&p))?;
                 }
@@ -251,11 +207,11 @@ impl Registry {
 
     /// The registry lock: held while versions, aliases or deletions change anything.
     pub fn lock(&self) -> Result<store::Lock, RegistryError> {
-        store::Lock::acquire(&self.root.join(LOCK), LOCK_WAIT, "the registry")
+        store::Lock::acquire(&self.root.join(layout::LOCK), LOCK_WAIT, "the registry")
     }
 
     fn model_dir(&self, name: &str) -> PathBuf {
-        self.root.join(MODELS).join(name)
+        self.root.join(layout::MODELS).join(name)
     }
 
     pub fn version_dir(&self, name: &str, version: u32) -> PathBuf {
@@ -264,7 +220,7 @@ impl Registry {
 
     /// Model names with at least one version folder, sorted.
     pub fn model_names(&self) -> Vec<String> {
-        let mut out: Vec<String> = std::fs::read_dir(self.root.join(MODELS))
+        let mut out: Vec<String> = std::fs::read_dir(self.root.join(layout::MODELS))
             .into_iter()
             .flatten()
             .flatten()
@@ -290,13 +246,13 @@ impl Registry {
 
     fn read_manifest(&self, dir: &Path) -> Option<Manifest> {
         let bytes =
-            store::read_checked(&self.root, &dir.join(MANIFEST), store::MAX_METADATA_BYTES).ok()?;
+            store::read_checked(&self.root, &dir.join(layout::MANIFEST), store::MAX_METADATA_BYTES).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Aliases set by `tag`.
     pub fn tagged(&self, name: &str) -> Result<BTreeMap<String, u32>, RegistryError> {
-        let path = self.model_dir(name).join(ALIASES);
+        let path = self.model_dir(name).join(layout::ALIASES);
         match store::read_checked(&self.root, &path, store::MAX_METADATA_BYTES) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 RegistryError::Refused(format!("{}: unreadable: {e}", path.display()))
@@ -354,7 +310,7 @@ impl Registry {
     }
 
     fn run_dir(&self, id: &str) -> PathBuf {
-        crate::run::runs_dir(&self.root).join(id)
+        layout::runs_dir(&self.root).join(id)
     }
 
     fn not_found(&self, reference: &str, candidates: &[String]) -> RegistryError {
@@ -406,9 +362,9 @@ impl Registry {
                     // `<run id>@step-N`: one checkpoint of a run (how kiln labels them).
                     let run = self.run_dir(&name);
                     store::no_links(&self.root, &run)?;
-                    if run.join(crate::run::RUN).is_file() {
-                        let all = checkpoints(&run);
-                        let found = all.iter().find(|(s, _)| checkpoint_name(*s) == alias);
+                    if run.join(layout::RUN).is_file() {
+                        let all = layout::checkpoints(&run);
+                        let found = all.iter().find(|(s, _)| layout::checkpoint_name(*s) == alias);
                         return match found {
                             Some((step, dir)) => Ok(Entry {
                                 label: format!("{name}@{alias}"),
@@ -421,7 +377,7 @@ impl Registry {
                             None => {
                                 let known: Vec<String> = all
                                     .iter()
-                                    .map(|(s, _)| format!("{name}@{}", checkpoint_name(*s)))
+                                    .map(|(s, _)| format!("{name}@{}", layout::checkpoint_name(*s)))
                                     .collect();
                                 Err(self.not_found(text, &known))
                             }
@@ -445,8 +401,8 @@ impl Registry {
                 }
                 let run = self.run_dir(&word);
                 store::no_links(&self.root, &run)?;
-                if run.join(crate::run::RUN).is_file() {
-                    let fin = run.join(FINAL);
+                if run.join(layout::RUN).is_file() {
+                    let fin = run.join(layout::FINAL);
                     if fin.is_dir() {
                         return Ok(Entry {
                             label: word.clone(),
@@ -454,9 +410,9 @@ impl Registry {
                             dir: fin,
                         });
                     }
-                    if let Some((step, dir)) = checkpoints(&run).into_iter().next() {
+                    if let Some((step, dir)) = layout::checkpoints(&run).into_iter().next() {
                         return Ok(Entry {
-                            label: format!("{word}@{}", checkpoint_name(step)),
+                            label: format!("{word}@{}", layout::checkpoint_name(step)),
                             kind: EntryKind::Checkpoint { run: word, step },
                             dir,
                         });
@@ -485,7 +441,7 @@ impl Registry {
             problems,
         };
         store::no_links(&self.root, &entry.dir)?;
-        let mpath = entry.dir.join(MANIFEST);
+        let mpath = entry.dir.join(layout::MANIFEST);
         let bytes = store::read_regular(&mpath, store::MAX_METADATA_BYTES).map_err(|e| {
             damaged(vec![Damage {
                 path: mpath.display().to_string(),
@@ -551,8 +507,8 @@ impl Registry {
         names::check("model name", name)?;
         self.ensure()?;
         let _lock = self.lock()?;
-        // Numbers are never reused, even after `rm` of the newest: `HIGHEST` remembers.
-        let highest_path = self.model_dir(name).join(HIGHEST);
+        // Numbers are never reused, even after `rm` of the newest: `layout::HIGHEST` remembers.
+        let highest_path = self.model_dir(name).join(layout::HIGHEST);
         let recorded: u32 = store::read_checked(&self.root, &highest_path, 64)
             .ok()
             .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok())
@@ -581,7 +537,7 @@ impl Registry {
         name: &str,
         tagged: &BTreeMap<String, u32>,
     ) -> Result<(), RegistryError> {
-        let path = self.model_dir(name).join(ALIASES);
+        let path = self.model_dir(name).join(layout::ALIASES);
         store::no_links(&self.root, &path)?;
         let text = serde_json::to_vec_pretty(tagged).expect("aliases are JSON");
         store::blocking(store::replace_file(&self.root, &path, &text))
@@ -663,7 +619,7 @@ impl Registry {
                     )));
                 }
                 let dir = self.run_dir(run);
-                let _run_lock = store::Lock::acquire(&dir.join(LOCK), Duration::ZERO, "the run")
+                let _run_lock = store::Lock::acquire(&dir.join(layout::LOCK), Duration::ZERO, "the run")
                     .map_err(|_| {
                         RegistryError::Refused(format!(
                             "run {run} is training in another process; stop it first"
@@ -692,9 +648,9 @@ impl Registry {
     fn committed_dirs(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for (dir, _) in crate::run::list(&self.root).unwrap_or_default() {
-            out.extend(checkpoints(&dir).into_iter().map(|(_, d)| d));
-            if dir.join(FINAL).exists() {
-                out.push(dir.join(FINAL));
+            out.extend(layout::checkpoints(&dir).into_iter().map(|(_, d)| d));
+            if dir.join(layout::FINAL).exists() {
+                out.push(dir.join(layout::FINAL));
             }
         }
         for name in self.model_names() {
@@ -704,7 +660,7 @@ impl Registry {
                     .map(|v| self.version_dir(&name, v)),
             );
         }
-        let mut exports: Vec<PathBuf> = std::fs::read_dir(self.root.join(EXPORTS))
+        let mut exports: Vec<PathBuf> = std::fs::read_dir(self.root.join(layout::EXPORTS))
             .into_iter()
             .flatten()
             .flatten()
@@ -731,19 +687,19 @@ impl Registry {
                     for (alias, v) in tagged {
                         if !self.version_dir(&name, v).is_dir() {
                             report.damaged.push(Damage {
-                                path: self.model_dir(&name).join(ALIASES).display().to_string(),
+                                path: self.model_dir(&name).join(layout::ALIASES).display().to_string(),
                                 problem: format!("alias {alias} points at missing version v{v}"),
                             });
                         }
                     }
                 }
                 Err(e) => report.damaged.push(Damage {
-                    path: self.model_dir(&name).join(ALIASES).display().to_string(),
+                    path: self.model_dir(&name).join(layout::ALIASES).display().to_string(),
                     problem: e.to_string(),
                 }),
             }
         }
-        for e in std::fs::read_dir(self.root.join(TMP))
+        for e in std::fs::read_dir(self.root.join(layout::TMP))
             .into_iter()
             .flatten()
             .flatten()
@@ -772,7 +728,7 @@ impl Registry {
                 return Ok(());
             }
             // Outside .tmp, one rename into .tmp first, so a kill never leaves half an entry.
-            if path.starts_with(self.root.join(TMP)) {
+            if path.starts_with(self.root.join(layout::TMP)) {
                 if path.is_dir() {
                     std::fs::remove_dir_all(&path).map_err(store::io_err(&path))?;
                 } else {
@@ -783,7 +739,7 @@ impl Registry {
                 self.discard(&path)
             }
         };
-        for e in std::fs::read_dir(self.root.join(TMP))
+        for e in std::fs::read_dir(self.root.join(layout::TMP))
             .into_iter()
             .flatten()
             .flatten()
@@ -798,17 +754,17 @@ impl Registry {
             if store::no_links(&self.root, &dir).is_err() {
                 continue;
             }
-            let Ok(_run_lock) = store::Lock::acquire(&dir.join(LOCK), Duration::ZERO, "the run")
+            let Ok(_run_lock) = store::Lock::acquire(&dir.join(layout::LOCK), Duration::ZERO, "the run")
             else {
                 continue; // training now: its own writer applies the policy
             };
             // Damaged checkpoints a resume set aside.
-            for e in std::fs::read_dir(dir.join(crate::run::CHECKPOINTS))
+            for e in std::fs::read_dir(dir.join(layout::CHECKPOINTS))
                 .into_iter()
                 .flatten()
                 .flatten()
             {
-                if e.file_name().to_string_lossy().starts_with(DAMAGED_PREFIX) {
+                if e.file_name().to_string_lossy().starts_with(layout::DAMAGED_PREFIX) {
                     drop(e.path(), &mut report)?;
                 }
             }
@@ -816,13 +772,13 @@ impl Registry {
                 continue;
             };
             let policy = retention::Policy {
-                keep_last: cfg.file.train.keep_last,
-                keep_best: cfg.file.train.keep_best,
+                keep_last: cfg.train.keep_last,
+                keep_best: cfg.train.keep_best,
                 higher_is_better: cfg.monitor.higher_is_better,
             };
             // Only checkpoints with a readable manifest take part; others are left for
             // `verify` to report.
-            let all: Vec<(usize, PathBuf, Manifest)> = checkpoints(&dir)
+            let all: Vec<(usize, PathBuf, Manifest)> = layout::checkpoints(&dir)
                 .into_iter()
                 .filter_map(|(s, d)| self.read_manifest(&d).map(|m| (s, d, m)))
                 .collect();
@@ -887,7 +843,7 @@ impl Registry {
             metrics: m.metrics,
             weights_sha256: m
                 .files
-                .get(WEIGHTS)
+                .get(layout::WEIGHTS)
                 .map(|f| f.sha256.clone())
                 .unwrap_or_default(),
             lineage: m.lineage,

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{FileEntry, Manifest};
-use super::{MANIFEST, RegistryError, TMP};
+use super::RegistryError;
+use crate::layout;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -56,7 +57,7 @@ pub fn tmp_path(root: &Path, what: &str) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    root.join(TMP)
+    root.join(layout::TMP)
         .join(format!("{}-{n}-{nanos:08x}-{what}", std::process::id()))
 }
 
@@ -123,7 +124,7 @@ pub async fn commit_dir(
         );
     }
     let text = serde_json::to_vec_pretty(&manifest).expect("manifests serialise to JSON");
-    write_synced(&tmp.join(MANIFEST), &text).await?;
+    write_synced(&tmp.join(layout::MANIFEST), &text).await?;
     sync_dir(&tmp).await?;
     let parent = dest.parent().expect("registry entries have a parent");
     tokio::fs::create_dir_all(parent)
@@ -312,7 +313,7 @@ pub fn check_dir(root: &Path, dir: &Path) -> Result<Manifest, Vec<Damage>> {
     if let Err(e) = no_links(root, dir) {
         return Err(vec![damage(dir, e.to_string())]);
     }
-    let mpath = dir.join(MANIFEST);
+    let mpath = dir.join(layout::MANIFEST);
     let manifest: Manifest = match read_regular(&mpath, MAX_METADATA_BYTES) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(vec![damage(&mpath, "missing manifest".into())]);
@@ -363,7 +364,7 @@ pub fn check_dir(root: &Path, dir: &Path) -> Result<Manifest, Vec<Damage>> {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name != MANIFEST && !manifest.files.contains_key(&name) {
+            if name != layout::MANIFEST && !manifest.files.contains_key(&name) {
                 problems.push(damage(&e.path(), "not in the manifest".into()));
             }
         }

@@ -6,12 +6,13 @@
 //! stays bounded and a disk slower than training slows training down instead of filling memory.
 //! A write error is reported at the next `submit` or at `finish`, and stops training.
 
+use crate::layout;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::manifest::Manifest;
 use super::retention::{self, Candidate, Policy};
-use super::{RegistryError, checkpoints, store};
+use super::{RegistryError, store};
 
 pub struct Job {
     /// `<run>/checkpoints/step-NNNNNNNNN`.
@@ -105,8 +106,8 @@ async fn write(
     // Only checkpoints with a readable manifest take part; others are left for `verify`.
     let mut all = Vec::new();
     let mut candidates = Vec::new();
-    for (step, dir) in checkpoints(run_dir) {
-        let manifest = tokio::fs::read(dir.join(super::MANIFEST))
+    for (step, dir) in layout::checkpoints(run_dir) {
+        let manifest = tokio::fs::read(dir.join(layout::MANIFEST))
             .await
             .ok()
             .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());

@@ -3,6 +3,7 @@
 
 pub mod tfevents;
 
+use crate::layout;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -187,7 +188,7 @@ impl Tracker {
     /// Opens the run's sinks; `resume_step` is the checkpoint's step when resuming.
     pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self, run::RunError> {
         let io = run::io(run_dir);
-        let jsonl = JsonLines::open(&run_dir.join(run::METRICS_LOG), resume_step);
+        let jsonl = JsonLines::open(&run_dir.join(layout::METRICS_LOG), resume_step);
         let tb = TensorBoard::open(run_dir, resume_step);
         match (jsonl, tb) {
             (Ok(j), Ok(t)) => Ok(Self {

@@ -159,7 +159,8 @@ impl EventWriter {
         let host =
             std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
         let name = format!(
-            "events.out.tfevents.{:010}.{}.{}.kiln",
+            "{}{:010}.{}.{}.kiln",
+            crate::layout::EVENTS_PREFIX,
             now() as u64,
             host.trim(),
             std::process::id()

@@ -1,15 +1,17 @@
-//! Lowering kiln's models to ONNX nodes, one layer kind at a time.
+//! Writing ONNX graphs: the protobuf messages ([`proto`]) and a [`Builder`] with one lowering
+//! per layer kind of the zoo (`linear`, `batch_norm`, `layer_norm`, `conv2d`, `max_pool`, the
+//! activations, `softmax`).
 //!
-//! The graph is written from the model config and the safetensors weights: every layer of the
-//! zoo has a lowering here (`linear`, `batch_norm`, `layer_norm`, `conv2d`, `max_pool`, the
-//! activations, `softmax`), so a model built from these layers exports, and a new layer kind
-//! exports once it has one.
+//! Each model kind lowers itself beside its forward pass (`Architecture::lower` in its own
+//! file) from its config and the safetensors weights, so a model built from these layers
+//! exports, and a new layer kind exports once it has a lowering here.
+
+pub mod proto;
 
 use std::collections::BTreeMap;
 
-use kiln_models::{Activation, CnnConfig, MlpConfig, ModelConfig, Norm};
-
-use super::proto::*;
+use crate::Activation;
+use proto::*;
 
 /// Weights by safetensors name: shape and values.
 pub type Weights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -268,54 +270,5 @@ impl<'w> Builder<'w> {
             ],
             None,
         )
-    }
-
-    /// An MLP (also a CNN's head) whose tensors are named under `prefix`.
-    pub fn mlp(&mut self, x: &str, m: &MlpConfig, prefix: &str) -> Result<String, LowerError> {
-        let mut x = x.to_string();
-        let mut d = m.d_input;
-        for (i, &h) in m.hidden.iter().enumerate() {
-            let layer = format!("{prefix}hidden.{i}");
-            x = self.linear(&x, &format!("{layer}.linear"), d, h)?;
-            x = match m.norm {
-                Norm::None => x,
-                Norm::Batch => self.batch_norm(&x, &format!("{layer}.norm"), h)?,
-                Norm::Layer => self.layer_norm(&x, &format!("{layer}.norm"), h)?,
-            };
-            // Dropout is the identity at inference.
-            x = self.activation(&x, m.activation);
-            d = h;
-        }
-        self.linear(&x, &format!("{prefix}output"), d, m.d_output)
-    }
-
-    pub fn cnn(&mut self, x: &str, c: &CnnConfig) -> Result<String, LowerError> {
-        let shape = self.constant_i64(
-            "image_shape",
-            &[-1, c.in_channels as i64, c.height as i64, c.width as i64],
-        );
-        let mut x = self.node("Reshape", &[x, &shape], vec![], None);
-        let mut c_in = c.in_channels;
-        for (i, b) in c.blocks.iter().enumerate() {
-            let prefix = format!("blocks.{i}");
-            x = self.conv2d(&x, &format!("{prefix}.conv"), c_in, b.channels, b.kernel)?;
-            if b.batch_norm {
-                x = self.batch_norm(&x, &format!("{prefix}.norm"), b.channels)?;
-            }
-            x = self.activation(&x, c.activation);
-            if b.pool > 1 {
-                x = self.max_pool(&x, b.pool);
-            }
-            c_in = b.channels;
-        }
-        let flat = self.node("Flatten", &[&x], vec![attr_int("axis", 1)], None);
-        self.mlp(&flat, &c.head, "head.")
-    }
-
-    pub fn model(&mut self, x: &str, m: &ModelConfig) -> Result<String, LowerError> {
-        match m {
-            ModelConfig::Mlp(m) => self.mlp(x, m, ""),
-            ModelConfig::Cnn(c) => self.cnn(x, c),
-        }
     }
 }

@@ -1,0 +1,108 @@
+//! What a model reads and what it gives: the seam between data and models.
+//!
+//! The data side keeps examples flat on the host; a model declares the [`InputShape`] it reads,
+//! and the batch is shaped for it on upload ([`Input`]). A new kind of example (token ids with a
+//! padding mask, say) is a new variant here and in the data's batch type, not a change to the
+//! training loop, which only hands an `Input` to [`crate::Model::forward`] and its [`Output`] to
+//! the task's loss.
+
+use burn::tensor::{FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The shape of one example as a model reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InputShape {
+    /// A row of `features` numbers: a batch is `[batch, features]`.
+    Rows { features: usize },
+    /// An image: a batch is `[batch, channels, height, width]`.
+    Images {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
+}
+
+impl InputShape {
+    /// Numbers per example.
+    pub fn numel(&self) -> usize {
+        match *self {
+            InputShape::Rows { features } => features,
+            InputShape::Images {
+                channels,
+                height,
+                width,
+            } => channels * height * width,
+        }
+    }
+}
+
+/// A batch on the device, in the layout of the model's [`InputShape`].
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// `[batch, features]`.
+    Rows(Tensor<2>),
+    /// `[batch, channels, height, width]`.
+    Images(Tensor<4>),
+}
+
+impl Input {
+    /// Examples in the batch.
+    pub fn batch(&self) -> usize {
+        match self {
+            Input::Rows(x) => x.dims()[0],
+            Input::Images(x) => x.dims()[0],
+        }
+    }
+
+    /// The same input in another float type (mixed precision).
+    pub fn cast(self, dtype: FloatDType) -> Self {
+        match self {
+            Input::Rows(x) => Input::Rows(x.cast(dtype)),
+            Input::Images(x) => Input::Images(x.cast(dtype)),
+        }
+    }
+
+    /// As rows `[batch, features]`: images are flattened (row-major, a view of the same data).
+    pub fn into_rows(self) -> Tensor<2> {
+        match self {
+            Input::Rows(x) => x,
+            Input::Images(x) => x.flatten(1, 3),
+        }
+    }
+
+    /// As images `[batch, channels, height, width]`; rows are taken as images of `shape`.
+    pub fn into_images(self, [c, h, w]: [usize; 3]) -> Tensor<4> {
+        match self {
+            Input::Images(x) => x,
+            Input::Rows(x) => {
+                let [batch, _] = x.dims();
+                x.reshape([batch, c, h, w])
+            }
+        }
+    }
+}
+
+/// What a model gives for a batch.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// One vector per example, `[batch, outputs]`: logits of a classifier, values of a
+    /// regressor.
+    PerExample(Tensor<2>),
+}
+
+impl Output {
+    /// The same output in another float type (mixed precision).
+    pub fn cast(self, dtype: FloatDType) -> Self {
+        match self {
+            Output::PerExample(x) => Output::PerExample(x.cast(dtype)),
+        }
+    }
+
+    /// `[batch, outputs]`, for the tasks that score one vector per example.
+    pub fn per_example(self) -> Tensor<2> {
+        match self {
+            Output::PerExample(x) => x,
+        }
+    }
+}

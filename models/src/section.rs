@@ -1,0 +1,103 @@
+//! The `[model]` table people write in a config: plain serde, every field defaulted and
+//! documented. Each model kind reads the fields it uses (see its `from_section`); the sizes that
+//! depend on the data (input width, image shape, classes) come from the data, not from here.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Activation, ModelKind, Norm};
+
+/// The network. Input and output sizes come from the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct ModelSection {
+    /// `mlp` or `cnn`. Default: `mlp`.
+    pub kind: ModelKind,
+    /// Hidden layer widths of the MLP (for `cnn`: of its head). Default: `[128]`.
+    pub hidden: Vec<usize>,
+    /// `relu`, `gelu`, `tanh`, `sigmoid`, `silu` or `leaky_relu`. Default: `relu`.
+    pub activation: Activation,
+    /// Dropout after each hidden layer of the MLP / head, in `[0, 1)`. Default: 0.
+    pub dropout: f64,
+    /// Normalisation of the MLP's hidden layers: `none`, `batch` or `layer`. Default: `none`.
+    pub norm: Norm,
+    /// Convolution blocks of a `cnn`, in order (`[[model.conv]]` tables).
+    pub conv: Vec<ConvSection>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            kind: ModelKind::default(),
+            hidden: vec![128],
+            activation: Activation::Relu,
+            dropout: 0.0,
+            norm: Norm::None,
+            conv: Vec::new(),
+        }
+    }
+}
+
+impl ModelSection {
+    /// Whether any layer keeps batch norm's running statistics.
+    pub fn uses_batch_norm(&self) -> bool {
+        self.norm == Norm::Batch || self.conv.iter().any(|c| c.batch_norm)
+    }
+}
+
+/// One convolution block: conv (stride 1, same padding), batch norm, activation, max pool,
+/// dropout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct ConvSection {
+    /// Output channels. Required.
+    pub channels: usize,
+    /// Kernel side, odd. Default: 3.
+    pub kernel: usize,
+    /// Max-pool window (and stride); 1 for none. Default: 2.
+    pub pool: usize,
+    /// Batch norm after the convolution. Default: false.
+    pub batch_norm: bool,
+    /// Dropout after the block, in `[0, 1)`. Default: 0.
+    pub dropout: f64,
+}
+
+impl Default for ConvSection {
+    fn default() -> Self {
+        Self {
+            channels: 0,
+            kernel: 3,
+            pool: 2,
+            batch_norm: false,
+            dropout: 0.0,
+        }
+    }
+}
+
+/// A problem with the `[model]` table: the key it is about (`model.conv.0.kernel`) and the
+/// whole message, which names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SectionError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SectionError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `value` must be in `[0, 1)`.
+pub(crate) fn check_probability(key: &str, value: f64, out: &mut Vec<SectionError>) {
+    if !(0.0..1.0).contains(&value) {
+        out.push(SectionError::new(
+            key,
+            format!("`{key}` = {value}: must be in [0, 1)"),
+        ));
+    }
+}

@@ -1,0 +1,111 @@
+//! What the loop and evaluation read: batches of examples and their targets, and the
+//! [`Source`] that assembles them.
+//!
+//! A batch says what it holds. Examples stay flat on the host ([`Features`]) and are shaped on
+//! upload as the model's [`InputShape`] says (rows `[batch, features]`, images
+//! `[batch, channels, height, width]`); targets are per example ([`Targets`]). A new kind of
+//! data (token ids with a padding mask and next-token targets, a folder of image files decoded
+//! on the fly) is a new `Source` and, where its examples are not flat numbers, a new variant
+//! here: the training loop, evaluation and the metrics only go through these types.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use kiln_models::{Input, InputShape};
+
+/// The examples of a batch, host side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Features {
+    /// `len` examples of `width` numbers each, row-major: table rows, or image pixels in
+    /// channel-height-width order.
+    Dense { x: Vec<f32>, width: usize },
+}
+
+/// Targets: class indices or (possibly standardised) values, one per example.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    Classes(Vec<u32>),
+    Values(Vec<f32>),
+}
+
+impl Targets {
+    pub fn len(&self) -> usize {
+        match self {
+            Targets::Classes(v) => v.len(),
+            Targets::Values(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The targets of examples `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> Targets {
+        match self {
+            Targets::Classes(v) => Targets::Classes(idx.iter().map(|&i| v[i]).collect()),
+            Targets::Values(v) => Targets::Values(idx.iter().map(|&i| v[i]).collect()),
+        }
+    }
+}
+
+/// One batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub x: Features,
+    pub y: Targets,
+    /// Examples in the batch (0 for a rank's empty share of a short last batch).
+    pub len: usize,
+}
+
+/// A batch with its examples on the device.
+pub struct Uploaded {
+    /// Shaped as the model reads them; `None` for an empty batch.
+    pub input: Option<Input>,
+    pub y: Targets,
+    pub len: usize,
+}
+
+impl Batch {
+    /// Moves the examples to `device`, shaped as the model reads them (`shape`).
+    pub fn upload(self, shape: InputShape, device: &Device) -> Uploaded {
+        let input = (self.len > 0).then(|| Self::shaped(self.x, self.len, shape, device));
+        Uploaded {
+            input,
+            y: self.y,
+            len: self.len,
+        }
+    }
+
+    fn shaped(x: Features, len: usize, shape: InputShape, device: &Device) -> Input {
+        let Features::Dense { x: data, width } = x;
+        debug_assert_eq!(width, shape.numel(), "setup pairs the data with the model");
+        match shape {
+            InputShape::Rows { .. } => Input::Rows(Tensor::<2>::from_data(
+                TensorData::new(data, [len, width]),
+                device,
+            )),
+            InputShape::Images {
+                channels,
+                height,
+                width,
+            } => Input::Images(Tensor::<4>::from_data(
+                TensorData::new(data, [len, channels, height, width]),
+                device,
+            )),
+        }
+    }
+}
+
+/// Where examples come from: a split held in memory, or later a stream of files or tokens.
+/// The loader's worker threads call [`Source::gather`] with the example indices of each batch,
+/// in an order that is a pure function of the seed and the position in training.
+pub trait Source: Send + Sync {
+    /// Number of examples.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The examples `idx` (in that order) as one batch.
+    fn gather(&self, idx: &[usize]) -> Batch;
+}

@@ -1,0 +1,167 @@
+//! Finishing a run: the final checkpoint of an interrupted one, or the final model's
+//! evaluation on every split, its weights in the run's `final/` folder and, unless it was a
+//! smoke run, a new version of the model in the registry.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module as _;
+
+use super::Outcome;
+use super::fit::Ending;
+use super::session::Session;
+use crate::checkpoint;
+use crate::error::TrainError;
+use crate::layout;
+use crate::metrics::Metrics;
+use crate::registry::manifest::Kind;
+use crate::registry::{Registry, store};
+use crate::run::{self, Status};
+use crate::tracking::Point;
+
+pub(super) fn finish(mut s: Session, ending: Ending) -> Result<Outcome, TrainError> {
+    let cfg = s.cfg;
+    let Some(rank0) = s.rank0.take() else {
+        // Not rank 0: it helps with the final evaluation (or waits for rank 0's checkpoint);
+        // the run's record and model version are rank 0's.
+        match ending {
+            Ending::Interrupted => {
+                if let Some(g) = s.group {
+                    g.barrier();
+                }
+                s.run.info.status = Status::Interrupted;
+            }
+            Ending::Finished => {
+                s.run.info.metrics = final_metrics(&s);
+                s.run.info.status = Status::Completed;
+            }
+        }
+        return Ok(Outcome {
+            run_dir: s.run.dir.clone(),
+            info: s.run.info.clone(),
+        });
+    };
+    let mut tracker = rank0.tracker;
+    if let Ending::Interrupted = ending {
+        rank0.saver.save(&s.state, s.last_metrics.clone())?;
+        rank0.saver.finish()?;
+        s.run.info.status = Status::Interrupted;
+        run::write_json(&s.run.dir.join(layout::RUN), &s.run.info)?;
+        s.run.guard.disarm();
+        if let Some(g) = s.group {
+            g.barrier();
+        }
+        return Ok(Outcome {
+            run_dir: s.run.dir.clone(),
+            info: s.run.info.clone(),
+        });
+    }
+
+    // The other ranks take part in the final evaluation: it comes before waiting for the
+    // checkpoint writer.
+    s.run.info.metrics = final_metrics(&s);
+    rank0.saver.finish()?;
+    let (step, epoch) = (s.state.pos.step, s.state.pos.epoch);
+    tracker.record(Point {
+        split: "final",
+        step: step as u64,
+        epoch,
+        values: finals_map(&s.run.info.metrics).into_iter().collect(),
+    })?;
+    // The final weights: the run's `final/` folder, then (unless smoke) a model version.
+    let final_model = final_model(&s);
+    let final_dir = s.run.dir.join(layout::FINAL);
+    let weights = crate::weights::to_bytes(&final_model).map_err(|source| {
+        crate::state::StateError::Weights {
+            at: final_dir.display().to_string(),
+            file: layout::WEIGHTS,
+            source,
+        }
+    })?;
+    let info = &mut s.run.info;
+    let mut manifest = rank0.manifest;
+    manifest.created = checkpoint::now();
+    manifest.step = step;
+    manifest.epoch = epoch;
+    manifest.lineage = info.lineage.clone();
+    manifest.metrics = checkpoint::finite(finals_map(&info.metrics));
+    manifest.monitor.value = s
+        .state
+        .pos
+        .best
+        .or_else(|| {
+            info.metrics
+                .get("valid")
+                .or(info.metrics.get("test"))
+                .and_then(|m| m.get(&cfg.monitor.metric))
+        })
+        .filter(|v| v.is_finite());
+    manifest.kind = Kind::Final;
+    let weights_file = vec![(layout::WEIGHTS.to_string(), weights)];
+    let registry = &s.opts.registry;
+    store::blocking(store::commit_dir(
+        registry,
+        &final_dir,
+        &weights_file,
+        manifest.clone(),
+    ))?;
+    if !s.run.smoke {
+        let mut files = weights_file;
+        for name in [layout::CONFIG, layout::MODEL_CONFIG, layout::PREPROCESS] {
+            let p = s.run.dir.join(name);
+            files.push((name.to_string(), std::fs::read(&p).map_err(run::io(&p))?));
+        }
+        let (v, _) = Registry::new(registry).register(&cfg.name, &files, manifest)?;
+        info.version = Some(format!("{}/v{v}", cfg.name));
+    }
+    tracker.ended(Status::Completed)?;
+    info.status = Status::Completed;
+    info.finished =
+        Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    run::write_json(&s.run.dir.join(layout::RUN), info)?;
+    s.run.guard.disarm();
+    Ok(Outcome {
+        run_dir: s.run.dir.clone(),
+        info: s.run.info.clone(),
+    })
+}
+
+/// The final model: the best by `train.monitor` when `train.restore_best` and there is one,
+/// else the last.
+fn final_model(s: &Session) -> kiln_models::Model {
+    match (s.cfg.train.restore_best, &s.state.best) {
+        (true, Some(best)) => best.clone(),
+        _ => s.state.model().clone(),
+    }
+}
+
+/// The final model's metrics on every non-empty split (sharded across ranks).
+fn final_metrics(s: &Session) -> BTreeMap<String, Metrics> {
+    let model = final_model(s).valid();
+    let mut out = BTreeMap::new();
+    for (name, split) in [("train", &*s.train), ("valid", &s.valid), ("test", &s.test)] {
+        if split.n > 0 {
+            let m = crate::eval::evaluate(
+                s.group,
+                &model,
+                split,
+                s.input,
+                s.task.as_ref(),
+                &s.base,
+            );
+            out.insert(name.into(), m);
+        }
+    }
+    out
+}
+
+/// Final metrics flattened to `<split>_<metric>`.
+fn finals_map(metrics: &BTreeMap<String, Metrics>) -> BTreeMap<String, f64> {
+    metrics
+        .iter()
+        .flat_map(|(split, m)| {
+            m.all_scalars()
+                .into_iter()
+                .map(move |(k, v)| (format!("{split}_{k}"), v))
+        })
+        .collect()
+}

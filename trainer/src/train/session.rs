@@ -1,0 +1,711 @@
+//! Setting a run up: everything between a validated config and step 0 (or the resumed step).
+//!
+//! In order: threads and device (each rank its own), the ranks' handshake, the data (fitted, or
+//! the run's own statistics when resuming), the task and the model (checked to fit in memory
+//! before anything is allocated), the run folder (written before step 0, locked while it
+//! trains), the state (fresh, `--init-from`, or the newest intact checkpoint) shared from rank
+//! 0, and what rank 0 records (tracking, checkpoints, manifests).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burn::tensor::Device;
+use kiln_models::{InputShape, Model, ModelConfig};
+
+use super::Options;
+use crate::amp::LossScale;
+use crate::backend::Chosen;
+use crate::checkpoint::{self, Saver};
+use crate::config::RunConfig;
+use crate::data::{self, Dataset, Loader, Preprocessor};
+use crate::dist::Group;
+use crate::error::{ResumeError, SetupError, TrainError};
+use crate::layout;
+use crate::progress::Progress;
+use crate::registry::manifest::{DataFile, InitFrom, Lineage, Manifest};
+use crate::registry::retention::Policy;
+use crate::registry::{Registry, store};
+use crate::run::{self, RunInfo, Status};
+use crate::state::{self, TrainState};
+use crate::task::{Task, task_of};
+use crate::tracking::Tracker;
+
+/// Examples in each split of a smoke run, and its number of steps.
+const SMOKE_EXAMPLES: usize = 512;
+const SMOKE_STEPS: usize = 4;
+
+/// A run, set up: what the loop reads and updates.
+pub(super) struct Session<'a> {
+    pub cfg: &'a RunConfig,
+    pub opts: &'a Options,
+    pub group: Option<&'a Group>,
+    pub rank: usize,
+    pub world: usize,
+    /// The device without autodiff (evaluation), and with it (training).
+    pub base: Device,
+    pub device: Device,
+    pub task: Arc<dyn Task>,
+    /// How the model reads an example: the layout batches are uploaded in.
+    pub input: InputShape,
+    pub train: Arc<Dataset>,
+    pub valid: Dataset,
+    pub test: Dataset,
+    pub plan: Plan,
+    pub state: TrainState,
+    pub run: RunRecord,
+    /// What rank 0 alone writes; `None` on the other ranks.
+    pub rank0: Option<Rank0>,
+    pub progress: Progress,
+    /// The latest logged values (`train_loss`, `valid_<metric>`), recorded in checkpoints.
+    pub last_metrics: BTreeMap<String, f64>,
+    /// Data-parallel with batch norm: running statistics ride in the gradient all-reduce.
+    pub has_buffers: bool,
+}
+
+/// The run's shape in steps.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plan {
+    pub epochs: usize,
+    pub total_steps: usize,
+    pub batches_per_epoch: usize,
+    /// Examples per batch over all ranks (`train.batch_size` is per rank).
+    pub global_batch: usize,
+    /// Micro-batches per optimizer step.
+    pub accum: usize,
+    /// Examples in the training split.
+    pub examples: usize,
+}
+
+impl Plan {
+    /// Examples of batch `b` of an epoch over all ranks (the last one may be short).
+    pub fn batch_examples(&self, b: usize) -> usize {
+        self.global_batch
+            .min(self.examples.saturating_sub(b * self.global_batch))
+    }
+}
+
+/// The run's record and folder (an empty path on ranks other than 0).
+pub(super) struct RunRecord {
+    pub dir: PathBuf,
+    pub info: RunInfo,
+    pub smoke: bool,
+    /// Marks the run failed if training ends with an error or a panic.
+    pub guard: FailGuard,
+    _lock: Option<store::Lock>,
+}
+
+/// Rank 0's writers.
+pub(super) struct Rank0 {
+    pub tracker: Tracker,
+    pub saver: Saver,
+    /// What every manifest of the run shares.
+    pub manifest: Manifest,
+}
+
+/// A seed per (run seed, step, micro-batch): dropout masks are a function of the position in
+/// training, so a resumed run draws the same masks as an uninterrupted one.
+pub(super) fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    let mut z = seed ^ ((step as u64) << 8 | micro as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^ (z >> 31)
+}
+
+/// Every rank's dropout masks differ; rank 0's are those of a single process.
+pub(super) fn rank_seed(seed: u64, rank: usize) -> u64 {
+    seed ^ (rank as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+}
+
+impl<'a> Session<'a> {
+    pub fn open(cfg: &'a RunConfig, opts: &'a Options) -> Result<Self, TrainError> {
+        let group = opts.group.as_deref();
+        // Rank 0 writes the run, its checkpoints, logs and registry entries; the others compute.
+        let writer = group.is_none_or(|g| g.is_writer());
+        let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world()));
+        let chosen = open_device(cfg, group);
+        let (agreed, data_files) = match group {
+            Some(g) => {
+                let (agreed, files) = handshake(g, cfg, opts, &chosen)?;
+                (Some(agreed), files)
+            }
+            None => (None, None),
+        };
+        let chosen = chosen?;
+        #[cfg(feature = "nccl")]
+        if let Some(g) = group.filter(|g| chosen.backend == "cuda" && g.engine_name() == "mpi") {
+            let ordinal = chosen
+                .id
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0);
+            g.use_nccl(ordinal).map_err(TrainError::Nccl)?;
+        }
+        let reg = Registry::new(&opts.registry);
+        if writer {
+            reg.ensure()?;
+        }
+        let base = chosen.device.clone();
+        base.seed(cfg.seed);
+        let device = base.clone().autodiff();
+
+        // Data: fitted on the training split, or the run's own statistics when resuming. A
+        // resumed run continues as it was started (smoke or not); a completed one is not
+        // trained again.
+        let resumed: Option<RunInfo> = match &opts.resume {
+            Some(dir) => Some(run::read_json(&dir.join(layout::RUN))?),
+            None => None,
+        };
+        if let Some(r) = resumed.as_ref().filter(|r| r.status == Status::Completed) {
+            return Err(TrainError::AlreadyCompleted { id: r.id.clone() });
+        }
+        let smoke = resumed.as_ref().map_or(opts.smoke, |r| r.smoke);
+        let fitted: Option<Preprocessor> = match &opts.resume {
+            Some(dir) => Some(run::read_json(&dir.join(layout::PREPROCESS))?),
+            None => None,
+        };
+        let prepared = data::prepare(&cfg.data, fitted.as_ref())?;
+        let (mut train, mut valid, mut test) = (prepared.train, prepared.valid, prepared.test);
+        if smoke {
+            train = train.head(SMOKE_EXAMPLES);
+            valid = valid.head(SMOKE_EXAMPLES);
+            test = test.head(SMOKE_EXAMPLES);
+        }
+        if train.n == 0 {
+            return Err(SetupError::EmptyTrainingSplit.into());
+        }
+        let pre = prepared.preprocessor;
+        let task = task_of(cfg, &pre)?;
+        let mconf = architecture(cfg, &pre, task.as_ref())?;
+        check_memory(cfg, &mconf, &chosen)?;
+
+        // The model; `--init-from` weights are loaded (and the architecture checked) before the
+        // run's folder exists, so a bad reference leaves nothing behind. Rank 0 reads the
+        // registry; the others receive its weights below.
+        let model: Model = mconf.init(&device);
+        let init = match (&opts.init_from, &opts.resume) {
+            (Some(reference), None) if writer => Some(init_from(&reg, reference, model.clone())?),
+            _ => None,
+        };
+
+        let device_label = match group {
+            Some(g) => format!(
+                "{} x {world} ranks ({})",
+                chosen.describe(),
+                g.engine_name()
+            ),
+            None => chosen.describe(),
+        };
+        let mut run = open_run(cfg, opts, writer, resumed, smoke, &pre, &mconf, device_label)?;
+
+        // The state: fresh, from `--init-from`, or from the newest intact checkpoint.
+        let mut state = TrainState::new(model, crate::optim::optimizer(cfg));
+        let mut resumed_from = None;
+        // A run resumes on as many ranks as saved it; otherwise it is refused before anything
+        // about it changes, on every rank (the verdict rides in the broadcast below).
+        let mut refused: Option<ResumeError> = None;
+        if opts.resume.is_some() && writer {
+            let optimizer = crate::optim::optimizer(cfg);
+            let r = checkpoint::restore(&reg, &run.dir, &run.info.id, &mconf, &device, optimizer)?;
+            for why in &r.skipped {
+                eprintln!("warning: skipping a damaged checkpoint: {why}");
+            }
+            checkpoint::check_unchanged(cfg, &pre, &mconf, &r.manifest, &r.label)?;
+            let was = r.state.pos.world.unwrap_or(1);
+            if was != world {
+                // run.json is untouched: the run stays resumable with the right count.
+                run.guard.disarm();
+                let why = ResumeError::Ranks {
+                    id: run.info.id.clone(),
+                    was,
+                    batch: cfg.train.batch_size,
+                };
+                if group.is_none() {
+                    return Err(why.into());
+                }
+                refused = Some(why);
+            } else {
+                run.info.lineage.resumed_from.push(r.label.clone());
+                run::write_json(&run.dir.join(layout::RUN), &run.info)?;
+            }
+            state = r.state;
+            resumed_from = Some((r.label, r.manifest));
+        } else if let Some((weights, from)) = init {
+            state.map_model(|_| weights);
+            run.info.lineage.init_from = Some(from);
+            run::write_json(&run.dir.join(layout::RUN), &run.info)?;
+        }
+        if let Some(g) = group {
+            state = share_start(g, cfg, state, refused, &mconf, &device)?;
+        }
+        state.pos.world = Some(world);
+        state.pos.seed = cfg.seed;
+        if cfg.precision.scales_loss() && state.pos.loss_scale.is_none() {
+            state.pos.loss_scale = Some(LossScale::default());
+        }
+
+        let plan = plan(cfg, train.n, world, smoke);
+        let rank0 = match writer {
+            true => Some(rank0(
+                cfg,
+                opts,
+                &run,
+                &pre,
+                &mconf,
+                &chosen,
+                data_files,
+                resumed_from.as_ref(),
+                state.pos.step,
+            )?),
+            false => None,
+        };
+        let progress = Progress::new(plan.total_steps, plan.epochs, opts.quiet || !writer);
+        progress.line(&format!("device {}", chosen.describe()));
+        if let (Some(g), Some(a)) = (group, agreed) {
+            progress.line(&format!(
+                "{world} ranks through {} ({}); global batch {} ({} per rank); ranks agreed after {:.1} s, test all-reduce {:.1} ms",
+                g.engine_name(),
+                g.topology().launcher.describe(),
+                plan.global_batch,
+                cfg.train.batch_size,
+                a.waited.as_secs_f64(),
+                a.test_all_reduce.as_secs_f64() * 1e3
+            ));
+        }
+        if let Some((label, _)) = &resumed_from {
+            progress.line(&format!(
+                "resuming {} from {label}: epoch {} step {}",
+                run.info.id,
+                state.pos.epoch + 1,
+                state.pos.step
+            ));
+        }
+        let has_buffers = group.is_some() && crate::dist::grads::has_buffers(state.model());
+        Ok(Self {
+            cfg,
+            opts,
+            group,
+            rank,
+            world,
+            base,
+            device,
+            task,
+            input: mconf.input(),
+            train: Arc::new(train),
+            valid,
+            test,
+            plan,
+            state,
+            run,
+            rank0,
+            progress,
+            last_metrics: BTreeMap::new(),
+            has_buffers,
+        })
+    }
+}
+
+/// Threads (ranks on one machine share its cores) and this rank's device, probed before it is
+/// opened; the precision checked against it.
+fn open_device(cfg: &RunConfig, group: Option<&Group>) -> Result<Chosen, TrainError> {
+    let mut threads = cfg.runtime.threads;
+    if let Some(g) = group {
+        g.set_timeout(cfg.timeout);
+        let local = g.topology().local_world.unwrap_or(1);
+        if threads == 0 && local > 1 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            threads = (cores / local).max(1);
+        }
+    }
+    crate::backend::init_threads(threads);
+    let spec = match group {
+        Some(g) => crate::backend::for_local_rank(cfg.device, g.topology().local_rank),
+        None => cfg.device,
+    };
+    let chosen = crate::backend::choose(spec)?;
+    crate::backend::check_precision(&chosen, cfg.precision)?;
+    Ok(chosen)
+}
+
+/// The first collective: every rank says what it will train (or why it cannot start) and the
+/// ranks must agree. Returns the agreement and the data files' hashes (recorded in rank 0's
+/// manifests, so the files are hashed once).
+fn handshake(
+    g: &Group,
+    cfg: &RunConfig,
+    opts: &Options,
+    chosen: &Result<Chosen, TrainError>,
+) -> Result<(crate::dist::AgreeReport, Option<Vec<DataFile>>), TrainError> {
+    let mut files = None;
+    let mine = match chosen {
+        Err(e) => Err(e.to_string()),
+        Ok(chosen) => checkpoint::data_files(cfg)
+            .and_then(|f| {
+                let h = hello(cfg, opts, g.world(), chosen.backend, &f);
+                files = Some(f);
+                h
+            })
+            .map_err(|e| e.to_string()),
+    };
+    let agreed = g.agree(mine).map_err(TrainError::Distributed)?;
+    Ok((agreed, files))
+}
+
+/// What this rank tells the others before step 0 (see [`Group::agree`]).
+fn hello(
+    cfg: &RunConfig,
+    opts: &Options,
+    world: usize,
+    backend: &str,
+    data_files: &[DataFile],
+) -> Result<crate::dist::Hello, TrainError> {
+    let mut resolved = cfg.resolved_json();
+    // Each rank has its own device (cuda:LOCAL_RANK), threads and registry folder.
+    if let Some(o) = resolved.as_object_mut() {
+        o.remove("runtime");
+    }
+    if let Some(b) = resolved.get_mut("backend").and_then(|b| b.as_object_mut()) {
+        b.remove("device");
+    }
+    let mut config = crate::tracking::flatten(&resolved);
+    config.insert("(--smoke)".into(), opts.smoke.into());
+    config.insert("(--init-from)".into(), opts.init_from.clone().into());
+    // One engine for all: NCCL only when every rank is on CUDA.
+    config.insert("(backend)".into(), backend.into());
+    if let Some(dir) = &opts.resume {
+        // Each rank reads the resumed run's preprocessing from its own copy of the registry.
+        let p = dir.join(layout::PREPROCESS);
+        let (sha, _) = store::hash_file(&p).map_err(|source| TrainError::Io {
+            path: p.display().to_string(),
+            source,
+        })?;
+        config.insert("(resumed preprocess.json)".into(), sha.into());
+    }
+    let data = data_files
+        .iter()
+        .map(|f| (f.role.clone(), f.sha256.clone()))
+        .collect();
+    Ok(crate::dist::Hello {
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        world,
+        config,
+        data,
+        resume: opts
+            .resume
+            .as_ref()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+    })
+}
+
+/// The architecture the config describes for the data: the shape of its examples (images
+/// when the preprocessing holds an image shape that covers the width, else rows) and the
+/// task's outputs per example.
+pub fn architecture(
+    cfg: &RunConfig,
+    pre: &Preprocessor,
+    task: &dyn Task,
+) -> Result<ModelConfig, SetupError> {
+    let outputs = task.outputs();
+    match data::input_shape(pre) {
+        Ok(input) => Ok(ModelConfig::from_section(&cfg.model, input, outputs)?),
+        Err((shape, features)) => {
+            // Rows of another width than the image shape: fine for a model that reads rows.
+            let rows = kiln_models::InputShape::Rows { features };
+            ModelConfig::from_section(&cfg.model, rows, outputs).map_err(|_| {
+                SetupError::ImageWidth {
+                    kind: cfg.model.kind.name().to_uppercase(),
+                    shape,
+                    features,
+                }
+            })
+        }
+    }
+}
+
+/// Refuses a model (and batch) that cannot fit in this machine's memory, before anything is
+/// allocated: a config error naming the keys that size it.
+pub fn check_memory(
+    cfg: &RunConfig,
+    mconf: &ModelConfig,
+    chosen: &Chosen,
+) -> Result<(), SetupError> {
+    // A GPU keeps the activations in its own memory; the host still holds the weights'
+    // snapshots for checkpoints.
+    let activations = match chosen.backend {
+        "cpu" => mconf.activations_per_example(),
+        _ => 0,
+    };
+    crate::memory::check_fits(
+        crate::memory::size_keys(&cfg.model),
+        mconf.num_params(),
+        activations,
+        cfg.train.batch_size,
+        crate::memory::available_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Loads the weights of a registry entry into `model` (checking the architecture).
+fn init_from(
+    reg: &Registry,
+    reference: &str,
+    model: Model,
+) -> Result<(Model, InitFrom), TrainError> {
+    let entry = reg.resolve(reference)?;
+    let loaded = reg.load(&entry)?;
+    let bytes = loaded.file(layout::WEIGHTS)?.to_vec();
+    let sha = loaded.manifest.files[layout::WEIGHTS].sha256.clone();
+    let init = crate::weights::from_bytes(model, bytes).map_err(|source| TrainError::InitFrom {
+        reference: reference.to_string(),
+        entry: entry.label.clone(),
+        source,
+    })?;
+    let from = InitFrom {
+        reference: reference.to_string(),
+        resolved: entry.label,
+        weights_sha256: sha,
+    };
+    Ok((init, from))
+}
+
+/// The run's folder: created and written before step 0 (config, preprocessing, model,
+/// `run.json`), or the resumed run's, locked either way. One process trains a run at a time:
+/// its lock is taken before anything is written. Ranks other than 0 keep the record in memory.
+#[allow(clippy::too_many_arguments)]
+fn open_run(
+    cfg: &RunConfig,
+    opts: &Options,
+    writer: bool,
+    resumed: Option<RunInfo>,
+    smoke: bool,
+    pre: &Preprocessor,
+    mconf: &ModelConfig,
+    device_label: String,
+) -> Result<RunRecord, TrainError> {
+    let lock = |dir: &std::path::Path, id: &str| {
+        store::Lock::acquire(
+            &dir.join(layout::LOCK),
+            Duration::ZERO,
+            &format!("run {id}"),
+        )
+    };
+    let new_info = |id: String| RunInfo {
+        id,
+        name: cfg.name.clone(),
+        status: Status::Running,
+        smoke,
+        started: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        finished: None,
+        config_path: opts.config_path.clone(),
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        device: device_label.clone(),
+        steps: 0,
+        epochs_done: 0,
+        wall_seconds: 0.0,
+        train_samples_per_second: 0.0,
+        monitor: cfg.monitor.metric.clone(),
+        best_valid: None,
+        metrics: BTreeMap::new(),
+        lineage: Lineage::default(),
+        version: None,
+    };
+    let (dir, info, held) = match (&opts.resume, resumed) {
+        (Some(dir), Some(mut info)) => {
+            let held = if writer {
+                Some(lock(dir, &info.id)?)
+            } else {
+                None
+            };
+            info.status = Status::Running;
+            info.finished = None;
+            (dir.clone(), info, held)
+        }
+        // Not rank 0: the run's record lives in memory only.
+        _ if !writer => (PathBuf::new(), new_info(String::new()), None),
+        _ => {
+            let id = run::new_id(&cfg.name);
+            let runs = layout::runs_dir(&opts.registry);
+            let dir = runs.join(&id);
+            std::fs::create_dir_all(&runs).map_err(run::io(&runs))?;
+            // `create_dir`, not `_all`: an id taken by another run is an error, not a merge.
+            std::fs::create_dir(&dir).map_err(run::io(&dir))?;
+            let held = lock(&dir, &id)?;
+            let ckpts = dir.join(layout::CHECKPOINTS);
+            std::fs::create_dir(&ckpts).map_err(run::io(&ckpts))?;
+            let header = format!(
+                "# Resolved config of run {id}: defaults filled in, overrides applied.\n# From: {}\n",
+                opts.config_path
+            );
+            run::write_atomic(
+                &dir.join(layout::CONFIG),
+                cfg.resolved_toml(&header).as_bytes(),
+            )?;
+            run::write_json(&dir.join(layout::PREPROCESS), pre)?;
+            run::write_json(&dir.join(layout::MODEL_CONFIG), mconf)?;
+            let info = new_info(id);
+            run::write_json(&dir.join(layout::RUN), &info)?;
+            (dir, info, Some(held))
+        }
+    };
+    // From here on the run exists on disk: if training fails (an error or a panic), it is
+    // marked `failed` rather than left `running`.
+    let guard = FailGuard {
+        path: dir.join(layout::RUN),
+        info: writer.then(|| info.clone()),
+    };
+    Ok(RunRecord {
+        dir,
+        info,
+        smoke,
+        guard,
+        _lock: held,
+    })
+}
+
+/// Every rank starts from rank 0's state: weights (and, resuming, optimizer moments, position
+/// and best weights), so the replicas are identical whatever the backend's initialisation. The
+/// first byte says whether rank 0 refused to start (then the reason follows).
+fn share_start(
+    g: &Group,
+    cfg: &RunConfig,
+    state: TrainState,
+    refused: Option<ResumeError>,
+    mconf: &ModelConfig,
+    device: &Device,
+) -> Result<TrainState, TrainError> {
+    const AT: &str = "rank 0's starting state";
+    let packed = if let Some(why) = &refused {
+        [&[0u8][..], why.to_string().as_bytes()].concat()
+    } else if g.is_writer() {
+        // burn draws a parameter's initial values when it is first used; alone, that is the
+        // first forward pass, after the step's seed is set. Draw them from that seed here too,
+        // so a data-parallel run starts from a single process's weights.
+        device.seed(step_seed(cfg.seed, state.pos.step, 0));
+        let mut packed = vec![1u8];
+        packed.extend(state::pack(&state.encode(AT)?));
+        packed
+    } else {
+        Vec::new()
+    };
+    let packed = g.broadcast(packed, &|| {
+        "the broadcast of rank 0's starting weights".into()
+    });
+    if packed.first() != Some(&1) {
+        return Err(TrainError::Distributed(
+            String::from_utf8_lossy(packed.get(1..).unwrap_or_default()).into_owned(),
+        ));
+    }
+    if g.is_writer() {
+        return Ok(state);
+    }
+    let files = state::unpack(&packed[1..], AT)?;
+    Ok(TrainState::decode(
+        &files,
+        AT,
+        mconf,
+        device,
+        crate::optim::optimizer(cfg),
+    )?)
+}
+
+/// The run's length in batches and steps.
+fn plan(cfg: &RunConfig, examples: usize, world: usize, smoke: bool) -> Plan {
+    let t = &cfg.train;
+    // `train.batch_size` is per rank: a step takes `global_batch` examples, as one process
+    // with that batch size would.
+    let global_batch = t.batch_size * world;
+    let batches_per_epoch = Loader::batches_per_epoch(examples, global_batch);
+    let steps_per_epoch = batches_per_epoch.div_ceil(t.grad_accum);
+    let epochs = if smoke { 1 } else { t.epochs };
+    let mut total_steps = epochs * steps_per_epoch;
+    if let Some(m) = t.max_steps {
+        total_steps = total_steps.min(m);
+    }
+    if smoke {
+        total_steps = total_steps.min(SMOKE_STEPS);
+    }
+    Plan {
+        epochs,
+        total_steps,
+        batches_per_epoch,
+        global_batch,
+        accum: t.grad_accum,
+        examples,
+    }
+}
+
+/// Rank 0's writers: the manifest every entry of the run shares (checked against the
+/// checkpoint's data when resuming), the background checkpoint writer, and tracking (a resumed
+/// session continues the same step axis).
+#[allow(clippy::too_many_arguments)]
+fn rank0(
+    cfg: &RunConfig,
+    opts: &Options,
+    run: &RunRecord,
+    pre: &Preprocessor,
+    mconf: &ModelConfig,
+    chosen: &Chosen,
+    data_files: Option<Vec<DataFile>>,
+    resumed_from: Option<&(String, Manifest)>,
+    step: usize,
+) -> Result<Rank0, TrainError> {
+    let files = match data_files {
+        Some(files) => files,
+        None => checkpoint::data_files(cfg)?,
+    };
+    let manifest = checkpoint::base_manifest(
+        cfg,
+        &run.info.id,
+        mconf,
+        pre,
+        &opts.config_path,
+        run.info.lineage.clone(),
+        chosen,
+        files,
+    )?;
+    if let Some((label, m)) = resumed_from {
+        checkpoint::check_same_data(&m.data, &manifest.data, Some(label))?;
+    }
+    let policy = Policy {
+        keep_last: cfg.train.keep_last,
+        keep_best: cfg.train.keep_best,
+        higher_is_better: cfg.monitor.higher_is_better,
+    };
+    let saver = Saver::new(&opts.registry, &run.dir, manifest.clone(), policy);
+    let mut tracker = Tracker::open(&run.dir, opts.resume.as_ref().map(|_| step as u64))?;
+    if opts.resume.is_none() {
+        // The HParams tab averages the sessions of a group: each run is its own group.
+        tracker.started(&crate::tracking::flatten(&cfg.resolved_json()), &run.info.id)?;
+    }
+    Ok(Rank0 {
+        tracker,
+        saver,
+        manifest,
+    })
+}
+
+/// Marks a run `failed` in its `run.json` when dropped while still armed (`info` is `Some`).
+pub(super) struct FailGuard {
+    path: PathBuf,
+    info: Option<RunInfo>,
+}
+
+impl FailGuard {
+    /// The run's record is final (or must stay as it is): nothing to mark.
+    pub fn disarm(&mut self) {
+        self.info = None;
+    }
+}
+
+impl Drop for FailGuard {
+    fn drop(&mut self) {
+        if let Some(mut info) = self.info.take() {
+            info.status = Status::Failed;
+            info.finished =
+                Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+            // Best effort: the error that got us here is what the user needs to see.
+            let _ = run::write_json(&self.path, &info);
+        }
+    }
+}
