@@ -73,7 +73,8 @@ impl CnnConfig {
             let k = b.kernel as u64;
             n = n.saturating_add(c_in.saturating_mul(c).saturating_mul(k * k).saturating_add(c));
             if b.batch_norm {
-                n = n.saturating_add(c.saturating_mul(2));
+                // gamma, beta and the two running statistics, as burn counts them.
+                n = n.saturating_add(c.saturating_mul(4));
             }
             c_in = c;
         }
@@ -315,5 +316,127 @@ impl Cnn {
             x = block.dropout.forward(x);
         }
         self.head.forward(x.flatten(1, 3))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+    use crate::{ConvSection, ModelConfig, ModelKind, Norm};
+
+    fn section() -> ModelSection {
+        ModelSection {
+            kind: ModelKind::Cnn,
+            hidden: vec![16],
+            conv: vec![
+                ConvSection {
+                    channels: 4,
+                    batch_norm: true,
+                    ..Default::default()
+                },
+                ConvSection {
+                    channels: 6,
+                    kernel: 5,
+                    pool: 1,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    const IMAGES: InputShape = InputShape::Images {
+        channels: 2,
+        height: 8,
+        width: 6,
+    };
+
+    fn cnn() -> CnnConfig {
+        match ModelConfig::from_section(&section(), IMAGES, 3).unwrap() {
+            ModelConfig::Cnn(c) => c,
+            other => panic!("a cnn, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_table_and_the_image_shape_size_every_layer() {
+        let c = cnn();
+        // 8x6 pooled by 2 then by 1: 4x3, with 6 channels into the head.
+        assert_eq!(c.output_hw(), (4, 3));
+        assert_eq!(c.flat_features(), 6 * 4 * 3);
+        assert_eq!(c.head.d_input, 72);
+        assert_eq!((Architecture::outputs(&c), Architecture::input(&c)), (3, IMAGES));
+        let device = Device::flex();
+        let net = c.init(&device);
+        assert_eq!(Architecture::num_params(&c), net.num_params() as u64);
+        assert!(CnnConfig::min_params(&section()) <= net.num_params() as u64);
+    }
+
+    #[test]
+    fn forward_reads_images_and_rows_of_pixels_alike() {
+        let device = Device::flex();
+        let net = cnn().init(&device).valid();
+        let pixels: Vec<f32> = (0..2 * 96).map(|i| (i as f32 * 0.11).sin()).collect();
+        let images = Tensor::<4>::from_data(TensorData::new(pixels.clone(), [2, 2, 8, 6]), &device);
+        let rows = Tensor::<2>::from_data(TensorData::new(pixels, [2, 96]), &device);
+        let a = net.forward_input(Input::Images(images)).per_example();
+        let b = net.forward_input(Input::Rows(rows)).per_example();
+        assert_eq!(a.dims(), [2, 3]);
+        assert_eq!(a.into_data(), b.into_data());
+    }
+
+    #[test]
+    fn a_cnn_needs_images_that_its_pools_do_not_shrink_to_nothing() {
+        let e = ModelConfig::from_section(&section(), InputShape::Rows { features: 96 }, 3)
+            .unwrap_err();
+        assert_eq!(e.key, "model.kind");
+        assert!(e.message.contains("needs images"), "{e}");
+        let mut s = section();
+        s.conv[1].pool = 8;
+        let e = ModelConfig::from_section(&s, IMAGES, 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`model.conv`: pooling shrinks the 8x6 images by 16x, to nothing; use fewer or smaller pools"
+        );
+    }
+
+    #[test]
+    fn every_problem_of_the_conv_blocks_is_reported_with_its_key() {
+        let s = ModelSection {
+            kind: ModelKind::Cnn,
+            norm: Norm::None,
+            conv: vec![ConvSection {
+                channels: 0,
+                kernel: 4,
+                pool: 0,
+                dropout: -0.1,
+                batch_norm: false,
+            }],
+            ..Default::default()
+        };
+        let keys: Vec<String> = ModelKind::Cnn
+            .check_section(&s)
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "model.conv.0.channels",
+                "model.conv.0.kernel",
+                "model.conv.0.pool",
+                "model.conv.0.dropout"
+            ]
+        );
+        let empty = ModelSection {
+            kind: ModelKind::Cnn,
+            ..Default::default()
+        };
+        let problems = ModelKind::Cnn.check_section(&empty);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("at least one `[[model.conv]]` block"));
     }
 }

@@ -176,3 +176,39 @@ macro_rules! model_kinds {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Activation, MlpConfig, ModelConfig, ModelKind, ModelSection, Norm};
+
+    #[test]
+    fn kinds_are_named_once_and_the_first_is_the_default() {
+        let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names, ["mlp", "cnn"]);
+        assert_eq!(ModelKind::default(), ModelKind::Mlp);
+        for k in ModelKind::ALL {
+            let json = serde_json::to_value(k).unwrap();
+            assert_eq!(json, serde_json::json!(k.name()));
+            assert!(!k.size_keys().is_empty());
+        }
+        assert_eq!(ModelSection::default().kind, ModelKind::Mlp);
+    }
+
+    #[test]
+    fn a_resolved_architecture_is_tagged_with_its_kind_and_round_trips() {
+        let c = ModelConfig::Mlp(MlpConfig {
+            d_input: 4,
+            hidden: vec![3],
+            d_output: 2,
+            activation: Activation::Tanh,
+            dropout: 0.1,
+            norm: Norm::Batch,
+        });
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["kind"], "mlp");
+        assert_eq!(json["hidden"], serde_json::json!([3]));
+        let back: ModelConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.kind(), ModelKind::Mlp);
+    }
+}

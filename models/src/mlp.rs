@@ -61,16 +61,20 @@ impl MlpConfig {
         self.hidden.iter().copied().chain([self.d_output])
     }
 
-    /// Parameters of an MLP `d_input -> hidden -> d_output` (saturating).
+    /// Parameters of an MLP `d_input -> hidden -> d_output` (saturating), counted as burn
+    /// counts them: batch norm's running statistics included.
     pub(crate) fn count_params(d_input: u64, hidden: &[usize], d_output: u64, norm: Norm) -> u64 {
+        let per_norm = match norm {
+            Norm::None => 0,
+            Norm::Layer => 2,
+            Norm::Batch => 4,
+        };
         let mut d_in = d_input;
         let mut n = 0u64;
         for &h in hidden {
             let h = h as u64;
             n = n.saturating_add(d_in.saturating_mul(h).saturating_add(h));
-            if norm != Norm::None {
-                n = n.saturating_add(h.saturating_mul(2));
-            }
+            n = n.saturating_add(h.saturating_mul(per_norm));
             d_in = h;
         }
         n.saturating_add(d_in.saturating_mul(d_output).saturating_add(d_output))
@@ -234,5 +238,117 @@ impl Mlp {
             x = self.dropout.forward(self.activation.forward(x));
         }
         self.output.forward(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+    use crate::{ModelConfig, ModelKind};
+
+    fn config(norm: Norm) -> MlpConfig {
+        MlpConfig {
+            d_input: 12,
+            hidden: vec![8, 5],
+            d_output: 3,
+            activation: Activation::Gelu,
+            dropout: 0.0,
+            norm,
+        }
+    }
+
+    #[test]
+    fn forward_maps_rows_to_outputs_and_reads_images_as_rows() {
+        let device = Device::flex();
+        let mlp = config(Norm::Layer).init(&device);
+        let values: Vec<f32> = (0..24).map(|i| (i as f32 * 0.3).cos()).collect();
+        let rows = Tensor::<2>::from_data(TensorData::new(values.clone(), [2, 12]), &device);
+        let images = Tensor::<4>::from_data(TensorData::new(values, [2, 3, 2, 2]), &device);
+        let a = mlp.forward_input(Input::Rows(rows)).per_example();
+        let b = mlp.forward_input(Input::Images(images)).per_example();
+        assert_eq!(a.dims(), [2, 3]);
+        assert_eq!(a.into_data(), b.into_data());
+    }
+
+    #[test]
+    fn the_parameter_count_is_burns() {
+        let device = Device::flex();
+        for norm in [Norm::None, Norm::Layer, Norm::Batch] {
+            let c = config(norm);
+            let counted = c.init(&device).num_params() as u64;
+            assert_eq!(Architecture::num_params(&c), counted, "{norm:?}");
+            assert!(MlpConfig::min_params(&ModelSection {
+                hidden: c.hidden.clone(),
+                norm,
+                ..Default::default()
+            }) <= counted);
+        }
+        // An absurd width saturates instead of overflowing.
+        let huge = MlpConfig {
+            hidden: vec![usize::MAX, usize::MAX],
+            ..config(Norm::None)
+        };
+        assert_eq!(Architecture::num_params(&huge), u64::MAX);
+    }
+
+    #[test]
+    fn the_model_table_builds_an_mlp_for_any_input_and_reports_its_problems() {
+        let section = ModelSection {
+            hidden: vec![16],
+            ..Default::default()
+        };
+        assert_eq!(section.kind, ModelKind::Mlp);
+        let images = InputShape::Images {
+            channels: 1,
+            height: 4,
+            width: 4,
+        };
+        let ModelConfig::Mlp(m) = ModelConfig::from_section(&section, images, 10).unwrap() else {
+            panic!("an mlp")
+        };
+        assert_eq!((m.d_input, m.hidden.clone(), m.d_output), (16, vec![16], 10));
+        assert_eq!(Architecture::input(&m), InputShape::Rows { features: 16 });
+        let bad = ModelSection {
+            hidden: vec![4, 0],
+            dropout: 1.0,
+            conv: vec![Default::default()],
+            ..Default::default()
+        };
+        let keys: Vec<String> = ModelKind::Mlp
+            .check_section(&bad)
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, ["model.hidden", "model.dropout", "model.conv"]);
+    }
+
+    #[test]
+    fn the_onnx_lowering_names_every_weight_and_checks_its_shape() {
+        let c = config(Norm::None);
+        let mut weights = crate::onnx::Weights::new();
+        for (name, shape) in [
+            ("hidden.0.linear.weight", vec![12, 8]),
+            ("hidden.0.linear.bias", vec![8]),
+            ("hidden.1.linear.weight", vec![8, 5]),
+            ("hidden.1.linear.bias", vec![5]),
+            ("output.weight", vec![5, 3]),
+            ("output.bias", vec![3]),
+        ] {
+            let n = shape.iter().product();
+            weights.insert(name.into(), (shape, vec![0.0; n]));
+        }
+        let mut g = crate::onnx::Builder::new(&weights, 17);
+        c.lower(&mut g, "x").unwrap();
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops.iter().filter(|o| **o == "MatMul").count(), 3);
+        assert_eq!(g.initializers.len(), 6 + 2 * 3, "six weights, and three constants per GELU");
+        weights.get_mut("output.weight").unwrap().0 = vec![3, 5];
+        let mut g = crate::onnx::Builder::new(&weights, 17);
+        let e = c.lower(&mut g, "x").unwrap_err();
+        assert_eq!(e.layer, "output.weight");
+        assert!(e.why.contains("[3, 5] in the weights, [5, 3]"), "{e}");
     }
 }

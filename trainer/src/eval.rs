@@ -314,9 +314,9 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::error
     let prepared = crate::data::prepare(&cfg.data, None)?;
     let pre = &prepared.preprocessor;
     let task = crate::task::task_of(cfg, pre)?;
-    let mconf = crate::train::architecture(cfg, pre, task.as_ref())?;
+    let mconf = crate::model::architecture(cfg, pre, task.as_ref())?;
     let chosen = crate::backend::choose(crate::backend::DeviceSpec::Cpu)?;
-    crate::train::check_memory(cfg, &mconf, &chosen)?;
+    crate::model::check_memory(cfg, &mconf, &chosen)?;
     let model = mconf.init(&device);
     let batch = prepared
         .train

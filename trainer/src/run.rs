@@ -77,7 +77,7 @@ pub struct RunInfo {
     pub metrics: std::collections::BTreeMap<String, Metrics>,
     /// Checkpoints this run resumed from and the entry it was initialised from.
     #[serde(default)]
-    pub lineage: crate::registry::manifest::Lineage,
+    pub lineage: Lineage,
     /// The model version this run registered (`name/vN`); smoke runs register none.
     #[serde(default)]
     pub version: Option<String>,
@@ -162,7 +162,7 @@ pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
         .into_iter()
         .map(|(_, r)| r.id)
         .collect();
-    let hint = crate::config::known_keys_hint(reference, &ids);
+    let hint = crate::suggest::hint(reference, &ids);
     Err(RunError::NotFound {
         reference: reference.into(),
         registry: registry.display().to_string(),
@@ -198,4 +198,24 @@ pub fn list(registry: &Path) -> Result<Vec<(PathBuf, RunInfo)>, RunError> {
         }
     }
     Ok(out)
+}
+
+/// Where a model came from besides its own training.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// Checkpoints this run was resumed from, oldest first (`<run id>@step-N`).
+    #[serde(default)]
+    pub resumed_from: Vec<String>,
+    /// The registry entry whose weights initialised the model (`--init-from`).
+    #[serde(default)]
+    pub init_from: Option<InitFrom>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitFrom {
+    /// What the user wrote.
+    pub reference: String,
+    /// What it resolved to (`name/vN`, a run id, or `<run id>@step-N`).
+    pub resolved: String,
+    pub weights_sha256: String,
 }

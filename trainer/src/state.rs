@@ -140,6 +140,10 @@ impl TrainState {
             file,
             source,
         };
+        // burn keeps batch norm's newest running statistics aside (per thread) until the module
+        // is synchronised, and writing reads the synchronised value: `valid()` synchronises
+        // them, so the file holds the statistics the next step will use.
+        drop(self.model().valid());
         let mut pos = self.pos.clone();
         pos.param_ids = weights::param_ids(self.model());
         let mut files = vec![(

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// The `[model]` table is the model zoo's: each kind reads its own keys there.
 pub use kiln_models::{ConvSection, ModelKind, ModelSection};
+/// What the data's own enums mean is the data's (`data::spec`).
+pub use crate::data::spec::{ColumnRef, DataFormat, Impute, Task};
 
 /// A whole kiln config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -48,14 +50,6 @@ impl Default for FileConfig {
             runtime: RuntimeSection::default(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    #[default]
-    Classification,
-    Regression,
 }
 
 /// Where the examples come from and how they are prepared.
@@ -144,33 +138,6 @@ impl Default for DataSection {
             split: SplitSection::default(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DataFormat {
-    #[default]
-    Csv,
-    Idx,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Impute {
-    Mean,
-    Median,
-    MostFrequent,
-    Constant,
-    #[default]
-    Error,
-}
-
-/// A column named by its header name or its position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum ColumnRef {
-    Index(i64),
-    Name(String),
 }
 
 /// How the examples are divided into train, validation and test.

@@ -117,7 +117,7 @@ pub fn parse(
         let dotted = key.join(".");
         let known = super::schema::known_keys(&schema, &key[..key.len() - 1]);
         let leaf = key.last().map(String::as_str).unwrap_or("");
-        let msg = match suggest(leaf, &known) {
+        let msg = match crate::suggest::suggest(leaf, &known) {
             Some(s) => {
                 let mut full = key[..key.len() - 1].to_vec();
                 full.push(s);
@@ -234,21 +234,4 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&b| b == b'\n')
         .count()
         + 1
-}
-
-/// The closest known key, when it is close enough to be a typo.
-pub(crate) fn suggest(word: &str, known: &[String]) -> Option<String> {
-    known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(word, k), k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3) && *d < k.len().max(word.len()))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k.clone())
-}
-
-/// `"; did you mean `x`?"` when a known name is close to `word`, else `""`.
-pub fn known_keys_hint(word: &str, known: &[String]) -> String {
-    suggest(word, known)
-        .map(|s| format!("; did you mean {s:?}?"))
-        .unwrap_or_default()
 }

@@ -8,7 +8,7 @@ mod schema;
 mod validate;
 
 pub use file::*;
-pub use load::{Override, known_keys_hint, load, parse};
+pub use load::{Override, load, parse};
 pub use run::{EarlyStopping, LossConfig, Monitor, OptimConfig, RunConfig, TrainConfig};
 pub use schema::{known_keys, schema};
 pub use validate::{default_name, validate, validate_with};

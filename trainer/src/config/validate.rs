@@ -270,7 +270,7 @@ pub fn validate_with(
     };
     if !allowed.contains(&t.monitor.as_str()) {
         let known: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
-        let hint = match super::load::suggest(&t.monitor, &known) {
+        let hint = match crate::suggest::suggest(&t.monitor, &known) {
             Some(s) => format!("did you mean {s:?}?"),
             None => format!("use one of: {}", allowed.join(", ")),
         };

@@ -7,6 +7,7 @@
 //! is not a table of numbers (token streams, folders of image files), a [`Source`] of its own.
 
 pub mod batch;
+pub mod spec;
 pub mod idx;
 pub mod loader;
 pub mod preprocess;
@@ -20,7 +21,7 @@ use kiln_models::InputShape;
 pub use loader::Loader;
 pub use preprocess::Preprocessor;
 
-use crate::config::{ColumnRef, DataFormat, Impute, Task};
+pub use spec::{ColumnRef, DataFormat, Impute, Task};
 
 /// Where the data is and how to read it; resolved from the `[data]` section by validation.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::table::{Cells, RawData, RawTable};
 use super::{DataError, DataSpec, Dataset, Targets};
-use crate::config::{Impute, Task};
+use crate::data::spec::{Impute, Task};
 
 /// How one input column becomes model features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{DataError, DataSpec};
-use crate::config::ColumnRef;
+use crate::data::spec::ColumnRef;
 
 /// Feature cells of a file, before preprocessing.
 #[derive(Debug, Clone)]
@@ -226,7 +226,7 @@ fn label_index(spec: &DataSpec, names: &[String]) -> Result<usize, String> {
             }
         }
         Some(ColumnRef::Name(name)) => names.iter().position(|c| c == name).ok_or_else(|| {
-            let hint = crate::config::known_keys_hint(name, names);
+            let hint = crate::suggest::hint(name, names);
             format!("`data.label` = {name:?}: no such column{hint}")
         }),
     }
@@ -259,7 +259,7 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
     for (key, list) in [("categorical", &spec.categorical), ("ignore", &spec.ignore)] {
         for c in list {
             if !names.contains(c) {
-                let hint = crate::config::known_keys_hint(c, &names);
+                let hint = crate::suggest::hint(c, &names);
                 out.push(format!("`data.{key}` names {c:?}: no such column{hint}"));
             }
         }

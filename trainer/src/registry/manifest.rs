@@ -6,6 +6,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// A run's lineage is part of its record (`run.json`) and of every manifest of it.
+pub use crate::run::{InitFrom, Lineage};
+
 /// The burn release kiln is built on (the workspace pins it; a unit test checks Cargo.lock).
 pub const BURN_VERSION: &str = "0.22.1";
 pub const FORMAT: u32 = 1;
@@ -57,26 +60,6 @@ pub struct DataFingerprint {
 pub struct Git {
     pub commit: String,
     pub dirty: bool,
-}
-
-/// Where a model came from besides its own training.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lineage {
-    /// Checkpoints this run was resumed from, oldest first (`<run id>@step-N`).
-    #[serde(default)]
-    pub resumed_from: Vec<String>,
-    /// The registry entry whose weights initialised the model (`--init-from`).
-    #[serde(default)]
-    pub init_from: Option<InitFrom>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InitFrom {
-    /// What the user wrote.
-    pub reference: String,
-    /// What it resolved to (`name/vN`, a run id, or `<run id>@step-N`).
-    pub resolved: String,
-    pub weights_sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

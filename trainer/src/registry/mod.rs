@@ -318,10 +318,10 @@ impl Registry {
             reference: reference.to_string(),
             registry: self.root.display().to_string(),
             hint: {
-                let whole = crate::config::known_keys_hint(reference, candidates);
+                let whole = crate::suggest::hint(reference, candidates);
                 let name = reference.split(['@', '/']).next().unwrap_or(reference);
                 if whole.is_empty() {
-                    crate::config::known_keys_hint(name, candidates)
+                    crate::suggest::hint(name, candidates)
                 } else {
                     whole
                 }

@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-pub use session::{architecture, check_memory};
 
 use crate::config::RunConfig;
 use crate::error::TrainError;

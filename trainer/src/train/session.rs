@@ -176,8 +176,8 @@ impl<'a> Session<'a> {
         }
         let pre = prepared.preprocessor;
         let task = task_of(cfg, &pre)?;
-        let mconf = architecture(cfg, &pre, task.as_ref())?;
-        check_memory(cfg, &mconf, &chosen)?;
+        let mconf = crate::model::architecture(cfg, &pre, task.as_ref())?;
+        crate::model::check_memory(cfg, &mconf, &chosen)?;
 
         // The model; `--init-from` weights are loaded (and the architecture checked) before the
         // run's folder exists, so a bad reference leaves nothing behind. Rank 0 reads the
@@ -398,54 +398,6 @@ fn hello(
     })
 }
 
-/// The architecture the config describes for the data: the shape of its examples (images
-/// when the preprocessing holds an image shape that covers the width, else rows) and the
-/// task's outputs per example.
-pub fn architecture(
-    cfg: &RunConfig,
-    pre: &Preprocessor,
-    task: &dyn Task,
-) -> Result<ModelConfig, SetupError> {
-    let outputs = task.outputs();
-    match data::input_shape(pre) {
-        Ok(input) => Ok(ModelConfig::from_section(&cfg.model, input, outputs)?),
-        Err((shape, features)) => {
-            // Rows of another width than the image shape: fine for a model that reads rows.
-            let rows = kiln_models::InputShape::Rows { features };
-            ModelConfig::from_section(&cfg.model, rows, outputs).map_err(|_| {
-                SetupError::ImageWidth {
-                    kind: cfg.model.kind.name().to_uppercase(),
-                    shape,
-                    features,
-                }
-            })
-        }
-    }
-}
-
-/// Refuses a model (and batch) that cannot fit in this machine's memory, before anything is
-/// allocated: a config error naming the keys that size it.
-pub fn check_memory(
-    cfg: &RunConfig,
-    mconf: &ModelConfig,
-    chosen: &Chosen,
-) -> Result<(), SetupError> {
-    // A GPU keeps the activations in its own memory; the host still holds the weights'
-    // snapshots for checkpoints.
-    let activations = match chosen.backend {
-        "cpu" => mconf.activations_per_example(),
-        _ => 0,
-    };
-    crate::memory::check_fits(
-        crate::memory::size_keys(&cfg.model),
-        mconf.num_params(),
-        activations,
-        cfg.train.batch_size,
-        crate::memory::available_bytes(),
-    )?;
-    Ok(())
-}
-
 /// Loads the weights of a registry entry into `model` (checking the architecture).
 fn init_from(
     reg: &Registry,
@@ -519,6 +471,8 @@ fn open_run(
             };
             info.status = Status::Running;
             info.finished = None;
+            // The device of the latest session (`--device` may move a run to another).
+            info.device = device_label.clone();
             (dir.clone(), info, held)
         }
         // Not rank 0: the run's record lives in memory only.
