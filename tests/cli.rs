@@ -335,10 +335,46 @@ fn validate_deep_runs_a_forward_pass() {
 
 #[test]
 fn interrupt_saves_and_resume_matches_an_uninterrupted_run() {
+    interrupted_and_resumed_equals_uninterrupted("\ndropout = 0.2");
+}
+
+/// Regression: a checkpoint taken between validations (`train.checkpoint_every`, Ctrl-C)
+/// wrote batch norm's running statistics as of the step before (burn keeps the newest aside
+/// until the module is synchronised), so a run resumed from it evaluated and saved other
+/// statistics than an uninterrupted one. A mid-epoch checkpoint at step 14 must hold exactly
+/// what a run stopped at step 14 holds (its final weights, written after a validation).
+#[test]
+fn a_mid_epoch_checkpoint_holds_batch_norms_statistics_of_its_step() {
+    let sb = Sandbox::new();
+    let train = |extra: &str| {
+        let cfg = digits_config_with(
+            &sb,
+            "\nnorm = \"batch\"",
+            &format!("[train]\nepochs = 2\nrestore_best = false\n{extra}"),
+        );
+        let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--json", "--quiet"]);
+        assert_exit(&o, 0);
+        PathBuf::from(json(&o)["run_dir"].as_str().unwrap())
+    };
+    let checkpointed = train("checkpoint_every = 7\nkeep_last = 100\n");
+    let stopped = train("max_steps = 14\n");
+    let at_14 = checkpointed.join("checkpoints/step-000000014");
+    let state = read_json(&at_14.join("state.json"));
+    assert!(state["batch"].as_u64().unwrap() > 0, "step 14 is mid-epoch: {state}");
+    assert_eq!(
+        sha256_file(&at_14.join("model.safetensors")),
+        sha256_file(&stopped.join("final/model.safetensors")),
+        "the checkpoint at step 14 differs from the model of a run stopped at step 14"
+    );
+}
+
+/// Ctrl-C during training, then `--resume`: the same metrics and final weights as a run that
+/// was never interrupted (README, "Exact resume").
+fn interrupted_and_resumed_equals_uninterrupted(model: &str) {
     let sb = Sandbox::new();
     let cfg = digits_config_with(
         &sb,
-        "\ndropout = 0.2",
+        model,
         "[train]\nepochs = 300\nlog_every = 100\n[runtime]\nthreads = 1\n",
     );
     let c = cfg.to_str().unwrap();

@@ -70,8 +70,11 @@ pub enum DataError {
         line: usize,
         message: String,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error(
+        "`data.class_names` has {names} names but the labels hold {} classes: {classes:?}",
+        classes.len()
+    )]
+    ClassNames { names: usize, classes: Vec<String> },
 }
 
 /// One split held in memory, ready for the model: `x` is row-major `[n, d]` (rows, or images

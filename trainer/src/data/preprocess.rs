@@ -408,11 +408,10 @@ fn fit_target(
             } else if spec.class_names.len() == raw_classes.len() {
                 spec.class_names.clone()
             } else {
-                return Err(DataError::Other(format!(
-                    "`data.class_names` has {} names but the labels hold {} classes: {raw_classes:?}",
-                    spec.class_names.len(),
-                    raw_classes.len()
-                )));
+                return Err(DataError::ClassNames {
+                    names: spec.class_names.len(),
+                    classes: raw_classes,
+                });
             };
             Ok(TargetEncoding::Classes {
                 raw: raw_classes,

@@ -62,6 +62,12 @@ pub enum RegistryError {
         entry: String,
         problems: Vec<Damage>,
     },
+    #[error("{path}: unreadable: {source}")]
+    Unreadable {
+        path: String,
+        source: serde_json::Error,
+    },
+    /// What kiln will not do to the registry, and why (a tagged version, a run in training).
     #[error("{0}")]
     Refused(String),
 }
@@ -177,9 +183,11 @@ impl Registry {
         let marker = self.root.join(layout::MARKER);
         match std::fs::read(&marker) {
             Ok(bytes) => {
-                let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    RegistryError::Refused(format!("{}: unreadable: {e}", marker.display()))
-                })?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|source| RegistryError::Unreadable {
+                        path: marker.display().to_string(),
+                        source,
+                    })?;
                 let format = v["format"].as_u64().unwrap_or(0);
                 if format > u64::from(manifest::FORMAT) {
                     return Err(RegistryError::Refused(format!(
@@ -254,9 +262,12 @@ impl Registry {
     pub fn tagged(&self, name: &str) -> Result<BTreeMap<String, u32>, RegistryError> {
         let path = self.model_dir(name).join(layout::ALIASES);
         match store::read_checked(&self.root, &path, store::MAX_METADATA_BYTES) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                RegistryError::Refused(format!("{}: unreadable: {e}", path.display()))
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| RegistryError::Unreadable {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
             Err(RegistryError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
