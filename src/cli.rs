@@ -179,7 +179,6 @@ pub enum RegistryCommand {
     },
 }
 
-
 /// `kiln train`'s arguments.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -218,4 +217,3 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub registry: Option<PathBuf>,
 }
-

@@ -41,7 +41,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     let usage = e.is::<cmd::Usage>()
         || e.is::<ConfigError>()
         || e.downcast_ref::<RegistryError>().is_some_and(is_reference)
-        || e.downcast_ref::<TrainError>().is_some_and(TrainError::is_config)
+        || e.downcast_ref::<TrainError>()
+            .is_some_and(TrainError::is_config)
         || matches!(e.downcast_ref::<ExportError>(), Some(ExportError::Registry(r)) if is_reference(r));
     if usage { 2 } else { 1 }
 }

@@ -360,7 +360,10 @@ fn a_mid_epoch_checkpoint_holds_batch_norms_statistics_of_its_step() {
     let stopped = train("max_steps = 14\n");
     let at_14 = checkpointed.join("checkpoints/step-000000014");
     let state = read_json(&at_14.join("state.json"));
-    assert!(state["batch"].as_u64().unwrap() > 0, "step 14 is mid-epoch: {state}");
+    assert!(
+        state["batch"].as_u64().unwrap() > 0,
+        "step 14 is mid-epoch: {state}"
+    );
     assert_eq!(
         sha256_file(&at_14.join("model.safetensors")),
         sha256_file(&stopped.join("final/model.safetensors")),

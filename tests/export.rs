@@ -263,16 +263,7 @@ fn a_planted_mismatch_fails_the_gate() {
     let raw = export::raw_features(&pre, &x);
     let names = ["logits", "probabilities"];
     let gate = |weights: &graph::Weights| {
-        let onnx = export::build(
-            &mconf,
-            weights,
-            &pre,
-            &task,
-            17,
-            Batch::Dynamic,
-            &[],
-        )
-        .unwrap();
+        let onnx = export::build(&mconf, weights, &pre, &task, 17, Batch::Dynamic, &[]).unwrap();
         let got = export::run_tract(&onnx, &raw, rows, 4).unwrap();
         export::compare(&names, &got, &expected, rows, true)
     };

@@ -71,7 +71,11 @@ impl CnnConfig {
         for b in blocks {
             let c = b.channels as u64;
             let k = b.kernel as u64;
-            n = n.saturating_add(c_in.saturating_mul(c).saturating_mul(k * k).saturating_add(c));
+            n = n.saturating_add(
+                c_in.saturating_mul(c)
+                    .saturating_mul(k * k)
+                    .saturating_add(c),
+            );
             if b.batch_norm {
                 // gamma, beta and the two running statistics, as burn counts them.
                 n = n.saturating_add(c.saturating_mul(4));
@@ -226,12 +230,8 @@ impl Architecture for CnnConfig {
     fn min_params(s: &ModelSection) -> u64 {
         let blocks = Self::blocks_of(s);
         let last = blocks.last().map_or(1, |b| b.channels as u64);
-        Self::conv_params(1, &blocks).saturating_add(MlpConfig::count_params(
-            last,
-            &s.hidden,
-            1,
-            s.norm,
-        ))
+        Self::conv_params(1, &blocks)
+            .saturating_add(MlpConfig::count_params(last, &s.hidden, 1, s.norm))
     }
 
     fn init(&self, device: &Device) -> Cnn {
@@ -368,7 +368,10 @@ mod tests {
         assert_eq!(c.output_hw(), (4, 3));
         assert_eq!(c.flat_features(), 6 * 4 * 3);
         assert_eq!(c.head.d_input, 72);
-        assert_eq!((Architecture::outputs(&c), Architecture::input(&c)), (3, IMAGES));
+        assert_eq!(
+            (Architecture::outputs(&c), Architecture::input(&c)),
+            (3, IMAGES)
+        );
         let device = Device::flex();
         let net = c.init(&device);
         assert_eq!(Architecture::num_params(&c), net.num_params() as u64);
@@ -437,6 +440,10 @@ mod tests {
         };
         let problems = ModelKind::Cnn.check_section(&empty);
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].message.contains("at least one `[[model.conv]]` block"));
+        assert!(
+            problems[0]
+                .message
+                .contains("at least one `[[model.conv]]` block")
+        );
     }
 }

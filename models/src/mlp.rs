@@ -280,11 +280,13 @@ mod tests {
             let c = config(norm);
             let counted = c.init(&device).num_params() as u64;
             assert_eq!(Architecture::num_params(&c), counted, "{norm:?}");
-            assert!(MlpConfig::min_params(&ModelSection {
-                hidden: c.hidden.clone(),
-                norm,
-                ..Default::default()
-            }) <= counted);
+            assert!(
+                MlpConfig::min_params(&ModelSection {
+                    hidden: c.hidden.clone(),
+                    norm,
+                    ..Default::default()
+                }) <= counted
+            );
         }
         // An absurd width saturates instead of overflowing.
         let huge = MlpConfig {
@@ -309,7 +311,10 @@ mod tests {
         let ModelConfig::Mlp(m) = ModelConfig::from_section(&section, images, 10).unwrap() else {
             panic!("an mlp")
         };
-        assert_eq!((m.d_input, m.hidden.clone(), m.d_output), (16, vec![16], 10));
+        assert_eq!(
+            (m.d_input, m.hidden.clone(), m.d_output),
+            (16, vec![16], 10)
+        );
         assert_eq!(Architecture::input(&m), InputShape::Rows { features: 16 });
         let bad = ModelSection {
             hidden: vec![4, 0],
@@ -344,7 +349,11 @@ mod tests {
         c.lower(&mut g, "x").unwrap();
         let ops: Vec<&str> = g.nodes.iter().map(|n| n.op_type.as_str()).collect();
         assert_eq!(ops.iter().filter(|o| **o == "MatMul").count(), 3);
-        assert_eq!(g.initializers.len(), 6 + 2 * 3, "six weights, and three constants per GELU");
+        assert_eq!(
+            g.initializers.len(),
+            6 + 2 * 3,
+            "six weights, and three constants per GELU"
+        );
         weights.get_mut("output.weight").unwrap().0 = vec![3, 5];
         let mut g = crate::onnx::Builder::new(&weights, 17);
         let e = c.lower(&mut g, "x").unwrap_err();

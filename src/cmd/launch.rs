@@ -34,9 +34,9 @@ pub fn run(devices: &str) -> anyhow::Result<u8> {
     } else {
         list.split(',')
             .map(|i| {
-                i.trim().parse::<usize>().map_err(|_| {
-                    Usage(format!("--devices {devices:?}: {i:?} is not a GPU index"))
-                })
+                i.trim()
+                    .parse::<usize>()
+                    .map_err(|_| Usage(format!("--devices {devices:?}: {i:?} is not a GPU index")))
             })
             .collect::<Result<_, _>>()?
     };
@@ -137,7 +137,6 @@ pub fn run(devices: &str) -> anyhow::Result<u8> {
     let code = failure.unwrap_or(if stopped { 130 } else { 0 });
     Ok(code)
 }
-
 
 /// Hands `listener` to the child `command` starts (its descriptor stays open across `exec`,
 /// named by `KILN_RENDEZVOUS_FD`), for rank 0's rendezvous.

@@ -142,7 +142,10 @@ pub fn print_comparison(
     json: bool,
 ) {
     if !json {
-        print!("{}", kiln_trainer::report::compare_text(a, b, diff, metrics));
+        print!(
+            "{}",
+            kiln_trainer::report::compare_text(a, b, diff, metrics)
+        );
         return;
     }
     let diff: Vec<_> = diff

@@ -122,4 +122,3 @@ fn model_name(entry: &registry::Entry) -> String {
         }
     }
 }
-

@@ -13,10 +13,8 @@ pub fn run(command: RunsCommand, registry: Option<PathBuf>) -> anyhow::Result<u8
     let info = |dir: &Path| run::read_json::<run::RunInfo>(&dir.join(layout::RUN));
     match command {
         RunsCommand::List { json } => {
-            let mut runs: Vec<run::RunInfo> = run::list(&registry)?
-                .into_iter()
-                .map(|(_, r)| r)
-                .collect();
+            let mut runs: Vec<run::RunInfo> =
+                run::list(&registry)?.into_iter().map(|(_, r)| r).collect();
             runs.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
             for (path, e) in run::unreadable(&registry) {
                 eprintln!("warning: skipping {}: {e}", path.display());
@@ -50,10 +48,11 @@ pub fn run(command: RunsCommand, registry: Option<PathBuf>) -> anyhow::Result<u8
             let config = |d: &Path| -> anyhow::Result<serde_json::Value> {
                 let path = d.join(layout::CONFIG);
                 let text = std::fs::read_to_string(&path).map_err(run::io(&path))?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| run::RunError::Parse {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| run::RunError::Parse {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
                 Ok(serde_json::to_value(table).expect("TOML is JSON"))
             };
             let diff = report::config_diff(&config(&da)?, &config(&db)?);

@@ -186,4 +186,3 @@ fn load_for_training(
         (None, None) => return Err(Usage("give a config file, or --resume RUN".into()).into()),
     })
 }
-

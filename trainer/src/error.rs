@@ -130,7 +130,11 @@ pub enum ResumeError {
         batch * was,
         if *was == 1 { " process, without a launcher".to_string() } else { format!(" ranks (mpirun -np {was})") }
     )]
-    Ranks { id: String, was: usize, batch: usize },
+    Ranks {
+        id: String,
+        was: usize,
+        batch: usize,
+    },
     #[error("checkpoint {path}: {why}")]
     NoCheckpoint { path: String, why: String },
 }

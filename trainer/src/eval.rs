@@ -321,7 +321,14 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::error
     let batch = prepared
         .train
         .head(cfg.train.batch_size.min(prepared.train.n));
-    let (_, loss_sum) = eval_rows(&model, &batch, mconf.input(), task.as_ref(), &device, 0..batch.n);
+    let (_, loss_sum) = eval_rows(
+        &model,
+        &batch,
+        mconf.input(),
+        task.as_ref(),
+        &device,
+        0..batch.n,
+    );
     let loss = loss_sum / batch.n.max(1) as f64;
     if !loss.is_finite() {
         return Err(TrainError::Setup(SetupError::FirstLoss { loss }));

@@ -120,15 +120,24 @@ mod tests {
     fn checkpoint_names_round_trip_and_reject_lookalikes() {
         assert_eq!(checkpoint_name(42), "step-000000042");
         assert_eq!(checkpoint_step("step-000000042"), Some(42));
-        for bad in ["step-42", "step-00000004x", "damaged-step-000000042-7", "step-0000000420"] {
+        for bad in [
+            "step-42",
+            "step-00000004x",
+            "damaged-step-000000042-7",
+            "step-0000000420",
+        ] {
             assert_eq!(checkpoint_step(bad), None, "{bad}");
         }
         let dir = tempfile::tempdir().unwrap();
         for n in [3, 12, 7] {
             std::fs::create_dir_all(checkpoint_dir(dir.path(), n)).unwrap();
         }
-        std::fs::create_dir_all(dir.path().join(CHECKPOINTS).join("damaged-step-000000099-1"))
-            .unwrap();
+        std::fs::create_dir_all(
+            dir.path()
+                .join(CHECKPOINTS)
+                .join("damaged-step-000000099-1"),
+        )
+        .unwrap();
         let steps: Vec<usize> = checkpoints(dir.path()).into_iter().map(|c| c.0).collect();
         assert_eq!(steps, vec![12, 7, 3]);
     }

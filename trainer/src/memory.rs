@@ -108,14 +108,21 @@ mod tests {
     fn estimates_saturate_and_read_meminfo() {
         assert_eq!(training_bytes(10, 5, 2), 10 * 24 + 5 * 2 * 8);
         assert_eq!(training_bytes(u64::MAX / 2, 1, 1), u64::MAX);
-        let meminfo = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
+        let meminfo =
+            "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
         assert_eq!(parse_available(meminfo), Some(20_000_000 * 1024));
         assert_eq!(parse_available("MemTotal: 1 kB\n"), None);
         assert_eq!(human(999), "999 bytes");
         assert_eq!(human(1_500_000_000), "1.5 GB");
         assert_eq!(human(7_200_000_000_000), "7.2 TB");
-        let e = check_fits("`model.hidden` = [4000000000]".into(), 4_000_000_000, 1, 64, Some(1 << 30))
-            .unwrap_err();
+        let e = check_fits(
+            "`model.hidden` = [4000000000]".into(),
+            4_000_000_000,
+            1,
+            64,
+            Some(1 << 30),
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(msg.starts_with("`model.hidden` = [4000000000] describes a model of 4000000000 parameters, which needs about 96.0 GB"), "{msg}");
         assert!(msg.contains("this machine has 1.1 GB available"), "{msg}");

@@ -57,4 +57,3 @@ pub fn check_memory(
     )?;
     Ok(())
 }
-

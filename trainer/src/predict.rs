@@ -58,7 +58,12 @@ pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalEr
         let idx: Vec<usize> = (start..(start + EVAL_BATCH).min(n)).collect();
         let batch = data.gather(&idx).upload(run.mconf.input(), &run.device);
         let Some(x) = batch.input else { continue };
-        for (i, p) in run.task.predictions(run.model.forward(x)).into_iter().enumerate() {
+        for (i, p) in run
+            .task
+            .predictions(run.model.forward(x))
+            .into_iter()
+            .enumerate()
+        {
             out.push(Row {
                 row: table.lines[start + i],
                 prediction: p.prediction,

@@ -150,7 +150,11 @@ impl TrainState {
             layout::WEIGHTS.to_string(),
             weights::to_bytes(self.model()).map_err(|e| weights_err(layout::WEIGHTS, e))?,
         )];
-        if let Some(best) = self.best.as_ref().filter(|_| pos.best_step != Some(pos.step)) {
+        if let Some(best) = self
+            .best
+            .as_ref()
+            .filter(|_| pos.best_step != Some(pos.step))
+        {
             files.push((
                 layout::BEST_WEIGHTS.to_string(),
                 weights::to_bytes(best).map_err(|e| weights_err(layout::BEST_WEIGHTS, e))?,
@@ -323,20 +327,33 @@ mod tests {
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            [layout::WEIGHTS, layout::BEST_WEIGHTS, layout::OPTIM, layout::STATE]
+            [
+                layout::WEIGHTS,
+                layout::BEST_WEIGHTS,
+                layout::OPTIM,
+                layout::STATE
+            ]
         );
         let map = unpack(&pack(&files), "test").unwrap();
         assert_eq!(map.len(), 4);
-        let back = TrainState::decode(&map, "test", &mconf(), &device, AdamConfig::new().init())
-            .unwrap();
+        let back =
+            TrainState::decode(&map, "test", &mconf(), &device, AdamConfig::new().init()).unwrap();
         assert_eq!(back.pos.step, 2);
         assert_eq!(back.pos.param_ids, weights::param_ids(s.model()));
-        assert_eq!(forward(&back.model().valid(), &base), forward(&s.model().valid(), &base));
+        assert_eq!(
+            forward(&back.model().valid(), &base),
+            forward(&s.model().valid(), &base)
+        );
         let best = back.best.as_ref().expect("best weights travel");
-        assert_eq!(forward(&best.valid(), &base), forward(s.best.as_ref().unwrap(), &base));
+        assert_eq!(
+            forward(&best.valid(), &base),
+            forward(s.best.as_ref().unwrap(), &base)
+        );
         // The optimizer's moments came along: the next step is the same on both.
         let step = |mut s: TrainState| {
-            let loss = s.model().forward(Input::Rows(Tensor::ones([2, 3], &device)));
+            let loss = s
+                .model()
+                .forward(Input::Rows(Tensor::ones([2, 3], &device)));
             let grads = GradientsParams::from_grads(loss.per_example().sum().backward(), s.model());
             s.step(1e-2, grads);
             forward(&s.model().valid(), &base)
@@ -358,9 +375,15 @@ mod tests {
         assert!(cut.to_string().starts_with("rank 0: truncated"), "{cut}");
         let mut partial = map.clone();
         partial.remove(layout::OPTIM);
-        let missing = TrainState::decode(&partial, "ckpt", &mconf(), &device, AdamConfig::new().init())
-            .err()
-            .unwrap();
+        let missing = TrainState::decode(
+            &partial,
+            "ckpt",
+            &mconf(),
+            &device,
+            AdamConfig::new().init(),
+        )
+        .err()
+        .unwrap();
         assert_eq!(missing.to_string(), "ckpt: optim.bpk is missing");
     }
 }

@@ -7,10 +7,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The `[model]` table is the model zoo's: each kind reads its own keys there.
-pub use kiln_models::{ConvSection, ModelKind, ModelSection};
 /// What the data's own enums mean is the data's (`data::spec`).
 pub use crate::data::spec::{ColumnRef, DataFormat, Impute, Task};
+/// The `[model]` table is the model zoo's: each kind reads its own keys there.
+pub use kiln_models::{ConvSection, ModelKind, ModelSection};
 
 /// A whole kiln config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use kiln_models::ModelSection;
 
-use super::{
-    FileConfig, LossKind, OptimName, RuntimeSection, ScheduleSection, SplitSection, Task,
-};
+use super::{FileConfig, LossKind, OptimName, RuntimeSection, ScheduleSection, SplitSection, Task};
 use crate::amp::Precision;
 use crate::backend::DeviceSpec;
 use crate::data::DataSpec;

@@ -25,418 +25,56 @@ pub fn validate(
 
 /// As [`validate`]; with `data_files` false the data files need not exist (a trained model
 /// used where its training data is not, as `kiln predict` on a serving machine).
+/// Problems found so far: every one is reported, at once.
+struct Checker<'a> {
+    origin: &'a str,
+    problems: Vec<Problem>,
+}
+
+/// What the `[data]` table resolves to, before the data spec is assembled.
+struct DataChecked {
+    path: Option<PathBuf>,
+    labels_path: Option<PathBuf>,
+    test_path: Option<PathBuf>,
+    test_labels_path: Option<PathBuf>,
+    delimiter: Option<u8>,
+    test_frac: f64,
+    /// Every data file named exists (so its first lines can be read).
+    paths_ok: bool,
+}
+
 pub fn validate_with(
     file: FileConfig,
     origin: &str,
     default_name: &str,
     data_files: bool,
 ) -> Result<RunConfig, ConfigError> {
-    let mut p = Vec::new();
-    let mut bad = |msg: String| p.push(Problem::new(origin, None, msg));
-
-    let name = file
-        .name
-        .clone()
-        .unwrap_or_else(|| default_name.to_string());
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || name.starts_with('.')
-    {
-        bad(format!(
-            "`name` = {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
-        ));
-    }
-
-    // data
-    let d = &file.data;
-    let check_file = |key: &str, value: &Option<String>, p: &mut Vec<Problem>| -> Option<PathBuf> {
-        let v = value.as_ref()?;
-        let path = PathBuf::from(v);
-        if data_files && path.is_dir() {
-            p.push(Problem::new(
-                origin,
-                None,
-                format!("`data.{key}` = {v:?}: is a directory; give the data file in it"),
-            ));
-        } else if data_files && !path.is_file() {
-            p.push(Problem::new(
-                origin,
-                None,
-                format!("`data.{key}` = {v:?}: no such file"),
-            ));
+    let mut c = Checker {
+        origin,
+        problems: Vec::new(),
+    };
+    let name = c.name(&file, default_name);
+    let checked = c.data(&file, data_files);
+    c.model(&file);
+    let (loss, monitor) = c.train(&file);
+    let weight_decay = c.optim(&file);
+    c.schedule(&file);
+    let (device, precision) = c.backend(&file);
+    c.runtime(&file);
+    let spec = data_spec(&file, &checked);
+    // Data shape fit: peek at the files' first lines (only when they exist).
+    if checked.paths_ok && data_files {
+        for msg in data::peek_problems(&spec) {
+            c.bad(msg);
         }
-        Some(path)
-    };
-    let n_before = p.len();
-    let path = if d.path.is_empty() {
-        p.push(Problem::new(
-            origin,
-            None,
-            "`data.path` is required: the training data file",
-        ));
-        None
-    } else {
-        check_file("path", &Some(d.path.clone()), &mut p)
-    };
-    let labels_path = check_file("labels_path", &d.labels_path, &mut p);
-    let test_path = check_file("test_path", &d.test_path, &mut p);
-    let test_labels_path = check_file("test_labels_path", &d.test_labels_path, &mut p);
-    let paths_ok = p.len() == n_before;
-    let mut bad = |msg: String| p.push(Problem::new(origin, None, msg));
-    if d.format == DataFormat::Idx && d.labels_path.is_none() {
-        bad("`data.format` = \"idx\" needs `data.labels_path`, the IDX label file".into());
     }
-    if d.labels_path.is_some() && d.label.is_some() {
-        bad("set either `data.label` (a column) or `data.labels_path` (a file), not both".into());
-    }
-    if d.test_path.is_some() && d.labels_path.is_some() != d.test_labels_path.is_some() {
-        bad("`data.test_path` with `data.labels_path` needs `data.test_labels_path` too".into());
-    }
-    if d.header && !d.columns.is_empty() {
-        bad(
-            "set either `data.header` = true (names from the file) or `data.columns`, not both"
-                .into(),
-        );
-    }
-    if d.label
-        .as_ref()
-        .is_some_and(|l| matches!(l, super::ColumnRef::Name(n) if d.ignore.contains(n)))
-    {
-        bad("`data.label` is also listed in `data.ignore`".into());
-    }
-    if d.test_path.is_none() && d.test_labels_path.is_some() {
-        bad("`data.test_labels_path` is set but `data.test_path` is not".into());
-    }
-    let delimiter = match d.delimiter.as_deref() {
-        None => {
-            if d.path.ends_with(".tsv") || d.path.ends_with(".tsv.gz") {
-                Some(b'\t')
-            } else {
-                Some(b',')
-            }
-        }
-        Some(",") => Some(b','),
-        Some(";") => Some(b';'),
-        Some("\t") | Some("\\t") | Some("tab") => Some(b'\t'),
-        Some("|") => Some(b'|'),
-        Some("whitespace") | Some(" ") => None,
-        Some(other) => {
-            bad(format!(
-                "`data.delimiter` = {other:?}: use \",\", \";\", \"\\t\", \"|\" or \"whitespace\""
-            ));
-            Some(b',')
-        }
-    };
-    let test_frac = d
-        .split
-        .test
-        .unwrap_or(if d.test_path.is_some() { 0.0 } else { 0.2 });
-    if !(0.0..1.0).contains(&d.split.valid) {
-        bad(format!(
-            "`data.split.valid` = {}: must be in [0, 1)",
-            d.split.valid
-        ));
-    }
-    if !(0.0..1.0).contains(&test_frac) {
-        bad(format!(
-            "`data.split.test` = {test_frac}: must be in [0, 1)"
-        ));
-    }
-    if d.split.valid + test_frac >= 1.0 {
-        bad(format!(
-            "`data.split.valid` + `data.split.test` = {}: leaves nothing to train on",
-            d.split.valid + test_frac
-        ));
-    }
-    if d.test_path.is_some() && test_frac > 0.0 {
-        bad("`data.split.test` must be 0 when `data.test_path` gives the test split".into());
-    }
-    if !d.impute_value.is_finite() {
-        bad("`data.impute_value` must be a finite number".into());
-    }
-    if let Some(s) = d.image_shape
-        && s.contains(&0)
-    {
-        bad(format!(
-            "`data.image_shape` = {s:?}: every size must be at least 1"
-        ));
-    }
-
-    // model: each kind checks its own keys; then, where the data's shape is known before
-    // reading it (rows, or `data.image_shape`), the architecture is built as training will.
-    let m = &file.model;
-    let model_problems = m.kind.check_section(m);
-    let clean = model_problems.is_empty();
-    for e in model_problems {
-        bad(e.to_string());
-    }
-    let provisional = match (d.image_shape, d.format) {
-        (Some([channels, height, width]), _) => Some(InputShape::Images {
-            channels,
-            height,
-            width,
-        }),
-        (None, DataFormat::Csv) => Some(InputShape::Rows { features: 1 }),
-        // IDX images: their shape is in the file's header, read at training time.
-        (None, DataFormat::Idx) => None,
-    };
-    if let Some(input) = provisional.filter(|_| clean)
-        && let Err(e) = ModelConfig::from_section(m, input, 1)
-    {
-        bad(e.to_string());
-    }
-    // A size no machine here can hold is refused before any data is read; training checks
-    // again with the data's real sizes.
-    if clean
-        && let Err(e) = crate::memory::check_fits(
-            crate::memory::size_keys(m),
-            m.kind.min_params(m),
-            0,
-            0,
-            crate::memory::available_bytes(),
-        )
-    {
-        bad(e.to_string());
-    }
-
-    // train
-    let t = &file.train;
     let task = file.task;
-    if t.epochs == 0 {
-        bad("`train.epochs` must be at least 1".into());
-    }
-    if t.max_steps == Some(0) {
-        bad("`train.max_steps` must be at least 1".into());
-    }
-    if t.batch_size == 0 {
-        bad("`train.batch_size` must be at least 1".into());
-    }
-    if t.grad_accum == 0 {
-        bad("`train.grad_accum` must be at least 1".into());
-    }
-    if let Some(c) = t.clip_grad_norm
-        && !(c > 0.0 && c.is_finite())
-    {
-        bad(format!(
-            "`train.clip_grad_norm` = {c}: must be a positive number"
-        ));
-    }
-    let loss = t.loss.unwrap_or(match task {
-        Task::Classification => LossKind::CrossEntropy,
-        Task::Regression => LossKind::Mse,
-    });
-    match (task, loss) {
-        (Task::Classification, LossKind::Mse | LossKind::Huber) => bad(format!(
-            "`train.loss` = {loss:?} is a regression loss but `task` = \"classification\"; use \"cross_entropy\" or \"bce\""
-        )),
-        (Task::Regression, LossKind::CrossEntropy | LossKind::Bce) => bad(format!(
-            "`train.loss` = {loss:?} is a classification loss but `task` = \"regression\"; use \"mse\" or \"huber\""
-        )),
-        _ => {}
-    }
-    if !(0.0..1.0).contains(&t.label_smoothing) {
-        bad(format!(
-            "`train.label_smoothing` = {}: must be in [0, 1)",
-            t.label_smoothing
-        ));
-    }
-    if !(t.huber_delta > 0.0 && t.huber_delta.is_finite()) {
-        bad(format!(
-            "`train.huber_delta` = {}: must be positive",
-            t.huber_delta
-        ));
-    }
-    if t.valid_every == Some(0) {
-        bad(
-            "`train.valid_every` must be at least 1 (leave it out to validate once per epoch)"
-                .into(),
-        );
-    }
-    if t.keep_last == 0 {
-        bad("`train.keep_last` must be at least 1: the newest checkpoint is what `--resume` continues from".into());
-    }
-    if t.checkpoint_every == Some(0) {
-        bad("`train.checkpoint_every` must be at least 1 (leave it out for epoch-end checkpoints only)".into());
-    }
-    if t.log_every == 0 {
-        bad("`train.log_every` must be at least 1".into());
-    }
-    let allowed = match task {
-        Task::Classification => CLASSIFICATION_METRICS,
-        Task::Regression => REGRESSION_METRICS,
-    };
-    if !allowed.contains(&t.monitor.as_str()) {
-        let known: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
-        let hint = match crate::suggest::suggest(&t.monitor, &known) {
-            Some(s) => format!("did you mean {s:?}?"),
-            None => format!("use one of: {}", allowed.join(", ")),
-        };
-        bad(format!(
-            "`train.monitor` = {:?} is not a {task:?} metric; {hint}",
-            t.monitor
-        )
-        .to_lowercase());
-    }
-    let monitor = Monitor {
-        metric: t.monitor.clone(),
-        higher_is_better: !matches!(t.monitor.as_str(), "loss" | "mse" | "rmse" | "mae"),
-    };
-    let early_stopping = t.early_stopping.as_ref().map(|e| EarlyStopping {
+    let o = &file.optim;
+    let early_stopping = file.train.early_stopping.as_ref().map(|e| EarlyStopping {
         patience: e.patience,
         min_delta: e.min_delta,
     });
-    let no_valid = d.split.valid == 0.0;
-    if no_valid && t.early_stopping.is_some() {
-        bad("`train.early_stopping` needs a validation split: `data.split.valid` is 0".into());
-    }
-    if no_valid && t.valid_every.is_some() {
-        bad("`train.valid_every` needs a validation split: `data.split.valid` is 0".into());
-    }
-    if let Some(es) = &t.early_stopping {
-        if es.patience == 0 {
-            bad("`train.early_stopping.patience` must be at least 1".into());
-        }
-        if !(es.min_delta >= 0.0 && es.min_delta.is_finite()) {
-            bad("`train.early_stopping.min_delta` must be zero or positive".into());
-        }
-    }
-
-    // optim
-    let o = &file.optim;
-    if !(o.lr > 0.0 && o.lr.is_finite()) {
-        bad(format!("`optim.lr` = {}: must be a positive number", o.lr));
-    }
-    let weight_decay = o.weight_decay.unwrap_or(if o.name == OptimName::Adamw {
-        0.01
-    } else {
-        0.0
-    });
-    if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
-        bad(format!(
-            "`optim.weight_decay` = {weight_decay}: must be zero or positive"
-        ));
-    }
-    if !(0.0..1.0).contains(&o.momentum) {
-        bad(format!(
-            "`optim.momentum` = {}: must be in [0, 1)",
-            o.momentum
-        ));
-    }
-    if o.nesterov && (o.name != OptimName::Sgd || o.momentum == 0.0) {
-        bad("`optim.nesterov` needs `optim.name` = \"sgd\" and a non-zero `optim.momentum`".into());
-    }
-    if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-        bad(format!(
-            "`optim.betas` = {:?}: both must be in [0, 1)",
-            o.betas
-        ));
-    }
-    if !(o.eps > 0.0 && o.eps.is_finite()) {
-        bad(format!("`optim.eps` = {}: must be positive", o.eps));
-    }
-
-    // schedule
-    let s = &file.schedule;
-    if s.step_size == 0 {
-        bad("`schedule.step_size` must be at least 1".into());
-    }
-    if !(s.gamma > 0.0 && s.gamma <= 1.0) {
-        bad(format!("`schedule.gamma` = {}: must be in (0, 1]", s.gamma));
-    }
-    if o.lr > 0.0 && !(s.min_lr >= 0.0 && s.min_lr <= o.lr) {
-        bad(format!(
-            "`schedule.min_lr` = {}: must be in [0, optim.lr]",
-            s.min_lr
-        ));
-    }
-
-    if file.distributed.timeout_s == 0 {
-        bad("`distributed.timeout_s` must be at least 1 (seconds)".into());
-    }
-    // backend
-    let device = match file.backend.device.parse::<crate::backend::DeviceSpec>() {
-        Ok(d) => d,
-        Err(e) => {
-            bad(format!("`backend.device`: {e}"));
-            crate::backend::DeviceSpec::Cpu
-        }
-    };
-    let precision = match Precision::parse(&file.backend.precision) {
-        None => {
-            bad(format!(
-                "`backend.precision` = {:?}: use f32, f16 or bf16",
-                file.backend.precision
-            ));
-            Precision::F32
-        }
-        Some(Precision::F32) => Precision::F32,
-        Some(half) => {
-            if file.model.uses_batch_norm() {
-                bad(format!(
-                    "`backend.precision` = {:?} with batch norm: mixed precision does not cover batch norm's running statistics yet; use f32, or layer norm",
-                    file.backend.precision
-                ));
-            }
-            half
-        }
-    };
-
-    // runtime
-    let r = &file.runtime;
-    if !(1..=64).contains(&r.workers) {
-        bad(format!(
-            "`runtime.workers` = {}: must be in 1..=64",
-            r.workers
-        ));
-    }
-    if !(1..=1024).contains(&r.prefetch) {
-        bad(format!(
-            "`runtime.prefetch` = {}: must be in 1..=1024",
-            r.prefetch
-        ));
-    }
-    if r.threads > 1024 {
-        bad(format!(
-            "`runtime.threads` = {}: must be at most 1024 (0 means one per core)",
-            r.threads
-        ));
-    }
-
-    let spec = data::DataSpec {
-        format: d.format,
-        path: path.unwrap_or_default(),
-        labels_path,
-        test_path,
-        test_labels_path,
-        label: d.label.clone(),
-        header: d.header,
-        columns: d.columns.clone(),
-        skip_rows: d.skip_rows,
-        delimiter,
-        categorical: d.categorical.clone(),
-        ignore: d.ignore.clone(),
-        missing_values: d.missing_values.clone(),
-        impute: d.impute,
-        impute_value: d.impute_value,
-        standardize: d.standardize,
-        standardize_target: d.standardize_target && task == Task::Regression,
-        image_shape: d.image_shape,
-        class_names: d.class_names.clone(),
-        task,
-        valid_fraction: d.split.valid,
-        test_fraction: test_frac,
-        stratify: d.split.stratify && task == Task::Classification,
-        split_seed: d.split.seed.unwrap_or(file.seed),
-    };
-    // Data shape fit: peek at the files' first lines (only when they exist).
-    if paths_ok && data_files {
-        for msg in data::peek_problems(&spec) {
-            p.push(Problem::new(origin, None, msg));
-        }
-    }
+    let p = c.problems;
     if p.is_empty() {
         let t = &file.train;
         Ok(RunConfig {
@@ -483,6 +121,452 @@ pub fn validate_with(
         })
     } else {
         Err(ConfigError { problems: p })
+    }
+}
+
+impl Checker<'_> {
+    fn bad(&mut self, message: String) {
+        self.problems.push(Problem::new(self.origin, None, message));
+    }
+
+    /// A data file named by `data.<key>`: there, and a file (when `data_files`).
+    fn file(&mut self, key: &str, value: &Option<String>, data_files: bool) -> Option<PathBuf> {
+        let v = value.as_ref()?;
+        let path = PathBuf::from(v);
+        if data_files && path.is_dir() {
+            self.bad(format!(
+                "`data.{key}` = {v:?}: is a directory; give the data file in it"
+            ));
+        } else if data_files && !path.is_file() {
+            self.bad(format!("`data.{key}` = {v:?}: no such file"));
+        }
+        Some(path)
+    }
+
+    /// `name`, or the file's stem: one path component of safe characters.
+    fn name(&mut self, file: &FileConfig, default_name: &str) -> String {
+        let name = file
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name.to_string());
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || name.starts_with('.')
+        {
+            self.bad(format!(
+            "`name` = {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+        ));
+        }
+        name
+    }
+
+    /// `[data]`: the files, how they are read, the split.
+    fn data(&mut self, file: &FileConfig, data_files: bool) -> DataChecked {
+        let d = &file.data;
+        let n_before = self.problems.len();
+        let path = if d.path.is_empty() {
+            self.bad("`data.path` is required: the training data file".into());
+            None
+        } else {
+            self.file("path", &Some(d.path.clone()), data_files)
+        };
+        let labels_path = self.file("labels_path", &d.labels_path, data_files);
+        let test_path = self.file("test_path", &d.test_path, data_files);
+        let test_labels_path = self.file("test_labels_path", &d.test_labels_path, data_files);
+        let paths_ok = self.problems.len() == n_before;
+        if d.format == DataFormat::Idx && d.labels_path.is_none() {
+            self.bad("`data.format` = \"idx\" needs `data.labels_path`, the IDX label file".into());
+        }
+        if d.labels_path.is_some() && d.label.is_some() {
+            self.bad(
+                "set either `data.label` (a column) or `data.labels_path` (a file), not both"
+                    .into(),
+            );
+        }
+        if d.test_path.is_some() && d.labels_path.is_some() != d.test_labels_path.is_some() {
+            self.bad(
+                "`data.test_path` with `data.labels_path` needs `data.test_labels_path` too".into(),
+            );
+        }
+        if d.header && !d.columns.is_empty() {
+            self.bad(
+                "set either `data.header` = true (names from the file) or `data.columns`, not both"
+                    .into(),
+            );
+        }
+        if d.label
+            .as_ref()
+            .is_some_and(|l| matches!(l, super::ColumnRef::Name(n) if d.ignore.contains(n)))
+        {
+            self.bad("`data.label` is also listed in `data.ignore`".into());
+        }
+        if d.test_path.is_none() && d.test_labels_path.is_some() {
+            self.bad("`data.test_labels_path` is set but `data.test_path` is not".into());
+        }
+        let delimiter = match d.delimiter.as_deref() {
+            None => {
+                if d.path.ends_with(".tsv") || d.path.ends_with(".tsv.gz") {
+                    Some(b'\t')
+                } else {
+                    Some(b',')
+                }
+            }
+            Some(",") => Some(b','),
+            Some(";") => Some(b';'),
+            Some("\t") | Some("\\t") | Some("tab") => Some(b'\t'),
+            Some("|") => Some(b'|'),
+            Some("whitespace") | Some(" ") => None,
+            Some(other) => {
+                self.bad(format!(
+                "`data.delimiter` = {other:?}: use \",\", \";\", \"\\t\", \"|\" or \"whitespace\""
+            ));
+                Some(b',')
+            }
+        };
+        let test_frac = d
+            .split
+            .test
+            .unwrap_or(if d.test_path.is_some() { 0.0 } else { 0.2 });
+        if !(0.0..1.0).contains(&d.split.valid) {
+            self.bad(format!(
+                "`data.split.valid` = {}: must be in [0, 1)",
+                d.split.valid
+            ));
+        }
+        if !(0.0..1.0).contains(&test_frac) {
+            self.bad(format!(
+                "`data.split.test` = {test_frac}: must be in [0, 1)"
+            ));
+        }
+        if d.split.valid + test_frac >= 1.0 {
+            self.bad(format!(
+                "`data.split.valid` + `data.split.test` = {}: leaves nothing to train on",
+                d.split.valid + test_frac
+            ));
+        }
+        if d.test_path.is_some() && test_frac > 0.0 {
+            self.bad(
+                "`data.split.test` must be 0 when `data.test_path` gives the test split".into(),
+            );
+        }
+        if !d.impute_value.is_finite() {
+            self.bad("`data.impute_value` must be a finite number".into());
+        }
+        if let Some(s) = d.image_shape
+            && s.contains(&0)
+        {
+            self.bad(format!(
+                "`data.image_shape` = {s:?}: every size must be at least 1"
+            ));
+        }
+        DataChecked {
+            path,
+            labels_path,
+            test_path,
+            test_labels_path,
+            delimiter,
+            test_frac,
+            paths_ok,
+        }
+    }
+
+    /// `[model]`.
+    fn model(&mut self, file: &FileConfig) {
+        let d = &file.data;
+        // model: each kind checks its own keys; then, where the data's shape is known before
+        // reading it (rows, or `data.image_shape`), the architecture is built as training will.
+        let m = &file.model;
+        let model_problems = m.kind.check_section(m);
+        let clean = model_problems.is_empty();
+        for e in model_problems {
+            self.bad(e.to_string());
+        }
+        let provisional = match (d.image_shape, d.format) {
+            (Some([channels, height, width]), _) => Some(InputShape::Images {
+                channels,
+                height,
+                width,
+            }),
+            (None, DataFormat::Csv) => Some(InputShape::Rows { features: 1 }),
+            // IDX images: their shape is in the file's header, read at training time.
+            (None, DataFormat::Idx) => None,
+        };
+        if let Some(input) = provisional.filter(|_| clean)
+            && let Err(e) = ModelConfig::from_section(m, input, 1)
+        {
+            self.bad(e.to_string());
+        }
+        // A size no machine here can hold is refused before any data is read; training checks
+        // again with the data's real sizes.
+        if clean
+            && let Err(e) = crate::memory::check_fits(
+                crate::memory::size_keys(m),
+                m.kind.min_params(m),
+                0,
+                0,
+                crate::memory::available_bytes(),
+            )
+        {
+            self.bad(e.to_string());
+        }
+    }
+
+    /// `[train]`: the loop, the loss, the monitored metric.
+    fn train(&mut self, file: &FileConfig) -> (LossKind, Monitor) {
+        let d = &file.data;
+        let t = &file.train;
+        let task = file.task;
+        if t.epochs == 0 {
+            self.bad("`train.epochs` must be at least 1".into());
+        }
+        if t.max_steps == Some(0) {
+            self.bad("`train.max_steps` must be at least 1".into());
+        }
+        if t.batch_size == 0 {
+            self.bad("`train.batch_size` must be at least 1".into());
+        }
+        if t.grad_accum == 0 {
+            self.bad("`train.grad_accum` must be at least 1".into());
+        }
+        if let Some(c) = t.clip_grad_norm
+            && !(c > 0.0 && c.is_finite())
+        {
+            self.bad(format!(
+                "`train.clip_grad_norm` = {c}: must be a positive number"
+            ));
+        }
+        let loss = t.loss.unwrap_or(match task {
+            Task::Classification => LossKind::CrossEntropy,
+            Task::Regression => LossKind::Mse,
+        });
+        match (task, loss) {
+        (Task::Classification, LossKind::Mse | LossKind::Huber) => self.bad(format!(
+            "`train.loss` = {loss:?} is a regression loss but `task` = \"classification\"; use \"cross_entropy\" or \"bce\""
+        )),
+        (Task::Regression, LossKind::CrossEntropy | LossKind::Bce) => self.bad(format!(
+            "`train.loss` = {loss:?} is a classification loss but `task` = \"regression\"; use \"mse\" or \"huber\""
+        )),
+        _ => {}
+    }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            self.bad(format!(
+                "`train.label_smoothing` = {}: must be in [0, 1)",
+                t.label_smoothing
+            ));
+        }
+        if !(t.huber_delta > 0.0 && t.huber_delta.is_finite()) {
+            self.bad(format!(
+                "`train.huber_delta` = {}: must be positive",
+                t.huber_delta
+            ));
+        }
+        if t.valid_every == Some(0) {
+            self.bad(
+                "`train.valid_every` must be at least 1 (leave it out to validate once per epoch)"
+                    .into(),
+            );
+        }
+        if t.keep_last == 0 {
+            self.bad("`train.keep_last` must be at least 1: the newest checkpoint is what `--resume` continues from".into());
+        }
+        if t.checkpoint_every == Some(0) {
+            self.bad("`train.checkpoint_every` must be at least 1 (leave it out for epoch-end checkpoints only)".into());
+        }
+        if t.log_every == 0 {
+            self.bad("`train.log_every` must be at least 1".into());
+        }
+        let allowed = match task {
+            Task::Classification => CLASSIFICATION_METRICS,
+            Task::Regression => REGRESSION_METRICS,
+        };
+        if !allowed.contains(&t.monitor.as_str()) {
+            let known: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
+            let hint = match crate::suggest::suggest(&t.monitor, &known) {
+                Some(s) => format!("did you mean {s:?}?"),
+                None => format!("use one of: {}", allowed.join(", ")),
+            };
+            self.bad(
+                format!(
+                    "`train.monitor` = {:?} is not a {task:?} metric; {hint}",
+                    t.monitor
+                )
+                .to_lowercase(),
+            );
+        }
+        let monitor = Monitor {
+            metric: t.monitor.clone(),
+            higher_is_better: !matches!(t.monitor.as_str(), "loss" | "mse" | "rmse" | "mae"),
+        };
+        let no_valid = d.split.valid == 0.0;
+        if no_valid && t.early_stopping.is_some() {
+            self.bad(
+                "`train.early_stopping` needs a validation split: `data.split.valid` is 0".into(),
+            );
+        }
+        if no_valid && t.valid_every.is_some() {
+            self.bad(
+                "`train.valid_every` needs a validation split: `data.split.valid` is 0".into(),
+            );
+        }
+        if let Some(es) = &t.early_stopping {
+            if es.patience == 0 {
+                self.bad("`train.early_stopping.patience` must be at least 1".into());
+            }
+            if !(es.min_delta >= 0.0 && es.min_delta.is_finite()) {
+                self.bad("`train.early_stopping.min_delta` must be zero or positive".into());
+            }
+        }
+        (loss, monitor)
+    }
+
+    /// `[optim]`; returns the weight decay with its default resolved.
+    fn optim(&mut self, file: &FileConfig) -> f64 {
+        let o = &file.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            self.bad(format!("`optim.lr` = {}: must be a positive number", o.lr));
+        }
+        let weight_decay = o.weight_decay.unwrap_or(if o.name == OptimName::Adamw {
+            0.01
+        } else {
+            0.0
+        });
+        if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+            self.bad(format!(
+                "`optim.weight_decay` = {weight_decay}: must be zero or positive"
+            ));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            self.bad(format!(
+                "`optim.momentum` = {}: must be in [0, 1)",
+                o.momentum
+            ));
+        }
+        if o.nesterov && (o.name != OptimName::Sgd || o.momentum == 0.0) {
+            self.bad(
+                "`optim.nesterov` needs `optim.name` = \"sgd\" and a non-zero `optim.momentum`"
+                    .into(),
+            );
+        }
+        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            self.bad(format!(
+                "`optim.betas` = {:?}: both must be in [0, 1)",
+                o.betas
+            ));
+        }
+        if !(o.eps > 0.0 && o.eps.is_finite()) {
+            self.bad(format!("`optim.eps` = {}: must be positive", o.eps));
+        }
+        weight_decay
+    }
+
+    /// `[schedule]` and `[distributed]`.
+    fn schedule(&mut self, file: &FileConfig) {
+        let o = &file.optim;
+        let s = &file.schedule;
+        if s.step_size == 0 {
+            self.bad("`schedule.step_size` must be at least 1".into());
+        }
+        if !(s.gamma > 0.0 && s.gamma <= 1.0) {
+            self.bad(format!("`schedule.gamma` = {}: must be in (0, 1]", s.gamma));
+        }
+        if o.lr > 0.0 && !(s.min_lr >= 0.0 && s.min_lr <= o.lr) {
+            self.bad(format!(
+                "`schedule.min_lr` = {}: must be in [0, optim.lr]",
+                s.min_lr
+            ));
+        }
+        if file.distributed.timeout_s == 0 {
+            self.bad("`distributed.timeout_s` must be at least 1 (seconds)".into());
+        }
+    }
+
+    /// `[backend]`: the device and the precision.
+    fn backend(&mut self, file: &FileConfig) -> (crate::backend::DeviceSpec, Precision) {
+        let device = match file.backend.device.parse::<crate::backend::DeviceSpec>() {
+            Ok(d) => d,
+            Err(e) => {
+                self.bad(format!("`backend.device`: {e}"));
+                crate::backend::DeviceSpec::Cpu
+            }
+        };
+        let precision = match Precision::parse(&file.backend.precision) {
+            None => {
+                self.bad(format!(
+                    "`backend.precision` = {:?}: use f32, f16 or bf16",
+                    file.backend.precision
+                ));
+                Precision::F32
+            }
+            Some(Precision::F32) => Precision::F32,
+            Some(half) => {
+                if file.model.uses_batch_norm() {
+                    self.bad(format!(
+                    "`backend.precision` = {:?} with batch norm: mixed precision does not cover batch norm's running statistics yet; use f32, or layer norm",
+                    file.backend.precision
+                ));
+                }
+                half
+            }
+        };
+        (device, precision)
+    }
+
+    /// `[runtime]`.
+    fn runtime(&mut self, file: &FileConfig) {
+        let r = &file.runtime;
+        if !(1..=64).contains(&r.workers) {
+            self.bad(format!(
+                "`runtime.workers` = {}: must be in 1..=64",
+                r.workers
+            ));
+        }
+        if !(1..=1024).contains(&r.prefetch) {
+            self.bad(format!(
+                "`runtime.prefetch` = {}: must be in 1..=1024",
+                r.prefetch
+            ));
+        }
+        if r.threads > 1024 {
+            self.bad(format!(
+                "`runtime.threads` = {}: must be at most 1024 (0 means one per core)",
+                r.threads
+            ));
+        }
+    }
+}
+
+/// The data spec the readers take, from the `[data]` table as checked.
+fn data_spec(file: &FileConfig, c: &DataChecked) -> data::DataSpec {
+    let d = &file.data;
+    let task = file.task;
+    data::DataSpec {
+        format: d.format,
+        path: c.path.clone().unwrap_or_default(),
+        labels_path: c.labels_path.clone(),
+        test_path: c.test_path.clone(),
+        test_labels_path: c.test_labels_path.clone(),
+        label: d.label.clone(),
+        header: d.header,
+        columns: d.columns.clone(),
+        skip_rows: d.skip_rows,
+        delimiter: c.delimiter,
+        categorical: d.categorical.clone(),
+        ignore: d.ignore.clone(),
+        missing_values: d.missing_values.clone(),
+        impute: d.impute,
+        impute_value: d.impute_value,
+        standardize: d.standardize,
+        standardize_target: d.standardize_target && task == Task::Regression,
+        image_shape: d.image_shape,
+        class_names: d.class_names.clone(),
+        task,
+        valid_fraction: d.split.valid,
+        test_fraction: c.test_frac,
+        stratify: d.split.stratify && task == Task::Classification,
+        split_seed: d.split.seed.unwrap_or(file.seed),
     }
 }
 

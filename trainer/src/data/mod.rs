@@ -7,10 +7,10 @@
 //! is not a table of numbers (token streams, folders of image files), a [`Source`] of its own.
 
 pub mod batch;
-pub mod spec;
 pub mod idx;
 pub mod loader;
 pub mod preprocess;
+pub mod spec;
 pub mod split;
 pub mod table;
 

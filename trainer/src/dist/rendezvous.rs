@@ -82,7 +82,8 @@ async fn serve(
     payload: [u8; 128],
     bound: Option<std::net::TcpListener>,
 ) -> Result<(), String> {
-    let cannot = |e: std::io::Error| format!("rank 0 cannot listen on port {port} (MASTER_PORT): {e}");
+    let cannot =
+        |e: std::io::Error| format!("rank 0 cannot listen on port {port} (MASTER_PORT): {e}");
     let listener = match bound {
         Some(l) => {
             l.set_nonblocking(true).map_err(cannot)?;

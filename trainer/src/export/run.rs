@@ -74,7 +74,11 @@ fn kiln_outputs(run: &LoadedRun, x: &[f32], rows: usize) -> Vec<Vec<f32>> {
         d: run.pre.n_features,
     };
     let idx: Vec<usize> = (0..rows).collect();
-    match data.gather(&idx).upload(run.mconf.input(), &run.device).input {
+    match data
+        .gather(&idx)
+        .upload(run.mconf.input(), &run.device)
+        .input
+    {
         Some(input) => run.task.output_values(run.model.forward(input)),
         None => Vec::new(),
     }
@@ -87,9 +91,7 @@ fn gate_rows(run: &LoadedRun, batch: Batch) -> Result<(Vec<f32>, usize), ExportE
     let split = [&run.data.valid, &run.data.test, &run.data.train]
         .into_iter()
         .find(|s| s.n > 0)
-        .ok_or_else(|| {
-            ExportError::NoRows
-        })?;
+        .ok_or_else(|| ExportError::NoRows)?;
     let want = match batch {
         Batch::Dynamic => split.n.min(GATE_ROWS),
         Batch::Fixed(n) => n,
@@ -167,11 +169,12 @@ pub fn export(
     }
     let loaded = reg.load(entry)?;
     let manifest = loaded.manifest.clone();
-    let weights = super::graph::read_weights(loaded.file(layout::WEIGHTS)?)
-        .map_err(|why| ExportError::WeightsFile {
+    let weights = super::graph::read_weights(loaded.file(layout::WEIGHTS)?).map_err(|why| {
+        ExportError::WeightsFile {
             entry: entry.label.clone(),
             why,
-        })?;
+        }
+    })?;
     let run = LoadedRun::open_entry(reg, entry)?;
     let names = run.task.output_names();
     let side: Sidecar = super::sidecar(&run.pre, &names);
@@ -241,7 +244,10 @@ pub fn export(
     m.created = crate::checkpoint::now();
     let files = vec![
         (layout::ONNX_FILE.to_string(), onnx.clone()),
-        (layout::SIDECAR_FILE.to_string(), side_json.clone().into_bytes()),
+        (
+            layout::SIDECAR_FILE.to_string(),
+            side_json.clone().into_bytes(),
+        ),
         (layout::PARITY_FILE.to_string(), parity_json),
     ];
     // The registry first (a complete, verified entry), then the user's two files, each

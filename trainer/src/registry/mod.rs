@@ -253,8 +253,12 @@ impl Registry {
     }
 
     fn read_manifest(&self, dir: &Path) -> Option<Manifest> {
-        let bytes =
-            store::read_checked(&self.root, &dir.join(layout::MANIFEST), store::MAX_METADATA_BYTES).ok()?;
+        let bytes = store::read_checked(
+            &self.root,
+            &dir.join(layout::MANIFEST),
+            store::MAX_METADATA_BYTES,
+        )
+        .ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -375,7 +379,9 @@ impl Registry {
                     store::no_links(&self.root, &run)?;
                     if run.join(layout::RUN).is_file() {
                         let all = layout::checkpoints(&run);
-                        let found = all.iter().find(|(s, _)| layout::checkpoint_name(*s) == alias);
+                        let found = all
+                            .iter()
+                            .find(|(s, _)| layout::checkpoint_name(*s) == alias);
                         return match found {
                             Some((step, dir)) => Ok(Entry {
                                 label: format!("{name}@{alias}"),
@@ -630,12 +636,13 @@ impl Registry {
                     )));
                 }
                 let dir = self.run_dir(run);
-                let _run_lock = store::Lock::acquire(&dir.join(layout::LOCK), Duration::ZERO, "the run")
-                    .map_err(|_| {
-                        RegistryError::Refused(format!(
-                            "run {run} is training in another process; stop it first"
-                        ))
-                    })?;
+                let _run_lock =
+                    store::Lock::acquire(&dir.join(layout::LOCK), Duration::ZERO, "the run")
+                        .map_err(|_| {
+                            RegistryError::Refused(format!(
+                                "run {run} is training in another process; stop it first"
+                            ))
+                        })?;
                 self.discard(&dir)?;
             }
         }
@@ -698,14 +705,22 @@ impl Registry {
                     for (alias, v) in tagged {
                         if !self.version_dir(&name, v).is_dir() {
                             report.damaged.push(Damage {
-                                path: self.model_dir(&name).join(layout::ALIASES).display().to_string(),
+                                path: self
+                                    .model_dir(&name)
+                                    .join(layout::ALIASES)
+                                    .display()
+                                    .to_string(),
                                 problem: format!("alias {alias} points at missing version v{v}"),
                             });
                         }
                     }
                 }
                 Err(e) => report.damaged.push(Damage {
-                    path: self.model_dir(&name).join(layout::ALIASES).display().to_string(),
+                    path: self
+                        .model_dir(&name)
+                        .join(layout::ALIASES)
+                        .display()
+                        .to_string(),
                     problem: e.to_string(),
                 }),
             }
@@ -765,7 +780,8 @@ impl Registry {
             if store::no_links(&self.root, &dir).is_err() {
                 continue;
             }
-            let Ok(_run_lock) = store::Lock::acquire(&dir.join(layout::LOCK), Duration::ZERO, "the run")
+            let Ok(_run_lock) =
+                store::Lock::acquire(&dir.join(layout::LOCK), Duration::ZERO, "the run")
             else {
                 continue; // training now: its own writer applies the policy
             };
@@ -775,7 +791,10 @@ impl Registry {
                 .flatten()
                 .flatten()
             {
-                if e.file_name().to_string_lossy().starts_with(layout::DAMAGED_PREFIX) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(layout::DAMAGED_PREFIX)
+                {
                     drop(e.path(), &mut report)?;
                 }
             }

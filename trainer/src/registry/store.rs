@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::manifest::{FileEntry, Manifest};
 use super::RegistryError;
+use super::manifest::{FileEntry, Manifest};
 use crate::layout;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

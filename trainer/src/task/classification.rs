@@ -105,12 +105,7 @@ impl Task for Classification {
             probs.extend_from_slice(&row[..w - 1]);
             labels.push(row[w - 1] as u32);
         }
-        Metrics::Classification(metrics::classification(
-            &probs,
-            &labels,
-            &self.names,
-            loss,
-        ))
+        Metrics::Classification(metrics::classification(&probs, &labels, &self.names, loss))
     }
 
     fn class_names(&self) -> Option<&[String]> {
@@ -161,7 +156,10 @@ impl Task for Classification {
             vec![("logits", 1), ("probabilities", 2)]
         } else {
             g.softmax(&logits, "probabilities");
-            vec![("logits", self.classes()), ("probabilities", self.classes())]
+            vec![
+                ("logits", self.classes()),
+                ("probabilities", self.classes()),
+            ]
         }
     }
 }
@@ -241,7 +239,10 @@ mod tests {
         };
         // Predicted: 0, 2, 1, 0 (a tie between classes 0 and 1 goes to the first).
         assert_eq!(m.accuracy, 0.75);
-        assert_eq!(m.confusion_matrix, vec![vec![1, 0, 0], vec![1, 1, 0], vec![0, 0, 1]]);
+        assert_eq!(
+            m.confusion_matrix,
+            vec![vec![1, 0, 0], vec![1, 1, 0], vec![0, 0, 1]]
+        );
         assert_eq!(m.loss, 0.5);
         let p = t.predictions(output(LOGITS.to_vec(), 3, &device));
         assert_eq!(p[1].prediction, serde_json::json!("c2"));

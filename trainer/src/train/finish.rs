@@ -140,14 +140,8 @@ fn final_metrics(s: &Session) -> BTreeMap<String, Metrics> {
     let mut out = BTreeMap::new();
     for (name, split) in [("train", &*s.train), ("valid", &s.valid), ("test", &s.test)] {
         if split.n > 0 {
-            let m = crate::eval::evaluate(
-                s.group,
-                &model,
-                split,
-                s.input,
-                s.task.as_ref(),
-                &s.base,
-            );
+            let m =
+                crate::eval::evaluate(s.group, &model, split, s.input, s.task.as_ref(), &s.base);
             out.insert(name.into(), m);
         }
     }

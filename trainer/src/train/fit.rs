@@ -78,8 +78,7 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
     let info = &mut s.run.info;
     info.steps = s.state.pos.step;
     info.wall_seconds += started.elapsed().as_secs_f64();
-    info.train_samples_per_second =
-        s.state.pos.samples_seen as f64 / info.wall_seconds.max(1e-9);
+    info.train_samples_per_second = s.state.pos.samples_seen as f64 / info.wall_seconds.max(1e-9);
     info.monitor = cfg.monitor.metric.clone();
     info.best_valid = s.state.pos.best;
     Ok(ending)

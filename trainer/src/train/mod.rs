@@ -11,14 +11,13 @@
 
 mod finish;
 mod fit;
-mod session;
 mod record;
+mod session;
 mod step;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-
 
 use crate::config::RunConfig;
 use crate::error::TrainError;

@@ -196,7 +196,16 @@ impl<'a> Session<'a> {
             ),
             None => chosen.describe(),
         };
-        let mut run = open_run(cfg, opts, writer, resumed, smoke, &pre, &mconf, device_label)?;
+        let mut run = open_run(
+            cfg,
+            opts,
+            writer,
+            resumed,
+            smoke,
+            &pre,
+            &mconf,
+            device_label,
+        )?;
 
         // The state: fresh, from `--init-from`, or from the newest intact checkpoint.
         let mut state = TrainState::new(model, crate::optim::optimizer(cfg));
@@ -630,7 +639,10 @@ fn rank0(
     let mut tracker = Tracker::open(&run.dir, opts.resume.as_ref().map(|_| step as u64))?;
     if opts.resume.is_none() {
         // The HParams tab averages the sessions of a group: each run is its own group.
-        tracker.started(&crate::tracking::flatten(&cfg.resolved_json()), &run.info.id)?;
+        tracker.started(
+            &crate::tracking::flatten(&cfg.resolved_json()),
+            &run.info.id,
+        )?;
     }
     Ok(Rank0 {
         tracker,
