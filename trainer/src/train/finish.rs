@@ -19,7 +19,6 @@ use crate::run::{self, Status};
 use crate::tracking::Point;
 
 pub(super) fn finish(mut s: Session, ending: Ending) -> Result<Outcome, TrainError> {
-    let cfg = s.cfg;
     let Some(rank0) = s.rank0.take() else {
         // Not rank 0: it helps with the final evaluation (or waits for rank 0's checkpoint);
         // the run's record and model version are rank 0's.
@@ -40,8 +39,8 @@ pub(super) fn finish(mut s: Session, ending: Ending) -> Result<Outcome, TrainErr
             info: s.run.info.clone(),
         });
     };
-    let mut tracker = rank0.tracker;
     if let Ending::Interrupted = ending {
+        // The checkpoint the run resumes from, on disk before the other ranks go.
         rank0.saver.save(&s.state, s.last_metrics.clone())?;
         rank0.saver.finish()?;
         s.run.info.status = Status::Interrupted;
@@ -60,6 +59,21 @@ pub(super) fn finish(mut s: Session, ending: Ending) -> Result<Outcome, TrainErr
     // checkpoint writer.
     s.run.info.metrics = final_metrics(&s);
     rank0.saver.finish()?;
+    register(&mut s, rank0.tracker, rank0.manifest)?;
+    Ok(Outcome {
+        run_dir: s.run.dir.clone(),
+        info: s.run.info.clone(),
+    })
+}
+
+/// The final model's record: its metrics in TensorBoard, its weights in the run's `final/`
+/// folder and (unless a smoke run) a new version of the model, then `run.json` completed.
+fn register(
+    s: &mut Session,
+    mut tracker: crate::tracking::Tracker,
+    base: crate::registry::manifest::Manifest,
+) -> Result<(), TrainError> {
+    let cfg = s.cfg;
     let (step, epoch) = (s.state.pos.step, s.state.pos.epoch);
     tracker.record(Point {
         split: "final",
@@ -78,7 +92,7 @@ pub(super) fn finish(mut s: Session, ending: Ending) -> Result<Outcome, TrainErr
         }
     })?;
     let info = &mut s.run.info;
-    let mut manifest = rank0.manifest;
+    let mut manifest = base;
     manifest.created = checkpoint::now();
     manifest.step = step;
     manifest.epoch = epoch;
@@ -119,10 +133,7 @@ pub(super) fn finish(mut s: Session, ending: Ending) -> Result<Outcome, TrainErr
         Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
     run::write_json(&s.run.dir.join(layout::RUN), info)?;
     s.run.guard.disarm();
-    Ok(Outcome {
-        run_dir: s.run.dir.clone(),
-        info: s.run.info.clone(),
-    })
+    Ok(())
 }
 
 /// The final model: the best by `train.monitor` when `train.restore_best` and there is one,

@@ -149,8 +149,7 @@ impl<'a> Session<'a> {
         base.seed(cfg.seed);
         let device = base.clone().autodiff();
 
-        // Data: fitted on the training split, or the run's own statistics when resuming. A
-        // resumed run continues as it was started (smoke or not); a completed one is not
+        // A resumed run continues as it was started (smoke or not); a completed one is not
         // trained again.
         let resumed: Option<RunInfo> = match &opts.resume {
             Some(dir) => Some(run::read_json(&dir.join(layout::RUN))?),
@@ -160,21 +159,7 @@ impl<'a> Session<'a> {
             return Err(TrainError::AlreadyCompleted { id: r.id.clone() });
         }
         let smoke = resumed.as_ref().map_or(opts.smoke, |r| r.smoke);
-        let fitted: Option<Preprocessor> = match &opts.resume {
-            Some(dir) => Some(run::read_json(&dir.join(layout::PREPROCESS))?),
-            None => None,
-        };
-        let prepared = data::prepare(&cfg.data, fitted.as_ref())?;
-        let (mut train, mut valid, mut test) = (prepared.train, prepared.valid, prepared.test);
-        if smoke {
-            train = train.head(SMOKE_EXAMPLES);
-            valid = valid.head(SMOKE_EXAMPLES);
-            test = test.head(SMOKE_EXAMPLES);
-        }
-        if train.n == 0 {
-            return Err(SetupError::EmptyTrainingSplit.into());
-        }
-        let pre = prepared.preprocessor;
+        let (train, valid, test, pre) = load_data(cfg, opts, smoke)?;
         let task = task_of(cfg, &pre)?;
         let mconf = crate::model::architecture(cfg, &pre, task.as_ref())?;
         crate::model::check_memory(cfg, &mconf, &chosen)?;
@@ -208,42 +193,10 @@ impl<'a> Session<'a> {
         )?;
 
         // The state: fresh, from `--init-from`, or from the newest intact checkpoint.
-        let mut state = TrainState::new(model, crate::optim::optimizer(cfg));
-        let mut resumed_from = None;
-        // A run resumes on as many ranks as saved it; otherwise it is refused before anything
-        // about it changes, on every rank (the verdict rides in the broadcast below).
-        let mut refused: Option<ResumeError> = None;
-        if opts.resume.is_some() && writer {
-            let optimizer = crate::optim::optimizer(cfg);
-            let r = checkpoint::restore(&reg, &run.dir, &run.info.id, &mconf, &device, optimizer)?;
-            for why in &r.skipped {
-                eprintln!("warning: skipping a damaged checkpoint: {why}");
-            }
-            checkpoint::check_unchanged(cfg, &pre, &mconf, &r.manifest, &r.label)?;
-            let was = r.state.pos.world.unwrap_or(1);
-            if was != world {
-                // run.json is untouched: the run stays resumable with the right count.
-                run.guard.disarm();
-                let why = ResumeError::Ranks {
-                    id: run.info.id.clone(),
-                    was,
-                    batch: cfg.train.batch_size,
-                };
-                if group.is_none() {
-                    return Err(why.into());
-                }
-                refused = Some(why);
-            } else {
-                run.info.lineage.resumed_from.push(r.label.clone());
-                run::write_json(&run.dir.join(layout::RUN), &run.info)?;
-            }
-            state = r.state;
-            resumed_from = Some((r.label, r.manifest));
-        } else if let Some((weights, from)) = init {
-            state.map_model(|_| weights);
-            run.info.lineage.init_from = Some(from);
-            run::write_json(&run.dir.join(layout::RUN), &run.info)?;
-        }
+        let fresh = TrainState::new(model, crate::optim::optimizer(cfg));
+        let (mut state, refused, resumed_from) = starting_state(
+            cfg, opts, &reg, &mut run, fresh, init, &pre, &mconf, &device,
+        )?;
         if let Some(g) = group {
             state = share_start(g, cfg, state, refused, &mconf, &device)?;
         }
@@ -312,6 +265,87 @@ impl<'a> Session<'a> {
             has_buffers,
         })
     }
+}
+
+/// Where training starts on rank 0: fresh, from `--init-from`, or from the run's newest intact
+/// checkpoint (checked against the config, preprocessing and model it was written with). A run
+/// resumes on as many ranks as saved it; otherwise it is refused before anything about it
+/// changes: alone, with an error; in a job, on every rank (the verdict rides in the start's
+/// broadcast). Returns the state, the refusal, and the checkpoint resumed from.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn starting_state(
+    cfg: &RunConfig,
+    opts: &Options,
+    reg: &Registry,
+    run: &mut RunRecord,
+    fresh: TrainState,
+    init: Option<(Model, InitFrom)>,
+    pre: &Preprocessor,
+    mconf: &ModelConfig,
+    device: &Device,
+) -> Result<(TrainState, Option<ResumeError>, Option<(String, Manifest)>), TrainError> {
+    let group = opts.group.as_deref();
+    let world = group.map_or(1, |g| g.world());
+    let writer = group.is_none_or(|g| g.is_writer());
+    let mut state = fresh;
+    let mut resumed_from = None;
+    let mut refused: Option<ResumeError> = None;
+    if opts.resume.is_some() && writer {
+        let optimizer = crate::optim::optimizer(cfg);
+        let r = checkpoint::restore(reg, &run.dir, &run.info.id, mconf, device, optimizer)?;
+        for why in &r.skipped {
+            eprintln!("warning: skipping a damaged checkpoint: {why}");
+        }
+        checkpoint::check_unchanged(cfg, pre, mconf, &r.manifest, &r.label)?;
+        let was = r.state.pos.world.unwrap_or(1);
+        if was != world {
+            // run.json is untouched: the run stays resumable with the right count.
+            run.guard.disarm();
+            let why = ResumeError::Ranks {
+                id: run.info.id.clone(),
+                was,
+                batch: cfg.train.batch_size,
+            };
+            if group.is_none() {
+                return Err(why.into());
+            }
+            refused = Some(why);
+        } else {
+            run.info.lineage.resumed_from.push(r.label.clone());
+            run::write_json(&run.dir.join(layout::RUN), &run.info)?;
+        }
+        state = r.state;
+        resumed_from = Some((r.label, r.manifest));
+    } else if let Some((weights, from)) = init {
+        state.map_model(|_| weights);
+        run.info.lineage.init_from = Some(from);
+        run::write_json(&run.dir.join(layout::RUN), &run.info)?;
+    }
+    Ok((state, refused, resumed_from))
+}
+
+/// The three splits (a slice of each for a smoke run) and the preprocessing: fitted on the
+/// training split, or the run's own statistics when resuming.
+fn load_data(
+    cfg: &RunConfig,
+    opts: &Options,
+    smoke: bool,
+) -> Result<(Dataset, Dataset, Dataset, Preprocessor), TrainError> {
+    let fitted: Option<Preprocessor> = match &opts.resume {
+        Some(dir) => Some(run::read_json(&dir.join(layout::PREPROCESS))?),
+        None => None,
+    };
+    let prepared = data::prepare(&cfg.data, fitted.as_ref())?;
+    let (mut train, mut valid, mut test) = (prepared.train, prepared.valid, prepared.test);
+    if smoke {
+        train = train.head(SMOKE_EXAMPLES);
+        valid = valid.head(SMOKE_EXAMPLES);
+        test = test.head(SMOKE_EXAMPLES);
+    }
+    if train.n == 0 {
+        return Err(SetupError::EmptyTrainingSplit.into());
+    }
+    Ok((train, valid, test, prepared.preprocessor))
 }
 
 /// Threads (ranks on one machine share its cores) and this rank's device, probed before it is
