@@ -340,6 +340,25 @@ pub fn check_precision(
     })
 }
 
+/// Sets the CPU backend's thread count once per process (0: one per core).
+pub fn init_threads(threads: usize) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut b = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("kiln-compute-{i}"));
+        if threads > 0 {
+            b = b.num_threads(threads);
+        }
+        // Fails only when a pool already exists (a library user built one): keep theirs.
+        let _ = b.build_global();
+    });
+}
+
+/// The CPU device (burn's `flex` backend): where saved models are evaluated, exported and
+/// served.
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,23 +404,4 @@ mod tests {
             "{e}"
         );
     }
-}
-
-/// Sets the CPU backend's thread count once per process (0: one per core).
-pub fn init_threads(threads: usize) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let mut b = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("kiln-compute-{i}"));
-        if threads > 0 {
-            b = b.num_threads(threads);
-        }
-        // Fails only when a pool already exists (a library user built one): keep theirs.
-        let _ = b.build_global();
-    });
-}
-
-/// The CPU device (burn's `flex` backend): where saved models are evaluated, exported and
-/// served.
-pub fn cpu() -> Device {
-    Device::flex()
 }

@@ -91,7 +91,7 @@ fn gate_rows(run: &LoadedRun, batch: Batch) -> Result<(Vec<f32>, usize), ExportE
     let split = [&run.data.valid, &run.data.test, &run.data.train]
         .into_iter()
         .find(|s| s.n > 0)
-        .ok_or_else(|| ExportError::NoRows)?;
+        .ok_or(ExportError::NoRows)?;
     let want = match batch {
         Batch::Dynamic => split.n.min(GATE_ROWS),
         Batch::Fixed(n) => n,

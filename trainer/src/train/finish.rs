@@ -82,7 +82,7 @@ fn register(
         values: finals_map(&s.run.info.metrics).into_iter().collect(),
     })?;
     // The final weights: the run's `final/` folder, then (unless smoke) a model version.
-    let final_model = final_model(&s);
+    let final_model = final_model(s);
     let final_dir = s.run.dir.join(layout::FINAL);
     let weights = crate::weights::to_bytes(&final_model).map_err(|source| {
         crate::state::StateError::Weights {

@@ -42,17 +42,17 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
             let step = s.state.pos.step;
             s.progress.tick(step);
             let last = step >= plan.total_steps;
-            if step % t.log_every == 0 || last {
+            if step.is_multiple_of(t.log_every) || last {
                 s.log_train(&mut window, &applied)?;
             }
-            if t.valid_every.is_some_and(|n| step % n == 0) && s.valid.n > 0 {
+            if t.valid_every.is_some_and(|n| step.is_multiple_of(n)) && s.valid.n > 0 {
                 stop_early |= s.validate()?;
             }
             if stop {
                 ending = Ending::Interrupted;
                 break 'epochs;
             }
-            if t.checkpoint_every.is_some_and(|n| step % n == 0) && !last {
+            if t.checkpoint_every.is_some_and(|n| step.is_multiple_of(n)) && !last {
                 s.checkpoint()?;
             }
             if last || stop_early {

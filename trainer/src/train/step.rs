@@ -190,7 +190,7 @@ pub(super) fn apply(s: &mut Session, mut grads: GradientsParams) -> Result<Appli
         }
         None => true,
     };
-    let logging = (step + 1) % t.log_every == 0 || step + 1 >= s.plan.total_steps;
+    let logging = (step + 1).is_multiple_of(t.log_every) || step + 1 >= s.plan.total_steps;
     // Clipping stays on the device; the norm is read back only at log points.
     let model = s.state.model();
     let norm = match t.clip_grad_norm {
