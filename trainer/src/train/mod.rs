@@ -1,9 +1,10 @@
 //! Training, in three parts read in order: [`session`] sets a run up (device, ranks and their
-//! handshake, data, task and model, the run folder, resume or `--init-from`), [`fit`] is the
-//! loop (forward, loss, backward, accumulate, clip, step, log, validate, checkpoint, stop), and
-//! [`finish`] evaluates the final model and registers it. The loop's pieces that a reader can
-//! take on trust (one micro-batch's backward pass, the gradient all-reduce, the optimizer
-//! step with loss scaling and clipping) are in [`step`].
+//! handshake in [`ranks`], data, task and model, the run folder in [`run_folder`], resume or
+//! `--init-from`), [`fit`] is the loop (forward, loss, backward, accumulate, clip, step, log,
+//! validate, checkpoint, stop), and [`finish`] evaluates the final model and registers it. The
+//! loop's pieces that a reader can take on trust (one micro-batch's backward pass, the gradient
+//! all-reduce, the optimizer step with loss scaling and clipping) are in [`step`]; what it
+//! records (logs, validations, checkpoints) in [`record`].
 //!
 //! **Adding a loop feature** (an EMA of the weights, say): its state is a field of
 //! [`crate::state::TrainState`] (saved in checkpoints and sent to other ranks with no other
@@ -11,7 +12,9 @@
 
 mod finish;
 mod fit;
+mod ranks;
 mod record;
+mod run_folder;
 mod session;
 mod step;
 

@@ -7,14 +7,15 @@
 //! 0, and what rank 0 records (tracking, checkpoints, manifests).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use burn::tensor::Device;
 use kiln_models::{InputShape, Model, ModelConfig};
 
 use super::Options;
+use super::ranks::{handshake, share_start};
+pub(super) use super::run_folder::RunRecord;
+use super::run_folder::open_run;
 use crate::amp::LossScale;
 use crate::backend::Chosen;
 use crate::checkpoint::{self, Saver};
@@ -24,11 +25,11 @@ use crate::dist::Group;
 use crate::error::{ResumeError, SetupError, TrainError};
 use crate::layout;
 use crate::progress::Progress;
-use crate::registry::manifest::{DataFile, InitFrom, Lineage, Manifest};
+use crate::registry::Registry;
+use crate::registry::manifest::{DataFile, InitFrom, Manifest};
 use crate::registry::retention::Policy;
-use crate::registry::{Registry, store};
 use crate::run::{self, RunInfo, Status};
-use crate::state::{self, TrainState};
+use crate::state::TrainState;
 use crate::task::{Task, task_of};
 use crate::tracking::Tracker;
 
@@ -84,16 +85,6 @@ impl Plan {
         self.global_batch
             .min(self.examples.saturating_sub(b * self.global_batch))
     }
-}
-
-/// The run's record and folder (an empty path on ranks other than 0).
-pub(super) struct RunRecord {
-    pub dir: PathBuf,
-    pub info: RunInfo,
-    pub smoke: bool,
-    /// Marks the run failed if training ends with an error or a panic.
-    pub guard: FailGuard,
-    _lock: Option<store::Lock>,
 }
 
 /// Rank 0's writers.
@@ -370,77 +361,6 @@ fn open_device(cfg: &RunConfig, group: Option<&Group>) -> Result<Chosen, TrainEr
     Ok(chosen)
 }
 
-/// The first collective: every rank says what it will train (or why it cannot start) and the
-/// ranks must agree. Returns the agreement and the data files' hashes (recorded in rank 0's
-/// manifests, so the files are hashed once).
-fn handshake(
-    g: &Group,
-    cfg: &RunConfig,
-    opts: &Options,
-    chosen: &Result<Chosen, TrainError>,
-) -> Result<(crate::dist::AgreeReport, Option<Vec<DataFile>>), TrainError> {
-    let mut files = None;
-    let mine = match chosen {
-        Err(e) => Err(e.to_string()),
-        Ok(chosen) => checkpoint::data_files(cfg)
-            .and_then(|f| {
-                let h = hello(cfg, opts, g.world(), chosen.backend, &f);
-                files = Some(f);
-                h
-            })
-            .map_err(|e| e.to_string()),
-    };
-    let agreed = g.agree(mine).map_err(TrainError::Distributed)?;
-    Ok((agreed, files))
-}
-
-/// What this rank tells the others before step 0 (see [`Group::agree`]).
-fn hello(
-    cfg: &RunConfig,
-    opts: &Options,
-    world: usize,
-    backend: &str,
-    data_files: &[DataFile],
-) -> Result<crate::dist::Hello, TrainError> {
-    let mut resolved = cfg.resolved_json();
-    // Each rank has its own device (cuda:LOCAL_RANK), threads and registry folder.
-    if let Some(o) = resolved.as_object_mut() {
-        o.remove("runtime");
-    }
-    if let Some(b) = resolved.get_mut("backend").and_then(|b| b.as_object_mut()) {
-        b.remove("device");
-    }
-    let mut config = crate::tracking::flatten(&resolved);
-    config.insert("(--smoke)".into(), opts.smoke.into());
-    config.insert("(--init-from)".into(), opts.init_from.clone().into());
-    // One engine for all: NCCL only when every rank is on CUDA.
-    config.insert("(backend)".into(), backend.into());
-    if let Some(dir) = &opts.resume {
-        // Each rank reads the resumed run's preprocessing from its own copy of the registry.
-        let p = dir.join(layout::PREPROCESS);
-        let (sha, _) = store::hash_file(&p).map_err(|source| TrainError::Io {
-            path: p.display().to_string(),
-            source,
-        })?;
-        config.insert("(resumed preprocess.json)".into(), sha.into());
-    }
-    let data = data_files
-        .iter()
-        .map(|f| (f.role.clone(), f.sha256.clone()))
-        .collect();
-    Ok(crate::dist::Hello {
-        kiln_version: env!("CARGO_PKG_VERSION").into(),
-        world,
-        config,
-        data,
-        resume: opts
-            .resume
-            .as_ref()
-            .and_then(|d| d.file_name())
-            .map(|n| n.to_string_lossy().into_owned()),
-    })
-}
-
 /// Loads the weights of a registry entry into `model` (checking the architecture).
 fn init_from(
     reg: &Registry,
@@ -462,148 +382,6 @@ fn init_from(
         weights_sha256: sha,
     };
     Ok((init, from))
-}
-
-/// The run's folder: created and written before step 0 (config, preprocessing, model,
-/// `run.json`), or the resumed run's, locked either way. One process trains a run at a time:
-/// its lock is taken before anything is written. Ranks other than 0 keep the record in memory.
-#[allow(clippy::too_many_arguments)]
-fn open_run(
-    cfg: &RunConfig,
-    opts: &Options,
-    writer: bool,
-    resumed: Option<RunInfo>,
-    smoke: bool,
-    pre: &Preprocessor,
-    mconf: &ModelConfig,
-    device_label: String,
-) -> Result<RunRecord, TrainError> {
-    let lock = |dir: &std::path::Path, id: &str| {
-        store::Lock::acquire(
-            &dir.join(layout::LOCK),
-            Duration::ZERO,
-            &format!("run {id}"),
-        )
-    };
-    let new_info = |id: String| RunInfo {
-        id,
-        name: cfg.name.clone(),
-        status: Status::Running,
-        smoke,
-        started: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        finished: None,
-        config_path: opts.config_path.clone(),
-        kiln_version: env!("CARGO_PKG_VERSION").into(),
-        device: device_label.clone(),
-        steps: 0,
-        epochs_done: 0,
-        wall_seconds: 0.0,
-        train_samples_per_second: 0.0,
-        monitor: cfg.monitor.metric.clone(),
-        best_valid: None,
-        metrics: BTreeMap::new(),
-        lineage: Lineage::default(),
-        version: None,
-    };
-    let (dir, info, held) = match (&opts.resume, resumed) {
-        (Some(dir), Some(mut info)) => {
-            let held = if writer {
-                Some(lock(dir, &info.id)?)
-            } else {
-                None
-            };
-            info.status = Status::Running;
-            info.finished = None;
-            // The device of the latest session (`--device` may move a run to another).
-            info.device = device_label.clone();
-            (dir.clone(), info, held)
-        }
-        // Not rank 0: the run's record lives in memory only.
-        _ if !writer => (PathBuf::new(), new_info(String::new()), None),
-        _ => {
-            let id = run::new_id(&cfg.name);
-            let runs = layout::runs_dir(&opts.registry);
-            let dir = runs.join(&id);
-            std::fs::create_dir_all(&runs).map_err(run::io(&runs))?;
-            // `create_dir`, not `_all`: an id taken by another run is an error, not a merge.
-            std::fs::create_dir(&dir).map_err(run::io(&dir))?;
-            let held = lock(&dir, &id)?;
-            let ckpts = dir.join(layout::CHECKPOINTS);
-            std::fs::create_dir(&ckpts).map_err(run::io(&ckpts))?;
-            let header = format!(
-                "# Resolved config of run {id}: defaults filled in, overrides applied.\n# From: {}\n",
-                opts.config_path
-            );
-            run::write_atomic(
-                &dir.join(layout::CONFIG),
-                cfg.resolved_toml(&header).as_bytes(),
-            )?;
-            run::write_json(&dir.join(layout::PREPROCESS), pre)?;
-            run::write_json(&dir.join(layout::MODEL_CONFIG), mconf)?;
-            let info = new_info(id);
-            run::write_json(&dir.join(layout::RUN), &info)?;
-            (dir, info, Some(held))
-        }
-    };
-    // From here on the run exists on disk: if training fails (an error or a panic), it is
-    // marked `failed` rather than left `running`.
-    let guard = FailGuard {
-        path: dir.join(layout::RUN),
-        info: writer.then(|| info.clone()),
-    };
-    Ok(RunRecord {
-        dir,
-        info,
-        smoke,
-        guard,
-        _lock: held,
-    })
-}
-
-/// Every rank starts from rank 0's state: weights (and, resuming, optimizer moments, position
-/// and best weights), so the replicas are identical whatever the backend's initialisation. The
-/// first byte says whether rank 0 refused to start (then the reason follows).
-fn share_start(
-    g: &Group,
-    cfg: &RunConfig,
-    state: TrainState,
-    refused: Option<ResumeError>,
-    mconf: &ModelConfig,
-    device: &Device,
-) -> Result<TrainState, TrainError> {
-    const AT: &str = "rank 0's starting state";
-    let packed = if let Some(why) = &refused {
-        [&[0u8][..], why.to_string().as_bytes()].concat()
-    } else if g.is_writer() {
-        // burn draws a parameter's initial values when it is first used; alone, that is the
-        // first forward pass, after the step's seed is set. Draw them from that seed here too,
-        // so a data-parallel run starts from a single process's weights.
-        device.seed(step_seed(cfg.seed, state.pos.step, 0));
-        let mut packed = vec![1u8];
-        packed.extend(state::pack(&state.encode(AT)?));
-        packed
-    } else {
-        Vec::new()
-    };
-    let packed = g.broadcast(packed, &|| {
-        "the broadcast of rank 0's starting weights".into()
-    });
-    if packed.first() != Some(&1) {
-        return Err(TrainError::Distributed(
-            String::from_utf8_lossy(packed.get(1..).unwrap_or_default()).into_owned(),
-        ));
-    }
-    if g.is_writer() {
-        return Ok(state);
-    }
-    let files = state::unpack(&packed[1..], AT)?;
-    Ok(TrainState::decode(
-        &files,
-        AT,
-        mconf,
-        device,
-        crate::optim::optimizer(cfg),
-    )?)
 }
 
 /// The run's length in batches and steps.
@@ -683,29 +461,4 @@ fn rank0(
         saver,
         manifest,
     })
-}
-
-/// Marks a run `failed` in its `run.json` when dropped while still armed (`info` is `Some`).
-pub(super) struct FailGuard {
-    path: PathBuf,
-    info: Option<RunInfo>,
-}
-
-impl FailGuard {
-    /// The run's record is final (or must stay as it is): nothing to mark.
-    pub fn disarm(&mut self) {
-        self.info = None;
-    }
-}
-
-impl Drop for FailGuard {
-    fn drop(&mut self) {
-        if let Some(mut info) = self.info.take() {
-            info.status = Status::Failed;
-            info.finished =
-                Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
-            // Best effort: the error that got us here is what the user needs to see.
-            let _ = run::write_json(&self.path, &info);
-        }
-    }
 }
