@@ -48,6 +48,7 @@ pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalEr
     let rows: Vec<usize> = (0..n).collect();
     let data = Dataset {
         x: run.pre.features(&table, &rows)?,
+        // The file may hold no labels, and predictions read none.
         y: crate::data::Targets::Values(vec![0.0; n]),
         n,
         d: run.pre.n_features,
