@@ -52,6 +52,17 @@ fn a_model_too_large_for_memory_is_a_config_error() {
     one_error_line(&o, &["model.hidden", "memory"]);
 }
 
+/// The memory check counts the batch a run will really use: a `train.batch_size` larger than
+/// the training split is full-batch training, not a model too large for memory.
+#[test]
+fn a_batch_larger_than_the_data_is_full_batch_training() {
+    let sb = Sandbox::new();
+    let cfg = digits_config(&sb, "[train]\nepochs = 1\nbatch_size = 1000000000\n");
+    let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--smoke", "--json"]);
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["steps"], 1, "one batch holds the whole (smoke) split");
+}
+
 /// README, "Configs": files are checked for existence before any work starts; a folder given
 /// as the data file is named as one (not "no such file", which would send the user looking
 /// for a missing path).

@@ -316,7 +316,7 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::error
     let task = crate::task::task_of(cfg, pre)?;
     let mconf = crate::model::architecture(cfg, pre, task.as_ref())?;
     let chosen = crate::backend::choose(crate::backend::DeviceSpec::Cpu)?;
-    crate::model::check_memory(cfg, &mconf, &chosen)?;
+    crate::model::check_memory(cfg, &mconf, &chosen, prepared.train.n)?;
     let model = mconf.init(&device);
     let batch = prepared
         .train

@@ -11,8 +11,9 @@ const BYTES_PER_ACTIVATION: u64 = 4 * 2;
 /// A model (and batch) too large for this machine's memory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{keys} describes a model of {params} parameters, which needs about {} of memory to train (weights, gradients, optimizer moments, the best weights, a batch of {batch}'s activations); this machine has {} available: use smaller layers or a smaller `train.batch_size`",
-    human(*.need), human(*.have)
+    "{keys} describes a model of {params} parameters, which needs about {} of memory to train ({}); this machine has {} available: use smaller layers{}",
+    human(*.need), needed_for(*.batch), human(*.have),
+    if *.batch > 0 { " or a smaller `train.batch_size`" } else { "" }
 )]
 pub struct TooLarge {
     /// The config keys that size the model, with their values (`` `model.hidden` = [4000] ``).
@@ -21,6 +22,15 @@ pub struct TooLarge {
     pub batch: usize,
     pub need: u64,
     pub have: u64,
+}
+
+/// What the estimate counts, for [`TooLarge`]'s message.
+fn needed_for(batch: usize) -> String {
+    let mut what = "weights, gradients, optimizer moments, the best weights".to_string();
+    if batch > 0 {
+        what.push_str(&format!(" and the activations of a batch of {batch}"));
+    }
+    what
 }
 
 /// Refuses a training that needs more memory than is available (`None`: unknown, allowed).
@@ -126,6 +136,21 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("`model.hidden` = [4000000000] describes a model of 4000000000 parameters, which needs about 96.0 GB"), "{msg}");
         assert!(msg.contains("this machine has 1.1 GB available"), "{msg}");
+        assert!(
+            msg.contains("a batch of 64") && msg.ends_with("`train.batch_size`"),
+            "{msg}"
+        );
+        let without_data = check_fits("`model.hidden` = [9]".into(), u64::MAX, 0, 0, Some(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            without_data.contains("(weights, gradients, optimizer moments, the best weights)"),
+            "{without_data}"
+        );
+        assert!(
+            without_data.ends_with("use smaller layers"),
+            "{without_data}"
+        );
         assert!(check_fits(String::new(), u64::MAX, 1, 1, None).is_ok());
         assert!(check_fits(String::new(), 1000, 10, 64, Some(1 << 30)).is_ok());
     }

@@ -36,11 +36,13 @@ pub fn architecture(
 }
 
 /// Refuses a model (and batch) that cannot fit in this machine's memory, before anything is
-/// allocated: a config error naming the keys that size it.
+/// allocated: a config error naming the keys that size it. `examples` is the training split's
+/// size (a batch is never larger).
 pub fn check_memory(
     cfg: &RunConfig,
     mconf: &ModelConfig,
     chosen: &Chosen,
+    examples: usize,
 ) -> Result<(), SetupError> {
     // A GPU keeps the activations in its own memory; the host still holds the weights'
     // snapshots for checkpoints.
@@ -52,7 +54,7 @@ pub fn check_memory(
         crate::memory::size_keys(&cfg.model),
         mconf.num_params(),
         activations,
-        cfg.train.batch_size,
+        cfg.train.batch_size.min(examples),
         crate::memory::available_bytes(),
     )?;
     Ok(())
