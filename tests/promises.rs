@@ -60,7 +60,11 @@ fn a_batch_larger_than_the_data_is_full_batch_training() {
     let cfg = digits_config(&sb, "[train]\nepochs = 1\nbatch_size = 1000000000\n");
     let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--smoke", "--json"]);
     assert_exit(&o, 0);
-    assert_eq!(json(&o)["steps"], 1, "one batch holds the whole (smoke) split");
+    assert_eq!(
+        json(&o)["steps"],
+        1,
+        "one batch holds the whole (smoke) split"
+    );
 }
 
 /// README, "Configs": files are checked for existence before any work starts; a folder given
