@@ -47,14 +47,6 @@ pub enum Input {
 }
 
 impl Input {
-    /// Examples in the batch.
-    pub fn batch(&self) -> usize {
-        match self {
-            Input::Rows(x) => x.dims()[0],
-            Input::Images(x) => x.dims()[0],
-        }
-    }
-
     /// The same input in another float type (mixed precision).
     pub fn cast(self, dtype: FloatDType) -> Self {
         match self {

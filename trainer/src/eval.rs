@@ -315,8 +315,7 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::error
     let pre = &prepared.preprocessor;
     let task = crate::task::task_of(cfg, pre)?;
     let mconf = crate::model::architecture(cfg, pre, task.as_ref())?;
-    let chosen = crate::backend::choose(crate::backend::DeviceSpec::Cpu)?;
-    crate::model::check_memory(cfg, &mconf, &chosen, prepared.train.n)?;
+    crate::model::check_memory(cfg, &mconf, "cpu", prepared.train.n)?;
     let model = mconf.init(&device);
     let batch = prepared
         .train

@@ -4,7 +4,6 @@
 
 use kiln_models::{InputShape, ModelConfig};
 
-use crate::backend::Chosen;
 use crate::config::RunConfig;
 use crate::data::{self, Preprocessor};
 use crate::error::SetupError;
@@ -37,16 +36,16 @@ pub fn architecture(
 
 /// Refuses a model (and batch) that cannot fit in this machine's memory, before anything is
 /// allocated: a config error naming the keys that size it. `examples` is the training split's
-/// size (a batch is never larger).
+/// size (a batch is never larger); `backend` the device kind (`cpu`, `wgpu`, `cuda`).
 pub fn check_memory(
     cfg: &RunConfig,
     mconf: &ModelConfig,
-    chosen: &Chosen,
+    backend: &str,
     examples: usize,
 ) -> Result<(), SetupError> {
     // A GPU keeps the activations in its own memory; the host still holds the weights'
     // snapshots for checkpoints.
-    let activations = match chosen.backend {
+    let activations = match backend {
         "cpu" => mconf.activations_per_example(),
         _ => 0,
     };

@@ -23,8 +23,8 @@ fn digits() -> String {
 /// `kiln` runs one training per process; these tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Trains the digits config with `sets` applied; returns the run's record.
-fn run_with(sets: &[&str]) -> kiln_trainer::run::RunInfo {
+/// Trains the digits config with `sets` applied; returns the run's folder and record.
+fn train_digits(sets: &[&str]) -> train::Outcome {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
     let (file, _) = config::parse("digits.toml", &digits(), &overrides).unwrap();
@@ -40,7 +40,12 @@ fn run_with(sets: &[&str]) -> kiln_trainer::run::RunInfo {
         init_from: None,
         group: None,
     };
-    train::train(&cfg, &opts).unwrap().info
+    train::train(&cfg, &opts).unwrap()
+}
+
+/// Trains the digits config with `sets` applied; returns the run's record.
+fn run_with(sets: &[&str]) -> kiln_trainer::run::RunInfo {
+    train_digits(sets).info
 }
 
 /// Trains the digits config with `sets` applied; returns the final metrics per split.
@@ -100,35 +105,12 @@ fn a_cnn_trains_on_digit_images() {
 /// The final weights of a training of the digits config with `sets` applied, by tensor name,
 /// and the size of its training split.
 fn final_weights_with(sets: &[&str]) -> (BTreeMap<String, Vec<f32>>, usize) {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
-    let (file, _) = config::parse("digits.toml", &digits(), &overrides).unwrap();
-    let cfg = config::validate(file, "digits.toml", "t").unwrap();
-    let registry = tempfile::tempdir().unwrap();
-    let opts = Options {
-        registry: registry.path().into(),
-        smoke: false,
-        quiet: true,
-        config_path: "digits.toml".into(),
-        resume: None,
-        stop: Default::default(),
-        init_from: None,
-        group: None,
-    };
-    let outcome = train::train(&cfg, &opts).unwrap();
+    let outcome = train_digits(sets);
     let bytes = std::fs::read(outcome.run_dir.join("final/model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let weights: BTreeMap<String, Vec<f32>> = st
-        .tensors()
+    let weights = kiln_trainer::export::graph::read_weights(&bytes)
+        .unwrap()
         .into_iter()
-        .map(|(name, t)| {
-            let v: Vec<f32> = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name, v)
-        })
+        .map(|(name, (_, values))| (name, values))
         .collect();
     let n = match &outcome.info.metrics["train"] {
         Metrics::Classification(m) => m.count,

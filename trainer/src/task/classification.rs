@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor, TensorData, activation};
 use kiln_models::Output;
 use kiln_models::onnx::{Builder, attr_int};
 
-use super::{Prediction, Task};
+use super::{Prediction, Task, host};
 use crate::data::Targets;
 use crate::metrics::{self, Metrics};
 
@@ -41,12 +41,6 @@ impl Classification {
             Targets::Values(_) => unreachable!("class targets come from class labels"),
         }
     }
-}
-
-fn host(t: Tensor<2>) -> Vec<f32> {
-    t.into_data()
-        .try_to_vec::<f32>()
-        .expect("model outputs are f32")
 }
 
 impl Task for Classification {

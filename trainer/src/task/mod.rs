@@ -65,6 +65,13 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A `[batch, width]` output read back to the host, row-major.
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .expect("model outputs are f32")
+}
+
 /// One example's prediction, as `kiln predict` writes it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Prediction {

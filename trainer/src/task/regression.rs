@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use kiln_models::Output;
 use kiln_models::onnx::Builder;
 
-use super::{Prediction, Task};
+use super::{Prediction, Task, host};
 use crate::data::Targets;
 use crate::metrics::{self, Metrics};
 
@@ -30,12 +30,6 @@ impl Regression {
             Targets::Classes(_) => unreachable!("value targets come from numeric labels"),
         }
     }
-}
-
-fn host(t: Tensor<2>) -> Vec<f32> {
-    t.into_data()
-        .try_to_vec::<f32>()
-        .expect("model outputs are f32")
 }
 
 impl Task for Regression {

@@ -153,7 +153,7 @@ impl<'a> Session<'a> {
         let (train, valid, test, pre) = load_data(cfg, opts, smoke)?;
         let task = task_of(cfg, &pre)?;
         let mconf = crate::model::architecture(cfg, &pre, task.as_ref())?;
-        crate::model::check_memory(cfg, &mconf, &chosen, train.n)?;
+        crate::model::check_memory(cfg, &mconf, chosen.backend, train.n)?;
 
         // The model; `--init-from` weights are loaded (and the architecture checked) before the
         // run's folder exists, so a bad reference leaves nothing behind. Rank 0 reads the
