@@ -23,8 +23,9 @@ fn digits() -> String {
 /// `kiln` runs one training per process; these tests take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Trains the digits config with `sets` applied; returns the run's folder and record.
-fn train_digits(sets: &[&str]) -> train::Outcome {
+/// Trains the digits config with `sets` applied; returns the run's folder and record, and the
+/// registry that holds them (deleted when dropped).
+fn train_digits(sets: &[&str]) -> (train::Outcome, tempfile::TempDir) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
     let (file, _) = config::parse("digits.toml", &digits(), &overrides).unwrap();
@@ -40,12 +41,12 @@ fn train_digits(sets: &[&str]) -> train::Outcome {
         init_from: None,
         group: None,
     };
-    train::train(&cfg, &opts).unwrap()
+    (train::train(&cfg, &opts).unwrap(), registry)
 }
 
 /// Trains the digits config with `sets` applied; returns the run's record.
 fn run_with(sets: &[&str]) -> kiln_trainer::run::RunInfo {
-    train_digits(sets).info
+    train_digits(sets).0.info
 }
 
 /// Trains the digits config with `sets` applied; returns the final metrics per split.
@@ -105,7 +106,7 @@ fn a_cnn_trains_on_digit_images() {
 /// The final weights of a training of the digits config with `sets` applied, by tensor name,
 /// and the size of its training split.
 fn final_weights_with(sets: &[&str]) -> (BTreeMap<String, Vec<f32>>, usize) {
-    let outcome = train_digits(sets);
+    let (outcome, _registry) = train_digits(sets);
     let bytes = std::fs::read(outcome.run_dir.join("final/model.safetensors")).unwrap();
     let weights = kiln_trainer::export::graph::read_weights(&bytes)
         .unwrap()
