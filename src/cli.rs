@@ -76,6 +76,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
     },
+    /// Generate text with a trained language model, streamed to stdout as it comes.
+    Generate {
+        #[command(flatten)]
+        args: GenerateArgs,
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
     /// The devices this build can compute on here: id (for --device), kind, name, float types.
     Devices {
         #[arg(long)]
@@ -216,4 +223,36 @@ pub struct TrainArgs {
     /// The registry folder (default: $KILN_REGISTRY, the config's runtime.registry, or ./kiln-registry).
     #[arg(long, value_name = "DIR")]
     pub registry: Option<PathBuf>,
+}
+
+/// `kiln generate`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    /// A language model: NAME, NAME@ALIAS, NAME/vN, a run id, `latest` or a run folder.
+    pub model: String,
+    /// The text to continue (in the model's vocabulary).
+    #[arg(long, default_value = "\n")]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    pub max_new_tokens: usize,
+    /// Divides the logits: lower is more conservative; 0 always takes the most likely token.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Draw only from the K most likely tokens.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Draw only from the most likely tokens whose probabilities add up to P (nucleus).
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f64>,
+    /// The same seed gives the same text.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Recompute the whole context for every token instead of caching keys and values (slower;
+    /// the same tokens).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// One JSON object at the end (text, tokens, tokens/s) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use kiln_trainer::config::ConfigError;
 use kiln_trainer::error::TrainError;
+use kiln_trainer::eval::EvalError;
 use kiln_trainer::export::run::ExportError;
 use kiln_trainer::registry::RegistryError;
 
@@ -43,7 +44,16 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         || e.downcast_ref::<RegistryError>().is_some_and(is_reference)
         || e.downcast_ref::<TrainError>()
             .is_some_and(TrainError::is_config)
-        || matches!(e.downcast_ref::<ExportError>(), Some(ExportError::Registry(r)) if is_reference(r));
+        || matches!(e.downcast_ref::<ExportError>(), Some(ExportError::Registry(r)) if is_reference(r))
+        || e.downcast_ref::<EvalError>().is_some_and(|e| {
+            matches!(
+                e,
+                EvalError::LanguageModel { .. }
+                    | EvalError::NotLanguageModel { .. }
+                    | EvalError::EmptyPrompt
+                    | EvalError::Prompt(_)
+            )
+        });
     if usage { 2 } else { 1 }
 }
 

@@ -6,7 +6,7 @@
 //! training loop, which only hands an `Input` to [`crate::Model::forward`] and its [`Output`] to
 //! the task's loss.
 
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The shape of one example as a model reads it.
@@ -21,6 +21,9 @@ pub enum InputShape {
         height: usize,
         width: usize,
     },
+    /// Token ids from a vocabulary of `vocab`, at most `len` per example: a batch is
+    /// `[batch, positions]` of ids, with a padding mask when examples differ in length.
+    Tokens { vocab: usize, len: usize },
 }
 
 impl InputShape {
@@ -33,6 +36,7 @@ impl InputShape {
                 height,
                 width,
             } => channels * height * width,
+            InputShape::Tokens { len, .. } => len,
         }
     }
 }
@@ -44,6 +48,11 @@ pub enum Input {
     Rows(Tensor<2>),
     /// `[batch, channels, height, width]`.
     Images(Tensor<4>),
+    /// Token ids `[batch, positions]`; `mask` is `true` at padding positions.
+    Tokens {
+        ids: Tensor<2, Int>,
+        mask: Option<Tensor<2, Bool>>,
+    },
 }
 
 impl Input {
@@ -52,14 +61,33 @@ impl Input {
         match self {
             Input::Rows(x) => Input::Rows(x.cast(dtype)),
             Input::Images(x) => Input::Images(x.cast(dtype)),
+            tokens @ Input::Tokens { .. } => tokens,
         }
     }
 
     /// As rows `[batch, features]`: images are flattened (row-major, a view of the same data).
+    /// Setup pairs token ids only with models that read tokens.
     pub fn into_rows(self) -> Tensor<2> {
         match self {
             Input::Rows(x) => x,
             Input::Images(x) => x.flatten(1, 3),
+            Input::Tokens { .. } => unreachable!("setup gives token ids only to token models"),
+        }
+    }
+
+    /// Token ids `[batch, positions]`.
+    pub fn into_tokens(self) -> Tensor<2, Int> {
+        match self {
+            Input::Tokens { ids, .. } => ids,
+            _ => unreachable!("setup gives rows and images only to models that read them"),
+        }
+    }
+
+    /// Token ids and the padding mask (`true` at padding).
+    pub fn into_tokens_and_mask(self) -> (Tensor<2, Int>, Option<Tensor<2, Bool>>) {
+        match self {
+            Input::Tokens { ids, mask } => (ids, mask),
+            _ => unreachable!("setup gives rows and images only to models that read them"),
         }
     }
 
@@ -71,6 +99,7 @@ impl Input {
                 let [batch, _] = x.dims();
                 x.reshape([batch, c, h, w])
             }
+            Input::Tokens { .. } => unreachable!("setup gives token ids only to token models"),
         }
     }
 }
@@ -81,6 +110,9 @@ pub enum Output {
     /// One vector per example, `[batch, outputs]`: logits of a classifier, values of a
     /// regressor.
     PerExample(Tensor<2>),
+    /// One vector per position, `[batch, positions, outputs]`: a language model's next-token
+    /// logits.
+    PerPosition(Tensor<3>),
 }
 
 impl Output {
@@ -88,6 +120,7 @@ impl Output {
     pub fn cast(self, dtype: FloatDType) -> Self {
         match self {
             Output::PerExample(x) => Output::PerExample(x.cast(dtype)),
+            Output::PerPosition(x) => Output::PerPosition(x.cast(dtype)),
         }
     }
 
@@ -95,6 +128,15 @@ impl Output {
     pub fn per_example(self) -> Tensor<2> {
         match self {
             Output::PerExample(x) => x,
+            Output::PerPosition(_) => unreachable!("tasks are paired with their model's outputs"),
+        }
+    }
+
+    /// `[batch, positions, outputs]`, for the tasks that score every position.
+    pub fn per_position(self) -> Tensor<3> {
+        match self {
+            Output::PerPosition(x) => x,
+            Output::PerExample(_) => unreachable!("tasks are paired with their model's outputs"),
         }
     }
 }

@@ -25,6 +25,8 @@
 
 mod activation;
 mod cnn;
+mod gpt;
+mod gpt_onnx;
 mod io;
 #[macro_use]
 mod kind;
@@ -34,6 +36,7 @@ mod section;
 
 pub use activation::Activation;
 pub use cnn::{Cnn, CnnConfig, ConvBlockConfig};
+pub use gpt::{DECAYED, Gpt, GptConfig, KvCache, PRESETS, section_block_size};
 pub use io::{Input, InputShape, Output};
 pub use kind::{Architecture, Forward};
 pub use mlp::{Mlp, MlpConfig, Norm};
@@ -44,4 +47,6 @@ model_kinds! {
     Mlp(MlpConfig => Mlp) = "mlp",
     /// Convolution blocks over images, then an MLP head.
     Cnn(CnnConfig => Cnn) = "cnn",
+    /// A decoder-only transformer over token ids: a language model.
+    Gpt(GptConfig => Gpt) = "gpt",
 }

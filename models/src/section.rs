@@ -11,7 +11,7 @@ use crate::{Activation, ModelKind, Norm};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct ModelSection {
-    /// `mlp` or `cnn`. Default: `mlp`.
+    /// `mlp`, `cnn` or `gpt`. Default: `mlp`.
     pub kind: ModelKind,
     /// Hidden layer widths of the MLP (for `cnn`: of its head). Default: `[128]`.
     pub hidden: Vec<usize>,
@@ -23,6 +23,30 @@ pub struct ModelSection {
     pub norm: Norm,
     /// Convolution blocks of a `cnn`, in order (`[[model.conv]]` tables).
     pub conv: Vec<ConvSection>,
+    /// Transformer sizes by name (`gpt`): `char-tiny` (4 layers, 4 heads, 128 wide, 64
+    /// positions), `char-small` (6, 6, 384, 256) or `gpt2` (12, 12, 768, 1024). The keys below
+    /// override it. Default: `char-tiny`'s sizes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// Transformer blocks. Default: from `preset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_layer: Option<usize>,
+    /// Attention heads per block; must divide `n_embd`. Default: from `preset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_head: Option<usize>,
+    /// Width of the token vectors. Default: from `preset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_embd: Option<usize>,
+    /// Positions in the position table: the longest context the model reads (in tokens).
+    /// Default: from `preset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<usize>,
+    /// Biases in the transformer's linear layers and layer norms. Default: true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bias: Option<bool>,
+    /// The output layer reuses the token embedding (transposed). Default: true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tie_weights: Option<bool>,
 }
 
 impl Default for ModelSection {
@@ -34,6 +58,13 @@ impl Default for ModelSection {
             dropout: 0.0,
             norm: Norm::None,
             conv: Vec::new(),
+            preset: None,
+            n_layer: None,
+            n_head: None,
+            n_embd: None,
+            block_size: None,
+            bias: None,
+            tie_weights: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 mod devices;
 mod eval;
 mod export;
+mod generate;
 mod launch;
 mod predict;
 mod registry;
@@ -62,6 +63,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             output,
             registry,
         } => predict::run(&model, &input, output.as_deref(), registry),
+        Command::Generate { args, registry } => generate::run(args, registry),
         Command::Devices { json } => devices::run(json),
         Command::Runs { command, registry } => runs::run(command, registry),
         Command::Registry { command, registry } => registry::run(command, registry),

@@ -208,12 +208,21 @@ pub struct Restored {
 pub fn data_files(cfg: &RunConfig) -> Result<Vec<DataFile>, TrainError> {
     let spec = &cfg.data;
     let mut files = Vec::new();
-    for (role, path) in [
-        ("data", Some(&spec.path)),
+    // A text corpus: each of its files (a folder or a glob names several).
+    let corpus = match spec.format {
+        crate::data::DataFormat::Text => crate::data::text::corpus_files(&spec.path)?,
+        _ => Vec::new(),
+    };
+    let roles = [
         ("labels", spec.labels_path.as_ref()),
         ("test", spec.test_path.as_ref()),
         ("test_labels", spec.test_labels_path.as_ref()),
-    ] {
+    ];
+    let main: Vec<(&str, Option<&std::path::PathBuf>)> = match corpus.is_empty() {
+        true => vec![("data", Some(&spec.path))],
+        false => corpus.iter().map(|p| ("corpus", Some(p))).collect(),
+    };
+    for (role, path) in main.into_iter().chain(roles) {
         if let Some(p) = path {
             let (sha256, bytes) =
                 crate::registry::store::hash_file(p).map_err(|source| TrainError::Io {

@@ -6,13 +6,25 @@ use std::sync::Arc;
 use burn::tensor::Device;
 use kiln_models::{InputShape, Model};
 
-use crate::data::{Dataset, Preprocessor, Source};
+use crate::data::{Dataset, Preprocessor, Source, Split};
 use crate::layout;
 use crate::metrics::Metrics;
 use crate::task::Task;
 
 /// Examples per forward pass when evaluating.
 pub const EVAL_BATCH: usize = 512;
+
+/// Positions per forward pass when evaluating token models (their attention grows with the
+/// square of a block).
+const EVAL_TOKENS: usize = 16_384;
+
+/// Examples per forward pass when evaluating examples of `input`'s shape.
+fn eval_batch(input: InputShape) -> usize {
+    match input {
+        InputShape::Tokens { len, .. } => (EVAL_TOKENS / len.max(1)).max(1),
+        _ => EVAL_BATCH,
+    }
+}
 
 /// The evaluation rows (see [`Task::eval_rows`]) of examples `rows` of `data`, and the sum of
 /// their losses. `model` is in validation mode, on a device without autodiff.
@@ -26,8 +38,9 @@ fn eval_rows(
 ) -> (Vec<f32>, f64) {
     let mut out = Vec::with_capacity(rows.len() * task.row_width());
     let mut loss_sum = 0.0;
-    for start in rows.clone().step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(rows.end);
+    let step = eval_batch(input);
+    for start in rows.clone().step_by(step) {
+        let end = (start + step).min(rows.end);
         let idx: Vec<usize> = (start..end).collect();
         let batch = data.gather(&idx).upload(input, device);
         let Some(x) = batch.input else { continue };
@@ -97,6 +110,14 @@ pub enum EvalError {
     },
     #[error("{id} has an empty {split} split")]
     EmptySplit { id: String, split: String },
+    #[error("{id} is a language model: `kiln {command}` reads table rows; use `kiln generate {id} --prompt TEXT`")]
+    LanguageModel { id: String, command: &'static str },
+    #[error("{id} is not a language model (it is a {kind}): `kiln generate` needs a `gpt`")]
+    NotLanguageModel { id: String, kind: &'static str },
+    #[error("the prompt is empty: give `--prompt` some text to continue")]
+    EmptyPrompt,
+    #[error("the prompt: {0}")]
+    Prompt(#[from] crate::data::text::UnknownChar),
 }
 
 /// A trained model, loaded with what evaluating it needs: config, preprocessing, data.
@@ -220,9 +241,9 @@ impl LoadedRun {
             crate::data::prepare(&cfg.data, Some(&pre))?
         } else {
             crate::data::Prepared {
-                train: Dataset::empty(pre.n_features),
-                valid: Dataset::empty(pre.n_features),
-                test: Dataset::empty(pre.n_features),
+                train: Split::Table(Dataset::empty(pre.n_features)),
+                valid: Split::Table(Dataset::empty(pre.n_features)),
+                test: Split::Table(Dataset::empty(pre.n_features)),
                 preprocessor: pre.clone(),
             }
         };
@@ -241,13 +262,17 @@ impl LoadedRun {
     }
 
     /// One split of the run's data; an error when it is empty.
-    pub fn split(&self, split: crate::data::SplitName) -> Result<&Dataset, EvalError> {
+    pub fn split(
+        &self,
+        split: crate::data::SplitName,
+    ) -> Result<std::borrow::Cow<'_, Split>, EvalError> {
         let (name, data) = match split {
             crate::data::SplitName::Train => ("train", &self.data.train),
             crate::data::SplitName::Valid => ("valid", &self.data.valid),
             crate::data::SplitName::Test => ("test", &self.data.test),
         };
-        if data.n == 0 {
+        let data = data.for_evaluation();
+        if data.is_empty() {
             return Err(EvalError::EmptySplit {
                 id: self.label.clone(),
                 split: name.into(),
@@ -260,7 +285,7 @@ impl LoadedRun {
         Ok(evaluate(
             None,
             &self.model,
-            self.split(split)?,
+            self.split(split)?.as_ref(),
             self.mconf.input(),
             self.task.as_ref(),
             &self.device,
@@ -280,11 +305,11 @@ impl LoadedRun {
         // A regression's evaluation rows are (prediction, target), standardised.
         let (rows, _) = eval_rows(
             &self.model,
-            data,
+            data.as_ref(),
             self.mconf.input(),
             self.task.as_ref(),
             &self.device,
-            0..data.n,
+            0..data.len(),
         );
         Ok(rows
             .chunks(2)
@@ -315,29 +340,32 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::error
     let pre = &prepared.preprocessor;
     let task = crate::task::task_of(cfg, pre)?;
     let mconf = crate::model::architecture(cfg, pre, task.as_ref())?;
-    crate::model::check_memory(cfg, &mconf, "cpu", prepared.train.n)?;
+    crate::model::check_memory(cfg, &mconf, "cpu", prepared.train.len())?;
     let model = mconf.init(&device);
     let batch = prepared
         .train
-        .head(cfg.train.batch_size.min(prepared.train.n));
+        .head(cfg.train.batch_size.min(prepared.train.len()));
     let (_, loss_sum) = eval_rows(
         &model,
         &batch,
         mconf.input(),
         task.as_ref(),
         &device,
-        0..batch.n,
+        0..batch.len(),
     );
-    let loss = loss_sum / batch.n.max(1) as f64;
+    let loss = loss_sum / batch.len().max(1) as f64;
     if !loss.is_finite() {
         return Err(TrainError::Setup(SetupError::FirstLoss { loss }));
     }
+    let width = match mconf.input() {
+        InputShape::Tokens { vocab, .. } => format!("a vocabulary of {vocab}"),
+        shape => format!("{} features", shape.numel()),
+    };
     Ok(format!(
-        "{} train / {} valid / {} test examples, {} features, {} parameters, first-batch loss {:.4}",
-        prepared.train.n,
-        prepared.valid.n,
-        prepared.test.n,
-        prepared.train.d,
+        "{} train / {} valid / {} test examples, {width}, {} parameters, first-batch loss {:.4}",
+        prepared.train.len(),
+        prepared.valid.len(),
+        prepared.test.len(),
         burn::module::Module::num_params(&model),
         loss
     ))

@@ -319,7 +319,7 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<(), EvalError> {
             color: colors[3],
         }],
     ));
-    let split = if loaded.data.test.n > 0 {
+    let split = if !crate::data::Source::is_empty(&loaded.data.test) {
         SplitName::Test
     } else {
         SplitName::Valid
@@ -344,7 +344,8 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<(), EvalError> {
             body.push_str(&format!("<h2>Residuals ({split_name} split)</h2>"));
             body.push_str(&residual_chart(&format!("Residuals, {split_name}"), &pairs));
         }
-        None => {}
+        // Loss, perplexity and bits per token are in the metrics table above.
+        Some(Metrics::LanguageModel(_)) | None => {}
     }
     let config = std::fs::read_to_string(run_dir.join(layout::CONFIG)).unwrap_or_default();
     let _ = write!(body, "<h2>Config</h2><pre>{}</pre>", escape(&config));

@@ -23,6 +23,7 @@ pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod html;
 pub mod layout;
 pub mod memory;

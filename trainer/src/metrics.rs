@@ -40,11 +40,27 @@ pub struct RegressionMetrics {
     pub count: usize,
 }
 
+/// A language model's scores over every position of a split's blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanguageModelMetrics {
+    /// Mean cross-entropy per token, in nats.
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// `loss / ln 2`: bits per character for a character-level model.
+    pub bits_per_token: f64,
+    /// Positions whose most likely next token is the right one.
+    pub accuracy: f64,
+    /// Positions scored.
+    pub tokens: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Metrics {
     Classification(ClassificationMetrics),
     Regression(RegressionMetrics),
+    LanguageModel(LanguageModelMetrics),
 }
 
 impl Metrics {
@@ -68,6 +84,13 @@ impl Metrics {
                 "r2" => Some(m.r2),
                 _ => None,
             },
+            Metrics::LanguageModel(m) => match name {
+                "loss" => Some(m.loss),
+                "perplexity" => Some(m.perplexity),
+                "bits_per_token" => Some(m.bits_per_token),
+                "accuracy" => Some(m.accuracy),
+                _ => None,
+            },
         }
     }
 
@@ -76,6 +99,7 @@ impl Metrics {
         let names: &[&'static str] = match self {
             Metrics::Classification(_) => &["loss", "accuracy", "precision", "recall", "f1", "auc"],
             Metrics::Regression(_) => &["loss", "mse", "rmse", "mae", "r2"],
+            Metrics::LanguageModel(_) => &["loss", "perplexity", "bits_per_token", "accuracy"],
         };
         names
             .iter()
@@ -101,6 +125,11 @@ impl Metrics {
                     ("r2", m.r2),
                 ]
             }
+            Metrics::LanguageModel(m) => vec![
+                ("loss", m.loss),
+                ("perplexity", m.perplexity),
+                ("bits_per_token", m.bits_per_token),
+            ],
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Optimizer, learning-rate schedule and gradient clipping by global norm.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
+use kiln_models::ModelKind;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
@@ -29,12 +30,33 @@ pub fn optimizer(cfg: &RunConfig) -> ModuleOptimizer {
             .with_epsilon(o.eps as f32)
             .with_weight_decay(decay)
             .init(),
-        OptimName::Adamw => AdamWConfig::new()
-            .with_beta_1(o.betas[0] as f32)
-            .with_beta_2(o.betas[1] as f32)
-            .with_epsilon(o.eps as f32)
-            .with_weight_decay(wd as f32)
-            .init(),
+        OptimName::Adamw => {
+            let adamw = |wd: f64| {
+                AdamWConfig::new()
+                    .with_beta_1(o.betas[0] as f32)
+                    .with_beta_2(o.betas[1] as f32)
+                    .with_epsilon(o.eps as f32)
+                    .with_weight_decay(wd as f32)
+            };
+            match decayed_only(cfg.model.kind) {
+                // Transformers: decay the linear layers' weights only, not embeddings, norms or
+                // biases (GPT-2's and nanoGPT's practice).
+                Some(pattern) if wd > 0.0 => adamw(0.0).init().with_group(
+                    ParamGroup::from_regex(pattern).expect("the decay pattern is a valid regex"),
+                    adamw(wd).build(),
+                    None,
+                ),
+                _ => adamw(wd).init(),
+            }
+        }
+    }
+}
+
+/// The parameters AdamW's decay applies to, by path, when a model kind restricts it.
+fn decayed_only(kind: ModelKind) -> Option<&'static str> {
+    match kind {
+        ModelKind::Gpt => Some(kiln_models::DECAYED),
+        ModelKind::Mlp | ModelKind::Cnn => None,
     }
 }
 

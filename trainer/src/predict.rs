@@ -31,6 +31,12 @@ pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalEr
     let mut spec = run.data_spec.clone();
     spec.path = input.to_path_buf();
     let table = match spec.format {
+        DataFormat::Text => {
+            return Err(EvalError::LanguageModel {
+                id: run.label.clone(),
+                command: "predict",
+            });
+        }
         DataFormat::Idx => crate::data::idx::read_unlabelled(input)?,
         DataFormat::Csv => {
             let names: Vec<String> = run

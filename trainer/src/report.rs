@@ -16,20 +16,23 @@ pub fn metrics_table(metrics: &BTreeMap<String, Metrics>) -> String {
         return String::new();
     };
     let columns: Vec<&str> = first.scalars().iter().map(|(k, _)| *k).collect();
+    // Each column as wide as its name (one space apart), at least 10.
+    let width = |c: &str| (c.len() + 1).max(10);
     let mut out = format!("{:<8}", "split");
     for c in &columns {
-        let _ = write!(out, "{c:>10}");
+        let _ = write!(out, "{c:>w$}", w = width(c));
     }
     out.push('\n');
     for (split, m) in rows {
         let _ = write!(out, "{split:<8}");
         for c in &columns {
+            let w = width(c);
             match m.get(c) {
                 Some(v) => {
-                    let _ = write!(out, "{v:>10.4}");
+                    let _ = write!(out, "{v:>w$.4}");
                 }
                 None => {
-                    let _ = write!(out, "{:>10}", "-");
+                    let _ = write!(out, "{:>w$}", "-");
                 }
             }
         }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the data's own enums mean is the data's (`data::spec`).
 pub use crate::data::spec::{ColumnRef, DataFormat, Impute, Task};
+pub use crate::data::text::TokenizerKind;
 /// The `[model]` table is the model zoo's: each kind reads its own keys there.
 pub use kiln_models::{ConvSection, ModelKind, ModelSection};
 
@@ -22,7 +23,8 @@ pub struct FileConfig {
     pub name: Option<String>,
     /// Seed for weight init, dropout, data split and shuffling. Default: 42.
     pub seed: u64,
-    /// `classification` or `regression`. Default: `classification`.
+    /// `classification`, `regression` or `language_model` (next-token prediction over a text
+    /// corpus: `data.format` = "text", `model.kind` = "gpt"). Default: `classification`.
     pub task: Task,
     pub data: DataSection,
     pub model: ModelSection,
@@ -56,11 +58,21 @@ impl Default for FileConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct DataSection {
-    /// `csv` (CSV/TSV/whitespace-separated text, `.gz` too) or `idx` (MNIST's IDX files).
+    /// `csv` (CSV/TSV/whitespace-separated text, `.gz` too), `idx` (MNIST's IDX files) or
+    /// `text` (a corpus for a language model).
     pub format: DataFormat,
-    /// The training file (for `idx`: the images). Relative paths are relative to the working
-    /// directory. Required.
+    /// The training file (for `idx`: the images; for `text`: a file, a folder, or a glob such
+    /// as `data/shakespeare/*.txt`, read in name order). Relative paths are relative to the
+    /// working directory. Required.
     pub path: String,
+    /// `text`: `char` (one token per character of the corpus) or `byte` (256 tokens). The
+    /// vocabulary is saved with the run. Default: `char`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerKind>,
+    /// `text`: tokens per training block (the context the model learns from); at most
+    /// `model.block_size`. Default: `model.block_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<usize>,
     /// A separate file of targets, one per line (for `idx`: the labels). Default: none, the
     /// label is a column of `path`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +130,8 @@ impl Default for DataSection {
         Self {
             format: DataFormat::Csv,
             path: String::new(),
+            tokenizer: None,
+            block_size: None,
             labels_path: None,
             test_path: None,
             test_labels_path: None,

@@ -6,10 +6,11 @@ use super::run::{EarlyStopping, LossConfig, Monitor, OptimConfig, RunConfig, Tra
 use super::{ConfigError, DataFormat, FileConfig, LossKind, OptimName, Problem, Task};
 use crate::amp::Precision;
 use crate::data;
-use kiln_models::{InputShape, ModelConfig};
+use kiln_models::{InputShape, ModelConfig, ModelKind};
 
 const CLASSIFICATION_METRICS: &[&str] = &["loss", "accuracy", "f1", "precision", "recall", "auc"];
 const REGRESSION_METRICS: &[&str] = &["loss", "mse", "rmse", "mae", "r2"];
+const LANGUAGE_MODEL_METRICS: &[&str] = &["loss", "perplexity", "bits_per_token", "accuracy"];
 
 /// Checks everything that can be checked before training and reports every problem at once.
 ///
@@ -167,12 +168,21 @@ impl Checker<'_> {
     fn data(&mut self, file: &FileConfig, data_files: bool) -> DataChecked {
         let d = &file.data;
         let n_before = self.problems.len();
+        let text = d.format == DataFormat::Text;
         let path = if d.path.is_empty() {
             self.bad("`data.path` is required: the training data file".into());
             None
+        } else if text {
+            // A corpus may be a folder or a glob: the reader lists its files.
+            let path = PathBuf::from(&d.path);
+            if data_files && let Err(e) = data::text::corpus_files(&path) {
+                self.bad(format!("`data.path`: {e}"));
+            }
+            Some(path)
         } else {
             self.file("path", &Some(d.path.clone()), data_files)
         };
+        self.text(file);
         let labels_path = self.file("labels_path", &d.labels_path, data_files);
         let test_path = self.file("test_path", &d.test_path, data_files);
         let test_labels_path = self.file("test_labels_path", &d.test_labels_path, data_files);
@@ -226,10 +236,13 @@ impl Checker<'_> {
                 Some(b',')
             }
         };
-        let test_frac = d
-            .split
-            .test
-            .unwrap_or(if d.test_path.is_some() { 0.0 } else { 0.2 });
+        // A corpus is split by position: validation follows training, test comes last (none
+        // unless asked for).
+        let test_frac = d.split.test.unwrap_or(if d.test_path.is_some() || text {
+            0.0
+        } else {
+            0.2
+        });
         if !(0.0..1.0).contains(&d.split.valid) {
             self.bad(format!(
                 "`data.split.valid` = {}: must be in [0, 1)",
@@ -273,6 +286,41 @@ impl Checker<'_> {
         }
     }
 
+    /// The text keys of `[data]`, and the pairing of text with its task and model.
+    fn text(&mut self, file: &FileConfig) {
+        let d = &file.data;
+        let text = d.format == DataFormat::Text;
+        let lm = file.task == Task::LanguageModel;
+        if text != lm {
+            self.bad(format!(
+                "`task` = {:?} with `data.format` = {:?}: a language model reads a text corpus (`task` = \"language_model\", `data.format` = \"text\"), and only it does",
+                task_name(file.task),
+                format_name(d.format)
+            ));
+        }
+        if lm && file.model.kind != ModelKind::Gpt {
+            self.bad(format!(
+                "`model.kind` = {:?} cannot model language: use \"gpt\"",
+                file.model.kind.name()
+            ));
+        }
+        if !text && (d.tokenizer.is_some() || d.block_size.is_some()) {
+            self.bad(
+                "`data.tokenizer` and `data.block_size` apply to `data.format` = \"text\" only"
+                    .into(),
+            );
+        }
+        if d.block_size == Some(0) {
+            self.bad("`data.block_size` must be at least 1 (tokens per block)".into());
+        }
+        if text && (d.test_path.is_some() || d.labels_path.is_some()) {
+            self.bad(
+                "a text corpus is split by position: `data.test_path` and `data.labels_path` do not apply"
+                    .into(),
+            );
+        }
+    }
+
     /// `[model]`.
     fn model(&mut self, file: &FileConfig) {
         let d = &file.data;
@@ -293,6 +341,11 @@ impl Checker<'_> {
             (None, DataFormat::Csv) => Some(InputShape::Rows { features: 1 }),
             // IDX images: their shape is in the file's header, read at training time.
             (None, DataFormat::Idx) => None,
+            // The vocabulary is read with the corpus; the block must fit the position table.
+            (None, DataFormat::Text) => Some(InputShape::Tokens {
+                vocab: 1,
+                len: text_block(file),
+            }),
         };
         if let Some(input) = provisional.filter(|_| clean)
             && let Err(e) = ModelConfig::from_section(m, input, 1)
@@ -339,10 +392,14 @@ impl Checker<'_> {
             ));
         }
         let loss = t.loss.unwrap_or(match task {
-            Task::Classification => LossKind::CrossEntropy,
+            Task::Classification | Task::LanguageModel => LossKind::CrossEntropy,
             Task::Regression => LossKind::Mse,
         });
         match (task, loss) {
+        (Task::LanguageModel, LossKind::CrossEntropy) => {}
+        (Task::LanguageModel, _) => self.bad(format!(
+            "`train.loss` = {loss:?}: a language model learns by next-token cross-entropy; use \"cross_entropy\""
+        )),
         (Task::Classification, LossKind::Mse | LossKind::Huber) => self.bad(format!(
             "`train.loss` = {loss:?} is a regression loss but `task` = \"classification\"; use \"cross_entropy\" or \"bce\""
         )),
@@ -381,6 +438,7 @@ impl Checker<'_> {
         let allowed = match task {
             Task::Classification => CLASSIFICATION_METRICS,
             Task::Regression => REGRESSION_METRICS,
+            Task::LanguageModel => LANGUAGE_MODEL_METRICS,
         };
         if !allowed.contains(&t.monitor.as_str()) {
             let known: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
@@ -398,7 +456,10 @@ impl Checker<'_> {
         }
         let monitor = Monitor {
             metric: t.monitor.clone(),
-            higher_is_better: !matches!(t.monitor.as_str(), "loss" | "mse" | "rmse" | "mae"),
+            higher_is_better: !matches!(
+                t.monitor.as_str(),
+                "loss" | "mse" | "rmse" | "mae" | "perplexity" | "bits_per_token"
+            ),
         };
         let no_valid = d.split.valid == 0.0;
         if no_valid && t.early_stopping.is_some() {
@@ -567,6 +628,31 @@ fn data_spec(file: &FileConfig, c: &DataChecked) -> data::DataSpec {
         test_fraction: c.test_frac,
         stratify: d.split.stratify && task == Task::Classification,
         split_seed: d.split.seed.unwrap_or(file.seed),
+        tokenizer: d.tokenizer.unwrap_or_default(),
+        block_size: text_block(file),
+    }
+}
+
+/// Tokens per training block: `data.block_size`, else the model's position table.
+fn text_block(file: &FileConfig) -> usize {
+    file.data
+        .block_size
+        .unwrap_or_else(|| kiln_models::section_block_size(&file.model))
+}
+
+fn task_name(t: Task) -> &'static str {
+    match t {
+        Task::Classification => "classification",
+        Task::Regression => "regression",
+        Task::LanguageModel => "language_model",
+    }
+}
+
+fn format_name(f: DataFormat) -> &'static str {
+    match f {
+        DataFormat::Csv => "csv",
+        DataFormat::Idx => "idx",
+        DataFormat::Text => "text",
     }
 }
 

@@ -8,7 +8,7 @@
 //! on the fly) is a new `Source` and, where its examples are not flat numbers, a new variant
 //! here: the training loop, evaluation and the metrics only go through these types.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_models::{Input, InputShape};
 
 /// The examples of a batch, host side.
@@ -17,20 +17,26 @@ pub enum Features {
     /// `len` examples of `width` numbers each, row-major: table rows, or image pixels in
     /// channel-height-width order.
     Dense { x: Vec<f32>, width: usize },
+    /// `len` token ids per example, row-major.
+    Tokens { ids: Vec<u32>, len: usize },
 }
 
-/// Targets: class indices or (possibly standardised) values, one per example.
+/// Targets: class indices or (possibly standardised) values, one per example; or the next
+/// token of each of an example's `len` positions.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Targets {
     Classes(Vec<u32>),
     Values(Vec<f32>),
+    Tokens { ids: Vec<u32>, len: usize },
 }
 
 impl Targets {
+    /// Examples.
     pub fn len(&self) -> usize {
         match self {
             Targets::Classes(v) => v.len(),
             Targets::Values(v) => v.len(),
+            Targets::Tokens { ids, len } => ids.len() / len,
         }
     }
 
@@ -43,6 +49,13 @@ impl Targets {
         match self {
             Targets::Classes(v) => Targets::Classes(idx.iter().map(|&i| v[i]).collect()),
             Targets::Values(v) => Targets::Values(idx.iter().map(|&i| v[i]).collect()),
+            Targets::Tokens { ids, len } => Targets::Tokens {
+                ids: idx
+                    .iter()
+                    .flat_map(|&i| ids[i * len..(i + 1) * len].iter().copied())
+                    .collect(),
+                len: *len,
+            },
         }
     }
 }
@@ -76,7 +89,16 @@ impl Batch {
     }
 
     fn shaped(x: Features, len: usize, shape: InputShape, device: &Device) -> Input {
-        let Features::Dense { x: data, width } = x;
+        let (data, width) = match x {
+            Features::Dense { x, width } => (x, width),
+            Features::Tokens { ids, len: t } => {
+                let ids: Vec<i32> = ids.into_iter().map(|i| i as i32).collect();
+                return Input::Tokens {
+                    ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [len, t]), device),
+                    mask: None,
+                };
+            }
+        };
         debug_assert_eq!(width, shape.numel(), "setup pairs the data with the model");
         match shape {
             InputShape::Rows { .. } => Input::Rows(Tensor::<2>::from_data(
@@ -91,6 +113,7 @@ impl Batch {
                 TensorData::new(data, [len, channels, height, width]),
                 device,
             )),
+            InputShape::Tokens { .. } => unreachable!("setup gives token models token data"),
         }
     }
 }

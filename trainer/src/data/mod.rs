@@ -13,6 +13,7 @@ pub mod preprocess;
 pub mod spec;
 pub mod split;
 pub mod table;
+pub mod text;
 
 use std::path::PathBuf;
 
@@ -52,6 +53,9 @@ pub struct DataSpec {
     pub test_fraction: f64,
     pub stratify: bool,
     pub split_seed: u64,
+    /// Text: how it becomes tokens, and the tokens per training block.
+    pub tokenizer: text::TokenizerKind,
+    pub block_size: usize,
 }
 
 /// What went wrong with a data file, with where.
@@ -130,10 +134,65 @@ impl Source for Dataset {
     }
 }
 
-/// The shape of one example as the data gives it: images when the preprocessing holds an image
-/// shape that covers the encoded width, else rows. `Err` carries the image shape and the width
-/// when the two disagree (a model that reads images cannot use this data).
+/// Tokens of a training corpus scored by a final evaluation (or `kiln eval --split train`).
+pub const TRAIN_EVAL_TOKENS: usize = 131_072;
+
+/// One split as the model reads it: rows of a table (or pixels of images), or blocks of text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Split {
+    Table(Dataset),
+    Text(text::Blocks),
+}
+
+impl Split {
+    /// The first `n` examples (all when there are fewer).
+    pub fn head(&self, n: usize) -> Split {
+        match self {
+            Split::Table(d) => Split::Table(d.head(n)),
+            Split::Text(b) => Split::Text(b.head(n)),
+        }
+    }
+
+    /// The examples an evaluation scores: all of them, except for a training corpus, whose
+    /// examples are blocks at every position: it is scored on non-overlapping blocks spread
+    /// over it, at most [`TRAIN_EVAL_TOKENS`] tokens.
+    pub fn for_evaluation(&self) -> std::borrow::Cow<'_, Split> {
+        match self {
+            Split::Text(b) => {
+                std::borrow::Cow::Owned(Split::Text(b.tiled_view(TRAIN_EVAL_TOKENS)))
+            }
+            table => std::borrow::Cow::Borrowed(table),
+        }
+    }
+}
+
+impl Source for Split {
+    fn len(&self) -> usize {
+        match self {
+            Split::Table(d) => d.n,
+            Split::Text(b) => b.len(),
+        }
+    }
+
+    fn gather(&self, idx: &[usize]) -> Batch {
+        match self {
+            Split::Table(d) => d.gather(idx),
+            Split::Text(b) => b.gather(idx),
+        }
+    }
+}
+
+/// The shape of one example as the data gives it: token ids for text, images when the
+/// preprocessing holds an image shape that covers the encoded width, else rows. `Err` carries
+/// the image shape and the width when the two disagree (a model that reads images cannot use
+/// this data).
 pub fn input_shape(pre: &Preprocessor) -> Result<InputShape, ([usize; 3], usize)> {
+    if let Some(t) = &pre.text {
+        return Ok(InputShape::Tokens {
+            vocab: t.vocab_size(),
+            len: pre.n_features,
+        });
+    }
     let rows = InputShape::Rows {
         features: pre.n_features,
     };
@@ -153,9 +212,9 @@ pub fn input_shape(pre: &Preprocessor) -> Result<InputShape, ([usize; 3], usize)
 /// The three splits and the preprocessing fitted on the first.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    pub train: Dataset,
-    pub valid: Dataset,
-    pub test: Dataset,
+    pub train: Split,
+    pub valid: Split,
+    pub test: Split,
     pub preprocessor: Preprocessor,
 }
 
@@ -185,6 +244,15 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
     let raw = match spec.format {
         DataFormat::Csv => table::read_all(spec)?,
         DataFormat::Idx => idx::read_all(spec)?,
+        DataFormat::Text => {
+            let t = text::prepare(spec, fitted.and_then(|p| p.text.as_ref()))?;
+            return Ok(Prepared {
+                train: Split::Text(t.train),
+                valid: Split::Text(t.valid),
+                test: Split::Text(t.test),
+                preprocessor: Preprocessor::for_text(t.tokenizer, spec.block_size),
+            });
+        }
     };
     let parts = split::split(&raw, spec);
     let preprocessor = match fitted {
@@ -198,9 +266,9 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
         None => preprocessor.transform(&raw.main, &parts.test)?,
     };
     Ok(Prepared {
-        train,
-        valid,
-        test,
+        train: Split::Table(train),
+        valid: Split::Table(valid),
+        test: Split::Table(test),
         preprocessor,
     })
 }
@@ -210,6 +278,10 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
     match spec.format {
         DataFormat::Csv => table::peek_problems(spec),
         DataFormat::Idx => idx::peek_problems(spec),
+        DataFormat::Text => match text::corpus_files(&spec.path) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        },
     }
 }
 

@@ -48,6 +48,8 @@ pub enum TargetEncoding {
     },
     /// The model predicts `(y - mean) / std`.
     Values { mean: f64, std: f64 },
+    /// The model predicts the next token of each position (a language model).
+    NextToken,
 }
 
 /// The fitted preprocessing of a run.
@@ -57,8 +59,11 @@ pub struct Preprocessor {
     pub image: Option<ImageNorm>,
     pub target: TargetEncoding,
     pub missing_values: Vec<String>,
-    /// Width of the encoded feature vector.
+    /// Width of the encoded feature vector (text: tokens per block).
     pub n_features: usize,
+    /// Text: the tokenizer (and so the vocabulary) of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<super::text::Tokenizer>,
 }
 
 const MISSING_CATEGORY: &str = "<missing>";
@@ -67,7 +72,19 @@ impl Preprocessor {
     pub fn class_names(&self) -> Option<&[String]> {
         match &self.target {
             TargetEncoding::Classes { names, .. } => Some(names),
-            TargetEncoding::Values { .. } => None,
+            TargetEncoding::Values { .. } | TargetEncoding::NextToken => None,
+        }
+    }
+
+    /// The preprocessing of a text corpus: its tokenizer, blocks of `block` tokens.
+    pub fn for_text(tokenizer: super::text::Tokenizer, block: usize) -> Self {
+        Preprocessor {
+            columns: Vec::new(),
+            image: None,
+            target: TargetEncoding::NextToken,
+            missing_values: Vec::new(),
+            n_features: block,
+            text: Some(tokenizer),
         }
     }
 
@@ -211,6 +228,7 @@ impl Preprocessor {
             target,
             missing_values: spec.missing_values.clone(),
             n_features,
+            text: None,
         })
     }
 
@@ -338,6 +356,7 @@ impl Preprocessor {
                 }
                 Targets::Values(ys)
             }
+            TargetEncoding::NextToken => unreachable!("text is not read as a table"),
         };
         Ok(y)
     }
@@ -346,7 +365,7 @@ impl Preprocessor {
     pub fn decode_value(&self, v: f32) -> f64 {
         match &self.target {
             TargetEncoding::Values { mean, std } => v as f64 * std + mean,
-            TargetEncoding::Classes { .. } => v as f64,
+            TargetEncoding::Classes { .. } | TargetEncoding::NextToken => v as f64,
         }
     }
 }
@@ -372,6 +391,7 @@ fn fit_target(
         });
     }
     match spec.task {
+        Task::LanguageModel => unreachable!("text is not read as a table"),
         Task::Regression => {
             let mut values = Vec::with_capacity(train.len());
             for &i in train {

@@ -10,6 +10,8 @@ pub enum Task {
     #[default]
     Classification,
     Regression,
+    /// Next-token prediction over a text corpus (`data.format` = "text").
+    LanguageModel,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -18,6 +20,8 @@ pub enum DataFormat {
     #[default]
     Csv,
     Idx,
+    /// A text corpus for a language model: a file, a folder or a glob of files.
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

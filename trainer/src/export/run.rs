@@ -5,7 +5,7 @@ use crate::layout;
 use std::path::{Path, PathBuf};
 
 use super::{Batch, Parity, Sidecar};
-use crate::data::{Dataset, Source, Targets};
+use crate::data::{Dataset, Source, Split, Targets};
 use crate::eval::LoadedRun;
 use crate::registry::manifest::Kind;
 use crate::registry::{Entry, Registry, RegistryError, store};
@@ -90,7 +90,10 @@ fn gate_rows(run: &LoadedRun, batch: Batch) -> Result<(Vec<f32>, usize), ExportE
     let d = run.pre.n_features;
     let split = [&run.data.valid, &run.data.test, &run.data.train]
         .into_iter()
-        .find(|s| s.n > 0)
+        .find_map(|s| match s {
+            Split::Table(d) if d.n > 0 => Some(d),
+            _ => None,
+        })
         .ok_or(ExportError::NoRows)?;
     let want = match batch {
         Batch::Dynamic => split.n.min(GATE_ROWS),

@@ -6,6 +6,7 @@
 //! through the trait only.
 
 mod classification;
+mod language_model;
 mod regression;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use kiln_models::Output;
 use kiln_models::onnx::Builder;
 
 pub use classification::Classification;
+pub use language_model::LanguageModel;
 pub use regression::Regression;
 
 use crate::config::{LossKind, RunConfig};
@@ -105,6 +107,9 @@ pub fn task_of(cfg: &RunConfig, pre: &Preprocessor) -> Result<Arc<dyn Task>, Set
                 std: *std,
             })
         }
+        (TargetEncoding::NextToken, LossKind::CrossEntropy) => Arc::new(LanguageModel {
+            vocab: pre.text.as_ref().map_or(0, |t| t.vocab_size()),
+        }),
         // Validation pairs the task with its losses, and the targets follow the task.
         (_, kind) => return Err(SetupError::LossForTargets { loss: kind }),
     })

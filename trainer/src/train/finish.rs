@@ -2,6 +2,7 @@
 //! evaluation on every split, its weights in the run's `final/` folder and, unless it was a
 //! smoke run, a new version of the model in the registry.
 
+use crate::data::Source as _;
 use std::collections::BTreeMap;
 
 use burn::module::Module as _;
@@ -150,9 +151,16 @@ fn final_metrics(s: &Session) -> BTreeMap<String, Metrics> {
     let model = final_model(s).valid();
     let mut out = BTreeMap::new();
     for (name, split) in [("train", &*s.train), ("valid", &s.valid), ("test", &s.test)] {
-        if split.n > 0 {
-            let m =
-                crate::eval::evaluate(s.group, &model, split, s.input, s.task.as_ref(), &s.base);
+        let split = split.for_evaluation();
+        if !split.is_empty() {
+            let m = crate::eval::evaluate(
+                s.group,
+                &model,
+                split.as_ref(),
+                s.input,
+                s.task.as_ref(),
+                &s.base,
+            );
             out.insert(name.into(), m);
         }
     }

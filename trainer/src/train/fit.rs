@@ -45,7 +45,7 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
             if step.is_multiple_of(t.log_every) || last {
                 s.log_train(&mut window, &applied)?;
             }
-            if t.valid_every.is_some_and(|n| step.is_multiple_of(n)) && s.valid.n > 0 {
+            if t.valid_every.is_some_and(|n| step.is_multiple_of(n)) && !s.valid.is_empty() {
                 stop_early |= s.validate()?;
             }
             if stop {
@@ -62,7 +62,7 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
         if s.state.pos.batch >= plan.batches_per_epoch {
             s.end_epoch(epoch_started)?;
         }
-        if t.valid_every.is_none() && s.valid.n > 0 && !stop_early {
+        if t.valid_every.is_none() && !s.valid.is_empty() && !stop_early {
             stop_early |= s.validate()?;
         }
         s.checkpoint()?;

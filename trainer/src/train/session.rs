@@ -20,7 +20,7 @@ use crate::amp::LossScale;
 use crate::backend::Chosen;
 use crate::checkpoint::{self, Saver};
 use crate::config::RunConfig;
-use crate::data::{self, Dataset, Loader, Preprocessor};
+use crate::data::{self, Loader, Preprocessor, Source, Split};
 use crate::dist::Group;
 use crate::error::{ResumeError, SetupError, TrainError};
 use crate::layout;
@@ -50,9 +50,9 @@ pub(super) struct Session<'a> {
     pub task: Arc<dyn Task>,
     /// How the model reads an example: the layout batches are uploaded in.
     pub input: InputShape,
-    pub train: Arc<Dataset>,
-    pub valid: Dataset,
-    pub test: Dataset,
+    pub train: Arc<Split>,
+    pub valid: Split,
+    pub test: Split,
     pub plan: Plan,
     pub state: TrainState,
     pub run: RunRecord,
@@ -153,7 +153,7 @@ impl<'a> Session<'a> {
         let (train, valid, test, pre) = load_data(cfg, opts, smoke)?;
         let task = task_of(cfg, &pre)?;
         let mconf = crate::model::architecture(cfg, &pre, task.as_ref())?;
-        crate::model::check_memory(cfg, &mconf, chosen.backend, train.n)?;
+        crate::model::check_memory(cfg, &mconf, chosen.backend, train.len())?;
 
         // The model; `--init-from` weights are loaded (and the architecture checked) before the
         // run's folder exists, so a bad reference leaves nothing behind. Rank 0 reads the
@@ -197,7 +197,7 @@ impl<'a> Session<'a> {
             state.pos.loss_scale = Some(LossScale::default());
         }
 
-        let plan = plan(cfg, train.n, world, smoke);
+        let plan = plan(cfg, train.len(), world, smoke);
         let rank0 = match writer {
             true => Some(rank0(
                 cfg,
@@ -321,7 +321,7 @@ fn load_data(
     cfg: &RunConfig,
     opts: &Options,
     smoke: bool,
-) -> Result<(Dataset, Dataset, Dataset, Preprocessor), TrainError> {
+) -> Result<(Split, Split, Split, Preprocessor), TrainError> {
     let fitted: Option<Preprocessor> = match &opts.resume {
         Some(dir) => Some(run::read_json(&dir.join(layout::PREPROCESS))?),
         None => None,
@@ -333,7 +333,7 @@ fn load_data(
         valid = valid.head(SMOKE_EXAMPLES);
         test = test.head(SMOKE_EXAMPLES);
     }
-    if train.n == 0 {
+    if train.is_empty() {
         return Err(SetupError::EmptyTrainingSplit.into());
     }
     Ok((train, valid, test, prepared.preprocessor))

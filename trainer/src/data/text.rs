@@ -1,0 +1,378 @@
+//! Text for language models: a corpus (one file, a folder, or a glob of files, read in name
+//! order), a tokenizer (characters or bytes), contiguous splits, and blocks of tokens.
+//!
+//! The corpus is split by position, not by block: the first `1 - valid - test` of its tokens
+//! train, the next `valid` validate and the last `test` test, so no block of one split overlaps
+//! another. Training examples are every block of `block_size + 1` tokens that starts in the
+//! training split (a block's inputs and its next-token targets); the loader's epoch order, a
+//! pure function of (seed, epoch), draws them at random without replacement, so a resumed run
+//! reads the same blocks. Validation and test read fixed, non-overlapping blocks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, DataError, DataSpec, Features, Source, Targets};
+
+/// How text becomes token ids. Saved with the run (`preprocess.json`), so generation and
+/// evaluation read text exactly as training did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Tokenizer {
+    /// One token per character (Unicode scalar); the vocabulary is every character of the
+    /// corpus, sorted (as nanoGPT's `shakespeare_char`).
+    Chars { chars: String },
+    /// One token per byte: a vocabulary of 256, any text.
+    Bytes,
+}
+
+/// A tokenizer kind, as `data.tokenizer` names it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    #[default]
+    Char,
+    Byte,
+}
+
+/// Text a tokenizer cannot encode: the character and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("character {ch:?} at position {at} is not in the model's vocabulary of {vocab} characters")]
+pub struct UnknownChar {
+    pub ch: char,
+    pub at: usize,
+    pub vocab: usize,
+}
+
+impl Tokenizer {
+    /// The tokenizer `kind` for `text`.
+    pub fn fit(kind: TokenizerKind, text: &str) -> Tokenizer {
+        match kind {
+            TokenizerKind::Byte => Tokenizer::Bytes,
+            TokenizerKind::Char => {
+                let mut chars: Vec<char> = text.chars().collect();
+                chars.sort_unstable();
+                chars.dedup();
+                Tokenizer::Chars {
+                    chars: chars.into_iter().collect(),
+                }
+            }
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Chars { chars } => chars.chars().count(),
+            Tokenizer::Bytes => 256,
+        }
+    }
+
+    /// Token ids of `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, UnknownChar> {
+        match self {
+            Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Tokenizer::Chars { chars } => {
+                let table: Vec<char> = chars.chars().collect();
+                text.chars()
+                    .enumerate()
+                    .map(|(at, ch)| {
+                        table
+                            .binary_search(&ch)
+                            .map(|i| i as u32)
+                            .map_err(|_| UnknownChar {
+                                ch,
+                                at,
+                                vocab: table.len(),
+                            })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The text of `ids` (bytes that are not UTF-8 are shown as U+FFFD).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            Tokenizer::Bytes => {
+                let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            Tokenizer::Chars { chars } => {
+                let table: Vec<char> = chars.chars().collect();
+                ids.iter()
+                    .map(|&i| table.get(i as usize).copied().unwrap_or('\u{FFFD}'))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The corpus files `pattern` names: a file, every file of a folder, or a glob; in name order.
+pub fn corpus_files(pattern: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let shown = pattern.display().to_string();
+    let mut files: Vec<PathBuf> = if pattern.is_dir() {
+        std::fs::read_dir(pattern)
+            .map_err(|source| DataError::Io {
+                path: shown.clone(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect()
+    } else if shown.contains(['*', '?', '[']) {
+        glob::glob(&shown)
+            .map_err(|e| DataError::Format {
+                path: shown.clone(),
+                message: format!("not a valid glob: {e}"),
+            })?
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file())
+            .collect()
+    } else {
+        vec![pattern.to_path_buf()]
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::Format {
+            path: shown,
+            message: "matches no file".into(),
+        });
+    }
+    Ok(files)
+}
+
+/// The corpus as one text: its files in order, each read whole (gzip too), joined as they are.
+pub fn read_corpus(pattern: &Path) -> Result<String, DataError> {
+    let mut text = String::new();
+    for f in corpus_files(pattern)? {
+        let bytes = super::read_bytes(&f)?;
+        let part = String::from_utf8(bytes).map_err(|e| DataError::Format {
+            path: f.display().to_string(),
+            message: format!(
+                "not UTF-8 text (byte {}); use `data.tokenizer` = \"byte\" for binary data",
+                e.utf8_error().valid_up_to()
+            ),
+        })?;
+        text.push_str(&part);
+    }
+    Ok(text)
+}
+
+/// Which blocks of a split are its examples.
+#[derive(Debug, Clone, PartialEq)]
+enum Starts {
+    /// Every position with a whole block after it (training).
+    Every(usize),
+    /// These positions (validation and test: non-overlapping blocks).
+    Fixed(Vec<usize>),
+}
+
+/// One split of a tokenized corpus, served as blocks of `block` inputs and `block` next-token
+/// targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocks {
+    tokens: Arc<[u32]>,
+    block: usize,
+    starts: Starts,
+}
+
+impl Blocks {
+    /// Every block of `tokens` (training): one per start position.
+    pub fn every(tokens: Vec<u32>, block: usize) -> Blocks {
+        let n = tokens.len().saturating_sub(block);
+        Blocks {
+            tokens: tokens.into(),
+            block,
+            starts: Starts::Every(n),
+        }
+    }
+
+    /// Non-overlapping blocks of `tokens`, in order (validation, test).
+    pub fn tiled(tokens: Vec<u32>, block: usize) -> Blocks {
+        let starts = (0..)
+            .map(|i| i * block)
+            .take_while(|s| s + block < tokens.len())
+            .collect();
+        Blocks {
+            tokens: tokens.into(),
+            block,
+            starts: Starts::Fixed(starts),
+        }
+    }
+
+    /// Non-overlapping blocks of the same tokens, for scoring a training split: evenly spaced
+    /// over the whole split, at most `max_tokens` of them (nanoGPT estimates its training loss
+    /// on a sample too; all of a 1 MB corpus would cost more than the training steps).
+    pub fn tiled_view(&self, max_tokens: usize) -> Blocks {
+        match &self.starts {
+            Starts::Fixed(_) => self.clone(),
+            Starts::Every(n) => {
+                let all: Vec<usize> = (0..*n).step_by(self.block).collect();
+                let keep = (max_tokens / self.block).clamp(1, all.len().max(1));
+                let starts = (0..keep.min(all.len()))
+                    .map(|i| all[i * all.len() / keep])
+                    .collect();
+                Blocks {
+                    tokens: Arc::clone(&self.tokens),
+                    block: self.block,
+                    starts: Starts::Fixed(starts),
+                }
+            }
+        }
+    }
+
+    /// Tokens per block.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Tokens in the split.
+    pub fn tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        match &self.starts {
+            Starts::Every(_) => i,
+            Starts::Fixed(s) => s[i],
+        }
+    }
+
+    /// The first `n` blocks.
+    pub fn head(&self, n: usize) -> Blocks {
+        let starts = match &self.starts {
+            Starts::Every(k) => Starts::Every(n.min(*k)),
+            Starts::Fixed(s) => Starts::Fixed(s[..n.min(s.len())].to_vec()),
+        };
+        Blocks {
+            starts,
+            ..self.clone()
+        }
+    }
+}
+
+impl Source for Blocks {
+    fn len(&self) -> usize {
+        match &self.starts {
+            Starts::Every(n) => *n,
+            Starts::Fixed(s) => s.len(),
+        }
+    }
+
+    fn gather(&self, idx: &[usize]) -> Batch {
+        let t = self.block;
+        let mut ids = Vec::with_capacity(idx.len() * t);
+        let mut next = Vec::with_capacity(idx.len() * t);
+        for &i in idx {
+            let s = self.start(i);
+            ids.extend_from_slice(&self.tokens[s..s + t]);
+            next.extend_from_slice(&self.tokens[s + 1..s + t + 1]);
+        }
+        Batch {
+            x: Features::Tokens { ids, len: t },
+            y: Targets::Tokens { ids: next, len: t },
+            len: idx.len(),
+        }
+    }
+}
+
+/// A tokenized corpus, split.
+pub struct TextSplits {
+    pub tokenizer: Tokenizer,
+    pub train: Blocks,
+    pub valid: Blocks,
+    pub test: Blocks,
+}
+
+/// Reads and tokenizes the corpus and splits it by position. `fitted` reuses a run's tokenizer.
+pub fn prepare(spec: &DataSpec, fitted: Option<&Tokenizer>) -> Result<TextSplits, DataError> {
+    let shown = spec.path.display().to_string();
+    let text = read_corpus(&spec.path)?;
+    if text.is_empty() {
+        return Err(DataError::Format {
+            path: shown,
+            message: "the corpus is empty: a language model needs text to read".into(),
+        });
+    }
+    let tokenizer = match fitted {
+        Some(t) => t.clone(),
+        None => Tokenizer::fit(spec.tokenizer, &text),
+    };
+    let tokens = tokenizer.encode(&text).map_err(|e| DataError::Format {
+        path: shown.clone(),
+        message: e.to_string(),
+    })?;
+    let n = tokens.len();
+    let n_test = (n as f64 * spec.test_fraction).round() as usize;
+    let n_valid = (n as f64 * spec.valid_fraction).round() as usize;
+    let n_train = n.saturating_sub(n_test + n_valid);
+    let block = spec.block_size;
+    if n_train <= block {
+        return Err(DataError::Format {
+            path: shown,
+            message: format!(
+                "the training split holds {n_train} tokens, not more than one block of `data.block_size` = {block}: add text or lower the block size"
+            ),
+        });
+    }
+    let (train, rest) = tokens.split_at(n_train);
+    let (valid, test) = rest.split_at(n_valid.min(rest.len()));
+    Ok(TextSplits {
+        tokenizer,
+        train: Blocks::every(train.to_vec(), block),
+        valid: Blocks::tiled(valid.to_vec(), block),
+        test: Blocks::tiled(test.to_vec(), block),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_then_decode_gives_the_text_back() {
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak. Ça va — ünïcode!";
+        for kind in [TokenizerKind::Char, TokenizerKind::Byte] {
+            let t = Tokenizer::fit(kind, text);
+            let ids = t.encode(text).unwrap();
+            assert!(ids.iter().all(|&i| (i as usize) < t.vocab_size()));
+            assert_eq!(t.decode(&ids), text);
+        }
+        let t = Tokenizer::fit(TokenizerKind::Char, "abc");
+        assert_eq!(t.vocab_size(), 3);
+        assert_eq!(t.encode("cab").unwrap(), vec![2, 0, 1]);
+        let e = t.encode("abz").unwrap_err();
+        assert_eq!((e.ch, e.at), ('z', 2));
+        assert!(e.to_string().contains("'z'"), "{e}");
+    }
+
+    #[test]
+    fn a_block_targets_the_next_token_of_every_position() {
+        let b = Blocks::every((0..10).collect(), 4);
+        assert_eq!(b.len(), 6);
+        let batch = b.gather(&[5, 0]);
+        assert_eq!(
+            batch.x,
+            Features::Tokens {
+                ids: vec![5, 6, 7, 8, 0, 1, 2, 3],
+                len: 4
+            }
+        );
+        assert_eq!(
+            batch.y,
+            Targets::Tokens {
+                ids: vec![6, 7, 8, 9, 1, 2, 3, 4],
+                len: 4
+            }
+        );
+        // Fixed blocks do not overlap and each keeps one token for its last target.
+        let v = Blocks::tiled((0..10).collect(), 4);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v.gather(&[1]).x, Features::Tokens { ids: vec![4, 5, 6, 7], len: 4 });
+        assert_eq!(Blocks::tiled((0..9).collect(), 4).len(), 2);
+        assert_eq!(Blocks::tiled((0..8).collect(), 4).len(), 1);
+    }
+}
