@@ -243,6 +243,7 @@ fn a_planted_mismatch_fails_the_gate() {
         },
         missing_values: vec![],
         n_features: 4,
+        text: None,
     };
     let task = kiln_trainer::task::Classification {
         binary: false,

@@ -221,3 +221,91 @@ mod clip_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod decay_tests {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use kiln_models::{Architecture, GptConfig, Model};
+
+    use crate::config::{FileConfig, ModelKind, OptimName};
+
+    /// Every float parameter by path, as host values.
+    #[derive(Default)]
+    struct Values {
+        path: Vec<String>,
+        out: Vec<(String, Vec<f32>)>,
+    }
+
+    impl ModuleVisitor for Values {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let v = p.val().into_data().try_to_vec::<f32>().unwrap();
+            self.out.push((self.path.join("."), v));
+        }
+    }
+
+    fn values(m: &Model) -> Vec<(String, Vec<f32>)> {
+        let mut v = Values::default();
+        m.visit(&mut v);
+        v.out
+    }
+
+    /// GPT-2 and nanoGPT decay the weights of linear layers only. With zero gradients Adam's
+    /// update is zero, so one step shows the decay alone: `w * (1 - lr * wd)` for those, no
+    /// change for embeddings, layer norms and biases.
+    #[test]
+    fn adamw_decays_a_transformers_linear_weights_only() {
+        let mut file = FileConfig::default();
+        file.data.path = "corpus.txt".into();
+        file.data.format = crate::config::DataFormat::Text;
+        file.task = crate::config::Task::LanguageModel;
+        file.model.kind = ModelKind::Gpt;
+        file.optim.name = OptimName::Adamw;
+        file.optim.weight_decay = Some(0.5);
+        let cfg = crate::config::validate_with(file, "test", "test", false).unwrap();
+        let device = Device::flex().autodiff();
+        let gpt = GptConfig {
+            vocab_size: 7,
+            block_size: 4,
+            n_layer: 1,
+            n_head: 1,
+            n_embd: 4,
+            dropout: 0.0,
+            bias: true,
+            tie_weights: false,
+        };
+        let model = Model::Gpt(gpt.init(&device));
+        let before = values(&model);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i32, 2, 3], [1, 3]), &device);
+        let Model::Gpt(g) = &model else { unreachable!() };
+        let loss = g.forward(ids).sum().mul_scalar(0.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut optim = super::optimizer(&cfg);
+        let after = values(&optim.step(0.1, model, grads));
+        let mut decayed = Vec::new();
+        for ((path, b), (_, a)) in before.iter().zip(&after) {
+            let factor = if b.iter().all(|v| *v == 0.0) {
+                continue; // biases start at zero: no change to see
+            } else {
+                a[0] / b[0]
+            };
+            if (factor - 0.95).abs() < 1e-6 {
+                decayed.push(path.clone());
+            } else {
+                assert_eq!(a, b, "{path} changed but is not a linear weight");
+            }
+        }
+        decayed.sort();
+        let leaf = |p: &String| p.split('.').rev().nth(1).unwrap().to_string();
+        let mut kinds: Vec<String> = decayed.iter().map(leaf).collect();
+        kinds.sort();
+        assert_eq!(kinds, ["fc", "head", "proj", "proj", "qkv"], "{decayed:?}");
+    }
+}

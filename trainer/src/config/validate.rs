@@ -448,8 +448,9 @@ impl Checker<'_> {
             };
             self.bad(
                 format!(
-                    "`train.monitor` = {:?} is not a {task:?} metric; {hint}",
-                    t.monitor
+                    "`train.monitor` = {:?} is not a {} metric; {hint}",
+                    t.monitor,
+                    task_name(task).replace('_', " ")
                 )
                 .to_lowercase(),
             );
