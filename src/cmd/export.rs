@@ -49,11 +49,11 @@ pub fn run(
     } else {
         println!("exported {} -> {}", out.label, out.path.display());
         println!(
-            "preprocessing (categorical encodings) -> {}",
+            "preprocessing (column encodings, tokenizer) -> {}",
             out.sidecar.display()
         );
         println!(
-            "parity with tract on {} validation rows: max abs difference {worst:.2e} (tolerance {:.0e}), {} top-1 disagreements",
+            "parity with tract on {} validation rows (a language model: positions): max abs difference {worst:.2e} (tolerance {:.0e}), {} top-1 disagreements",
             out.parity.rows, out.parity.tolerance, out.parity.top1_disagreements
         );
         println!("stored in {}", out.registry_dir.display());

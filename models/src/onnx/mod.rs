@@ -140,8 +140,20 @@ impl<'w> Builder<'w> {
         name
     }
 
+    /// A 0-d int64 constant.
+    pub fn constant_i64_scalar(&mut self, name: &str, value: i64) -> String {
+        let name = self.fresh(name);
+        self.initializers.push(TensorProto {
+            dims: vec![],
+            data_type: INT64,
+            name: name.clone(),
+            raw_data: value.to_le_bytes().to_vec(),
+        });
+        name
+    }
+
     /// A weight of the model, as an initializer, checked against the expected shape.
-    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String, LowerError> {
+    pub(crate) fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String, LowerError> {
         let (have, values) = self.weights.get(name).ok_or_else(|| LowerError {
             layer: name.into(),
             why: "the weights file has no such tensor".into(),
@@ -168,6 +180,42 @@ impl<'w> Builder<'w> {
         let b = self.weight(&format!("{prefix}.bias"), &[d_out])?;
         let mm = self.node("MatMul", &[x, &w], vec![], None);
         Ok(self.node("Add", &[&mm, &b], vec![], None))
+    }
+
+    /// `x @ W (+ b)`, for layers built with or without a bias.
+    pub fn linear_opt(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<String, LowerError> {
+        if bias {
+            return self.linear(x, prefix, d_in, d_out);
+        }
+        let w = self.weight(&format!("{prefix}.weight"), &[d_in, d_out])?;
+        Ok(self.node("MatMul", &[x, &w], vec![], None))
+    }
+
+    /// Layer norm over the last axis, with or without its bias (`beta`).
+    pub fn layer_norm_opt(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        d: usize,
+        bias: bool,
+    ) -> Result<String, LowerError> {
+        if bias {
+            return self.layer_norm(x, prefix, d);
+        }
+        let g = self.weight(&format!("{prefix}.gamma"), &[d])?;
+        Ok(self.node(
+            "LayerNormalization",
+            &[x, &g],
+            vec![attr_int("axis", -1), attr_float("epsilon", 1e-5)],
+            None,
+        ))
     }
 
     /// Inference-mode batch norm over axis 1 (features of `[N, C]`, channels of `[N, C, H, W]`).

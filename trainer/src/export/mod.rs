@@ -139,11 +139,18 @@ pub struct Sidecar {
     pub image_shape: Option<[usize; 3]>,
     pub class_names: Option<Vec<String>>,
     pub target: TargetEncoding,
+    /// A token model's tokenizer: how text becomes `input_ids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<crate::data::text::Tokenizer>,
 }
 
 pub fn sidecar(pre: &Preprocessor, outputs: &[&str]) -> Sidecar {
     Sidecar {
-        input: "features".into(),
+        input: match pre.text {
+            Some(_) => TOKENS_INPUT.into(),
+            None => "features".into(),
+        },
+        tokenizer: pre.text.clone(),
         input_width: pre.n_features,
         outputs: outputs.iter().map(|s| s.to_string()).collect(),
         columns: pre.columns.clone(),
@@ -178,6 +185,73 @@ fn tensor_info(name: &str, batch: Batch, width: usize) -> ValueInfoProto {
     }
 }
 
+/// The input of a token model's graph.
+pub const TOKENS_INPUT: &str = "input_ids";
+
+/// `[batch, sequence(, width)]` of `elem_type`, the sequence dynamic.
+fn sequence_info(name: &str, batch: Batch, width: Option<usize>, elem_type: i32) -> ValueInfoProto {
+    let b = match batch {
+        Batch::Dynamic => DimensionValue::DimParam("batch".into()),
+        Batch::Fixed(n) => DimensionValue::DimValue(n as i64),
+    };
+    let mut dim = vec![
+        Dimension { value: Some(b) },
+        Dimension {
+            value: Some(DimensionValue::DimParam("sequence".into())),
+        },
+    ];
+    if let Some(w) = width {
+        dim.push(Dimension {
+            value: Some(DimensionValue::DimValue(w as i64)),
+        });
+    }
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type,
+                shape: Some(TensorShapeProto { dim }),
+            }),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+/// The numeric preprocessing of raw features, then the model; returns the model's output.
+fn lower_features(
+    g: &mut Builder,
+    mconf: &ModelConfig,
+    pre: &Preprocessor,
+    shape: InputShape,
+) -> Result<String, LowerError> {
+    let d = pre.n_features;
+    let affine = feature_affine(pre);
+    let mut x = "features".to_string();
+    if let Some(fill) = &affine.fill {
+        let f = g.constant("fill", &[d], fill);
+        let nan = g.node("IsNaN", &[&x], vec![], None);
+        x = g.node("Where", &[&nan, &f, &x], vec![], None);
+    }
+    let a = g.constant("scale", &[d], &affine.scale);
+    let b = g.constant("shift", &[d], &affine.shift);
+    let scaled = g.node("Mul", &[&x, &a], vec![], None);
+    let mut x = g.node("Add", &[&scaled, &b], vec![], None);
+    // The rows as the model reads its examples.
+    if let InputShape::Images {
+        channels,
+        height,
+        width,
+    } = shape
+    {
+        let shape = g.constant_i64(
+            "image_shape",
+            &[-1, channels as i64, height as i64, width as i64],
+        );
+        x = g.node("Reshape", &[&x, &shape], vec![], None);
+    }
+    mconf.lower(g, &x)
+}
+
 /// Writes the ONNX model: preprocessing, the model's layers, the task's outputs, and
 /// `metadata`.
 pub fn build(
@@ -199,38 +273,29 @@ pub fn build(
             ),
         });
     }
-    let d = pre.n_features;
     let mut g = Builder::new(weights, opset);
-    let affine = feature_affine(pre);
-    let mut x = "features".to_string();
-    if let Some(fill) = &affine.fill {
-        let f = g.constant("fill", &[d], fill);
-        let nan = g.node("IsNaN", &[&x], vec![], None);
-        x = g.node("Where", &[&nan, &f, &x], vec![], None);
-    }
-    let a = g.constant("scale", &[d], &affine.scale);
-    let b = g.constant("shift", &[d], &affine.shift);
-    let scaled = g.node("Mul", &[&x, &a], vec![], None);
-    let mut x = g.node("Add", &[&scaled, &b], vec![], None);
-    // The rows as the model reads its examples.
-    if let InputShape::Images {
-        channels,
-        height,
-        width,
-    } = mconf.input()
-    {
-        let shape = g.constant_i64(
-            "image_shape",
-            &[-1, channels as i64, height as i64, width as i64],
-        );
-        x = g.node("Reshape", &[&x, &shape], vec![], None);
-    }
-    let out = mconf.lower(&mut g, &x)?;
-    let outputs = task
-        .lower_outputs(&mut g, &out)
-        .into_iter()
-        .map(|(name, width)| tensor_info(name, batch, width))
-        .collect();
+    let (input, outputs) = match mconf.input() {
+        // Token ids in, logits per position out: both axes dynamic (the sequence at most the
+        // model's block size).
+        InputShape::Tokens { .. } => {
+            let out = mconf.lower(&mut g, TOKENS_INPUT)?;
+            let outputs = task
+                .lower_outputs(&mut g, &out)
+                .into_iter()
+                .map(|(name, width)| sequence_info(name, batch, Some(width), FLOAT))
+                .collect();
+            (sequence_info(TOKENS_INPUT, batch, None, INT64), outputs)
+        }
+        shape => {
+            let out = lower_features(&mut g, mconf, pre, shape)?;
+            let outputs = task
+                .lower_outputs(&mut g, &out)
+                .into_iter()
+                .map(|(name, width)| tensor_info(name, batch, width))
+                .collect();
+            (tensor_info("features", batch, pre.n_features), outputs)
+        }
+    };
     let model = ModelProto {
         // The IR version each opset came with.
         ir_version: match opset {
@@ -249,7 +314,7 @@ pub fn build(
             name: "kiln".into(),
             initializer: g.initializers,
             doc_string: String::new(),
-            input: vec![tensor_info("features", batch, d)],
+            input: vec![input],
             output: outputs,
         }),
         opset_import: vec![OperatorSetIdProto {
@@ -298,10 +363,43 @@ pub fn run_tract(
         .collect()
 }
 
+/// Runs a token model with tract on `ids` (`rows` x `len`); returns each output, row-major.
+pub fn run_tract_tokens(
+    model_bytes: &[u8],
+    ids: &[u32],
+    rows: usize,
+    len: usize,
+) -> Result<Vec<Vec<f32>>, String> {
+    use tract_onnx::prelude::*;
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &model_bytes[..])
+        .map_err(|e| format!("tract cannot read the model: {e}"))?
+        .with_input_fact(0, i64::fact([rows, len]).into())
+        .map_err(|e| e.to_string())?
+        .into_optimized()
+        .map_err(|e| format!("tract cannot optimise the model: {e}"))?
+        .into_runnable()
+        .map_err(|e| e.to_string())?;
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let input =
+        tract_ndarray::Array2::from_shape_vec((rows, len), ids).map_err(|e| e.to_string())?;
+    let out = model
+        .run(tvec!(Tensor::from(input).into()))
+        .map_err(|e| format!("tract failed to run the model: {e}"))?;
+    out.iter()
+        .map(|t| {
+            t.to_plain_array_view::<f32>()
+                .map(|v| v.iter().copied().collect())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 /// The outcome of the parity gate, stored with the export.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Parity {
     pub runtime: String,
+    /// Rows compared: examples, or a language model's positions (blocks x their length).
     pub rows: usize,
     /// Per output: largest absolute difference between tract and kiln.
     pub max_abs: Vec<(String, f64)>,
@@ -312,12 +410,14 @@ pub struct Parity {
 }
 
 /// Compares tract's outputs with kiln's (`expected`, same order as the graph's outputs).
+/// `top1`: the output whose arg-max must agree, and the width of its rows (class
+/// probabilities; a language model's logits per position).
 pub fn compare(
     names: &[&str],
     tract: &[Vec<f32>],
     expected: &[Vec<f32>],
     rows: usize,
-    classify: bool,
+    top1: Option<(usize, usize)>,
 ) -> Parity {
     let mut max_abs = Vec::new();
     let mut passed = tract.len() == expected.len();
@@ -337,24 +437,24 @@ pub fn compare(
         passed &= m <= MAX_ABS_TOLERANCE;
         max_abs.push((name.to_string(), m));
     }
-    let mut top1 = 0;
-    if classify && tract.len() == 2 && expected.len() == 2 && rows > 0 {
-        let w = expected[1].len() / rows;
+    let mut disagree = 0;
+    if let Some((o, w)) = top1
+        && o < tract.len().min(expected.len())
+        && rows > 0
+        && tract[o].len() == expected[o].len()
+    {
         let argmax = |v: &[f32]| {
             v.iter()
                 .enumerate()
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map(|(i, _)| i)
         };
-        for r in 0..rows {
-            let (a, b) = (
-                argmax(&tract[1][r * w..(r + 1) * w]),
-                argmax(&expected[1][r * w..(r + 1) * w]),
-            );
-            top1 += usize::from(a != b);
+        for (a, b) in tract[o].chunks(w).zip(expected[o].chunks(w)) {
+            disagree += usize::from(argmax(a) != argmax(b));
         }
-        passed &= top1 == 0;
+        passed &= disagree == 0;
     }
+    let top1 = disagree;
     Parity {
         runtime: "tract-onnx 0.23".into(),
         rows,

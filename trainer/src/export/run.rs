@@ -5,13 +5,16 @@ use crate::layout;
 use std::path::{Path, PathBuf};
 
 use super::{Batch, Parity, Sidecar};
-use crate::data::{Dataset, Source, Split, Targets};
+use crate::data::{Dataset, Features, Source, Split, Targets};
 use crate::eval::LoadedRun;
 use crate::registry::manifest::Kind;
 use crate::registry::{Entry, Registry, RegistryError, store};
 
 /// Rows of the validation batch the gate runs (all of them when the split is smaller).
 pub const GATE_ROWS: usize = 256;
+
+/// Blocks of text the gate runs a token model on.
+pub const GATE_BLOCKS: usize = 8;
 
 pub use layout::EXPORTS;
 
@@ -74,14 +77,40 @@ fn kiln_outputs(run: &LoadedRun, x: &[f32], rows: usize) -> Vec<Vec<f32>> {
         d: run.pre.n_features,
     };
     let idx: Vec<usize> = (0..rows).collect();
-    match data
-        .gather(&idx)
-        .upload(run.mconf.input(), &run.device)
-        .input
-    {
+    batch_outputs(run, data.gather(&idx))
+}
+
+/// kiln's own outputs for a batch, in the graph's output order.
+fn batch_outputs(run: &LoadedRun, batch: crate::data::Batch) -> Vec<Vec<f32>> {
+    match batch.upload(run.mconf.input(), &run.device).input {
         Some(input) => run.task.output_values(run.model.forward(input)),
         None => Vec::new(),
     }
+}
+
+/// Blocks of held-out text the gate runs a token model on (validation, else test, else the
+/// training text), repeated up to a fixed batch size when the graph has one; with their number
+/// and length.
+fn gate_blocks(
+    run: &LoadedRun,
+    batch: Batch,
+) -> Result<(crate::data::Batch, usize, usize), ExportError> {
+    let split = [&run.data.valid, &run.data.test, &run.data.train]
+        .into_iter()
+        .map(|s| s.for_evaluation())
+        .find(|s| !s.is_empty())
+        .ok_or(ExportError::NoRows)?;
+    let want = match batch {
+        Batch::Dynamic => split.len().min(GATE_BLOCKS),
+        Batch::Fixed(n) => n,
+    };
+    let idx: Vec<usize> = (0..want).map(|i| i % split.len()).collect();
+    let b = split.gather(&idx);
+    let len = match &b.x {
+        Features::Tokens { len, .. } => *len,
+        Features::Dense { .. } => unreachable!("blocks of text hold token ids"),
+    };
+    Ok((b, want, len))
 }
 
 /// The gate's rows: the validation split (else test, else train), preprocessed; repeated up
@@ -202,10 +231,17 @@ pub fn export(
         ("weights_sha256".into(), weights_sha),
         (
             "input_layout".into(),
-            format!(
-                "features: float32 [batch, {}]; numeric columns in their own units (NaN when missing), categorical columns one-hot in the order of `preprocessing.columns`, image pixels as stored, row-major",
-                run.pre.n_features
-            ),
+            match &run.pre.text {
+                Some(t) => format!(
+                    "input_ids: int64 [batch, sequence], sequence at most {}; token ids of `preprocessing.tokenizer` (vocabulary of {}); output logits float32 [batch, sequence, vocabulary]",
+                    run.mconf.input().numel(),
+                    t.vocab_size()
+                ),
+                None => format!(
+                    "features: float32 [batch, {}]; numeric columns in their own units (NaN when missing), categorical columns one-hot in the order of `preprocessing.columns`, image pixels as stored, row-major",
+                    run.pre.n_features
+                ),
+            },
         ),
         (
             "class_names".into(),
@@ -224,15 +260,35 @@ pub fn export(
         &metadata,
     )?;
 
-    // The gate: tract on the raw features of a validation batch against kiln's outputs.
-    let (x, rows) = gate_rows(&run, opts.batch)?;
-    let raw = super::raw_features(&run.pre, &x);
-    let expected = kiln_outputs(&run, &x, rows);
-    let got =
-        super::run_tract(&onnx, &raw, rows, run.pre.n_features).map_err(ExportError::Tract)?;
-    let classify = run.task.class_names().is_some();
+    // The gate: tract on the raw features (or the token ids) of a validation batch against
+    // kiln's outputs.
+    let (rows, got, expected, top1) = match &run.data.valid {
+        Split::Text(_) => {
+            let (batch, rows, len) = gate_blocks(&run, opts.batch)?;
+            let ids = match &batch.x {
+                Features::Tokens { ids, .. } => ids.clone(),
+                Features::Dense { .. } => unreachable!("blocks of text hold token ids"),
+            };
+            let expected = batch_outputs(&run, batch);
+            let got = super::run_tract_tokens(&onnx, &ids, rows, len).map_err(ExportError::Tract)?;
+            // Every position's logits: `rows * len` rows of the vocabulary.
+            (rows * len, got, expected, Some((0, run.mconf.outputs())))
+        }
+        Split::Table(_) => {
+            let (x, rows) = gate_rows(&run, opts.batch)?;
+            let raw = super::raw_features(&run.pre, &x);
+            let expected = kiln_outputs(&run, &x, rows);
+            let got = super::run_tract(&onnx, &raw, rows, run.pre.n_features)
+                .map_err(ExportError::Tract)?;
+            let top1 = run
+                .task
+                .class_names()
+                .map(|c| (1, c.len()));
+            (rows, got, expected, top1)
+        }
+    };
     let (got, expected) = (run.task.parity_units(got), run.task.parity_units(expected));
-    let parity = super::compare(&names, &got, &expected, rows, classify);
+    let parity = super::compare(&names, &got, &expected, rows, top1);
     if !parity.passed {
         return Err(ExportError::Parity { report: parity });
     }
