@@ -357,3 +357,52 @@ fn an_exported_gpt_scores_and_generates_in_onnxruntime_as_kiln_does() {
     assert_exit(&o, 0);
     assert_eq!(ort["text"], json(&o)["text"], "greedy text, onnxruntime against kiln");
 }
+
+/// README, "Text classification": the genre config trains (smoke), `kiln predict` reads the
+/// TSV's text column, the export passes the gate, and onnxruntime, tokenizing the file itself,
+/// gives kiln's probabilities for every row, a text alone as in a padded batch.
+#[test]
+fn a_text_classifier_predicts_and_exports_with_the_same_answers() {
+    let sb = Sandbox::new();
+    let o = sb.kiln(&["train", "configs/shakespeare_genre.toml", "--smoke", "--json"]);
+    assert_exit(&o, 0);
+    let run = json(&o);
+    let id = run["run_id"].as_str().unwrap().to_string();
+    assert!(run["metrics"]["valid"]["accuracy"].as_f64().is_some(), "{run}");
+    let preds = sb.path().join("preds.json");
+    let test = "data/shakespeare_genre/test.tsv";
+    let o = sb.kiln(&["predict", &id, "--input", test, "-o", preds.to_str().unwrap()]);
+    assert_exit(&o, 0);
+    let preds = read_json(&preds);
+    assert_eq!(preds["classes"], serde_json::json!(["comedy", "history", "tragedy"]));
+    let rows = preds["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 857);
+
+    let out = sb.path().join("genre.onnx");
+    let o = sb.kiln(&["export", &id, "-o", out.to_str().unwrap(), "--json"]);
+    assert_exit(&o, 0);
+    let parity = &json(&o)["parity"];
+    assert_eq!(parity["passed"], true, "{parity}");
+    let Some(python) = python_with("onnxruntime") else {
+        return;
+    };
+    let o = std::process::Command::new(&python)
+        .arg(root().join("tests/onnx_text_classifier.py"))
+        .args([out.to_str().unwrap(), sb.path().join("genre.json").to_str().unwrap()])
+        .args([test, "text"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ort = json(&o);
+    assert!(ort["batch_vs_alone"].as_f64().unwrap() < 1e-5, "{}", ort["batch_vs_alone"]);
+    let ort_rows = ort["probabilities"].as_array().unwrap();
+    assert_eq!(ort_rows.len(), rows.len());
+    for (k, o) in rows.iter().zip(ort_rows) {
+        let kp: Vec<f64> = k["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let op: Vec<f64> = o.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        for (a, b) in kp.iter().zip(&op) {
+            assert!((a - b).abs() < 1e-4, "row {}: kiln {kp:?}, onnxruntime {op:?}", k["row"]);
+        }
+    }
+}

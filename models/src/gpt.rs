@@ -114,7 +114,7 @@ pub(crate) fn check_transformer(s: &ModelSection, out: &mut Vec<SectionError>) {
 
 impl GptConfig {
     /// Parameters (saturating).
-    fn count(vocab: u64, block: u64, l: u64, e: u64, bias: bool, tied: bool) -> u64 {
+    pub(crate) fn count(vocab: u64, block: u64, l: u64, e: u64, bias: bool, tied: bool) -> u64 {
         let b = u64::from(bias);
         let norm = e + b * e;
         let per_layer = [
@@ -137,12 +137,12 @@ impl GptConfig {
     }
 }
 
-fn normal(std: f64) -> Initializer {
+pub(crate) fn normal(std: f64) -> Initializer {
     Initializer::Normal { mean: 0.0, std }
 }
 
 /// A linear layer with GPT-2's initialisation: weights from N(0, std), bias zero.
-fn linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Linear {
+pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Linear {
     let mut l = LinearConfig::new(d_in, d_out)
         .with_bias(bias)
         .with_initializer(normal(std))
@@ -153,7 +153,7 @@ fn linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> L
     l
 }
 
-fn layer_norm(d: usize, bias: bool, device: &Device) -> LayerNorm {
+pub(crate) fn layer_norm(d: usize, bias: bool, device: &Device) -> LayerNorm {
     LayerNormConfig::new(d).with_bias(bias).init(device)
 }
 
@@ -219,36 +219,18 @@ impl Architecture for GptConfig {
 
     fn init(&self, device: &Device) -> Gpt {
         let e = self.n_embd;
-        let residual_std = INIT_STD / (2.0 * self.n_layer as f64).sqrt();
-        let embedding = |n| {
-            EmbeddingConfig::new(n, e)
-                .with_initializer(normal(INIT_STD))
-                .init(device)
-        };
-        let dropout = || DropoutConfig::new(self.dropout).init();
-        let blocks = (0..self.n_layer)
-            .map(|_| Block {
-                ln_1: layer_norm(e, self.bias, device),
-                attn: Attention {
-                    qkv: linear(e, 3 * e, self.bias, INIT_STD, device),
-                    proj: linear(e, e, self.bias, residual_std, device),
-                    attn_drop: dropout(),
-                    resid_drop: dropout(),
-                    n_head: self.n_head,
-                },
-                ln_2: layer_norm(e, self.bias, device),
-                mlp: FeedForward {
-                    fc: linear(e, 4 * e, self.bias, INIT_STD, device),
-                    proj: linear(4 * e, e, self.bias, residual_std, device),
-                    drop: dropout(),
-                },
-            })
-            .collect();
         Gpt {
-            wte: embedding(self.vocab_size),
-            wpe: embedding(self.block_size),
-            drop: dropout(),
-            blocks,
+            wte: embedding(self.vocab_size, e, device),
+            wpe: embedding(self.block_size, e, device),
+            drop: DropoutConfig::new(self.dropout).init(),
+            blocks: blocks(
+                self.n_layer,
+                self.n_head,
+                e,
+                self.bias,
+                self.dropout,
+                device,
+            ),
             ln_f: layer_norm(e, self.bias, device),
             head: (!self.tie_weights).then(|| linear(e, self.vocab_size, false, INIT_STD, device)),
             block_size: self.block_size,
@@ -321,6 +303,59 @@ pub struct Block {
     mlp: FeedForward,
 }
 
+impl Block {
+    /// A pre-norm block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Option<&Tensor<4, Bool>>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let a = self.attn.forward(self.ln_1.forward(x.clone()), mask, cache);
+        let x = x + a;
+        let m = self.mlp.forward(self.ln_2.forward(x.clone()));
+        x + m
+    }
+}
+
+/// `n_layer` blocks of width `e` with GPT-2's initialisation.
+pub(crate) fn blocks(
+    n_layer: usize,
+    n_head: usize,
+    e: usize,
+    bias: bool,
+    dropout: f64,
+    device: &Device,
+) -> Vec<Block> {
+    let residual_std = INIT_STD / (2.0 * n_layer as f64).sqrt();
+    let drop = || DropoutConfig::new(dropout).init();
+    (0..n_layer)
+        .map(|_| Block {
+            ln_1: layer_norm(e, bias, device),
+            attn: Attention {
+                qkv: linear(e, 3 * e, bias, INIT_STD, device),
+                proj: linear(e, e, bias, residual_std, device),
+                attn_drop: drop(),
+                resid_drop: drop(),
+                n_head,
+            },
+            ln_2: layer_norm(e, bias, device),
+            mlp: FeedForward {
+                fc: linear(e, 4 * e, bias, INIT_STD, device),
+                proj: linear(4 * e, e, bias, residual_std, device),
+                drop: drop(),
+            },
+        })
+        .collect()
+}
+
+/// An embedding table with GPT-2's initialisation.
+pub(crate) fn embedding(n: usize, e: usize, device: &Device) -> Embedding {
+    EmbeddingConfig::new(n, e)
+        .with_initializer(normal(INIT_STD))
+        .init(device)
+}
+
 #[derive(Module, Debug)]
 pub struct Gpt {
     wte: Embedding,
@@ -359,12 +394,13 @@ impl KvCache {
 
 impl Attention {
     /// `[batch, t, n_embd]` -> `[batch, t, n_embd]`. With a cache, the `t` new positions follow
-    /// the cached ones and attend to them too; `mask` is `true` where a query may not look
-    /// (`[t, positions]`), `None` when every query may see every key.
-    fn forward(
+    /// the cached ones and attend to them too; `mask` is `true` where a query may not look,
+    /// `[1 or batch, 1, 1 or t, positions]` (a causal mask, or padding), `None` when every
+    /// query may see every key.
+    pub(crate) fn forward(
         &self,
         x: Tensor<3>,
-        mask: Option<&Tensor<2, Bool>>,
+        mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let [b, t, c] = x.dims();
@@ -388,8 +424,7 @@ impl Attention {
         let keys = k.dims()[2];
         let mut att = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
         if let Some(mask) = mask {
-            let mask = mask.clone().reshape([1, 1, t, keys]).expand([b, h, t, keys]);
-            att = att.mask_fill(mask, f32::NEG_INFINITY);
+            att = att.mask_fill(mask.clone().expand([b, h, t, keys]), f32::NEG_INFINITY);
         }
         let att = self.attn_drop.forward(softmax(att, 3));
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
@@ -430,17 +465,16 @@ impl Gpt {
         let mut x = self.drop.forward(self.wte.forward(ids) + self.wpe.forward(pos));
         // Query i sits at position start + i and may not see keys after it.
         let keys = start + t;
-        let mask = (t > 1).then(|| Tensor::<2, Bool>::tril_mask([t, keys], start as i64, &device));
+        let mask = (t > 1).then(|| {
+            Tensor::<2, Bool>::tril_mask([t, keys], start as i64, &device).reshape([1, 1, t, keys])
+        });
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.blocks.len(), None);
             c.len = keys;
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            let a = block.attn.forward(block.ln_1.forward(x.clone()), mask.as_ref(), slot);
-            x = x + a;
-            let m = block.mlp.forward(block.ln_2.forward(x.clone()));
-            x = x + m;
+            x = block.forward(x, mask.as_ref(), slot);
         }
         let x = self.ln_f.forward(x);
         match &self.head {

@@ -25,6 +25,7 @@
 
 mod activation;
 mod cnn;
+mod encoder;
 mod gpt;
 mod gpt_onnx;
 mod io;
@@ -36,6 +37,7 @@ mod section;
 
 pub use activation::Activation;
 pub use cnn::{Cnn, CnnConfig, ConvBlockConfig};
+pub use encoder::{Encoder, EncoderConfig, PAD};
 pub use gpt::{DECAYED, Gpt, GptConfig, KvCache, PRESETS, section_block_size};
 pub use io::{Input, InputShape, Output};
 pub use kind::{Architecture, Forward};
@@ -49,4 +51,6 @@ model_kinds! {
     Cnn(CnnConfig => Cnn) = "cnn",
     /// A decoder-only transformer over token ids: a language model.
     Gpt(GptConfig => Gpt) = "gpt",
+    /// A transformer encoder over a text's token ids, pooled: a text classifier.
+    Encoder(EncoderConfig => Encoder) = "encoder",
 }

@@ -11,7 +11,7 @@ use crate::{Activation, ModelKind, Norm};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct ModelSection {
-    /// `mlp`, `cnn` or `gpt`. Default: `mlp`.
+    /// `mlp`, `cnn`, `gpt` (a language model) or `encoder` (a text classifier). Default: `mlp`.
     pub kind: ModelKind,
     /// Hidden layer widths of the MLP (for `cnn`: of its head). Default: `[128]`.
     pub hidden: Vec<usize>,
@@ -23,7 +23,7 @@ pub struct ModelSection {
     pub norm: Norm,
     /// Convolution blocks of a `cnn`, in order (`[[model.conv]]` tables).
     pub conv: Vec<ConvSection>,
-    /// Transformer sizes by name (`gpt`): `char-tiny` (4 layers, 4 heads, 128 wide, 64
+    /// Transformer sizes by name (`gpt`, `encoder`): `char-tiny` (4 layers, 4 heads, 128 wide, 64
     /// positions), `char-small` (6, 6, 384, 256) or `gpt2` (12, 12, 768, 1024). The keys below
     /// override it. Default: `char-tiny`'s sizes.
     #[serde(skip_serializing_if = "Option::is_none")]

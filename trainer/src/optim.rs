@@ -55,7 +55,7 @@ pub fn optimizer(cfg: &RunConfig) -> ModuleOptimizer {
 /// The parameters AdamW's decay applies to, by path, when a model kind restricts it.
 fn decayed_only(kind: ModelKind) -> Option<&'static str> {
     match kind {
-        ModelKind::Gpt => Some(kiln_models::DECAYED),
+        ModelKind::Gpt | ModelKind::Encoder => Some(kiln_models::DECAYED),
         ModelKind::Mlp | ModelKind::Cnn => None,
     }
 }

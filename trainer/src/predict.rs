@@ -5,7 +5,9 @@ use std::path::Path;
 
 use crate::config::DataFormat;
 use crate::data::preprocess::Column;
-use crate::data::{Dataset, Source};
+use crate::data::table::Cells;
+use crate::data::text::Labeled;
+use crate::data::{Dataset, Source, Split};
 use crate::eval::{EVAL_BATCH, EvalError, LoadedRun};
 
 /// One row's prediction.
@@ -39,25 +41,37 @@ pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalEr
         }
         DataFormat::Idx => crate::data::idx::read_unlabelled(input)?,
         DataFormat::Csv => {
-            let names: Vec<String> = run
-                .pre
-                .columns
-                .iter()
-                .map(|c| match c {
-                    Column::Numeric { name, .. } | Column::Categorical { name, .. } => name.clone(),
-                })
-                .collect();
+            let names: Vec<String> = match &spec.text_column {
+                Some(text) => vec![text.clone()],
+                None => run
+                    .pre
+                    .columns
+                    .iter()
+                    .map(|c| match c {
+                        Column::Numeric { name, .. } | Column::Categorical { name, .. } => {
+                            name.clone()
+                        }
+                    })
+                    .collect(),
+            };
             crate::data::table::read_unlabelled(&spec, input, &names)?
         }
     };
     let n = table.lines.len();
     let rows: Vec<usize> = (0..n).collect();
-    let data = Dataset {
-        x: run.pre.features(&table, &rows)?,
-        // The file may hold no labels, and predictions read none.
-        y: crate::data::Targets::Values(vec![0.0; n]),
-        n,
-        d: run.pre.n_features,
+    // The file may hold no labels, and predictions read none.
+    let no_targets = crate::data::Targets::Values(vec![0.0; n]);
+    let data = match (&run.pre.text, &table.cells) {
+        (Some(tokenizer), Cells::Text(cells)) => {
+            let texts: Vec<&str> = cells.iter().map(|r| r[0].as_str()).collect();
+            Split::Labeled(Labeled::new(tokenizer, &texts, no_targets, run.pre.n_features))
+        }
+        _ => Split::Table(Dataset {
+            x: run.pre.features(&table, &rows)?,
+            y: no_targets,
+            n,
+            d: run.pre.n_features,
+        }),
     };
     let classes = run.task.class_names().map(<[String]>::to_vec);
     let mut out = Vec::with_capacity(n);

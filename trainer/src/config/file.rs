@@ -65,12 +65,22 @@ pub struct DataSection {
     /// as `data/shakespeare/*.txt`, read in name order). Relative paths are relative to the
     /// working directory. Required.
     pub path: String,
-    /// `text`: `char` (one token per character of the corpus) or `byte` (256 tokens). The
-    /// vocabulary is saved with the run. Default: `char`.
+    /// `csv` with a column of text to classify: the column's name. The model (`encoder`) reads
+    /// its tokens; other feature columns are not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// How text becomes tokens: `char` (one per character of the corpus), `byte` (256) or
+    /// `word` (the training split's most frequent words, lower-cased, and punctuation; for
+    /// `data.text`). The vocabulary is saved with the run. Default: `char` for `text`, `word`
+    /// for `data.text`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerKind>,
-    /// `text`: tokens per training block (the context the model learns from); at most
-    /// `model.block_size`. Default: `model.block_size`.
+    /// `word`: the vocabulary's size, padding and unknown words included. Default: 8000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
+    /// Tokens per training block of a corpus (the context the model learns from), or the most
+    /// tokens of a text the classifier reads (longer ones are cut); at most `model.block_size`.
+    /// Default: `model.block_size`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<usize>,
     /// A separate file of targets, one per line (for `idx`: the labels). Default: none, the
@@ -130,7 +140,9 @@ impl Default for DataSection {
         Self {
             format: DataFormat::Csv,
             path: String::new(),
+            text: None,
             tokenizer: None,
+            vocab_size: None,
             block_size: None,
             labels_path: None,
             test_path: None,

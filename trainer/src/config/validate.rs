@@ -304,11 +304,43 @@ impl Checker<'_> {
                 file.model.kind.name()
             ));
         }
-        if !text && (d.tokenizer.is_some() || d.block_size.is_some()) {
+        let labeled = d.text.is_some();
+        if labeled && (d.format != DataFormat::Csv || file.task != Task::Classification) {
             self.bad(
-                "`data.tokenizer` and `data.block_size` apply to `data.format` = \"text\" only"
+                "`data.text` names the text column of a CSV/TSV file to classify: it needs `data.format` = \"csv\" and `task` = \"classification\""
                     .into(),
             );
+        }
+        if labeled != (file.model.kind == ModelKind::Encoder) {
+            self.bad(format!(
+                "`model.kind` = {:?} with{} `data.text`: a text classifier is `model.kind` = \"encoder\" reading the column `data.text` names",
+                file.model.kind.name(),
+                if labeled { "" } else { "out" }
+            ));
+        }
+        if !text && !labeled && (d.tokenizer.is_some() || d.block_size.is_some()) {
+            self.bad(
+                "`data.tokenizer` and `data.block_size` apply to text only (`data.format` = \"text\", or `data.text`)"
+                    .into(),
+            );
+        }
+        if text && d.tokenizer == Some(data::text::TokenizerKind::Word) {
+            self.bad(
+                "`data.tokenizer` = \"word\" is for classifying text: a language model's text must come back from its tokens; use \"char\" or \"byte\""
+                    .into(),
+            );
+        }
+        if labeled && d.tokenizer.is_some_and(|t| t != data::text::TokenizerKind::Word) {
+            self.bad(
+                "`data.text` reads words (`data.tokenizer` = \"word\"): token 0 is the padding of shorter texts"
+                    .into(),
+            );
+        }
+        if d.vocab_size.is_some_and(|v| v < 3) {
+            self.bad("`data.vocab_size` must be at least 3 (padding, unknown, one word)".into());
+        }
+        if d.vocab_size.is_some() && !labeled {
+            self.bad("`data.vocab_size` applies to `data.tokenizer` = \"word\" (`data.text`)".into());
         }
         if d.block_size == Some(0) {
             self.bad("`data.block_size` must be at least 1 (tokens per block)".into());
@@ -337,6 +369,10 @@ impl Checker<'_> {
                 channels,
                 height,
                 width,
+            }),
+            (None, DataFormat::Csv) if d.text.is_some() => Some(InputShape::Tokens {
+                vocab: 1,
+                len: text_block(file),
             }),
             (None, DataFormat::Csv) => Some(InputShape::Rows { features: 1 }),
             // IDX images: their shape is in the file's header, read at training time.
@@ -629,8 +665,14 @@ fn data_spec(file: &FileConfig, c: &DataChecked) -> data::DataSpec {
         test_fraction: c.test_frac,
         stratify: d.split.stratify && task == Task::Classification,
         split_seed: d.split.seed.unwrap_or(file.seed),
-        tokenizer: d.tokenizer.unwrap_or_default(),
+        tokenizer: d.tokenizer.unwrap_or(if d.text.is_some() {
+            data::text::TokenizerKind::Word
+        } else {
+            data::text::TokenizerKind::Char
+        }),
         block_size: text_block(file),
+        text_column: d.text.clone(),
+        vocab_size: d.vocab_size.unwrap_or(8000),
     }
 }
 

@@ -53,9 +53,14 @@ pub struct DataSpec {
     pub test_fraction: f64,
     pub stratify: bool,
     pub split_seed: u64,
-    /// Text: how it becomes tokens, and the tokens per training block.
+    /// Text: how it becomes tokens, and the tokens per training block (labeled text: the
+    /// most tokens of a text the model reads).
     pub tokenizer: text::TokenizerKind,
     pub block_size: usize,
+    /// Labeled text: the column holding the text (the other feature columns are not read).
+    pub text_column: Option<String>,
+    /// A word vocabulary's size, padding and unknown words included.
+    pub vocab_size: usize,
 }
 
 /// What went wrong with a data file, with where.
@@ -142,6 +147,7 @@ pub const TRAIN_EVAL_TOKENS: usize = 131_072;
 pub enum Split {
     Table(Dataset),
     Text(text::Blocks),
+    Labeled(text::Labeled),
 }
 
 impl Split {
@@ -150,6 +156,7 @@ impl Split {
         match self {
             Split::Table(d) => Split::Table(d.head(n)),
             Split::Text(b) => Split::Text(b.head(n)),
+            Split::Labeled(l) => Split::Labeled(l.head(n)),
         }
     }
 
@@ -161,7 +168,7 @@ impl Split {
             Split::Text(b) => {
                 std::borrow::Cow::Owned(Split::Text(b.tiled_view(TRAIN_EVAL_TOKENS)))
             }
-            table => std::borrow::Cow::Borrowed(table),
+            other => std::borrow::Cow::Borrowed(other),
         }
     }
 }
@@ -171,6 +178,7 @@ impl Source for Split {
         match self {
             Split::Table(d) => d.n,
             Split::Text(b) => b.len(),
+            Split::Labeled(l) => l.len(),
         }
     }
 
@@ -178,6 +186,7 @@ impl Source for Split {
         match self {
             Split::Table(d) => d.gather(idx),
             Split::Text(b) => b.gather(idx),
+            Split::Labeled(l) => l.gather(idx),
         }
     }
 }
@@ -255,6 +264,9 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
         }
     };
     let parts = split::split(&raw, spec);
+    if let Some(column) = &spec.text_column {
+        return labeled_text(spec, &raw, &parts, column, fitted);
+    }
     let preprocessor = match fitted {
         Some(p) => p.clone(),
         None => Preprocessor::fit(&raw, &parts.train, spec)?,
@@ -270,6 +282,56 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
         valid: Split::Table(valid),
         test: Split::Table(test),
         preprocessor,
+    })
+}
+
+/// Labeled text: the text column tokenized (the vocabulary fitted on the training split), the
+/// labels encoded as for any table.
+fn labeled_text(
+    spec: &DataSpec,
+    raw: &table::RawData,
+    parts: &split::Parts,
+    column: &str,
+    fitted: Option<&Preprocessor>,
+) -> Result<Prepared, DataError> {
+    let texts = |t: &table::RawTable| -> Result<Vec<String>, DataError> {
+        let j = t.names.iter().position(|n| n == column);
+        match (&t.cells, j) {
+            (table::Cells::Text(rows), Some(j)) => Ok(rows.iter().map(|r| r[j].clone()).collect()),
+            _ => Err(DataError::Format {
+                path: t.path.clone(),
+                message: format!("`data.text` = {column:?}: no such column (columns: {:?})", t.names),
+            }),
+        }
+    };
+    let main = texts(&raw.main)?;
+    let pre = match fitted {
+        Some(p) => p.clone(),
+        None => {
+            let target = preprocess::fit_target(raw, &parts.train, spec)?;
+            let train = parts.train.iter().map(|&i| main[i].as_str());
+            let tokenizer = match spec.tokenizer {
+                text::TokenizerKind::Word => text::Tokenizer::fit_words(train, spec.vocab_size),
+                kind => text::Tokenizer::fit(kind, &train.collect::<Vec<_>>().join("")),
+            };
+            Preprocessor::for_labeled_text(tokenizer, target, spec.block_size)
+        }
+    };
+    let tokenizer = pre.text.clone().expect("labeled text has a tokenizer");
+    let split = |t: &table::RawTable, all: &[String], rows: &[usize]| -> Result<Split, DataError> {
+        let y = pre.targets(t, rows)?;
+        let chosen: Vec<&str> = rows.iter().map(|&i| all[i].as_str()).collect();
+        Ok(Split::Labeled(text::Labeled::new(&tokenizer, &chosen, y, spec.block_size)))
+    };
+    let test = match &raw.test {
+        Some(t) => split(t, &texts(t)?, &(0..t.len()).collect::<Vec<_>>())?,
+        None => split(&raw.main, &main, &parts.test)?,
+    };
+    Ok(Prepared {
+        train: split(&raw.main, &main, &parts.train)?,
+        valid: split(&raw.main, &main, &parts.valid)?,
+        test,
+        preprocessor: pre,
     })
 }
 

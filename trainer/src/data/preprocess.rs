@@ -76,6 +76,23 @@ impl Preprocessor {
         }
     }
 
+    /// The preprocessing of labeled text: its tokenizer, texts of at most `block` tokens, the
+    /// classes.
+    pub fn for_labeled_text(
+        tokenizer: super::text::Tokenizer,
+        target: TargetEncoding,
+        block: usize,
+    ) -> Self {
+        Preprocessor {
+            columns: Vec::new(),
+            image: None,
+            target,
+            missing_values: Vec::new(),
+            n_features: block,
+            text: Some(tokenizer),
+        }
+    }
+
     /// The preprocessing of a text corpus: its tokenizer, blocks of `block` tokens.
     pub fn for_text(tokenizer: super::text::Tokenizer, block: usize) -> Self {
         Preprocessor {
@@ -328,7 +345,7 @@ impl Preprocessor {
         Ok(x)
     }
 
-    fn targets(&self, t: &RawTable, rows: &[usize]) -> Result<Targets, DataError> {
+    pub(crate) fn targets(&self, t: &RawTable, rows: &[usize]) -> Result<Targets, DataError> {
         let y = match &self.target {
             TargetEncoding::Classes { raw, .. } => {
                 let mut ys = Vec::with_capacity(rows.len());
@@ -376,7 +393,7 @@ fn c_name(c: &Column) -> &str {
     }
 }
 
-fn fit_target(
+pub(crate) fn fit_target(
     raw: &RawData,
     train: &[usize],
     spec: &DataSpec,

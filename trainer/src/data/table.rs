@@ -256,6 +256,12 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
     if has_label_col && let Err(e) = label_index(spec, &names) {
         out.push(e);
     }
+    if let Some(c) = &spec.text_column
+        && !names.contains(c)
+    {
+        let hint = crate::suggest::hint(c, &names);
+        out.push(format!("`data.text` names {c:?}: no such column{hint}"));
+    }
     for (key, list) in [("categorical", &spec.categorical), ("ignore", &spec.ignore)] {
         for c in list {
             if !names.contains(c) {

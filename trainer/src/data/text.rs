@@ -25,6 +25,10 @@ pub enum Tokenizer {
     Chars { chars: String },
     /// One token per byte: a vocabulary of 256, any text.
     Bytes,
+    /// One token per word (lower-cased letters, digits and apostrophes) or punctuation mark:
+    /// `words[0]` is padding, `words[1]` an unknown word, then the training split's most
+    /// frequent words. For classifying text; decoding does not give the text back.
+    Words { words: Vec<String> },
 }
 
 /// A tokenizer kind, as `data.tokenizer` names it.
@@ -36,6 +40,29 @@ pub enum TokenizerKind {
     #[default]
     Char,
     Byte,
+    Word,
+}
+
+/// The padding and unknown-word tokens of a word vocabulary.
+pub const PAD_WORD: &str = "<pad>";
+pub const UNKNOWN_WORD: &str = "<unk>";
+
+/// The words and punctuation marks of `text`, lower-cased.
+pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start();
+        let first = rest.chars().next()?;
+        let is_word = |c: char| c.is_alphanumeric() || c == '\'';
+        let end = if is_word(first) {
+            rest.find(|c: char| !is_word(c)).unwrap_or(rest.len())
+        } else {
+            first.len_utf8()
+        };
+        let (w, r) = rest.split_at(end);
+        rest = r;
+        Some(w.to_lowercase())
+    })
 }
 
 /// Text a tokenizer cannot encode: the character and where it is.
@@ -48,9 +75,26 @@ pub struct UnknownChar {
 }
 
 impl Tokenizer {
+    /// A word vocabulary of at most `size` tokens (padding and unknown included): the most
+    /// frequent words of `texts` (ties in alphabetical order), each seen at least twice.
+    pub fn fit_words<'a>(texts: impl Iterator<Item = &'a str>, size: usize) -> Tokenizer {
+        let mut counts: std::collections::HashMap<String, usize> = Default::default();
+        for t in texts {
+            for w in words(t) {
+                *counts.entry(w).or_default() += 1;
+            }
+        }
+        let mut ranked: Vec<(String, usize)> = counts.into_iter().filter(|c| c.1 >= 2).collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut out = vec![PAD_WORD.to_string(), UNKNOWN_WORD.to_string()];
+        out.extend(ranked.into_iter().take(size.saturating_sub(2)).map(|c| c.0));
+        Tokenizer::Words { words: out }
+    }
+
     /// The tokenizer `kind` for `text`.
     pub fn fit(kind: TokenizerKind, text: &str) -> Tokenizer {
         match kind {
+            TokenizerKind::Word => Tokenizer::fit_words(std::iter::once(text), usize::MAX),
             TokenizerKind::Byte => Tokenizer::Bytes,
             TokenizerKind::Char => {
                 let mut chars: Vec<char> = text.chars().collect();
@@ -67,6 +111,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Chars { chars } => chars.chars().count(),
             Tokenizer::Bytes => 256,
+            Tokenizer::Words { words } => words.len(),
         }
     }
 
@@ -74,6 +119,17 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, UnknownChar> {
         match self {
             Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            // An unknown word is a token of its own, not an error.
+            Tokenizer::Words { words: vocab } => {
+                let index: std::collections::HashMap<&str, u32> = vocab
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| (w.as_str(), i as u32))
+                    .collect();
+                Ok(words(text)
+                    .map(|w| index.get(w.as_str()).copied().unwrap_or(1))
+                    .collect())
+            }
             Tokenizer::Chars { chars } => {
                 let table: Vec<char> = chars.chars().collect();
                 text.chars()
@@ -106,6 +162,11 @@ impl Tokenizer {
                     .map(|&i| table.get(i as usize).copied().unwrap_or('\u{FFFD}'))
                     .collect()
             }
+            Tokenizer::Words { words } => ids
+                .iter()
+                .map(|&i| words.get(i as usize).map_or(UNKNOWN_WORD, String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 }
@@ -279,6 +340,64 @@ impl Source for Blocks {
     }
 }
 
+/// Labeled texts (one split), each at most `block` tokens: a batch is padded with
+/// [`kiln_models::PAD`] to its longest text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labeled {
+    pub ids: Arc<Vec<Vec<u32>>>,
+    pub y: Targets,
+}
+
+impl Labeled {
+    /// Tokenizes `texts`, each cut to `block` tokens (an empty one reads as one unknown word).
+    pub fn new(tokenizer: &Tokenizer, texts: &[&str], y: Targets, block: usize) -> Labeled {
+        let ids = texts
+            .iter()
+            .map(|t| {
+                let mut v = tokenizer.encode(t).unwrap_or_default();
+                v.truncate(block);
+                if v.is_empty() {
+                    v.push(1);
+                }
+                v
+            })
+            .collect();
+        Labeled {
+            ids: Arc::new(ids),
+            y,
+        }
+    }
+
+    pub fn head(&self, n: usize) -> Labeled {
+        let n = n.min(self.ids.len());
+        Labeled {
+            ids: Arc::new(self.ids[..n].to_vec()),
+            y: self.y.select(&(0..n).collect::<Vec<_>>()),
+        }
+    }
+}
+
+impl Source for Labeled {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn gather(&self, idx: &[usize]) -> Batch {
+        let t = idx.iter().map(|&i| self.ids[i].len()).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(idx.len() * t);
+        for &i in idx {
+            let row = &self.ids[i];
+            ids.extend_from_slice(row);
+            ids.extend(std::iter::repeat_n(kiln_models::PAD, t - row.len()));
+        }
+        Batch {
+            x: Features::Tokens { ids, len: t },
+            y: self.y.select(idx),
+            len: idx.len(),
+        }
+    }
+}
+
 /// A tokenized corpus, split.
 pub struct TextSplits {
     pub tokenizer: Tokenizer,
@@ -347,6 +466,25 @@ mod tests {
         let e = t.encode("abz").unwrap_err();
         assert_eq!((e.ch, e.at), ('z', 2));
         assert!(e.to_string().contains("'z'"), "{e}");
+    }
+
+    #[test]
+    fn words_are_lower_cased_and_unknown_ones_share_a_token() {
+        let w: Vec<String> = words("Good morrow, Kate; that's your name?").collect();
+        assert_eq!(w, ["good", "morrow", ",", "kate", ";", "that's", "your", "name", "?"]);
+        let t = Tokenizer::fit_words(["a b b c c c", "c d"].into_iter(), 4);
+        assert_eq!(
+            t,
+            Tokenizer::Words {
+                words: vec!["<pad>".into(), "<unk>".into(), "c".into(), "b".into()]
+            }
+        );
+        assert_eq!(t.encode("C b zz a").unwrap(), vec![2, 3, 1, 1]);
+        assert_eq!(t.decode(&[2, 3, 1]), "c b <unk>");
+        let l = Labeled::new(&t, &["c b c", "", "b b b b b"], Targets::Classes(vec![0, 1, 2]), 4);
+        let batch = l.gather(&[1, 0]);
+        assert_eq!(batch.x, Features::Tokens { ids: vec![1, 0, 0, 2, 3, 2], len: 3 });
+        assert_eq!(l.gather(&[2]).x, Features::Tokens { ids: vec![3; 4], len: 4 });
     }
 
     #[test]

@@ -279,10 +279,14 @@ pub fn build(
         // model's block size).
         InputShape::Tokens { .. } => {
             let out = mconf.lower(&mut g, TOKENS_INPUT)?;
+            let per_position = pre.target == TargetEncoding::NextToken;
             let outputs = task
                 .lower_outputs(&mut g, &out)
                 .into_iter()
-                .map(|(name, width)| sequence_info(name, batch, Some(width), FLOAT))
+                .map(|(name, width)| match per_position {
+                    true => sequence_info(name, batch, Some(width), FLOAT),
+                    false => tensor_info(name, batch, width),
+                })
                 .collect();
             (sequence_info(TOKENS_INPUT, batch, None, INT64), outputs)
         }

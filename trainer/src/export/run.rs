@@ -88,9 +88,9 @@ fn batch_outputs(run: &LoadedRun, batch: crate::data::Batch) -> Vec<Vec<f32>> {
     }
 }
 
-/// Blocks of held-out text the gate runs a token model on (validation, else test, else the
-/// training text), repeated up to a fixed batch size when the graph has one; with their number
-/// and length.
+/// Blocks (or labeled texts, padded to the longest) of held-out text the gate runs a token
+/// model on (validation, else test, else training), repeated up to a fixed batch size when the
+/// graph has one; with their number and length.
 fn gate_blocks(
     run: &LoadedRun,
     batch: Batch,
@@ -101,14 +101,17 @@ fn gate_blocks(
         .find(|s| !s.is_empty())
         .ok_or(ExportError::NoRows)?;
     let want = match batch {
-        Batch::Dynamic => split.len().min(GATE_BLOCKS),
+        Batch::Dynamic => split.len().min(match split.as_ref() {
+            Split::Labeled(_) => GATE_ROWS,
+            _ => GATE_BLOCKS,
+        }),
         Batch::Fixed(n) => n,
     };
     let idx: Vec<usize> = (0..want).map(|i| i % split.len()).collect();
     let b = split.gather(&idx);
     let len = match &b.x {
         Features::Tokens { len, .. } => *len,
-        Features::Dense { .. } => unreachable!("blocks of text hold token ids"),
+        Features::Dense { .. } => unreachable!("text is read as token ids"),
     };
     Ok((b, want, len))
 }
@@ -263,16 +266,19 @@ pub fn export(
     // The gate: tract on the raw features (or the token ids) of a validation batch against
     // kiln's outputs.
     let (rows, got, expected, top1) = match &run.data.valid {
-        Split::Text(_) => {
+        Split::Text(_) | Split::Labeled(_) => {
             let (batch, rows, len) = gate_blocks(&run, opts.batch)?;
             let ids = match &batch.x {
                 Features::Tokens { ids, .. } => ids.clone(),
-                Features::Dense { .. } => unreachable!("blocks of text hold token ids"),
+                Features::Dense { .. } => unreachable!("text is read as token ids"),
             };
             let expected = batch_outputs(&run, batch);
             let got = super::run_tract_tokens(&onnx, &ids, rows, len).map_err(ExportError::Tract)?;
-            // Every position's logits: `rows * len` rows of the vocabulary.
-            (rows * len, got, expected, Some((0, run.mconf.outputs())))
+            match run.task.class_names() {
+                // Every position's logits: `rows * len` rows of the vocabulary.
+                None => (rows * len, got, expected, Some((0, run.mconf.outputs()))),
+                Some(classes) => (rows, got, expected, Some((1, classes.len()))),
+            }
         }
         Split::Table(_) => {
             let (x, rows) = gate_rows(&run, opts.batch)?;
