@@ -10,6 +10,7 @@ JSON object: test accuracy and macro F1.
 import csv
 import json
 import sys
+import warnings
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegressionCV
@@ -24,6 +25,7 @@ def read(path):
 
 
 def main():
+    warnings.filterwarnings("ignore", category=FutureWarning)  # scikit-learn 1.9's notices
     x, y = read("data/shakespeare_genre/train.tsv")
     tx, ty = read("data/shakespeare_genre/test.tsv")
     model = make_pipeline(

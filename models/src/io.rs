@@ -6,7 +6,7 @@
 //! training loop, which only hands an `Input` to [`crate::Model::forward`] and its [`Output`] to
 //! the task's loss.
 
-use burn::tensor::{Bool, FloatDType, Int, Tensor};
+use burn::tensor::{FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The shape of one example as a model reads it.
@@ -48,11 +48,9 @@ pub enum Input {
     Rows(Tensor<2>),
     /// `[batch, channels, height, width]`.
     Images(Tensor<4>),
-    /// Token ids `[batch, positions]`; `mask` is `true` at padding positions.
-    Tokens {
-        ids: Tensor<2, Int>,
-        mask: Option<Tensor<2, Bool>>,
-    },
+    /// Token ids `[batch, positions]`; shorter texts of a batch are padded with id 0, which
+    /// the models that read padded text leave out.
+    Tokens(Tensor<2, Int>),
 }
 
 impl Input {
@@ -61,7 +59,7 @@ impl Input {
         match self {
             Input::Rows(x) => Input::Rows(x.cast(dtype)),
             Input::Images(x) => Input::Images(x.cast(dtype)),
-            tokens @ Input::Tokens { .. } => tokens,
+            tokens @ Input::Tokens(_) => tokens,
         }
     }
 
@@ -71,25 +69,18 @@ impl Input {
         match self {
             Input::Rows(x) => x,
             Input::Images(x) => x.flatten(1, 3),
-            Input::Tokens { .. } => unreachable!("setup gives token ids only to token models"),
+            Input::Tokens(_) => unreachable!("setup gives token ids only to token models"),
         }
     }
 
     /// Token ids `[batch, positions]`.
     pub fn into_tokens(self) -> Tensor<2, Int> {
         match self {
-            Input::Tokens { ids, .. } => ids,
+            Input::Tokens(ids) => ids,
             _ => unreachable!("setup gives rows and images only to models that read them"),
         }
     }
 
-    /// Token ids and the padding mask (`true` at padding).
-    pub fn into_tokens_and_mask(self) -> (Tensor<2, Int>, Option<Tensor<2, Bool>>) {
-        match self {
-            Input::Tokens { ids, mask } => (ids, mask),
-            _ => unreachable!("setup gives rows and images only to models that read them"),
-        }
-    }
 
     /// As images `[batch, channels, height, width]`; rows are taken as images of `shape`.
     pub fn into_images(self, [c, h, w]: [usize; 3]) -> Tensor<4> {
@@ -99,7 +90,7 @@ impl Input {
                 let [batch, _] = x.dims();
                 x.reshape([batch, c, h, w])
             }
-            Input::Tokens { .. } => unreachable!("setup gives token ids only to token models"),
+            Input::Tokens(_) => unreachable!("setup gives token ids only to token models"),
         }
     }
 }

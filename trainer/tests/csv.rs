@@ -45,21 +45,21 @@ fn categories_are_one_hot_and_numbers_standardised() {
         data::preprocess::Column::Categorical { categories, .. } => categories.clone(),
         c => panic!("color should be categorical: {c:?}"),
     };
-    assert_eq!(p.train.d, 1 + cats.len());
-    for row in p.train.x.chunks(p.train.d) {
+    assert_eq!(p.train.table().unwrap().d, 1 + cats.len());
+    for row in p.train.table().unwrap().x.chunks(p.train.table().unwrap().d) {
         assert_eq!(
             row[1..].iter().filter(|&&v| v == 1.0).count(),
             1,
             "one hot per row: {row:?}"
         );
     }
-    let xs: Vec<f32> = p.train.x.chunks(p.train.d).map(|r| r[0]).collect();
+    let xs: Vec<f32> = p.train.table().unwrap().x.chunks(p.train.table().unwrap().d).map(|r| r[0]).collect();
     let mean = xs.iter().sum::<f32>() / xs.len() as f32;
     assert!(
         mean.abs() < 1e-6,
         "standardised on the training split: mean {mean}"
     );
-    assert_eq!(p.train.n + p.valid.n + p.test.n, 8);
+    assert_eq!(p.train.table().unwrap().n + p.valid.table().unwrap().n + p.test.table().unwrap().n, 8);
 }
 
 #[test]
@@ -82,10 +82,12 @@ fn missing_values_are_rejected_with_row_and_column_or_imputed() {
     let p = prepare(dir.path(), "label = \"y\"\nimpute = \"median\"").unwrap();
     assert!(
         p.train
+            .table()
+            .unwrap()
             .x
             .iter()
-            .chain(&p.valid.x)
-            .chain(&p.test.x)
+            .chain(&p.valid.table().unwrap().x)
+            .chain(&p.test.table().unwrap().x)
             .all(|v| v.is_finite())
     );
     match &p.preprocessor.columns[0] {
@@ -127,7 +129,7 @@ fn statistics_come_from_the_training_split_only() {
         }
         c => panic!("{c:?}"),
     }
-    assert_eq!(p.test.n, 2);
+    assert_eq!(p.test.table().unwrap().n, 2);
 }
 
 #[test]
@@ -140,13 +142,13 @@ fn an_unseen_category_in_the_test_file_encodes_as_zeros() {
         "x,color,y\n1.0,purple,0\n2.0,red,1\n",
     );
     let p = prepare(dir.path(), "label = \"y\"").unwrap();
-    let first = &p.test.x[..p.test.d];
+    let first = &p.test.table().unwrap().x[..p.test.table().unwrap().d];
     assert!(
         first[1..].iter().all(|&v| v == 0.0),
         "purple was never seen: {first:?}"
     );
     assert_eq!(
-        p.test.x[p.test.d + 1..2 * p.test.d]
+        p.test.table().unwrap().x[p.test.table().unwrap().d + 1..2 * p.test.table().unwrap().d]
             .iter()
             .filter(|&&v| v == 1.0)
             .count(),
@@ -211,7 +213,7 @@ fn label_column_by_name_index_and_typo() {
     let by_index = prepare(dir.path(), "label = 2").unwrap();
     let by_name = prepare(dir.path(), "label = \"y\"").unwrap();
     assert_eq!(by_index.train, by_name.train);
-    assert!(matches!(by_name.train.y, Targets::Classes(_)));
+    assert!(matches!(by_name.train.table().unwrap().y, Targets::Classes(_)));
     let err = config(dir.path(), "label = \"yy\"")
         .unwrap_err()
         .to_string();
@@ -259,7 +261,7 @@ fn stratified_split_keeps_class_proportions() {
         Targets::Classes(v) => v.iter().filter(|&&c| c == 1).count(),
         _ => unreachable!(),
     };
-    assert_eq!((p.valid.n, count_b(&p.valid.y)), (25, 5));
-    assert_eq!((p.test.n, count_b(&p.test.y)), (25, 5));
-    assert_eq!((p.train.n, count_b(&p.train.y)), (50, 10));
+    assert_eq!((p.valid.table().unwrap().n, count_b(&p.valid.table().unwrap().y)), (25, 5));
+    assert_eq!((p.test.table().unwrap().n, count_b(&p.test.table().unwrap().y)), (25, 5));
+    assert_eq!((p.train.table().unwrap().n, count_b(&p.train.table().unwrap().y)), (50, 10));
 }

@@ -116,6 +116,7 @@ fn final_weights_with(sets: &[&str]) -> (BTreeMap<String, Vec<f32>>, usize) {
     let n = match &outcome.info.metrics["train"] {
         Metrics::Classification(m) => m.count,
         Metrics::Regression(m) => m.count,
+        Metrics::LanguageModel(_) => unreachable!("a table's run"),
     };
     (weights, n)
 }

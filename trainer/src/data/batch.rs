@@ -93,10 +93,10 @@ impl Batch {
             Features::Dense { x, width } => (x, width),
             Features::Tokens { ids, len: t } => {
                 let ids: Vec<i32> = ids.into_iter().map(|i| i as i32).collect();
-                return Input::Tokens {
-                    ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [len, t]), device),
-                    mask: None,
-                };
+                return Input::Tokens(Tensor::<2, Int>::from_data(
+                    TensorData::new(ids, [len, t]),
+                    device,
+                ));
             }
         };
         debug_assert_eq!(width, shape.numel(), "setup pairs the data with the model");

@@ -160,6 +160,14 @@ impl Split {
         }
     }
 
+    /// The rows of a table split (`None` for text).
+    pub fn table(&self) -> Option<&Dataset> {
+        match self {
+            Split::Table(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// The examples an evaluation scores: all of them, except for a training corpus, whose
     /// examples are blocks at every position: it is scored on non-overlapping blocks spread
     /// over it, at most [`TRAIN_EVAL_TOKENS`] tokens.
