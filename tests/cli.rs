@@ -316,7 +316,11 @@ fn smoke_runs_every_shipped_config() {
         let run_dir = PathBuf::from(v["run_dir"].as_str().unwrap());
         let latest = newest_checkpoint(&run_dir).expect("smoke writes a checkpoint");
         assert!(latest.join("model.safetensors").is_file());
-        assert!(v["metrics"]["test"].is_object(), "smoke evaluates: {v}");
+        // A corpus has no test split unless asked: its validation split is then what is scored.
+        assert!(
+            v["metrics"]["test"].is_object() || v["metrics"]["valid"].is_object(),
+            "smoke evaluates: {v}"
+        );
     }
 }
 

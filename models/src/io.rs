@@ -81,7 +81,6 @@ impl Input {
         }
     }
 
-
     /// As images `[batch, channels, height, width]`; rows are taken as images of `shape`.
     pub fn into_images(self, [c, h, w]: [usize; 3]) -> Tensor<4> {
         match self {

@@ -110,14 +110,16 @@ pub enum EvalError {
     },
     #[error("{id} has an empty {split} split")]
     EmptySplit { id: String, split: String },
-    #[error("{id} is a language model: `kiln {command}` reads table rows; use `kiln generate {id} --prompt TEXT`")]
+    #[error(
+        "{id} is a language model: `kiln {command}` reads table rows; use `kiln generate {id} --prompt TEXT`"
+    )]
     LanguageModel { id: String, command: &'static str },
     #[error("{id} is not a language model (it is a {kind}): `kiln generate` needs a `gpt`")]
     NotLanguageModel { id: String, kind: &'static str },
     #[error("the prompt is empty: give `--prompt` some text to continue")]
     EmptyPrompt,
     #[error("the prompt: {0}")]
-    Prompt(#[from] crate::data::text::UnknownChar),
+    Prompt(#[from] crate::data::text::TokenizeError),
 }
 
 /// A trained model, loaded with what evaluating it needs: config, preprocessing, data.

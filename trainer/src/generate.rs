@@ -113,6 +113,9 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
 struct Stream<'t> {
     tokenizer: &'t Tokenizer,
     pending: Vec<u8>,
+    /// A BPE's tokens so far and the text written of them (a token may end mid-character).
+    ids: Vec<u32>,
+    written: usize,
 }
 
 impl Stream<'_> {
@@ -133,6 +136,19 @@ impl Stream<'_> {
                         self.pending.clear();
                         s
                     }
+                }
+            }
+            Tokenizer::Hf { .. } => {
+                self.ids.push(id);
+                let text = self.tokenizer.decode(&self.ids);
+                // Hold back a trailing replacement character: the rest of its bytes may come.
+                let ready = text.trim_end_matches('\u{FFFD}');
+                match ready.get(self.written..) {
+                    Some(new) if ready.len() > self.written => {
+                        self.written = ready.len();
+                        new.to_string()
+                    }
+                    _ => String::new(),
                 }
             }
             t => t.decode(&[id]),
@@ -165,9 +181,10 @@ pub fn generate(
         return Err(EvalError::EmptyPrompt);
     }
     let prompt_tokens = ids.len();
-    let (tokens, seconds) = generate_ids(model, &mut ids, s, &run.device, tokenizer, |id, stream| {
-        on_text(&stream.push(id))
-    });
+    let (tokens, seconds) =
+        generate_ids(model, &mut ids, s, &run.device, tokenizer, |id, stream| {
+            on_text(&stream.push(id))
+        });
     Ok(Generated {
         text: tokenizer.decode(&tokens),
         tokens_per_second: tokens.len() as f64 / seconds.max(1e-9),
@@ -191,6 +208,8 @@ fn generate_ids(
     let mut stream = Stream {
         tokenizer,
         pending: Vec::new(),
+        ids: Vec::new(),
+        written: 0,
     };
     let started = Instant::now();
     let mut start = ids.len().saturating_sub(block);
@@ -275,6 +294,8 @@ mod tests {
         let mut s = Stream {
             tokenizer: &t,
             pending: Vec::new(),
+            ids: Vec::new(),
+            written: 0,
         };
         let out: Vec<String> = "aé€".bytes().map(|b| s.push(u32::from(b))).collect();
         assert_eq!(out, ["a", "", "é", "", "", "€"]);

@@ -1,11 +1,11 @@
 //! Optimizer, learning-rate schedule and gradient clipping by global norm.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
-use kiln_models::ModelKind;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::Tensor;
+use kiln_models::ModelKind;
 
 use crate::config::{OptimName, RunConfig, ScheduleKind, ScheduleSection};
 
@@ -284,7 +284,9 @@ mod decay_tests {
         let model = Model::Gpt(gpt.init(&device));
         let before = values(&model);
         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i32, 2, 3], [1, 3]), &device);
-        let Model::Gpt(g) = &model else { unreachable!() };
+        let Model::Gpt(g) = &model else {
+            unreachable!()
+        };
         let loss = g.forward(ids).sum().mul_scalar(0.0);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let mut optim = super::optimizer(&cfg);

@@ -64,7 +64,12 @@ pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalEr
     let data = match (&run.pre.text, &table.cells) {
         (Some(tokenizer), Cells::Text(cells)) => {
             let texts: Vec<&str> = cells.iter().map(|r| r[0].as_str()).collect();
-            Split::Labeled(Labeled::new(tokenizer, &texts, no_targets, run.pre.n_features))
+            Split::Labeled(Labeled::new(
+                tokenizer,
+                &texts,
+                no_targets,
+                run.pre.n_features,
+            ))
         }
         _ => Split::Table(Dataset {
             x: run.pre.features(&table, &rows)?,

@@ -46,20 +46,36 @@ fn categories_are_one_hot_and_numbers_standardised() {
         c => panic!("color should be categorical: {c:?}"),
     };
     assert_eq!(p.train.table().unwrap().d, 1 + cats.len());
-    for row in p.train.table().unwrap().x.chunks(p.train.table().unwrap().d) {
+    for row in p
+        .train
+        .table()
+        .unwrap()
+        .x
+        .chunks(p.train.table().unwrap().d)
+    {
         assert_eq!(
             row[1..].iter().filter(|&&v| v == 1.0).count(),
             1,
             "one hot per row: {row:?}"
         );
     }
-    let xs: Vec<f32> = p.train.table().unwrap().x.chunks(p.train.table().unwrap().d).map(|r| r[0]).collect();
+    let xs: Vec<f32> = p
+        .train
+        .table()
+        .unwrap()
+        .x
+        .chunks(p.train.table().unwrap().d)
+        .map(|r| r[0])
+        .collect();
     let mean = xs.iter().sum::<f32>() / xs.len() as f32;
     assert!(
         mean.abs() < 1e-6,
         "standardised on the training split: mean {mean}"
     );
-    assert_eq!(p.train.table().unwrap().n + p.valid.table().unwrap().n + p.test.table().unwrap().n, 8);
+    assert_eq!(
+        p.train.table().unwrap().n + p.valid.table().unwrap().n + p.test.table().unwrap().n,
+        8
+    );
 }
 
 #[test]
@@ -213,7 +229,10 @@ fn label_column_by_name_index_and_typo() {
     let by_index = prepare(dir.path(), "label = 2").unwrap();
     let by_name = prepare(dir.path(), "label = \"y\"").unwrap();
     assert_eq!(by_index.train, by_name.train);
-    assert!(matches!(by_name.train.table().unwrap().y, Targets::Classes(_)));
+    assert!(matches!(
+        by_name.train.table().unwrap().y,
+        Targets::Classes(_)
+    ));
     let err = config(dir.path(), "label = \"yy\"")
         .unwrap_err()
         .to_string();
@@ -261,7 +280,25 @@ fn stratified_split_keeps_class_proportions() {
         Targets::Classes(v) => v.iter().filter(|&&c| c == 1).count(),
         _ => unreachable!(),
     };
-    assert_eq!((p.valid.table().unwrap().n, count_b(&p.valid.table().unwrap().y)), (25, 5));
-    assert_eq!((p.test.table().unwrap().n, count_b(&p.test.table().unwrap().y)), (25, 5));
-    assert_eq!((p.train.table().unwrap().n, count_b(&p.train.table().unwrap().y)), (50, 10));
+    assert_eq!(
+        (
+            p.valid.table().unwrap().n,
+            count_b(&p.valid.table().unwrap().y)
+        ),
+        (25, 5)
+    );
+    assert_eq!(
+        (
+            p.test.table().unwrap().n,
+            count_b(&p.test.table().unwrap().y)
+        ),
+        (25, 5)
+    );
+    assert_eq!(
+        (
+            p.train.table().unwrap().n,
+            count_b(&p.train.table().unwrap().y)
+        ),
+        (50, 10)
+    );
 }

@@ -69,15 +69,20 @@ pub struct DataSection {
     /// its tokens; other feature columns are not read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-    /// How text becomes tokens: `char` (one per character of the corpus), `byte` (256) or
-    /// `word` (the training split's most frequent words, lower-cased, and punctuation; for
-    /// `data.text`). The vocabulary is saved with the run. Default: `char` for `text`, `word`
+    /// How text becomes tokens: `char` (one per character of the corpus), `byte` (256), `bpe`
+    /// (a byte-level BPE trained on the training split, `text` only) or `word` (the training
+    /// split's most frequent words, lower-cased, and punctuation; `data.text` only). The vocabulary is saved with the run. Default: `char` for `text`, `word`
     /// for `data.text`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerKind>,
-    /// `word`: the vocabulary's size, padding and unknown words included. Default: 8000.
+    /// `word`, `bpe`: the vocabulary's size, special tokens included. Default: 8000 (`word`),
+    /// 2048 (`bpe`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vocab_size: Option<usize>,
+    /// `text`: a Hugging Face `tokenizer.json` to read the corpus with, instead of training
+    /// one. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer_file: Option<String>,
     /// Tokens per training block of a corpus (the context the model learns from), or the most
     /// tokens of a text the classifier reads (longer ones are cut); at most `model.block_size`.
     /// Default: `model.block_size`.
@@ -143,6 +148,7 @@ impl Default for DataSection {
             text: None,
             tokenizer: None,
             vocab_size: None,
+            tokenizer_file: None,
             block_size: None,
             labels_path: None,
             test_path: None,

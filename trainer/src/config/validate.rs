@@ -182,7 +182,7 @@ impl Checker<'_> {
         } else {
             self.file("path", &Some(d.path.clone()), data_files)
         };
-        self.text(file);
+        self.text(file, data_files);
         let labels_path = self.file("labels_path", &d.labels_path, data_files);
         let test_path = self.file("test_path", &d.test_path, data_files);
         let test_labels_path = self.file("test_labels_path", &d.test_labels_path, data_files);
@@ -287,7 +287,7 @@ impl Checker<'_> {
     }
 
     /// The text keys of `[data]`, and the pairing of text with its task and model.
-    fn text(&mut self, file: &FileConfig) {
+    fn text(&mut self, file: &FileConfig, data_files: bool) {
         let d = &file.data;
         let text = d.format == DataFormat::Text;
         let lm = file.task == Task::LanguageModel;
@@ -330,17 +330,40 @@ impl Checker<'_> {
                     .into(),
             );
         }
-        if labeled && d.tokenizer.is_some_and(|t| t != data::text::TokenizerKind::Word) {
+        if labeled
+            && d.tokenizer.is_some_and(|t| {
+                !matches!(
+                    t,
+                    data::text::TokenizerKind::Word | data::text::TokenizerKind::Bpe
+                )
+            })
+        {
             self.bad(
                 "`data.text` reads words (`data.tokenizer` = \"word\"): token 0 is the padding of shorter texts"
                     .into(),
             );
         }
+        use data::text::TokenizerKind as K;
         if d.vocab_size.is_some_and(|v| v < 3) {
-            self.bad("`data.vocab_size` must be at least 3 (padding, unknown, one word)".into());
+            self.bad("`data.vocab_size` must be at least 3 (special tokens and one more)".into());
         }
-        if d.vocab_size.is_some() && !labeled {
-            self.bad("`data.vocab_size` applies to `data.tokenizer` = \"word\" (`data.text`)".into());
+        let sized = labeled || (text && d.tokenizer == Some(K::Bpe) && d.tokenizer_file.is_none());
+        if d.vocab_size.is_some() && !sized {
+            self.bad("`data.vocab_size` applies to the tokenizers kiln trains: `data.tokenizer` = \"bpe\" or \"word\"".into());
+        }
+        if let Some(f) = &d.tokenizer_file {
+            if !text {
+                self.bad("`data.tokenizer_file` applies to `data.format` = \"text\"".into());
+            }
+            if d.tokenizer.is_some_and(|t| t != K::Bpe) {
+                self.bad("`data.tokenizer_file` is a Hugging Face tokenizer: leave `data.tokenizer` out (or \"bpe\")".into());
+            }
+            if data_files && !Path::new(f).is_file() {
+                self.bad(format!("`data.tokenizer_file` = {f:?}: no such file"));
+            }
+        }
+        if labeled && d.tokenizer == Some(K::Bpe) {
+            self.bad("`data.text` reads words (`data.tokenizer` = \"word\"): token 0 is the padding of shorter texts".into());
         }
         if d.block_size == Some(0) {
             self.bad("`data.block_size` must be at least 1 (tokens per block)".into());
@@ -672,7 +695,11 @@ fn data_spec(file: &FileConfig, c: &DataChecked) -> data::DataSpec {
         }),
         block_size: text_block(file),
         text_column: d.text.clone(),
-        vocab_size: d.vocab_size.unwrap_or(8000),
+        vocab_size: d.vocab_size.unwrap_or(match d.tokenizer {
+            Some(data::text::TokenizerKind::Bpe) => 2048,
+            _ => 8000,
+        }),
+        tokenizer_file: d.tokenizer_file.as_ref().map(PathBuf::from),
     }
 }
 

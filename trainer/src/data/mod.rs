@@ -59,8 +59,10 @@ pub struct DataSpec {
     pub block_size: usize,
     /// Labeled text: the column holding the text (the other feature columns are not read).
     pub text_column: Option<String>,
-    /// A word vocabulary's size, padding and unknown words included.
+    /// A word or BPE vocabulary's size, its special tokens included.
     pub vocab_size: usize,
+    /// A Hugging Face `tokenizer.json` to read a corpus with.
+    pub tokenizer_file: Option<PathBuf>,
 }
 
 /// What went wrong with a data file, with where.
@@ -173,9 +175,7 @@ impl Split {
     /// over it, at most [`TRAIN_EVAL_TOKENS`] tokens.
     pub fn for_evaluation(&self) -> std::borrow::Cow<'_, Split> {
         match self {
-            Split::Text(b) => {
-                std::borrow::Cow::Owned(Split::Text(b.tiled_view(TRAIN_EVAL_TOKENS)))
-            }
+            Split::Text(b) => std::borrow::Cow::Owned(Split::Text(b.tiled_view(TRAIN_EVAL_TOKENS))),
             other => std::borrow::Cow::Borrowed(other),
         }
     }
@@ -308,7 +308,10 @@ fn labeled_text(
             (table::Cells::Text(rows), Some(j)) => Ok(rows.iter().map(|r| r[j].clone()).collect()),
             _ => Err(DataError::Format {
                 path: t.path.clone(),
-                message: format!("`data.text` = {column:?}: no such column (columns: {:?})", t.names),
+                message: format!(
+                    "`data.text` = {column:?}: no such column (columns: {:?})",
+                    t.names
+                ),
             }),
         }
     };
@@ -320,7 +323,13 @@ fn labeled_text(
             let train = parts.train.iter().map(|&i| main[i].as_str());
             let tokenizer = match spec.tokenizer {
                 text::TokenizerKind::Word => text::Tokenizer::fit_words(train, spec.vocab_size),
-                kind => text::Tokenizer::fit(kind, &train.collect::<Vec<_>>().join("")),
+                kind => {
+                    text::Tokenizer::fit(kind, &train.collect::<Vec<_>>().join(""), spec.vocab_size)
+                        .map_err(|e| DataError::Format {
+                            path: raw.main.path.clone(),
+                            message: e.to_string(),
+                        })?
+                }
             };
             Preprocessor::for_labeled_text(tokenizer, target, spec.block_size)
         }
@@ -329,7 +338,12 @@ fn labeled_text(
     let split = |t: &table::RawTable, all: &[String], rows: &[usize]| -> Result<Split, DataError> {
         let y = pre.targets(t, rows)?;
         let chosen: Vec<&str> = rows.iter().map(|&i| all[i].as_str()).collect();
-        Ok(Split::Labeled(text::Labeled::new(&tokenizer, &chosen, y, spec.block_size)))
+        Ok(Split::Labeled(text::Labeled::new(
+            &tokenizer,
+            &chosen,
+            y,
+            spec.block_size,
+        )))
     };
     let test = match &raw.test {
         Some(t) => split(t, &texts(t)?, &(0..t.len()).collect::<Vec<_>>())?,

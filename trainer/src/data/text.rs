@@ -29,6 +29,9 @@ pub enum Tokenizer {
     /// `words[0]` is padding, `words[1]` an unknown word, then the training split's most
     /// frequent words. For classifying text; decoding does not give the text back.
     Words { words: Vec<String> },
+    /// A Hugging Face `tokenizers` tokenizer, as its `tokenizer.json`: a byte-level BPE kiln
+    /// trained on the training split, or a file given with `data.tokenizer_file`.
+    Hf { json: String },
 }
 
 /// A tokenizer kind, as `data.tokenizer` names it.
@@ -41,6 +44,7 @@ pub enum TokenizerKind {
     Char,
     Byte,
     Word,
+    Bpe,
 }
 
 /// The padding and unknown-word tokens of a word vocabulary.
@@ -74,6 +78,32 @@ pub struct UnknownChar {
     pub vocab: usize,
 }
 
+/// Why a text could not become tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenizeError {
+    #[error(transparent)]
+    UnknownChar(#[from] UnknownChar),
+    /// The `tokenizers` library's own message.
+    #[error("the tokenizer failed: {0}")]
+    Hf(String),
+}
+
+/// A `tokenizer.json`, parsed once per process and kept (generation decodes every token).
+fn hf(json: &str) -> Result<std::sync::Arc<tokenizers::Tokenizer>, TokenizeError> {
+    use std::sync::{Arc, Mutex};
+    static LOADED: Mutex<Vec<(String, Arc<tokenizers::Tokenizer>)>> = Mutex::new(Vec::new());
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, t)) = loaded.iter().find(|(j, _)| j == json) {
+        return Ok(Arc::clone(t));
+    }
+    let t: tokenizers::Tokenizer = json
+        .parse()
+        .map_err(|e| TokenizeError::Hf(format!("{e}")))?;
+    let t = Arc::new(t);
+    loaded.push((json.to_string(), Arc::clone(&t)));
+    Ok(t)
+}
+
 impl Tokenizer {
     /// A word vocabulary of at most `size` tokens (padding and unknown included): the most
     /// frequent words of `texts` (ties in alphabetical order), each seen at least twice.
@@ -91,9 +121,59 @@ impl Tokenizer {
         Tokenizer::Words { words: out }
     }
 
-    /// The tokenizer `kind` for `text`.
-    pub fn fit(kind: TokenizerKind, text: &str) -> Tokenizer {
-        match kind {
+    /// A byte-level BPE of at most `size` tokens trained on `text` (GPT-2's scheme: no prefix
+    /// space, merges of pairs seen at least twice; id 0 is `<pad>`): any text encodes, and
+    /// decodes back to itself.
+    pub fn train_bpe(text: &str, size: usize) -> Result<Tokenizer, TokenizeError> {
+        use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::{AddedToken, TokenizerBuilder};
+        let failed = |e: tokenizers::Error| TokenizeError::Hf(e.to_string());
+        let byte_level = ByteLevel::new(false, true, true);
+        let mut trainer = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(size)
+            .min_frequency(2)
+            .special_tokens(vec![AddedToken::from(PAD_WORD, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut t: tokenizers::TokenizerImpl<
+            BPE,
+            tokenizers::NormalizerWrapper,
+            ByteLevel,
+            tokenizers::PostProcessorWrapper,
+            ByteLevel,
+        > = TokenizerBuilder::new()
+            .with_model(BPE::default())
+            .with_pre_tokenizer(Some(byte_level))
+            .with_decoder(Some(byte_level))
+            .build()
+            .map_err(failed)?;
+        // Lines are the training sequences (a corpus is one long text).
+        t.train(&mut trainer, text.lines()).map_err(failed)?;
+        Ok(Tokenizer::Hf {
+            json: t.to_string(false).map_err(failed)?,
+        })
+    }
+
+    /// A Hugging Face `tokenizer.json` (checked by loading it).
+    pub fn from_file(path: &Path) -> Result<Tokenizer, DataError> {
+        let shown = path.display().to_string();
+        let json = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        hf(&json).map_err(|e| DataError::Format {
+            path: shown,
+            message: format!("not a tokenizer.json that `tokenizers` 0.22 reads: {e}"),
+        })?;
+        Ok(Tokenizer::Hf { json })
+    }
+
+    /// The tokenizer `kind` for `text` (BPE: trained on it, with `size` tokens).
+    pub fn fit(kind: TokenizerKind, text: &str, size: usize) -> Result<Tokenizer, TokenizeError> {
+        Ok(match kind {
+            TokenizerKind::Bpe => Tokenizer::train_bpe(text, size)?,
             TokenizerKind::Word => Tokenizer::fit_words(std::iter::once(text), usize::MAX),
             TokenizerKind::Byte => Tokenizer::Bytes,
             TokenizerKind::Char => {
@@ -104,7 +184,7 @@ impl Tokenizer {
                     chars: chars.into_iter().collect(),
                 }
             }
-        }
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -112,12 +192,18 @@ impl Tokenizer {
             Tokenizer::Chars { chars } => chars.chars().count(),
             Tokenizer::Bytes => 256,
             Tokenizer::Words { words } => words.len(),
+            Tokenizer::Hf { json } => hf(json).map_or(0, |t| t.get_vocab_size(true)),
         }
     }
 
     /// Token ids of `text`.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, UnknownChar> {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
         match self {
+            Tokenizer::Hf { json } => Ok(hf(json)?
+                .encode(text, false)
+                .map_err(|e| TokenizeError::Hf(e.to_string()))?
+                .get_ids()
+                .to_vec()),
             Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
             // An unknown word is a token of its own, not an error.
             Tokenizer::Words { words: vocab } => {
@@ -135,14 +221,14 @@ impl Tokenizer {
                 text.chars()
                     .enumerate()
                     .map(|(at, ch)| {
-                        table
-                            .binary_search(&ch)
-                            .map(|i| i as u32)
-                            .map_err(|_| UnknownChar {
+                        table.binary_search(&ch).map(|i| i as u32).map_err(|_| {
+                            UnknownChar {
                                 ch,
                                 at,
                                 vocab: table.len(),
-                            })
+                            }
+                            .into()
+                        })
                     })
                     .collect()
             }
@@ -167,6 +253,12 @@ impl Tokenizer {
                 .map(|&i| words.get(i as usize).map_or(UNKNOWN_WORD, String::as_str))
                 .collect::<Vec<_>>()
                 .join(" "),
+            Tokenizer::Hf { json } => hf(json)
+                .and_then(|t| {
+                    t.decode(ids, false)
+                        .map_err(|e| TokenizeError::Hf(e.to_string()))
+                })
+                .unwrap_or_else(|e| format!("<{e}>")),
         }
     }
 }
@@ -406,7 +498,9 @@ pub struct TextSplits {
     pub test: Blocks,
 }
 
-/// Reads and tokenizes the corpus and splits it by position. `fitted` reuses a run's tokenizer.
+/// Reads the corpus, splits it by position (characters), fits the tokenizer (char: the whole
+/// corpus's characters; BPE: the training text only) and tokenizes each part. `fitted` reuses a
+/// run's tokenizer.
 pub fn prepare(spec: &DataSpec, fitted: Option<&Tokenizer>) -> Result<TextSplits, DataError> {
     let shown = spec.path.display().to_string();
     let text = read_corpus(&spec.path)?;
@@ -416,34 +510,50 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Tokenizer>) -> Result<TextSplits
             message: "the corpus is empty: a language model needs text to read".into(),
         });
     }
-    let tokenizer = match fitted {
-        Some(t) => t.clone(),
-        None => Tokenizer::fit(spec.tokenizer, &text),
-    };
-    let tokens = tokenizer.encode(&text).map_err(|e| DataError::Format {
-        path: shown.clone(),
-        message: e.to_string(),
-    })?;
-    let n = tokens.len();
+    let n = text.chars().count();
     let n_test = (n as f64 * spec.test_fraction).round() as usize;
     let n_valid = (n as f64 * spec.valid_fraction).round() as usize;
     let n_train = n.saturating_sub(n_test + n_valid);
+    let at = |chars: usize| {
+        text.char_indices()
+            .nth(chars)
+            .map_or(text.len(), |(i, _)| i)
+    };
+    let (train, rest) = text.split_at(at(n_train));
+    let (valid, test) = rest.split_at(at(n_train + n_valid.min(n - n_train)) - train.len());
+    let fail = |e: TokenizeError| DataError::Format {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let tokenizer = match (fitted, &spec.tokenizer_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(file)) => Tokenizer::from_file(file)?,
+        (None, None) => match spec.tokenizer {
+            TokenizerKind::Bpe => Tokenizer::fit(spec.tokenizer, train, spec.vocab_size),
+            kind => Tokenizer::fit(kind, &text, spec.vocab_size),
+        }
+        .map_err(fail)?,
+    };
+    let (train, valid, test) = (
+        tokenizer.encode(train).map_err(fail)?,
+        tokenizer.encode(valid).map_err(fail)?,
+        tokenizer.encode(test).map_err(fail)?,
+    );
     let block = spec.block_size;
-    if n_train <= block {
+    if train.len() <= block {
         return Err(DataError::Format {
             path: shown,
             message: format!(
-                "the training split holds {n_train} tokens, not more than one block of `data.block_size` = {block}: add text or lower the block size"
+                "the training split holds {} tokens, not more than one block of `data.block_size` = {block}: add text or lower the block size",
+                train.len()
             ),
         });
     }
-    let (train, rest) = tokens.split_at(n_train);
-    let (valid, test) = rest.split_at(n_valid.min(rest.len()));
     Ok(TextSplits {
         tokenizer,
-        train: Blocks::every(train.to_vec(), block),
-        valid: Blocks::tiled(valid.to_vec(), block),
-        test: Blocks::tiled(test.to_vec(), block),
+        train: Blocks::every(train, block),
+        valid: Blocks::tiled(valid, block),
+        test: Blocks::tiled(test, block),
     })
 }
 
@@ -454,24 +564,42 @@ mod tests {
     #[test]
     fn encode_then_decode_gives_the_text_back() {
         let text = "First Citizen:\nBefore we proceed any further, hear me speak. Ça va — ünïcode!";
-        for kind in [TokenizerKind::Char, TokenizerKind::Byte] {
-            let t = Tokenizer::fit(kind, text);
+        for kind in [TokenizerKind::Char, TokenizerKind::Byte, TokenizerKind::Bpe] {
+            let t = Tokenizer::fit(kind, &text.repeat(3), 300).unwrap();
             let ids = t.encode(text).unwrap();
             assert!(ids.iter().all(|&i| (i as usize) < t.vocab_size()));
             assert_eq!(t.decode(&ids), text);
         }
-        let t = Tokenizer::fit(TokenizerKind::Char, "abc");
+        let t = Tokenizer::fit(TokenizerKind::Char, "abc", 0).unwrap();
         assert_eq!(t.vocab_size(), 3);
         assert_eq!(t.encode("cab").unwrap(), vec![2, 0, 1]);
         let e = t.encode("abz").unwrap_err();
-        assert_eq!((e.ch, e.at), ('z', 2));
+        let TokenizeError::UnknownChar(u) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!((u.ch, u.at), ('z', 2));
         assert!(e.to_string().contains("'z'"), "{e}");
+        // A BPE learns merges: fewer tokens than bytes, and any text (unseen characters too)
+        // comes back whole.
+        let corpus = "the king, the queen, the kingdom; the king's crown\n".repeat(20);
+        let bpe = Tokenizer::train_bpe(&corpus, 300).unwrap();
+        let ids = bpe.encode("the king's queen").unwrap();
+        assert!(ids.len() < "the king's queen".len(), "{ids:?}");
+        assert_eq!(bpe.decode(&ids), "the king's queen");
+        let odd = "Ça — 漢字 ™";
+        assert_eq!(bpe.decode(&bpe.encode(odd).unwrap()), odd);
+        assert_eq!(bpe.encode("<pad>").unwrap(), vec![0]);
     }
 
     #[test]
     fn words_are_lower_cased_and_unknown_ones_share_a_token() {
         let w: Vec<String> = words("Good morrow, Kate; that's your name?").collect();
-        assert_eq!(w, ["good", "morrow", ",", "kate", ";", "that's", "your", "name", "?"]);
+        assert_eq!(
+            w,
+            [
+                "good", "morrow", ",", "kate", ";", "that's", "your", "name", "?"
+            ]
+        );
         let t = Tokenizer::fit_words(["a b b c c c", "c d"].into_iter(), 4);
         assert_eq!(
             t,
@@ -481,10 +609,27 @@ mod tests {
         );
         assert_eq!(t.encode("C b zz a").unwrap(), vec![2, 3, 1, 1]);
         assert_eq!(t.decode(&[2, 3, 1]), "c b <unk>");
-        let l = Labeled::new(&t, &["c b c", "", "b b b b b"], Targets::Classes(vec![0, 1, 2]), 4);
+        let l = Labeled::new(
+            &t,
+            &["c b c", "", "b b b b b"],
+            Targets::Classes(vec![0, 1, 2]),
+            4,
+        );
         let batch = l.gather(&[1, 0]);
-        assert_eq!(batch.x, Features::Tokens { ids: vec![1, 0, 0, 2, 3, 2], len: 3 });
-        assert_eq!(l.gather(&[2]).x, Features::Tokens { ids: vec![3; 4], len: 4 });
+        assert_eq!(
+            batch.x,
+            Features::Tokens {
+                ids: vec![1, 0, 0, 2, 3, 2],
+                len: 3
+            }
+        );
+        assert_eq!(
+            l.gather(&[2]).x,
+            Features::Tokens {
+                ids: vec![3; 4],
+                len: 4
+            }
+        );
     }
 
     #[test]
@@ -509,7 +654,13 @@ mod tests {
         // Fixed blocks do not overlap and each keeps one token for its last target.
         let v = Blocks::tiled((0..10).collect(), 4);
         assert_eq!(v.len(), 2);
-        assert_eq!(v.gather(&[1]).x, Features::Tokens { ids: vec![4, 5, 6, 7], len: 4 });
+        assert_eq!(
+            v.gather(&[1]).x,
+            Features::Tokens {
+                ids: vec![4, 5, 6, 7],
+                len: 4
+            }
+        );
         assert_eq!(Blocks::tiled((0..9).collect(), 4).len(), 2);
         assert_eq!(Blocks::tiled((0..8).collect(), 4).len(), 1);
     }

@@ -273,7 +273,8 @@ pub fn export(
                 Features::Dense { .. } => unreachable!("text is read as token ids"),
             };
             let expected = batch_outputs(&run, batch);
-            let got = super::run_tract_tokens(&onnx, &ids, rows, len).map_err(ExportError::Tract)?;
+            let got =
+                super::run_tract_tokens(&onnx, &ids, rows, len).map_err(ExportError::Tract)?;
             match run.task.class_names() {
                 // Every position's logits: `rows * len` rows of the vocabulary.
                 None => (rows * len, got, expected, Some((0, run.mconf.outputs()))),
@@ -286,10 +287,7 @@ pub fn export(
             let expected = kiln_outputs(&run, &x, rows);
             let got = super::run_tract(&onnx, &raw, rows, run.pre.n_features)
                 .map_err(ExportError::Tract)?;
-            let top1 = run
-                .task
-                .class_names()
-                .map(|c| (1, c.len()));
+            let top1 = run.task.class_names().map(|c| (1, c.len()));
             (rows, got, expected, top1)
         }
     };

@@ -38,7 +38,9 @@ impl Classification {
     fn labels(y: &Targets) -> &[u32] {
         match y {
             Targets::Classes(c) => c,
-            Targets::Values(_) | Targets::Tokens { .. } => unreachable!("class targets come from class labels"),
+            Targets::Values(_) | Targets::Tokens { .. } => {
+                unreachable!("class targets come from class labels")
+            }
         }
     }
 }

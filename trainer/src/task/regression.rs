@@ -27,7 +27,9 @@ impl Regression {
     fn values(y: &Targets) -> &[f32] {
         match y {
             Targets::Values(v) => v,
-            Targets::Classes(_) | Targets::Tokens { .. } => unreachable!("value targets come from numeric labels"),
+            Targets::Classes(_) | Targets::Tokens { .. } => {
+                unreachable!("value targets come from numeric labels")
+            }
         }
     }
 }
