@@ -74,16 +74,24 @@ fn every_shipped_model_exports_through_the_parity_gate() {
         let version_sha = metadata(&m, "weights_sha256");
         assert_eq!(version_sha.len(), 64);
         let g = m.graph.as_ref().unwrap();
-        assert_eq!(g.input[0].name, "features");
+        // Text models read token ids, with a dynamic sequence axis too.
+        let text = cfg.to_str().unwrap().contains("shakespeare");
+        assert_eq!(g.input[0].name, if text { "input_ids" } else { "features" });
         assert_eq!(
             input_dims(&m)[0],
             DimensionValue::DimParam("batch".into()),
             "dynamic batch axis"
         );
+        if text {
+            assert_eq!(input_dims(&m)[1], DimensionValue::DimParam("sequence".into()));
+        }
         let outputs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
         let is_regression = cfg.to_str().unwrap().contains("diabetes");
         if is_regression {
             assert_eq!(outputs, vec!["prediction"]);
+        } else if cfg.to_str().unwrap().contains("shakespeare_char") {
+            // A language model: next-token logits at every position.
+            assert_eq!(outputs, vec!["logits"]);
         } else {
             assert_eq!(outputs, vec!["logits", "probabilities"]);
             let classes: Vec<String> = serde_json::from_str(&metadata(&m, "class_names")).unwrap();
