@@ -26,7 +26,6 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     signals::quiet_headless_vulkan();
-    keep_freed_memory();
     let cli = cli::Cli::parse();
     match cmd::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
@@ -60,21 +59,6 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn is_reference(e: &RegistryError) -> bool {
     matches!(e, RegistryError::Name(_) | RegistryError::NotFound { .. })
-}
-
-/// Training frees and allocates the same large buffers every step (activations, gradients).
-/// glibc returns such buffers to the OS (they are mmap-ed, or trimmed from the heap's top) and
-/// the next step faults them in again, zeroed: 5% of a GPT step on the CPU went to page faults.
-/// Keep them instead, as PyTorch's caching allocator does: blocks up to 32 MiB (glibc's largest
-/// threshold) come from the heap, and up to 1 GiB of free heap stays mapped.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
 }
 
 /// `error: ` lines on stderr, in one write: ranks of a job share one terminal, and their lines
