@@ -83,7 +83,10 @@ fn every_shipped_model_exports_through_the_parity_gate() {
             "dynamic batch axis"
         );
         if text {
-            assert_eq!(input_dims(&m)[1], DimensionValue::DimParam("sequence".into()));
+            assert_eq!(
+                input_dims(&m)[1],
+                DimensionValue::DimParam("sequence".into())
+            );
         }
         let outputs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
         let is_regression = cfg.to_str().unwrap().contains("diabetes");
