@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::gpt::{
-    Block, GptConfig, blocks, check_transformer, embedding, layer_norm, linear, sizes,
+    Block, GptConfig, blocks, check_transformer, embedding, layer_norm, linear, sizes, token_sizes,
 };
 use crate::onnx::{Builder, LowerError};
 use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError};
@@ -47,21 +47,11 @@ impl Architecture for EncoderConfig {
         input: InputShape,
         outputs: usize,
     ) -> Result<Self, SectionError> {
-        let InputShape::Tokens { vocab, len } = input else {
-            return Err(SectionError::new(
-                "model.kind",
-                "`model.kind` = \"encoder\" reads text: name the text column with `data.text`",
-            ));
-        };
-        let (n_layer, n_head, n_embd, block_size) = sizes(s)?;
-        if len > block_size {
-            return Err(SectionError::new(
-                "data.block_size",
-                format!(
-                    "`data.block_size` = {len} is over the model's position table (`model.block_size` = {block_size}): lower it or raise `model.block_size`"
-                ),
-            ));
-        }
+        let (vocab, n_layer, n_head, n_embd, block_size) = token_sizes(
+            s,
+            input,
+            "`model.kind` = \"encoder\" reads text: name the text column with `data.text`",
+        )?;
         Ok(EncoderConfig {
             vocab_size: vocab,
             block_size,

@@ -76,6 +76,29 @@ pub(crate) fn sizes(s: &ModelSection) -> Result<(usize, usize, usize, usize), Se
     ))
 }
 
+/// What a token model reads: `(vocab, n_layer, n_head, n_embd, block_size)` from the data's
+/// shape and the `[model]` table, the data's blocks checked against the position table.
+/// `needs` says what to set when the data is not token ids.
+pub(crate) fn token_sizes(
+    s: &ModelSection,
+    input: InputShape,
+    needs: &str,
+) -> Result<(usize, usize, usize, usize, usize), SectionError> {
+    let InputShape::Tokens { vocab, len } = input else {
+        return Err(SectionError::new("model.kind", needs));
+    };
+    let (n_layer, n_head, n_embd, block_size) = sizes(s)?;
+    if len > block_size {
+        return Err(SectionError::new(
+            "data.block_size",
+            format!(
+                "`data.block_size` = {len} is over the model's position table (`model.block_size` = {block_size}): lower it or raise `model.block_size`"
+            ),
+        ));
+    }
+    Ok((vocab, n_layer, n_head, n_embd, block_size))
+}
+
 /// The position table a `[model]` table asks for (its preset's, or `model.block_size`); 1
 /// when the preset is unknown (reported on its own).
 pub fn section_block_size(s: &ModelSection) -> usize {
@@ -172,21 +195,11 @@ impl Architecture for GptConfig {
         input: InputShape,
         outputs: usize,
     ) -> Result<Self, SectionError> {
-        let InputShape::Tokens { vocab, len } = input else {
-            return Err(SectionError::new(
-                "model.kind",
-                "`model.kind` = \"gpt\" reads token ids: set `data.format` = \"text\" and `task` = \"language_model\"",
-            ));
-        };
-        let (n_layer, n_head, n_embd, block_size) = sizes(s)?;
-        if len > block_size {
-            return Err(SectionError::new(
-                "data.block_size",
-                format!(
-                    "`data.block_size` = {len} is over the model's position table (`model.block_size` = {block_size}): lower it or raise `model.block_size`"
-                ),
-            ));
-        }
+        let (vocab, n_layer, n_head, n_embd, block_size) = token_sizes(
+            s,
+            input,
+            "`model.kind` = \"gpt\" reads token ids: set `data.format` = \"text\" and `task` = \"language_model\"",
+        )?;
         Ok(GptConfig {
             vocab_size: vocab.max(outputs),
             block_size,

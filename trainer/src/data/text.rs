@@ -198,41 +198,23 @@ impl Tokenizer {
 
     /// Token ids of `text`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
-        match self {
-            Tokenizer::Hf { json } => Ok(hf(json)?
-                .encode(text, false)
-                .map_err(|e| TokenizeError::Hf(e.to_string()))?
-                .get_ids()
-                .to_vec()),
-            Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
-            // An unknown word is a token of its own, not an error.
-            Tokenizer::Words { words: vocab } => {
-                let index: std::collections::HashMap<&str, u32> = vocab
+        self.encoder()?.encode(text)
+    }
+
+    /// The tokenizer with its lookup tables built, for encoding many texts.
+    pub fn encoder(&self) -> Result<Encoder<'_>, TokenizeError> {
+        Ok(match self {
+            Tokenizer::Hf { json } => Encoder::Hf(hf(json)?),
+            Tokenizer::Bytes => Encoder::Bytes,
+            Tokenizer::Words { words } => Encoder::Words(
+                words
                     .iter()
                     .enumerate()
                     .map(|(i, w)| (w.as_str(), i as u32))
-                    .collect();
-                Ok(words(text)
-                    .map(|w| index.get(w.as_str()).copied().unwrap_or(1))
-                    .collect())
-            }
-            Tokenizer::Chars { chars } => {
-                let table: Vec<char> = chars.chars().collect();
-                text.chars()
-                    .enumerate()
-                    .map(|(at, ch)| {
-                        table.binary_search(&ch).map(|i| i as u32).map_err(|_| {
-                            UnknownChar {
-                                ch,
-                                at,
-                                vocab: table.len(),
-                            }
-                            .into()
-                        })
-                    })
-                    .collect()
-            }
-        }
+                    .collect(),
+            ),
+            Tokenizer::Chars { chars } => Encoder::Chars(chars.chars().collect()),
+        })
     }
 
     /// The text of `ids` (bytes that are not UTF-8 are shown as U+FFFD).
@@ -443,10 +425,14 @@ pub struct Labeled {
 impl Labeled {
     /// Tokenizes `texts`, each cut to `block` tokens (an empty one reads as one unknown word).
     pub fn new(tokenizer: &Tokenizer, texts: &[&str], y: Targets, block: usize) -> Labeled {
+        let encoder = tokenizer.encoder().ok();
         let ids = texts
             .iter()
             .map(|t| {
-                let mut v = tokenizer.encode(t).unwrap_or_default();
+                let mut v = encoder
+                    .as_ref()
+                    .and_then(|e| e.encode(t).ok())
+                    .unwrap_or_default();
                 v.truncate(block);
                 if v.is_empty() {
                     v.push(1);
@@ -486,6 +472,47 @@ impl Source for Labeled {
             x: Features::Tokens { ids, len: t },
             y: self.y.select(idx),
             len: idx.len(),
+        }
+    }
+}
+
+/// A [`Tokenizer`] ready to encode: its vocabulary as a lookup table.
+pub enum Encoder<'t> {
+    Bytes,
+    /// The sorted characters.
+    Chars(Vec<char>),
+    Words(std::collections::HashMap<&'t str, u32>),
+    Hf(std::sync::Arc<tokenizers::Tokenizer>),
+}
+
+impl Encoder<'_> {
+    /// Token ids of `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        match self {
+            Encoder::Hf(t) => Ok(t
+                .encode(text, false)
+                .map_err(|e| TokenizeError::Hf(e.to_string()))?
+                .get_ids()
+                .to_vec()),
+            Encoder::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            // An unknown word is a token of its own, not an error.
+            Encoder::Words(index) => Ok(words(text)
+                .map(|w| index.get(w.as_str()).copied().unwrap_or(1))
+                .collect()),
+            Encoder::Chars(table) => text
+                .chars()
+                .enumerate()
+                .map(|(at, ch)| {
+                    table.binary_search(&ch).map(|i| i as u32).map_err(|_| {
+                        UnknownChar {
+                            ch,
+                            at,
+                            vocab: table.len(),
+                        }
+                        .into()
+                    })
+                })
+                .collect(),
         }
     }
 }

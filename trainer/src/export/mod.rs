@@ -343,28 +343,7 @@ pub fn run_tract(
     rows: usize,
     width: usize,
 ) -> Result<Vec<Vec<f32>>, String> {
-    use tract_onnx::prelude::*;
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &model_bytes[..])
-        .map_err(|e| format!("tract cannot read the model: {e}"))?
-        .with_input_fact(0, f32::fact([rows, width]).into())
-        .map_err(|e| e.to_string())?
-        .into_optimized()
-        .map_err(|e| format!("tract cannot optimise the model: {e}"))?
-        .into_runnable()
-        .map_err(|e| e.to_string())?;
-    let input = tract_ndarray::Array2::from_shape_vec((rows, width), x.to_vec())
-        .map_err(|e| e.to_string())?;
-    let out = model
-        .run(tvec!(Tensor::from(input).into()))
-        .map_err(|e| format!("tract failed to run the model: {e}"))?;
-    out.iter()
-        .map(|t| {
-            t.to_plain_array_view::<f32>()
-                .map(|v| v.iter().copied().collect())
-                .map_err(|e| e.to_string())
-        })
-        .collect()
+    run_tract_on(model_bytes, x.to_vec(), rows, width)
 }
 
 /// Runs a token model with tract on `ids` (`rows` x `len`); returns each output, row-major.
@@ -374,19 +353,33 @@ pub fn run_tract_tokens(
     rows: usize,
     len: usize,
 ) -> Result<Vec<Vec<f32>>, String> {
+    run_tract_on(
+        model_bytes,
+        ids.iter().map(|&i| i64::from(i)).collect(),
+        rows,
+        len,
+    )
+}
+
+/// Runs the graph on one `rows` x `width` input of `T`.
+fn run_tract_on<T: tract_onnx::prelude::Datum>(
+    model_bytes: &[u8],
+    x: Vec<T>,
+    rows: usize,
+    width: usize,
+) -> Result<Vec<Vec<f32>>, String> {
     use tract_onnx::prelude::*;
     let model = tract_onnx::onnx()
         .model_for_read(&mut &model_bytes[..])
         .map_err(|e| format!("tract cannot read the model: {e}"))?
-        .with_input_fact(0, i64::fact([rows, len]).into())
+        .with_input_fact(0, T::fact([rows, width]).into())
         .map_err(|e| e.to_string())?
         .into_optimized()
         .map_err(|e| format!("tract cannot optimise the model: {e}"))?
         .into_runnable()
         .map_err(|e| e.to_string())?;
-    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     let input =
-        tract_ndarray::Array2::from_shape_vec((rows, len), ids).map_err(|e| e.to_string())?;
+        tract_ndarray::Array2::from_shape_vec((rows, width), x).map_err(|e| e.to_string())?;
     let out = model
         .run(tvec!(Tensor::from(input).into()))
         .map_err(|e| format!("tract failed to run the model: {e}"))?;
