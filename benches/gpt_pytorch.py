@@ -62,7 +62,7 @@ class Gpt(nn.Module):
                 nn.init.normal_(p, 0.0, 0.02)
 
     def forward(self, ids):
-        pos = torch.arange(ids.shape[1])
+        pos = torch.arange(ids.shape[1], device=ids.device)
         x = self.wte(ids) + self.wpe(pos)
         for b in self.blocks:
             x = b(x)

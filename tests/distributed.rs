@@ -556,6 +556,34 @@ fn launch_mistakes_are_one_line_errors() {
             .unwrap();
         assert_exit(&out, 2);
         assert!(stderr(&out).contains("torchrun-style"), "{}", stderr(&out));
+    } else if !has_cuda_gpu(&sb) {
+        // The NCCL build on a machine without a GPU (CI): one line, before any rank starts.
+        let out = sb.kiln(&["train", cfg, "--devices", "cuda:all"]);
+        assert_exit(&out, 1);
+        assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
+        assert!(stderr(&out).contains("no CUDA GPU here"), "{}", stderr(&out));
+        let out = sb.kiln(&["train", cfg, "--devices", "cuda:0,x"]);
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("\"x\" is not a GPU index"),
+            "{}",
+            stderr(&out)
+        );
     }
     assert!(!sb.registry().join("runs").exists(), "nothing was written");
+}
+
+/// Whether `kiln devices` lists a CUDA GPU (the tests that expect none then say so).
+fn has_cuda_gpu(sb: &Sandbox) -> bool {
+    let out = sb.kiln(&["devices", "--json"]);
+    assert_exit(&out, 0);
+    let found = json(&out)["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["kind"] == "cuda");
+    if found {
+        eprintln!("SKIPPED: the no-GPU error checks (this machine has a CUDA GPU)");
+    }
+    found
 }

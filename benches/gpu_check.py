@@ -1,0 +1,350 @@
+"""The GPU check of kiln's CUDA build: one short run on a machine with an NVIDIA GPU.
+
+    python3 benches/gpu_check.py --kiln PATH [--out DIR] [--only STEP,...]
+
+Run by `scripts/gpu-check.sh` from the pack that `scripts/gpu-pack.sh` makes (see README,
+"CUDA"), in the pack's folder (it reads configs/ and data/ from there). Each step has its own
+time limit, and the results are written as they come (DIR/gpu-check.json and .md), so a slow
+or failing step costs only itself:
+
+  devices   `kiln devices --json` lists a CUDA device
+  digits    the digits MLP (configs/digits_mlp.toml, all 40 epochs) on cuda:0: test accuracy
+  cnn       the MNIST CNN (configs/mnist_cnn.toml, 1 epoch) on cuda:0: test accuracy
+  gpt       the GPT of configs/shakespeare_char.toml, 600 steps: validation loss
+  pytorch   the same models in eager PyTorch on the same GPU, f32/f16/bf16, step time only
+  nccl      `--devices cuda:all` on the digits MLP: one rank per GPU, gradients through NCCL
+  bf16, f16 the CNN (400 steps) and the GPT (600 steps) in mixed precision
+
+kiln's samples/s is the median of its logged training windows after the first (the first
+holds kernel compilation and autotuning); PyTorch's is the step time of the steps after a
+warm-up, synchronised. Exit status 1 when a check failed.
+"""
+import argparse
+import glob
+import gzip
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+# (model, precision, config, overrides, metric, threshold, higher_is_better)
+KILN_RUNS = {
+    "digits": [("digits-mlp", "f32", "configs/digits_mlp.toml", [], "test.accuracy", 0.95, True)],
+    "cnn": [("mnist-cnn", "f32", "configs/mnist_cnn.toml", ["train.epochs=1"], "test.accuracy", 0.97, True)],
+    "gpt": [("shakespeare-char", "f32", "configs/shakespeare_char.toml",
+             ["train.max_steps=600", "train.valid_every=300"], "valid.loss", 2.3, False)],
+    "f16": [
+        ("mnist-cnn", "f16", "configs/mnist_cnn.toml",
+         ["train.epochs=1", "train.max_steps=400", "backend.precision=f16"], "test.accuracy", 0.95, True),
+        ("shakespeare-char", "f16", "configs/shakespeare_char.toml",
+         ["train.max_steps=600", "train.valid_every=300", "backend.precision=f16"], "valid.loss", 2.3, False),
+    ],
+    "bf16": [
+        ("mnist-cnn", "bf16", "configs/mnist_cnn.toml",
+         ["train.epochs=1", "train.max_steps=400", "backend.precision=bf16"], "test.accuracy", 0.95, True),
+        ("shakespeare-char", "bf16", "configs/shakespeare_char.toml",
+         ["train.max_steps=600", "train.valid_every=300", "backend.precision=bf16"], "valid.loss", 2.3, False),
+    ],
+}
+STEPS = ["devices", "digits", "cnn", "gpt", "pytorch", "nccl", "bf16", "f16"]
+# Samples per example for the throughput columns: the GPT counts tokens (64 per block).
+TOKENS = {"shakespeare-char": 64}
+
+
+class Report:
+    def __init__(self, out):
+        self.out = out
+        self.rows = []  # one per (model, precision): kiln and PyTorch figures side by side
+        self.checks = []  # (step, ok, what)
+        self.info = {}
+        os.makedirs(out, exist_ok=True)
+
+    def check(self, step, ok, what):
+        self.checks.append({"step": step, "ok": bool(ok), "what": what})
+        print(f"[{'ok' if ok else 'FAIL'}] {step}: {what}", flush=True)
+        self.write()
+
+    def row(self, model, precision):
+        for r in self.rows:
+            if r["model"] == model and r["precision"] == precision:
+                return r
+        r = {"model": model, "precision": precision}
+        self.rows.append(r)
+        return r
+
+    def write(self):
+        doc = {"info": self.info, "checks": self.checks, "rows": self.rows}
+        with open(os.path.join(self.out, "gpu-check.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+        with open(os.path.join(self.out, "gpu-check.md"), "w") as f:
+            f.write(self.markdown())
+
+    def markdown(self):
+        i = self.info
+        lines = [f"GPU: {i.get('gpu', '?')}, driver {i.get('driver', '?')}, PyTorch {i.get('torch', '?')}, "
+                 f"kiln {i.get('kiln', '?')}, {i.get('date', '?')}", "",
+                 "| model | precision | batch | kiln samples/s | PyTorch samples/s | kiln / PyTorch | kiln result |",
+                 "|---|---|---:|---:|---:|---:|---|"]
+        for r in self.rows:
+            k, p = r.get("kiln_samples_per_second"), r.get("pytorch_samples_per_second")
+            unit = " (tokens/s)" if r["model"] in TOKENS else ""
+            ratio = f"{k / p:.2f}x" if k and p else "-"
+            lines.append(f"| {r['model']}{unit} | {r['precision']} | {r.get('batch', '-')} | {fmt(k)} | "
+                         f"{fmt(p)} | {ratio} | {r.get('kiln_result', '-')} |")
+        lines += ["", "| check | result | what |", "|---|---|---|"]
+        lines += [f"| {c['step']} | {'ok' if c['ok'] else 'FAILED'} | {c['what']} |" for c in self.checks]
+        return "\n".join(lines) + "\n"
+
+
+def fmt(v):
+    return f"{v:,.0f}" if v else "-"
+
+
+def run(cmd, timeout, env=None):
+    """Runs a command; returns (exit code or None on timeout, stdout, stderr, seconds)."""
+    start = time.time()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return p.returncode, p.stdout, p.stderr, time.time() - start
+    except FileNotFoundError as e:
+        return 127, "", str(e), time.time() - start
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return None, out, err, time.time() - start
+
+
+def tail(text, n=600):
+    return text.strip()[-n:].replace("\n", " / ").replace("|", "/")
+
+
+def metric(metrics, path):
+    split, name = path.split(".")
+    return metrics.get(split, {}).get(name)
+
+
+def kiln_rate(run_dir, model):
+    """Median samples/s of the training windows after the first, in samples (tokens for the GPT)."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        windows = [json.loads(line) for line in f]
+    rates = [w["samples_per_second"] for w in windows if w.get("split") == "train" and "samples_per_second" in w]
+    if len(rates) > 1:
+        rates = rates[1:]
+    return statistics.median(rates) * TOKENS.get(model, 1) if rates else None
+
+
+def kiln_train(rep, a, step, spec, extra=(), label=None):
+    model, precision, config, sets, path, threshold, higher = spec
+    reg = tempfile.mkdtemp(prefix="kiln-reg-")
+    cmd = [a.kiln, "train", config, "--json", "--quiet", "--registry", reg]
+    cmd += list(extra) if extra else ["--device", a.device]
+    for s in sets:
+        cmd += ["--set", s]
+    name = label or f"{model} {precision}"
+    left = a.deadline - time.time()
+    if left < 20:
+        rep.check(step, False, f"{name}: not run, the time budget (--budget) is spent")
+        return None
+    code, out, err, secs = run(cmd, min(a.step_timeout, left))
+    if code != 0:
+        why = "timed out" if code is None else f"exit {code}"
+        rep.check(step, False, f"{name}: {why} after {secs:.0f} s: {tail(err or out)}")
+        return None
+    res = json.loads(out.strip().splitlines()[-1])
+    value = metric(res["metrics"], path)
+    ok = value is not None and (value >= threshold if higher else value <= threshold)
+    rate = kiln_rate(res["run_dir"], model)
+    shown = "missing" if value is None else f"{value:.4f}"
+    rep.check(step, ok, f"{name}: {path} {shown} ({'>=' if higher else '<='} {threshold} expected), "
+                        f"{res['steps']} steps in {secs:.0f} s, {rate or 0:,.0f} samples/s")
+    if label is None:
+        r = rep.row(model, precision)
+        r["kiln_samples_per_second"] = rate
+        r["kiln_result"] = f"{path} {shown}"
+        r["kiln_seconds"] = round(secs, 1)
+    return res
+
+
+def devices(rep, a):
+    code, out, err, _ = run([a.kiln, "devices", "--json"], 120)
+    if code != 0:
+        rep.check("devices", False, f"kiln devices: exit {code}: {tail(err)}")
+        return False
+    found = [d for d in json.loads(out)["devices"] if d.get("kind") == "cuda"]
+    rep.info["kiln_devices"] = found
+    rep.check("devices", bool(found), f"kiln devices lists {len(found)} CUDA device(s): "
+                                      + ", ".join(f"{d['id']} {d.get('name', '')}" for d in found))
+    return bool(found)
+
+
+def nccl(rep, a):
+    spec = KILN_RUNS["digits"][0]
+    kiln_train(rep, a, "nccl", spec, extra=["--devices", "cuda:all"], label="digits-mlp --devices cuda:all (NCCL)")
+
+
+# ---- PyTorch, the same models on the same GPU ----------------------------------------------
+
+def digits_data():
+    import numpy as np
+    with gzip.open("data/sklearn/digits.csv.gz", "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    x, y = rows[:, :-1], rows[:, -1].astype(np.int64)
+    return (x - x.mean(0)) / (x.std(0) + 1e-6), y
+
+
+def mnist_data():
+    import numpy as np
+    with gzip.open("data/mnist/train-images.idx3-ubyte.gz") as f:
+        _, n, r, c = struct.unpack(">IIII", f.read(16))
+        x = np.frombuffer(f.read(), dtype=np.uint8).reshape(n, 1, r, c)
+    with gzip.open("data/mnist/train-labels.idx1-ubyte.gz") as f:
+        f.read(8)
+        y = np.frombuffer(f.read(), dtype=np.uint8).astype(np.int64)
+    return (x.astype(np.float32) / 255.0 - 0.1307) / 0.3081, y
+
+
+def pytorch(rep, a):
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+    import gpt_pytorch as g
+
+    dev = torch.device(a.pytorch_device)
+    steps = a.pytorch_steps
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # kiln computes f32 in f32
+    torch.backends.cudnn.allow_tf32 = False
+    rep.info["torch"] = torch.__version__
+
+    def mlp():
+        return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 64), nn.ReLU(),
+                             nn.Dropout(0.1), nn.Linear(64, 10))
+
+    def cnn():
+        return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+
+    def rate(model, batches, steps, precision, lr, wd, clip=None, per_sample=1):
+        model = model.to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        dtype = {"f16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        scaler = torch.amp.GradScaler(dev.type, enabled=precision == "f16" and dev.type == "cuda")
+        warmup = max(steps // 5, 10)
+        for i in range(warmup + steps):
+            if i == warmup:
+                sync()
+                start = time.perf_counter()
+            x, y = batches()
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = model(x)
+                loss = F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            scaler.step(opt)
+            scaler.update()
+        sync()
+        return steps * per_sample / (time.perf_counter() - start)
+
+    def sampler(x, y, batch):
+        x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+        return lambda: (lambda i: (x[i], y[i]))(torch.randint(len(y), (batch,), device=dev))
+
+    dx, dy = digits_data()
+    mx, my = mnist_data()
+    text = "".join(open(f, encoding="utf-8").read() for f in sorted(glob.glob("data/shakespeare/*.txt")))
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.long, device=dev)
+
+    def blocks():
+        ix = torch.randint(len(ids) - g.BLOCK - 1, (g.BATCH, 1), device=dev)
+        pos = ix + torch.arange(g.BLOCK + 1, device=dev)
+        chunk = ids[pos]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    jobs = [("digits-mlp", "f32", 32, lambda: rate(mlp(), sampler(dx, dy, 32), 2 * steps, "f32", 2e-3, 1e-4, per_sample=32))]
+    for p in ["f32", "f16", "bf16"]:
+        jobs.append(("mnist-cnn", p, 64, lambda p=p: rate(cnn(), sampler(mx, my, 64), steps, p, 2e-3, 1e-4, per_sample=64)))
+    for p in ["f32", "f16", "bf16"]:
+        jobs.append(("shakespeare-char", p, g.BATCH,
+                     lambda p=p: rate(g.Gpt(len(chars)), blocks, steps, p, 1e-3, 0.1, clip=1.0,
+                                      per_sample=g.BATCH * g.BLOCK)))
+    for model, precision, batch, job in jobs:
+        torch.manual_seed(0)
+        try:
+            r = job()
+        except Exception as e:  # noqa: BLE001 - a failed baseline is reported, not fatal
+            rep.check("pytorch", False, f"{model} {precision}: {e}")
+            continue
+        row = rep.row(model, precision)
+        row["pytorch_samples_per_second"] = r
+        row["batch"] = batch
+        rep.check("pytorch", True, f"{model} {precision}: {r:,.0f} samples/s")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--kiln", required=True, help="the kiln binary built with --features cuda,nccl")
+    p.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-out")
+    p.add_argument("--only", default=",".join(STEPS), help="comma-separated steps: " + ",".join(STEPS))
+    p.add_argument("--device", default="cuda:0", help="where kiln trains (cpu: a dry run of this script)")
+    p.add_argument("--pytorch-device", default="cuda:0", help="where PyTorch runs (cpu: a dry run of this script)")
+    p.add_argument("--pytorch-steps", type=int, default=300, help="timed steps per PyTorch model")
+    p.add_argument("--step-timeout", type=int, default=150, help="seconds per kiln run")
+    p.add_argument("--budget", type=int, default=480, help="seconds for all the kiln runs together")
+    a = p.parse_args()
+    a.kiln = os.path.abspath(a.kiln)
+    steps = [s for s in a.only.split(",") if s]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        p.error(f"unknown step(s) {unknown}: use {STEPS}")
+    rep = Report(a.out)
+    smi = run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"], 30)
+    if smi[0] == 0 and smi[1].strip():
+        rep.info["gpu"], rep.info["driver"] = [s.strip() for s in smi[1].splitlines()[0].split(",")][:2]
+    rep.info["kiln"] = run([a.kiln, "--version"], 30)[1].strip()
+    rep.info["date"] = time.strftime("%Y-%m-%d")
+    start = time.time()
+    a.deadline = start + a.budget
+    have_gpu = True
+    for step in steps:
+        t0 = time.time()
+        try:
+            if step == "devices":
+                have_gpu = devices(rep, a)
+            elif step == "pytorch":
+                pytorch(rep, a)
+            elif not have_gpu:
+                print(f"-- {step}: skipped, kiln sees no CUDA device", flush=True)
+                continue
+            elif step == "nccl":
+                nccl(rep, a)
+            else:
+                for spec in KILN_RUNS[step]:
+                    kiln_train(rep, a, step, spec)
+        except Exception as e:  # noqa: BLE001 - one broken step must not hide the others
+            rep.check(step, False, f"{type(e).__name__}: {e}")
+        print(f"-- {step}: {time.time() - t0:.0f} s", flush=True)
+    rep.info["seconds"] = round(time.time() - start)
+    rep.write()
+    print(rep.markdown())
+    sys.exit(0 if rep.checks and all(c["ok"] for c in rep.checks) else 1)
+
+
+if __name__ == "__main__":
+    main()
