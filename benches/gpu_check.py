@@ -14,6 +14,8 @@ or failing step costs only itself:
   pytorch   the same models in eager PyTorch on the same GPU, f32/f16/bf16, step time only
   nccl      `--devices cuda:all` on the digits MLP: one rank per GPU, gradients through NCCL
   bf16, f16 the CNN (400 steps) and the GPT (600 steps) in mixed precision
+  large     the CNN at batch 512 and the GPT at batch 128, f32 and bf16, kiln and PyTorch:
+            the configs' batches are sized for a laptop CPU and leave a GPU mostly idle
 
 kiln's samples/s is the median of its logged training windows after the first (the first
 holds kernel compilation and autotuning); PyTorch's is the step time of the steps after a
@@ -34,26 +36,38 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-# (model, precision, config, overrides, metric, threshold, higher_is_better)
+# (model, precision, batch, config, overrides, metric, threshold, higher_is_better)
+CNN, GPT = "configs/mnist_cnn.toml", "configs/shakespeare_char.toml"
+GPT_STEPS = ["train.max_steps=600", "train.valid_every=300"]
+# Larger batches than the configs' (sized for a laptop CPU), where a GPU has work to do: few
+# steps, logged often, no validation until the end.
+LARGE = ["train.log_every=10", "train.valid_every=100000"]
 KILN_RUNS = {
-    "digits": [("digits-mlp", "f32", "configs/digits_mlp.toml", [], "test.accuracy", 0.95, True)],
-    "cnn": [("mnist-cnn", "f32", "configs/mnist_cnn.toml", ["train.epochs=1"], "test.accuracy", 0.97, True)],
-    "gpt": [("shakespeare-char", "f32", "configs/shakespeare_char.toml",
-             ["train.max_steps=600", "train.valid_every=300"], "valid.loss", 2.3, False)],
-    "f16": [
-        ("mnist-cnn", "f16", "configs/mnist_cnn.toml",
-         ["train.epochs=1", "train.max_steps=400", "backend.precision=f16"], "test.accuracy", 0.95, True),
-        ("shakespeare-char", "f16", "configs/shakespeare_char.toml",
-         ["train.max_steps=600", "train.valid_every=300", "backend.precision=f16"], "valid.loss", 2.3, False),
-    ],
+    "digits": [("digits-mlp", "f32", 32, "configs/digits_mlp.toml", [], "test.accuracy", 0.95, True)],
+    "cnn": [("mnist-cnn", "f32", 64, CNN, ["train.epochs=1"], "test.accuracy", 0.97, True)],
+    "gpt": [("shakespeare-char", "f32", 12, GPT, GPT_STEPS, "valid.loss", 2.3, False)],
     "bf16": [
-        ("mnist-cnn", "bf16", "configs/mnist_cnn.toml",
-         ["train.epochs=1", "train.max_steps=400", "backend.precision=bf16"], "test.accuracy", 0.95, True),
-        ("shakespeare-char", "bf16", "configs/shakespeare_char.toml",
-         ["train.max_steps=600", "train.valid_every=300", "backend.precision=bf16"], "valid.loss", 2.3, False),
+        ("mnist-cnn", "bf16", 64, CNN, ["train.epochs=1", "train.max_steps=400"], "test.accuracy", 0.95, True),
+        ("shakespeare-char", "bf16", 12, GPT, GPT_STEPS, "valid.loss", 2.3, False),
+    ],
+    "f16": [
+        ("mnist-cnn", "f16", 64, CNN, ["train.epochs=1", "train.max_steps=400"], "test.accuracy", 0.95, True),
+        ("shakespeare-char", "f16", 12, GPT, GPT_STEPS, "valid.loss", 2.3, False),
+    ],
+    "large": [
+        (m, p, b, cfg, [f"train.batch_size={b}", f"train.max_steps={n}"] + LARGE, metric, t, hi)
+        for p in ["f32", "bf16"]
+        for (m, b, cfg, n, metric, t, hi) in [
+            ("mnist-cnn", 512, CNN, 150, "test.accuracy", 0.9, True),
+            ("shakespeare-char", 128, GPT, 200, "valid.loss", 2.7, False),
+        ]
     ],
 }
-STEPS = ["devices", "digits", "cnn", "gpt", "pytorch", "nccl", "bf16", "f16"]
+for _runs in KILN_RUNS.values():
+    for _r in _runs:
+        if _r[1] != "f32" and f"backend.precision={_r[1]}" not in _r[4]:
+            _r[4].append(f"backend.precision={_r[1]}")
+STEPS = ["devices", "digits", "cnn", "gpt", "pytorch", "nccl", "bf16", "f16", "large"]
 # Samples per example for the throughput columns: the GPT counts tokens (64 per block).
 TOKENS = {"shakespeare-char": 64}
 
@@ -71,11 +85,11 @@ class Report:
         print(f"[{'ok' if ok else 'FAIL'}] {step}: {what}", flush=True)
         self.write()
 
-    def row(self, model, precision):
+    def row(self, model, precision, batch):
         for r in self.rows:
-            if r["model"] == model and r["precision"] == precision:
+            if (r["model"], r["precision"], r["batch"]) == (model, precision, batch):
                 return r
-        r = {"model": model, "precision": precision}
+        r = {"model": model, "precision": precision, "batch": batch}
         self.rows.append(r)
         return r
 
@@ -141,13 +155,13 @@ def kiln_rate(run_dir, model):
 
 
 def kiln_train(rep, a, step, spec, extra=(), label=None):
-    model, precision, config, sets, path, threshold, higher = spec
+    model, precision, batch, config, sets, path, threshold, higher = spec
     reg = tempfile.mkdtemp(prefix="kiln-reg-")
     cmd = [a.kiln, "train", config, "--json", "--quiet", "--registry", reg]
     cmd += list(extra) if extra else ["--device", a.device]
     for s in sets:
         cmd += ["--set", s]
-    name = label or f"{model} {precision}"
+    name = label or f"{model} {precision} batch {batch}"
     left = a.deadline - time.time()
     if left < 20:
         rep.check(step, False, f"{name}: not run, the time budget (--budget) is spent")
@@ -165,7 +179,7 @@ def kiln_train(rep, a, step, spec, extra=(), label=None):
     rep.check(step, ok, f"{name}: {path} {shown} ({'>=' if higher else '<='} {threshold} expected), "
                         f"{res['steps']} steps in {secs:.0f} s, {rate or 0:,.0f} samples/s")
     if label is None:
-        r = rep.row(model, precision)
+        r = rep.row(model, precision, batch)
         r["kiln_samples_per_second"] = rate
         r["kiln_result"] = f"{path} {shown}"
         r["kiln_seconds"] = round(secs, 1)
@@ -271,30 +285,39 @@ def pytorch(rep, a):
     index = {c: i for i, c in enumerate(chars)}
     ids = torch.tensor([index[c] for c in text], dtype=torch.long, device=dev)
 
-    def blocks():
-        ix = torch.randint(len(ids) - g.BLOCK - 1, (g.BATCH, 1), device=dev)
-        pos = ix + torch.arange(g.BLOCK + 1, device=dev)
-        chunk = ids[pos]
-        return chunk[:, :-1], chunk[:, 1:]
+    def blocks(batch):
+        def draw():
+            ix = torch.randint(len(ids) - g.BLOCK - 1, (batch, 1), device=dev)
+            chunk = ids[ix + torch.arange(g.BLOCK + 1, device=dev)]
+            return chunk[:, :-1], chunk[:, 1:]
+        return draw
 
-    jobs = [("digits-mlp", "f32", 32, lambda: rate(mlp(), sampler(dx, dy, 32), 2 * steps, "f32", 2e-3, 1e-4, per_sample=32))]
-    for p in ["f32", "f16", "bf16"]:
-        jobs.append(("mnist-cnn", p, 64, lambda p=p: rate(cnn(), sampler(mx, my, 64), steps, p, 2e-3, 1e-4, per_sample=64)))
-    for p in ["f32", "f16", "bf16"]:
-        jobs.append(("shakespeare-char", p, g.BATCH,
-                     lambda p=p: rate(g.Gpt(len(chars)), blocks, steps, p, 1e-3, 0.1, clip=1.0,
-                                      per_sample=g.BATCH * g.BLOCK)))
+    def cnn_job(p, batch, n):
+        return lambda: rate(cnn(), sampler(mx, my, batch), n, p, 2e-3, 1e-4, per_sample=batch)
+
+    def gpt_job(p, batch, n):
+        return lambda: rate(g.Gpt(len(chars)), blocks(batch), n, p, 1e-3, 0.1, clip=1.0,
+                            per_sample=batch * g.BLOCK)
+
+    jobs = []
+    if "pytorch" in a.steps:
+        jobs.append(("digits-mlp", "f32", 32,
+                     lambda: rate(mlp(), sampler(dx, dy, 32), 2 * steps, "f32", 2e-3, 1e-4, per_sample=32)))
+        jobs += [("mnist-cnn", p, 64, cnn_job(p, 64, steps)) for p in ["f32", "f16", "bf16"]]
+        jobs += [("shakespeare-char", p, g.BATCH, gpt_job(p, g.BATCH, steps)) for p in ["f32", "f16", "bf16"]]
+    if "large" in a.steps:
+        for p in ["f32", "bf16"]:
+            jobs += [("mnist-cnn", p, 512, cnn_job(p, 512, steps // 2)),
+                     ("shakespeare-char", p, 128, gpt_job(p, 128, steps // 2))]
     for model, precision, batch, job in jobs:
         torch.manual_seed(0)
         try:
             r = job()
         except Exception as e:  # noqa: BLE001 - a failed baseline is reported, not fatal
-            rep.check("pytorch", False, f"{model} {precision}: {e}")
+            rep.check("pytorch", False, f"{model} {precision} batch {batch}: {e}")
             continue
-        row = rep.row(model, precision)
-        row["pytorch_samples_per_second"] = r
-        row["batch"] = batch
-        rep.check("pytorch", True, f"{model} {precision}: {r:,.0f} samples/s")
+        rep.row(model, precision, batch)["pytorch_samples_per_second"] = r
+        rep.check("pytorch", True, f"{model} {precision} batch {batch}: {r:,.0f} samples/s")
 
 
 def main():
@@ -321,6 +344,7 @@ def main():
     rep.info["date"] = time.strftime("%Y-%m-%d")
     start = time.time()
     a.deadline = start + a.budget
+    a.steps = steps
     have_gpu = True
     for step in steps:
         t0 = time.time()
@@ -328,7 +352,7 @@ def main():
             if step == "devices":
                 have_gpu = devices(rep, a)
             elif step == "pytorch":
-                pytorch(rep, a)
+                continue  # with the last step, below: one PyTorch pass for every comparison
             elif not have_gpu:
                 print(f"-- {step}: skipped, kiln sees no CUDA device", flush=True)
                 continue
@@ -340,6 +364,13 @@ def main():
         except Exception as e:  # noqa: BLE001 - one broken step must not hide the others
             rep.check(step, False, f"{type(e).__name__}: {e}")
         print(f"-- {step}: {time.time() - t0:.0f} s", flush=True)
+    if "pytorch" in steps or "large" in steps:
+        t0 = time.time()
+        try:
+            pytorch(rep, a)
+        except Exception as e:  # noqa: BLE001
+            rep.check("pytorch", False, f"{type(e).__name__}: {e}")
+        print(f"-- pytorch: {time.time() - t0:.0f} s", flush=True)
     rep.info["seconds"] = round(time.time() - start)
     rep.write()
     print(rep.markdown())

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     signals::quiet_headless_vulkan();
+    signals::stage_on_host();
     let cli = cli::Cli::parse();
     match cmd::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),

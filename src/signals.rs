@@ -131,3 +131,16 @@ pub fn quiet_headless_vulkan() {
         }
     }
 }
+
+/// burn materialises a resumed optimizer's state on its *default* device and moves it to each
+/// parameter's device at the next step. With `cuda` compiled in that default is CUDA whatever
+/// `--device` says: without a driver it panics, and on a machine with several GPUs every rank
+/// would put its copy on GPU 0. kiln names its device everywhere else, so the default only
+/// stages such state: make it the host (burn's `flex`), as PyTorch's `map_location="cpu"`,
+/// unless the user set `BURN_DEVICE`. Runs first in `main`, before any thread exists.
+pub fn stage_on_host() {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: single-threaded here (the first thing `main` does).
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
+}

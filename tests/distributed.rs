@@ -561,7 +561,11 @@ fn launch_mistakes_are_one_line_errors() {
         let out = sb.kiln(&["train", cfg, "--devices", "cuda:all"]);
         assert_exit(&out, 1);
         assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
-        assert!(stderr(&out).contains("no CUDA GPU here"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no CUDA GPU here"),
+            "{}",
+            stderr(&out)
+        );
         let out = sb.kiln(&["train", cfg, "--devices", "cuda:0,x"]);
         assert_exit(&out, 2);
         assert!(

@@ -252,15 +252,27 @@ fn pick(
     Err(BackendError::Unavailable {
         spec: spec.to_string(),
         why: match (kind, count) {
-            ("cuda", 0) => "no CUDA device: the NVIDIA driver (libcuda.so) is not installed or sees no GPU (`nvidia-smi` should list one)".into(),
-            (_, 0) => "no WGPU adapter: no Vulkan, Metal or DirectX 12 driver found (on Linux, install your GPU's Vulkan driver; Debian's mesa-vulkan-drivers gives a CPU one, lavapipe)".into(),
+            (_, 0) => none_found(kind).into(),
             (_, n) => format!(
                 "there is no {kind}:{i}; this machine has {n} {kind} device{} ({kind}:0{}); see `kiln devices`",
                 if n == 1 { "" } else { "s" },
-                if n > 1 { format!("..{kind}:{}", n - 1) } else { String::new() }
+                if n > 1 {
+                    format!("..{kind}:{}", n - 1)
+                } else {
+                    String::new()
+                }
             ),
         },
     })
+}
+
+/// Why a compiled-in GPU backend (`cuda`, `wgpu`) found no device here.
+pub fn none_found(kind: &str) -> &'static str {
+    if kind == "cuda" {
+        "no CUDA device: the NVIDIA driver (libcuda.so) is not installed or sees no GPU (`nvidia-smi` should list one)"
+    } else {
+        "no WGPU adapter: no Vulkan, Metal or DirectX 12 driver found (on Linux, install your GPU's Vulkan driver; Debian's mesa-vulkan-drivers gives a CPU one, lavapipe)"
+    }
 }
 
 /// Resolves a device request to a device, probing before opening anything.
