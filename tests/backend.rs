@@ -270,10 +270,9 @@ fn cuda_gpus(sb: &Sandbox) -> usize {
 /// Fails unless this build has CUDA and the machine a GPU: the `gpu_` tests are ignored by
 /// default and run on request (`-- --ignored gpu_`), so a missing GPU is a failure, not a skip.
 fn require_cuda_gpu(sb: &Sandbox) {
-    assert!(
-        cfg!(feature = "cuda"),
-        "the gpu_ tests need a build with --features cuda"
-    );
+    if !cfg!(feature = "cuda") {
+        panic!("the gpu_ tests need a build with --features cuda");
+    }
     assert!(
         cuda_gpus(sb) > 0,
         "no CUDA GPU here: `kiln devices` lists none (the gpu_ tests need one)"
