@@ -26,6 +26,7 @@ import glob
 import gzip
 import json
 import os
+import signal
 import statistics
 import struct
 import subprocess
@@ -38,21 +39,27 @@ sys.path.insert(0, HERE)
 
 # (model, precision, batch, config, overrides, metric, threshold, higher_is_better)
 CNN, GPT = "configs/mnist_cnn.toml", "configs/shakespeare_char.toml"
-GPT_STEPS = ["train.max_steps=600", "train.valid_every=300"]
+
+
+def gpt_steps():
+    """A fresh list each time: the precision is appended to each run's own overrides."""
+    return ["train.max_steps=600", "train.valid_every=300"]
+
+
 # Larger batches than the configs' (sized for a laptop CPU), where a GPU has work to do: few
 # steps, logged often, no validation until the end.
 LARGE = ["train.log_every=10", "train.valid_every=100000"]
 KILN_RUNS = {
     "digits": [("digits-mlp", "f32", 32, "configs/digits_mlp.toml", [], "test.accuracy", 0.95, True)],
     "cnn": [("mnist-cnn", "f32", 64, CNN, ["train.epochs=1"], "test.accuracy", 0.97, True)],
-    "gpt": [("shakespeare-char", "f32", 12, GPT, GPT_STEPS, "valid.loss", 2.3, False)],
+    "gpt": [("shakespeare-char", "f32", 12, GPT, gpt_steps(), "valid.loss", 2.3, False)],
     "bf16": [
         ("mnist-cnn", "bf16", 64, CNN, ["train.epochs=1", "train.max_steps=400"], "test.accuracy", 0.95, True),
-        ("shakespeare-char", "bf16", 12, GPT, GPT_STEPS, "valid.loss", 2.3, False),
+        ("shakespeare-char", "bf16", 12, GPT, gpt_steps(), "valid.loss", 2.3, False),
     ],
     "f16": [
         ("mnist-cnn", "f16", 64, CNN, ["train.epochs=1", "train.max_steps=400"], "test.accuracy", 0.95, True),
-        ("shakespeare-char", "f16", 12, GPT, GPT_STEPS, "valid.loss", 2.3, False),
+        ("shakespeare-char", "f16", 12, GPT, gpt_steps(), "valid.loss", 2.3, False),
     ],
     "large": [
         (m, p, b, cfg, [f"train.batch_size={b}", f"train.max_steps={n}"] + LARGE, metric, t, hi)
@@ -63,10 +70,11 @@ KILN_RUNS = {
         ]
     ],
 }
-for _runs in KILN_RUNS.values():
-    for _r in _runs:
-        if _r[1] != "f32" and f"backend.precision={_r[1]}" not in _r[4]:
-            _r[4].append(f"backend.precision={_r[1]}")
+KILN_RUNS = {
+    step: [(m, p, b, cfg, sets + ([f"backend.precision={p}"] if p != "f32" else []), *rest)
+           for (m, p, b, cfg, sets, *rest) in runs]
+    for step, runs in KILN_RUNS.items()
+}
 STEPS = ["devices", "digits", "cnn", "gpt", "pytorch", "nccl", "bf16", "f16", "large"]
 # Samples per example for the throughput columns: the GPT counts tokens (64 per block).
 TOKENS = {"shakespeare-char": 64}
@@ -125,13 +133,17 @@ def run(cmd, timeout, env=None):
     """Runs a command; returns (exit code or None on timeout, stdout, stderr, seconds)."""
     start = time.time()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        return p.returncode, p.stdout, p.stderr, time.time() - start
+        # A session of its own, so that a timeout ends the ranks `--devices` started too.
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
     except FileNotFoundError as e:
         return 127, "", str(e), time.time() - start
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err, time.time() - start
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
         return None, out, err, time.time() - start
 
 
@@ -142,6 +154,10 @@ def tail(text, n=600):
 def metric(metrics, path):
     split, name = path.split(".")
     return metrics.get(split, {}).get(name)
+
+
+def unit(model):
+    return "tokens" if model in TOKENS else "samples"
 
 
 def kiln_rate(run_dir, model):
@@ -171,13 +187,17 @@ def kiln_train(rep, a, step, spec, extra=(), label=None):
         why = "timed out" if code is None else f"exit {code}"
         rep.check(step, False, f"{name}: {why} after {secs:.0f} s: {tail(err or out)}")
         return None
-    res = json.loads(out.strip().splitlines()[-1])
-    value = metric(res["metrics"], path)
+    try:
+        res = json.loads(out.strip().splitlines()[-1])
+        value = metric(res["metrics"], path)
+        rate = kiln_rate(res["run_dir"], model)
+    except (IndexError, KeyError, ValueError, OSError) as e:
+        rep.check(step, False, f"{name}: exit 0 but no result: {type(e).__name__}: {e}: {tail(out)}")
+        return None
     ok = value is not None and (value >= threshold if higher else value <= threshold)
-    rate = kiln_rate(res["run_dir"], model)
     shown = "missing" if value is None else f"{value:.4f}"
     rep.check(step, ok, f"{name}: {path} {shown} ({'>=' if higher else '<='} {threshold} expected), "
-                        f"{res['steps']} steps in {secs:.0f} s, {rate or 0:,.0f} samples/s")
+                        f"{res['steps']} steps in {secs:.0f} s, {rate or 0:,.0f} {unit(model)}/s")
     if label is None:
         r = rep.row(model, precision, batch)
         r["kiln_samples_per_second"] = rate
@@ -317,7 +337,7 @@ def pytorch(rep, a):
             rep.check("pytorch", False, f"{model} {precision} batch {batch}: {e}")
             continue
         rep.row(model, precision, batch)["pytorch_samples_per_second"] = r
-        rep.check("pytorch", True, f"{model} {precision} batch {batch}: {r:,.0f} samples/s")
+        rep.check("pytorch", True, f"{model} {precision} batch {batch}: {r:,.0f} {unit(model)}/s")
 
 
 def main():

@@ -7,8 +7,11 @@
 # Lists the devices, trains the digits MLP, the MNIST CNN and the Shakespeare GPT on CUDA (f32,
 # then f16 and bf16), runs `--devices cuda:all` (NCCL, one rank per GPU), and times the same
 # models in PyTorch on the same GPU (benches/gpu_check.py says how). Writes
-# $OUT/gpu-check.{json,md} (OUT defaults to ./gpu-check-out); about 5 minutes on one H100.
+# $OUT/gpu-check.{json,md} (OUT defaults to ./gpu-check-out); 2 to 3 minutes on one H200.
 set -uo pipefail
+# KILN and OUT as the caller meant them, before moving to the pack's (or checkout's) root.
+[ -n "${KILN:-}" ] && KILN="$(realpath -m "$KILN")"
+out="$(realpath -m "${OUT:-gpu-check-out}")"
 cd "$(dirname "$0")/.."
 kiln="${KILN:-bin/kiln}"
 [ -x "$kiln" ] || { echo "gpu-check: no kiln binary at $kiln (unpack the archive of scripts/gpu-pack.sh, or set KILN)" >&2; exit 2; }
@@ -28,7 +31,8 @@ PY
 for d in /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
   [ -d "$d" ] && libs="$libs:$d"
 done
-export LD_LIBRARY_PATH="${libs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+libs="${libs#:}"
+export LD_LIBRARY_PATH="${libs}${libs:+${LD_LIBRARY_PATH:+:}}${LD_LIBRARY_PATH:-}"
 # The kernels' math functions come from the toolkit's libdevice (CUDA_PATH, else /usr/local/cuda).
 if [ -z "${CUDA_PATH:-}" ] && [ ! -d /usr/local/cuda/nvvm/libdevice ] && command -v nvcc > /dev/null; then
   export CUDA_PATH="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
@@ -39,4 +43,4 @@ echo "== $(cat COMMIT 2> /dev/null || echo '?'): $("$kiln" --version)"
 nvidia-smi -L || echo "gpu-check: nvidia-smi found no GPU"
 echo "CUDA_PATH=${CUDA_PATH:-} libdevice: $(ls "${CUDA_PATH:-/usr/local/cuda}"/nvvm/libdevice 2> /dev/null | tr '\n' ' ')"
 "$kiln" devices || true
-exec "$python" benches/gpu_check.py --kiln "$kiln" --out "${OUT:-gpu-check-out}" "$@"
+exec "$python" benches/gpu_check.py --kiln "$kiln" --out "$out" "$@"

@@ -12,9 +12,9 @@
 # scripts/gpu-check.sh` in the checkout.
 #
 # Builds with the same target folder as everything else (CARGO_TARGET_DIR, default
-# ~/.cache/kiln/target); installs the LLVM bundle first (scripts/llvm-bundle.sh) when cargo
-# could not download it. The archive must stay under 64 MiB (what one call to a lent GPU machine
-# carries); the script says its size and fails above that.
+# ~/.cache/kiln/target), after scripts/llvm-bundle.sh (instant when LLVM is there already; if it
+# cannot install, cargo tries GitHub). The archive must stay under 64 MiB (what one call to a
+# lent GPU machine carries); the script says its size and fails above that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary_only=0
@@ -26,17 +26,17 @@ out="${1:-gpu-pack}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln/target}"
 limit=$((64 * 1024 * 1024))
 
-scripts/llvm-bundle.sh
+scripts/llvm-bundle.sh || echo "gpu-pack: no LLVM bundle installed (above); cargo will try to download LLVM"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
 echo "== cargo build --release --features cuda,nccl --bin kiln"
 cargo build --release --features cuda,nccl --bin kiln
 
 if [ "$binary_only" = 1 ]; then
   mkdir -p "$out"
-  tmp="$(mktemp)"
-  strip -o "$tmp" "$CARGO_TARGET_DIR/release/kiln"
-  xz -T0 -6 -c "$tmp" > "$out/kiln.xz.tmp"
+  strip -o "$tmp/kiln" "$CARGO_TARGET_DIR/release/kiln"
+  xz -T0 -6 -c "$tmp/kiln" > "$out/kiln.xz.tmp"
   mv "$out/kiln.xz.tmp" "$out/kiln.xz"
-  rm -f "$tmp"
   size=$(stat -c %s "$out/kiln.xz")
   awk -v a="$out/kiln.xz" -v s="$size" -v c="$(git describe --always --dirty 2> /dev/null || echo unknown)" \
     'BEGIN { printf "gpu-pack: %s, %.1f MiB, commit %s\n", a, s / 1048576, c }'
@@ -44,7 +44,7 @@ if [ "$binary_only" = 1 ]; then
   exit 0
 fi
 
-stage="$(mktemp -d)/kiln-gpu"
+stage="$tmp/kiln-gpu"
 mkdir -p "$stage/bin" "$stage/scripts" "$stage/benches" "$stage/data/sklearn"
 strip -o "$stage/bin/kiln" "$CARGO_TARGET_DIR/release/kiln"
 cp -r configs "$stage/"
@@ -56,10 +56,9 @@ git describe --always --dirty > "$stage/COMMIT" 2> /dev/null || echo unknown > "
 
 mkdir -p "$out"
 archive="$out/kiln-gpu.tar.xz"
-tar -C "$(dirname "$stage")" -cf - kiln-gpu | xz -T0 -6 > "$archive.tmp"
+tar -C "$tmp" -cf - kiln-gpu | xz -T0 -6 > "$archive.tmp"
 mv "$archive.tmp" "$archive"
 bin_size=$(stat -c %s "$stage/bin/kiln")
-rm -rf "$(dirname "$stage")"
 size=$(stat -c %s "$archive")
 awk -v a="$archive" -v s="$size" -v b="$bin_size" -v c="$(git describe --always --dirty 2> /dev/null || echo unknown)" \
   'BEGIN { printf "gpu-pack: %s, %.1f MiB (kiln %.1f MiB stripped), commit %s\n", a, s / 1048576, b / 1048576, c }'

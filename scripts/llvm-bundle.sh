@@ -29,7 +29,7 @@ die() { echo "llvm-bundle: $*" >&2; exit 1; }
 data_home="${XDG_DATA_HOME:-$HOME/.local/share}"
 target="$data_home/tracel/$BUNDLE"
 sentinel="$target/.tracel-llvm-installed"
-cache="${KILN_LLVM_CACHE:-$HOME/.cache/kiln/llvm}"
+cache="$(realpath -m "${KILN_LLVM_CACHE:-$HOME/.cache/kiln/llvm}")"
 tree="$cache/$VERSION/mlc_llvm_static/static"
 
 python_ok() {
@@ -47,17 +47,18 @@ if [[ "${1:-}" == "--check" ]]; then
 fi
 [[ $# -eq 0 ]] || die "unknown argument '$1' (use no argument, or --check)"
 
-[[ "$(uname -s)-$(uname -m)" == "Linux-x86_64" ]] ||
-  die "the wheels are for Linux x86-64, this is $(uname -s)-$(uname -m): build with internet access instead (cargo downloads LLVM itself)"
-python_ok || die "python3 >= 3.10 is needed (the bundle's llvm-config is a Python script, run at build time); install it and run again"
-
+# Installed already (by this script, or by cargo's own download): nothing to do.
 if [[ -e "$sentinel" && -x "$target/bin/llvm-config" ]] &&
   "$target/bin/llvm-config" --version > /dev/null 2>&1; then
   echo "llvm-bundle: already installed at $target ($("$target/bin/llvm-config" --version))"
   exit 0
 fi
 
-if [[ ! -x "$tree/bin/llvm-config" ]]; then
+[[ "$(uname -s)-$(uname -m)" == "Linux-x86_64" ]] ||
+  die "the wheels are for Linux x86-64, this is $(uname -s)-$(uname -m): build with internet access instead (cargo downloads LLVM itself)"
+python_ok || die "python3 >= 3.10 is needed (the bundle's llvm-config is a Python script, run at build time); install it and run again"
+
+if ! "$tree/bin/llvm-config" --version > /dev/null 2>&1; then
   wheels="$cache/wheels"
   mkdir -p "$wheels"
   for entry in "${WHEELS[@]}"; do
@@ -77,7 +78,7 @@ if [[ ! -x "$tree/bin/llvm-config" ]]; then
         die "pip could not download ${package//_/-}==$VERSION (no access to PyPI? set PIP_INDEX_URL, or KILN_LLVM_WHEELS)"
     fi
     echo "$sum  $file" | sha256sum -c --quiet - ||
-      { rm -f "$file"; die "$name does not have the pinned sha256 (deleted; run again)"; }
+      { rm -f "$file"; die "$name does not have the pinned sha256 (deleted from $wheels; if it came from KILN_LLVM_WHEELS, replace it there)"; }
   done
   echo "llvm-bundle: unpacking into $cache/$VERSION (about 400 MB)"
   rm -rf "$cache/$VERSION.tmp"

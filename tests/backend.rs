@@ -2,7 +2,9 @@
 //!
 //! The WGPU tests need the `wgpu` feature and a Vulkan driver. CI installs Mesa's lavapipe (a
 //! Vulkan device on the CPU) and runs them with `--features wgpu`; elsewhere, without an
-//! adapter, they say they were skipped. CUDA tests need a CUDA GPU: none here, and they say so.
+//! adapter, they say they were skipped. With `cuda` compiled in and no GPU (CI), the tests check
+//! what the CUDA build says and refuses; the `gpu_` tests need a CUDA GPU and are ignored unless
+//! asked for (`scripts/test -- gpu_ -- --ignored`), when a missing GPU fails them.
 
 mod common;
 
@@ -268,7 +270,7 @@ fn cuda_gpus(sb: &Sandbox) -> usize {
 }
 
 /// Fails unless this build has CUDA and the machine a GPU: the `gpu_` tests are ignored by
-/// default and run on request (`-- --ignored gpu_`), so a missing GPU is a failure, not a skip.
+/// default and run on request (`scripts/test -- gpu_ -- --ignored`), so a missing GPU is a failure, not a skip.
 fn require_cuda_gpu(sb: &Sandbox) {
     if !cfg!(feature = "cuda") {
         panic!("the gpu_ tests need a build with --features cuda");
@@ -280,7 +282,7 @@ fn require_cuda_gpu(sb: &Sandbox) {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU and --features cuda: run with `-- --ignored gpu_` on a GPU machine"]
+#[ignore = "needs an NVIDIA GPU: on a GPU machine, `scripts/test -- gpu_ -- --ignored`"]
 fn gpu_cuda_trains_the_digits_mlp_as_the_cpu_does() {
     let sb = Sandbox::new();
     require_cuda_gpu(&sb);
@@ -294,7 +296,7 @@ fn gpu_cuda_trains_the_digits_mlp_as_the_cpu_does() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU and --features cuda: run with `-- --ignored gpu_` on a GPU machine"]
+#[ignore = "needs an NVIDIA GPU: on a GPU machine, `scripts/test -- gpu_ -- --ignored`"]
 fn gpu_cuda_mixed_precision_tracks_f32() {
     let sb = Sandbox::new();
     require_cuda_gpu(&sb);

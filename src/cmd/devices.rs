@@ -18,7 +18,7 @@ pub fn run(json: bool) -> anyhow::Result<u8> {
         return Ok(0);
     }
     println!(
-        "{:<10}{:<6}{:<12}{:<10}name",
+        "{:<10}{:<6}{:<15}{:<10}name",
         "id", "kind", "float", "hardware"
     );
     for d in &all {

@@ -39,9 +39,12 @@ impl Sandbox {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        // .cargo/config.toml sets BURN_DEVICE for the library's unit tests; the binary must
+        // stage resumed state on the host by itself (src/signals.rs), so it does not get it.
         c.args(args)
             .current_dir(root())
-            .env("KILN_REGISTRY", self.registry());
+            .env("KILN_REGISTRY", self.registry())
+            .env_remove("BURN_DEVICE");
         c
     }
 
