@@ -259,16 +259,6 @@ fn trains_as_the_cpu_does(sb: &Sandbox, device: &str, tol: f64) -> Value {
     .unwrap()
 }
 
-/// How many CUDA devices `kiln devices` lists (0 without the feature).
-fn cuda_gpus(sb: &Sandbox) -> usize {
-    devices(sb)["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["kind"] == "cuda")
-        .count()
-}
-
 /// Fails unless this build has CUDA and the machine a GPU: the `gpu_` tests are ignored by
 /// default and run on request (`scripts/test -- gpu_ -- --ignored`), so a missing GPU is a failure, not a skip.
 fn require_cuda_gpu(sb: &Sandbox) {
@@ -300,50 +290,9 @@ fn gpu_cuda_trains_the_digits_mlp_as_the_cpu_does() {
 fn gpu_cuda_mixed_precision_tracks_f32() {
     let sb = Sandbox::new();
     require_cuda_gpu(&sb);
-    // As on the CPU (`mixed_precision_tracks_f32_on_the_cpu`): plain SGD with two
-    // micro-batches per step, so a wrong unscaling would show.
-    let cfg = digits_config(
-        &sb,
-        "[train]\nepochs = 4\nlog_every = 5\ngrad_accum = 2\nbatch_size = 32\n[optim]\nname = \"sgd\"\nlr = 0.1\n",
-    );
-    let c = cfg.to_str().unwrap();
-    let run = |precision: &str| {
-        let set = format!("backend.precision=\"{precision}\"");
-        let o = sb.kiln(&["train", c, "--device", "cuda:0", "--set", &set, "--json"]);
-        assert_exit(&o, 0);
-        json(&o)
-    };
-    let full = run("f32");
-    let (f32_loss, no_scale, _) = curve(&full);
-    assert!(no_scale.is_empty(), "f32 logs no loss scale");
-    let acc = |r: &Value| r["metrics"]["test"]["accuracy"].as_f64().unwrap();
-    assert!(acc(&full) > 0.9, "{full}");
-    for (name, tol) in [("f16", 0.02), ("bf16", 0.05)] {
-        let r = run(name);
-        let (loss, scale, _) = curve(&r);
-        eprintln!(
-            "cuda:0 {name}: test accuracy {} (f32 {})",
-            acc(&r),
-            acc(&full)
-        );
-        assert_eq!(loss.len(), f32_loss.len());
-        assert_ne!(
-            loss, f32_loss,
-            "{name} computed exactly as f32: no cast happened"
-        );
-        for (a, b) in f32_loss.iter().zip(&loss).take(6) {
-            assert!(
-                (a - b).abs() <= tol * a.abs().max(0.1),
-                "{name}: f32 {a} vs {b}"
-            );
-        }
-        assert_eq!(
-            scale.is_empty(),
-            name == "bf16",
-            "{name}: loss scale logged only for f16"
-        );
-        assert!((acc(&r) - acc(&full)).abs() < 0.05, "{name}: {}", acc(&r));
-    }
+    let full = mixed_precision_tracks_f32(&sb, "cuda:0");
+    let acc = full["metrics"]["test"]["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "{full}");
 }
 
 /// Logged training losses, loss scales and gradient norms of a run made with `--json`.
@@ -373,10 +322,18 @@ fn curve(run: &Value) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
 #[test]
 fn mixed_precision_tracks_f32_on_the_cpu() {
     let sb = Sandbox::new();
+    mixed_precision_tracks_f32(&sb, "cpu");
+}
+
+/// Trains the digits MLP on `device` in f32, f16 and bf16: the early losses and gradient norms
+/// of the mixed-precision runs track f32's (2% for f16, 5% for bf16) without being equal (the
+/// casts happen), the loss scale is logged for f16 only, and test accuracy is within 0.05.
+/// Returns the f32 run.
+fn mixed_precision_tracks_f32(sb: &Sandbox, device: &str) -> Value {
     // Plain SGD (an update proportional to the gradient) and two micro-batches per step, so a
     // wrong unscaling of the f16 gradients would show in the curves and the norms.
     let cfg = digits_config(
-        &sb,
+        sb,
         "[train]\nepochs = 4\nlog_every = 5\ngrad_accum = 2\nbatch_size = 32\n[optim]\nname = \"sgd\"\nlr = 0.1\n[runtime]\nthreads = 1\n",
     );
     let c = cfg.to_str().unwrap();
@@ -385,7 +342,7 @@ fn mixed_precision_tracks_f32_on_the_cpu() {
             "train",
             c,
             "--device",
-            "cpu",
+            device,
             "--json",
             "--set",
             &format!("backend.precision=\"{precision}\""),
@@ -428,6 +385,7 @@ fn mixed_precision_tracks_f32_on_the_cpu() {
             acc(&full)
         );
     }
+    full
 }
 
 #[test]

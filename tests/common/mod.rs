@@ -53,6 +53,18 @@ impl Sandbox {
     }
 }
 
+/// How many CUDA devices `kiln devices --json` lists (0 without the `cuda` feature).
+pub fn cuda_gpus(sb: &Sandbox) -> usize {
+    let o = sb.kiln(&["devices", "--json"]);
+    assert_exit(&o, 0);
+    json(&o)["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "cuda")
+        .count()
+}
+
 /// The newest `checkpoints/step-*` folder of a run.
 pub fn newest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(run_dir.join("checkpoints"))
