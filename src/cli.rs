@@ -76,6 +76,23 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
     },
+    /// Why a model decides as it does: permutation importance per original column (or pixel
+    /// patch) on a split, or per-example attributions (--rows) by Integrated Gradients and
+    /// KernelSHAP.
+    Explain {
+        #[command(flatten)]
+        args: ExplainArgs,
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
+    /// Per-group metrics of a classifier (selection rate, accuracy, TPR, FPR, precision,
+    /// calibration) and their gaps; exit code 3 when a --max-*/--min-* limit is broken.
+    Fairness {
+        #[command(flatten)]
+        args: FairnessArgs,
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
     /// Generate text with a trained language model, streamed to stdout as it comes.
     Generate {
         #[command(flatten)]
@@ -111,6 +128,9 @@ pub enum Command {
         /// The HTML file to write.
         #[arg(short, long, default_value = "report.html")]
         output: PathBuf,
+        /// A column of the data file to break the fairness section down by (repeatable).
+        #[arg(long = "group", value_name = "COLUMN")]
+        groups: Vec<String>,
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
     },
@@ -223,6 +243,90 @@ pub struct TrainArgs {
     /// The registry folder (default: $KILN_REGISTRY, the config's runtime.registry, or ./kiln-registry).
     #[arg(long, value_name = "DIR")]
     pub registry: Option<PathBuf>,
+}
+
+/// `kiln explain`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExplainArgs {
+    /// A table or image model: NAME, NAME@ALIAS, NAME/vN, a run id, `latest` or a run folder.
+    pub model: String,
+    /// train, valid or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Explain these rows of the split (`0,17,42`, `0:8`) instead of the whole model.
+    #[arg(long, value_name = "ROWS")]
+    pub rows: Option<String>,
+    /// Attribution method for --rows: ig, shap or both [default: both for tables, ig for
+    /// images].
+    #[arg(long)]
+    pub method: Option<String>,
+    /// The class whose probability is explained [default: each row's predicted class].
+    #[arg(long, value_name = "NAME")]
+    pub class: Option<String>,
+    /// Integrated Gradients: integration steps of the first try (doubled until the
+    /// attributions sum to the change of output within 1%, at most 4096).
+    #[arg(long, default_value_t = 64)]
+    pub steps: usize,
+    /// KernelSHAP: coalitions evaluated per row (all of them when there are no more).
+    #[arg(long, default_value_t = 2048)]
+    pub budget: usize,
+    /// KernelSHAP: training rows standing in for absent columns.
+    #[arg(long, default_value_t = 100)]
+    pub background: usize,
+    /// Permutation importance: the metric [default: the run's monitor, else accuracy or r2].
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Permutation importance: permutations per column.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Permutation importance: at most this many rows of the split (a seeded draw) [default:
+    /// all rows of a table, 1000 images].
+    #[arg(long, value_name = "N")]
+    pub max_samples: Option<usize>,
+    /// Permutation importance of images: pixels per side of a patch.
+    #[arg(long, default_value_t = 7)]
+    pub patch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an HTML page (importance bars, attributions, maps over images).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `kiln fairness`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FairnessArgs {
+    /// A classifier: NAME, NAME@ALIAS, NAME/vN, a run id, `latest` or a run folder.
+    pub model: String,
+    /// A column of the data file to group by (read by the model or not); several are also
+    /// intersected.
+    #[arg(long = "group", value_name = "COLUMN", required = true)]
+    pub groups: Vec<String>,
+    /// train, valid or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// The favourable class [default: the second of two classes].
+    #[arg(long, value_name = "CLASS")]
+    pub positive: Option<String>,
+    /// Groups with fewer examples are flagged as small.
+    #[arg(long, default_value_t = 30)]
+    pub min_group: usize,
+    /// Exit 3 when a demographic parity difference is above this.
+    #[arg(long, value_name = "X")]
+    pub max_dp_diff: Option<f64>,
+    /// Exit 3 when a demographic parity ratio is below this.
+    #[arg(long, value_name = "X")]
+    pub min_dp_ratio: Option<f64>,
+    /// Exit 3 when an equalized odds difference is above this.
+    #[arg(long, value_name = "X")]
+    pub max_eo_diff: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an HTML page with the per-group bars.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// `kiln generate`'s flags.

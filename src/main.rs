@@ -14,6 +14,7 @@ use clap::Parser;
 use kiln_trainer::config::ConfigError;
 use kiln_trainer::error::TrainError;
 use kiln_trainer::eval::EvalError;
+use kiln_trainer::explain::ExplainError;
 use kiln_trainer::export::run::ExportError;
 use kiln_trainer::registry::RegistryError;
 
@@ -46,6 +47,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         || e.downcast_ref::<TrainError>()
             .is_some_and(TrainError::is_config)
         || matches!(e.downcast_ref::<ExportError>(), Some(ExportError::Registry(r)) if is_reference(r))
+        || e.downcast_ref::<ExplainError>()
+            .is_some_and(ExplainError::is_input)
         || e.downcast_ref::<EvalError>().is_some_and(|e| {
             matches!(
                 e,

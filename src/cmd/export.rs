@@ -53,7 +53,7 @@ pub fn run(
             out.sidecar.display()
         );
         println!(
-            "parity with tract on {} validation rows (a language model: positions): max abs difference {worst:.2e} (tolerance {:.0e}), {} top-1 disagreements",
+            "parity with tract on {} validation rows (positions, for a language model): max abs difference {worst:.2e} (tolerance {:.0e}), {} top-1 disagreements",
             out.parity.rows, out.parity.tolerance, out.parity.top1_disagreements
         );
         println!("stored in {}", out.registry_dir.display());

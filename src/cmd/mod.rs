@@ -6,7 +6,9 @@
 
 mod devices;
 mod eval;
+mod explain;
 mod export;
+mod fairness;
 mod generate;
 mod launch;
 mod predict;
@@ -64,14 +66,17 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             registry,
         } => predict::run(&model, &input, output.as_deref(), registry),
         Command::Generate { args, registry } => generate::run(args, registry),
+        Command::Explain { args, registry } => explain::run(args, registry),
+        Command::Fairness { args, registry } => fairness::run(args, registry),
         Command::Devices { json } => devices::run(json),
         Command::Runs { command, registry } => runs::run(command, registry),
         Command::Registry { command, registry } => registry::run(command, registry),
         Command::Report {
             run,
             output,
+            groups,
             registry,
-        } => report::run(&run, &output, registry),
+        } => report::run(&run, &output, &groups, registry),
         Command::Schema => {
             let schema = serde_json::to_string_pretty(&config::schema()).expect("schema is JSON");
             println!("{schema}");

@@ -108,6 +108,15 @@ pub enum EvalError {
         id: String,
         status: crate::run::Status,
     },
+    #[error(
+        "data file {path} changed since {id} was trained (sha256 {was} then, {now} now): its splits and metrics would describe other data; restore the file, or train a new version"
+    )]
+    DataChanged {
+        id: String,
+        path: String,
+        was: String,
+        now: String,
+    },
     #[error("{id} has an empty {split} split")]
     EmptySplit { id: String, split: String },
     #[error(
@@ -136,6 +145,8 @@ pub struct LoadedRun {
     pub data: crate::data::Prepared,
     pub task: Arc<dyn Task>,
     pub device: Device,
+    /// The metric that chose the run's best model (`train.monitor`).
+    pub monitor: crate::config::Monitor,
 }
 
 impl LoadedRun {
@@ -165,7 +176,14 @@ impl LoadedRun {
         };
         let loaded = Registry::new(&root).load(&entry)?;
         let weights = loaded.file(layout::WEIGHTS)?.to_vec();
-        Self::build(entry.label, Some(info), run_dir, weights, with_data)
+        let data = &loaded.manifest.data;
+        Self::build(
+            entry.label,
+            Some(info),
+            run_dir,
+            weights,
+            with_data.then_some(data),
+        )
     }
 
     /// Any registry entry: a version (from its own folder alone), a run's final model, or a
@@ -206,29 +224,37 @@ impl LoadedRun {
             EntryKind::Version { .. } => {
                 let loaded = reg.load(entry)?;
                 let weights = loaded.file(layout::WEIGHTS)?.to_vec();
-                Self::build(entry.label.clone(), None, &entry.dir, weights, with_data)
+                let data = with_data.then_some(&loaded.manifest.data);
+                Self::build(entry.label.clone(), None, &entry.dir, weights, data)
             }
             EntryKind::Checkpoint { .. } => {
                 let loaded = reg.load(entry)?;
                 let weights = loaded.file(layout::WEIGHTS)?.to_vec();
                 let dir = up(2);
                 let info = crate::run::read_json(&dir.join(layout::RUN)).ok();
-                Self::build(entry.label.clone(), info, &dir, weights, with_data)
+                let data = with_data.then_some(&loaded.manifest.data);
+                Self::build(entry.label.clone(), info, &dir, weights, data)
             }
         }
     }
 
     /// From a folder holding `config.toml`, `preprocess.json` and `model.json`, and weights.
+    /// With `trained_on` (the data fingerprint of the entry's manifest), the data is read and
+    /// must hash as it did in training.
     fn build(
         label: String,
         info: Option<crate::run::RunInfo>,
         dir: &std::path::Path,
         weights: Vec<u8>,
-        with_data: bool,
+        trained_on: Option<&crate::registry::manifest::DataFingerprint>,
     ) -> Result<Self, EvalError> {
         use crate::run;
         use burn::module::Module;
+        let with_data = trained_on.is_some();
         let cfg = crate::config::load_run_with(dir, with_data)?;
+        if let Some(was) = trained_on {
+            same_data(&label, was, &crate::checkpoint::data_files(&cfg)?)?;
+        }
         let pre: Preprocessor = run::read_json(&dir.join(layout::PREPROCESS))?;
         let mconf: kiln_models::ModelConfig = run::read_json(&dir.join(layout::MODEL_CONFIG))?;
         crate::backend::init_threads(cfg.runtime.threads);
@@ -260,6 +286,7 @@ impl LoadedRun {
             data,
             task,
             device,
+            monitor: cfg.monitor.clone(),
         })
     }
 
@@ -318,6 +345,27 @@ impl LoadedRun {
             .map(|r| (self.pre.decode_value(r[0]), self.pre.decode_value(r[1])))
             .collect())
     }
+}
+
+/// The data files must hash as they did in training: metrics, explanations and fairness
+/// reports of a model describe the data it was trained and split on.
+fn same_data(
+    label: &str,
+    was: &crate::registry::manifest::DataFingerprint,
+    now: &[crate::registry::manifest::DataFile],
+) -> Result<(), EvalError> {
+    let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+    for (a, b) in was.files.iter().zip(now) {
+        if a.sha256 != b.sha256 {
+            return Err(EvalError::DataChanged {
+                id: label.to_string(),
+                path: b.path.clone(),
+                was: short(&a.sha256),
+                now: short(&b.sha256),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Evaluates a registry entry on `split` of its data.

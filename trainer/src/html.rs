@@ -11,6 +11,7 @@ use plotters::prelude::*;
 
 use crate::data::SplitName;
 use crate::eval::{EvalError, LoadedRun};
+use crate::explain::ExplainError;
 use crate::metrics::Metrics;
 use crate::run;
 
@@ -232,14 +233,95 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Writes the report of the run in `run_dir` to `out`.
-pub fn write_report(run_dir: &Path, out: &Path) -> Result<(), EvalError> {
+/// The report's explanations: permutation importance on `split` (3 repeats; images: 500 rows,
+/// 7-pixel patches) and, for images, Integrated Gradients maps of the split's first 4 images.
+fn explanations_section(
+    loaded: &LoadedRun,
+    split: SplitName,
+    body: &mut String,
+) -> Result<(), ExplainError> {
+    use crate::explain::reports::{self, ImportanceRequest, RowsRequest};
+    body.push_str("<h2>Explanations</h2>");
+    if crate::explain::check_explainable(loaded).is_err() {
+        body.push_str("<p>Explanations cover table and image models.</p>");
+        return Ok(());
+    }
+    let image = matches!(loaded.mconf.input(), kiln_models::InputShape::Images { .. });
+    let req = ImportanceRequest {
+        split,
+        metric: None,
+        repeats: 3,
+        seed: 0,
+        patch: 7,
+        max_samples: image.then_some(500),
+    };
+    let r = reports::importance(loaded, &req)?;
+    let _ = write!(
+        body,
+        "<p>How much {} drops on the {} split ({} rows) when a {} is shuffled across rows (<code>kiln explain</code> for more repeats and per-example attributions).</p>",
+        r.metric,
+        reports::split_name(split),
+        r.rows,
+        if image {
+            "7x7 patch of pixels"
+        } else {
+            "column"
+        }
+    );
+    body.push_str(&importance_svg(&r, 30));
+    if image {
+        let rows = crate::explain::split_rows(loaded, split)?.n.min(4);
+        let req = RowsRequest {
+            split,
+            rows: format!("0:{rows}"),
+            method: None,
+            class: None,
+            ig: crate::explain::attribution::IgOptions::default(),
+            budget: 2,
+            background: 1,
+            seed: 0,
+        };
+        body.push_str(&attributions_html(&reports::attributions(loaded, &req)?));
+    }
+    Ok(())
+}
+
+/// The report's fairness section: per-group metrics by `groups`, or how to ask for them.
+fn fairness_section(
+    loaded: &LoadedRun,
+    split: SplitName,
+    groups: &[String],
+    body: &mut String,
+) -> Result<(), ExplainError> {
+    use crate::explain::reports::{self, FairnessRequest};
+    if loaded.task.class_names().is_none() || crate::explain::check_explainable(loaded).is_err() {
+        return Ok(());
+    }
+    body.push_str("<h2>Fairness</h2>");
+    if groups.is_empty() {
+        body.push_str("<p><code>kiln report RUN --group COLUMN</code> adds per-group metrics (any column of the data file, read by the model or not).</p>");
+        return Ok(());
+    }
+    let req = FairnessRequest {
+        split,
+        columns: groups.to_vec(),
+        positive: None,
+        min_group: 30,
+        limits: Default::default(),
+    };
+    body.push_str(&fairness_html(&reports::fairness(loaded, &req)?));
+    Ok(())
+}
+
+/// Writes the report of the run in `run_dir` to `out`; `groups` are the columns of the
+/// fairness section.
+pub fn write_report(run_dir: &Path, out: &Path, groups: &[String]) -> Result<(), ExplainError> {
     let loaded = LoadedRun::open(run_dir)?;
     let info = loaded
         .info
         .as_ref()
         .expect("a model opened from its run folder has the run's record");
-    let curves = curves(run_dir)?;
+    let curves = curves(run_dir).map_err(EvalError::from)?;
     let get = |split: &str, metric: &str| {
         curves
             .get(&(split.to_string(), metric.to_string()))
@@ -347,16 +429,11 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<(), EvalError> {
         // Loss, perplexity and bits per token are in the metrics table above.
         Some(Metrics::LanguageModel(_)) | None => {}
     }
+    explanations_section(&loaded, split, &mut body)?;
+    fairness_section(&loaded, split, groups, &mut body)?;
     let config = std::fs::read_to_string(run_dir.join(layout::CONFIG)).unwrap_or_default();
     let _ = write!(body, "<h2>Config</h2><pre>{}</pre>", escape(&config));
-    let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>kiln run {}</title><style>\
-         body{{font-family:sans-serif;max-width:780px;margin:2em auto;color:#222}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
-         pre{{background:#f6f6f6;padding:1em;overflow:auto}}svg{{display:block;margin:1em 0}}</style></head>\
-         <body>{body}</body></html>\n",
-        escape(&info.id)
-    );
+    let html = page(&format!("kiln run {}", info.id), &body);
     let tmp = out.with_extension("html.tmp");
     std::fs::write(&tmp, html).map_err(|e| {
         EvalError::Run(run::RunError::Io {
@@ -371,4 +448,306 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<(), EvalError> {
         })
     })?;
     Ok(())
+}
+
+// ---- Explanations and fairness: hand-drawn SVG (bars with whiskers, maps over images) ----
+
+/// A complete page around `body`.
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
+         pre{{background:#f6f6f6;padding:1em;overflow:auto}}svg{{display:block;margin:1em 0}}\
+         .maps svg{{display:inline-block;margin:4px}}</style></head>\
+         <body>{body}</body></html>\n",
+        escape(title)
+    )
+}
+
+/// Horizontal bars, one per `(label, value, whisker)`, signed (negative bars go left, red).
+fn bar_svg(title: &str, unit: &str, bars: &[(String, f64, f64)]) -> String {
+    let label_w = 190.0;
+    let (w, row_h, top) = (720.0, 20.0, 34.0);
+    let h = top + row_h * bars.len() as f64 + 30.0;
+    let lo = bars.iter().map(|b| b.1 - b.2).fold(0.0, f64::min);
+    let hi = bars.iter().map(|b| b.1 + b.2).fold(0.0, f64::max);
+    let span = (hi - lo).max(1e-12);
+    let plot = w - label_w - 20.0;
+    let x = |v: f64| label_w + (v - lo) / span * plot;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
+         <text x=\"{}\" y=\"18\" font-size=\"15\" text-anchor=\"middle\">{}</text>",
+        w / 2.0,
+        escape(title)
+    );
+    for (i, (label, v, e)) in bars.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let (a, b) = (x(0.0).min(x(*v)), x(0.0).max(x(*v)));
+        let color = if *v >= 0.0 { "#3b6fb6" } else { "#c0392b" };
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\
+             <rect x=\"{a:.1}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"{color}\"><title>{}: {v:.4}</title></rect>",
+            label_w - 6.0,
+            y + 14.0,
+            escape(label),
+            y + 3.0,
+            (b - a).max(0.5),
+            row_h - 6.0,
+            escape(label)
+        );
+        if *e > 0.0 {
+            let (l, r, m) = (x(v - e), x(v + e), y + row_h / 2.0);
+            let _ = write!(
+                s,
+                "<path d=\"M{l:.1} {m:.1}H{r:.1}M{l:.1} {:.1}V{:.1}M{r:.1} {:.1}V{:.1}\" stroke=\"#222\"/>",
+                m - 4.0,
+                m + 4.0,
+                m - 4.0,
+                m + 4.0
+            );
+        }
+    }
+    let axis = top + row_h * bars.len() as f64 + 4.0;
+    let _ = write!(
+        s,
+        "<path d=\"M{:.1} {top}V{axis}\" stroke=\"#888\"/><text x=\"{:.1}\" y=\"{}\">{lo:.4}</text>\
+         <text x=\"{:.1}\" y=\"{}\" text-anchor=\"end\">{hi:.4}</text>\
+         <text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text></svg>",
+        x(0.0),
+        label_w,
+        axis + 14.0,
+        w - 20.0,
+        axis + 14.0,
+        label_w + plot / 2.0,
+        axis + 14.0,
+        escape(unit)
+    );
+    s
+}
+
+/// Permutation importance as bars with ± one standard deviation.
+pub fn importance_svg(r: &crate::explain::importance::ImportanceReport, top: usize) -> String {
+    let bars: Vec<(String, f64, f64)> = r
+        .importances
+        .iter()
+        .take(top)
+        .map(|i| (i.name.clone(), i.mean, i.std))
+        .collect();
+    bar_svg(
+        &format!("Permutation importance ({} repeats)", r.repeats),
+        &format!("{} lost when the column is permuted", r.metric),
+        &bars,
+    )
+}
+
+/// An image (grey) with its attributions over it (red: towards the output, blue: away),
+/// channels summed.
+pub fn saliency_svg(pixels: &[f32], values: &[f64], [c, h, w]: [usize; 3], title: &str) -> String {
+    let cell = (224 / h.max(w).max(1)).max(2) as f64;
+    let (pw, ph) = (cell * w as f64, cell * h as f64);
+    let gray: Vec<f32> = (0..h * w)
+        .map(|p| (0..c).map(|ch| pixels[ch * h * w + p]).sum::<f32>() / c as f32)
+        .collect();
+    let (glo, ghi) = gray
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let amax = values.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">",
+        pw * 2.0 + 12.0,
+        ph + 18.0
+    );
+    for p in 0..h * w {
+        let (x, y) = ((p % w) as f64 * cell, (p / w) as f64 * cell + 16.0);
+        let g = ((gray[p] - glo) / (ghi - glo).max(1e-12) * 255.0) as u8;
+        let a = values[p] / amax;
+        let (r, b) = if a >= 0.0 {
+            (255, (255.0 * (1.0 - a)) as u8)
+        } else {
+            ((255.0 * (1.0 + a)) as u8, 255)
+        };
+        let gg = (255.0 * (1.0 - a.abs())) as u8;
+        let _ = write!(
+            s,
+            "<rect x=\"{x}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"rgb({g},{g},{g})\"/>\
+             <rect x=\"{}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"rgb({r},{gg},{b})\"/>",
+            x + pw + 12.0
+        );
+    }
+    let _ = write!(s, "<text x=\"0\" y=\"12\">{}</text></svg>", escape(title));
+    s
+}
+
+/// Per-example attributions: bars per column for tables, maps over images.
+pub fn attributions_html(r: &crate::explain::reports::RowsReport) -> String {
+    let mut body = String::new();
+    let mut maps = String::new();
+    for (i, row) in r.rows.iter().enumerate() {
+        let pred = match &row.prediction {
+            serde_json::Value::String(v) => v.clone(),
+            v => v.to_string(),
+        };
+        let what = row
+            .class
+            .as_ref()
+            .map_or("the prediction".into(), |c| format!("P({c})"));
+        if let Some(shape) = r.image_shape {
+            if let Some(a) = &row.integrated_gradients {
+                maps.push_str(&saliency_svg(
+                    &r.pixels[i],
+                    &a.values,
+                    shape,
+                    &format!("row {}: predicted {pred}, IG of {what}", row.row),
+                ));
+            }
+            continue;
+        }
+        for (name, a) in [
+            ("Integrated Gradients", &row.integrated_gradients),
+            ("KernelSHAP", &row.kernel_shap),
+        ] {
+            let Some(a) = a else { continue };
+            let mut bars: Vec<(String, f64, f64)> = r
+                .groups
+                .iter()
+                .zip(&row.values)
+                .zip(&a.values)
+                .map(|((g, v), &x)| (format!("{g} = {v}"), x, 0.0))
+                .collect();
+            bars.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+            body.push_str(&bar_svg(
+                &format!(
+                    "row {}: predicted {pred}; {name} of {what} ({:.3} vs {:.3})",
+                    row.row, a.output, a.reference
+                ),
+                &format!("contribution to {what}"),
+                &bars,
+            ));
+        }
+    }
+    if !maps.is_empty() {
+        let _ = write!(
+            body,
+            "<p>Each pair: the image, then its Integrated Gradients (red: raises the explained output; blue: lowers it; baseline: a black image).</p><div class=\"maps\">{maps}</div>"
+        );
+    }
+    body
+}
+
+pub fn importance_page(
+    label: &str,
+    split: &str,
+    r: &crate::explain::importance::ImportanceReport,
+) -> String {
+    let body = format!(
+        "<h1>Explanations of {}</h1><p>{split} split, {} rows; {} {:.4} unpermuted.</p>{}",
+        escape(label),
+        r.rows,
+        r.metric,
+        r.baseline,
+        importance_svg(r, 40)
+    );
+    page(&format!("kiln explain {label}"), &body)
+}
+
+pub fn attributions_page(r: &crate::explain::reports::RowsReport) -> String {
+    let body = format!(
+        "<h1>Attributions of {}</h1><p>{} split.</p>{}",
+        escape(&r.model),
+        r.split,
+        attributions_html(r)
+    );
+    page(&format!("kiln explain {}", r.model), &body)
+}
+
+/// Per-group bars (selection rate, TPR, FPR, accuracy) and the table of every metric.
+pub fn fairness_html(r: &crate::explain::reports::FairnessReport) -> String {
+    let mut body = format!(
+        "<p>Favourable outcome <b>{}</b>; {} examples of the {} split, selection rate {:.4}, accuracy {:.4}. Groups marked * are small.</p>",
+        escape(&r.positive),
+        r.overall.count,
+        r.split,
+        r.overall.selection_rate,
+        r.overall.accuracy
+    );
+    let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+    for b in &r.breakdowns {
+        let by = b.columns.join(" x ");
+        let _ = write!(body, "<h3>By {}</h3>", escape(&by));
+        for (metric, get) in [
+            (
+                "selection rate",
+                &(|g: &crate::explain::fairness::GroupMetrics| Some(g.selection_rate))
+                    as &dyn Fn(&_) -> Option<f64>,
+            ),
+            (
+                "true positive rate",
+                &|g: &crate::explain::fairness::GroupMetrics| g.tpr,
+            ),
+            (
+                "false positive rate",
+                &|g: &crate::explain::fairness::GroupMetrics| g.fpr,
+            ),
+        ] {
+            let bars: Vec<(String, f64, f64)> = b
+                .groups
+                .iter()
+                .map(|g| {
+                    let name =
+                        format!("{}{}", g.group.join(" & "), if g.small { " *" } else { "" });
+                    (name, get(g).unwrap_or(0.0), 0.0)
+                })
+                .collect();
+            body.push_str(&bar_svg(&format!("{metric} by {by}"), metric, &bars));
+        }
+        body.push_str("<table><tr><th>group</th><th>count</th><th>selection</th><th>accuracy</th><th>TPR</th><th>FPR</th><th>precision</th><th>base rate</th><th>mean score</th><th>ECE</th></tr>");
+        for g in &b.groups {
+            let _ = write!(
+                body,
+                "<tr><td>{}{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+                escape(&g.group.join(" & ")),
+                if g.small { " *" } else { "" },
+                g.count,
+                g.selection_rate,
+                g.accuracy,
+                opt(g.tpr),
+                opt(g.fpr),
+                opt(g.precision),
+                g.base_rate,
+                g.mean_score,
+                g.ece
+            );
+        }
+        let g = &b.gaps;
+        let _ = write!(
+            body,
+            "</table><p>Demographic parity difference <b>{:.4}</b>, ratio <b>{:.4}</b>; equalized odds difference <b>{:.4}</b> (TPR {:.4}, FPR {:.4}).</p>",
+            g.demographic_parity_difference,
+            g.demographic_parity_ratio,
+            g.equalized_odds_difference,
+            g.tpr_difference,
+            g.fpr_difference
+        );
+    }
+    for v in &r.violations {
+        let _ = write!(
+            body,
+            "<p style=\"color:#c0392b\">Limit broken: {}</p>",
+            escape(v)
+        );
+    }
+    body
+}
+
+pub fn fairness_page(r: &crate::explain::reports::FairnessReport) -> String {
+    let body = format!(
+        "<h1>Fairness of {}</h1>{}",
+        escape(&r.model),
+        fairness_html(r)
+    );
+    page(&format!("kiln fairness {}", r.model), &body)
 }

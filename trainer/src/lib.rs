@@ -22,6 +22,7 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod export;
 pub mod generate;
 pub mod html;

@@ -255,6 +255,39 @@ impl std::str::FromStr for SplitName {
     }
 }
 
+/// The values of `column` (any column of the file, read or not by the model) for the examples
+/// of `split`, in the order [`prepare`] gives them. Tables only.
+pub fn split_column(
+    spec: &DataSpec,
+    split: SplitName,
+    column: &str,
+) -> Result<Vec<String>, DataError> {
+    if spec.format != DataFormat::Csv || spec.text_column.is_some() {
+        return Err(DataError::Format {
+            path: spec.path.display().to_string(),
+            message: format!(
+                "column {column:?}: per-column reports read delimited tables, not {} data",
+                match (spec.format, &spec.text_column) {
+                    (_, Some(_)) => "labeled-text",
+                    (DataFormat::Idx, _) => "IDX image",
+                    _ => "text-corpus",
+                }
+            ),
+        });
+    }
+    if let (SplitName::Test, Some(test)) = (split, &spec.test_path) {
+        return table::read_column(spec, test, column);
+    }
+    let values = table::read_column(spec, &spec.path, column)?;
+    let parts = split::split(&table::read_all(spec)?, spec);
+    let rows = match split {
+        SplitName::Train => parts.train,
+        SplitName::Valid => parts.valid,
+        SplitName::Test => parts.test,
+    };
+    Ok(rows.into_iter().map(|i| values[i].clone()).collect())
+}
+
 /// Reads, splits and preprocesses. With `fitted`, reuses those statistics (evaluation of a
 /// finished run) instead of fitting new ones on the training split.
 pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepared, DataError> {

@@ -133,6 +133,25 @@ pub fn read_unlabelled(
     })
 }
 
+/// One column of a file as written, a value per data row, whether or not the model reads it
+/// (a sensitive attribute left out of the inputs, the label): for per-group reports.
+pub fn read_column(spec: &DataSpec, path: &Path, column: &str) -> Result<Vec<String>, DataError> {
+    let (shown, lines, width) = read_rows(spec, path)?;
+    let names = column_names(spec, &lines, width);
+    let Some(j) = names.iter().position(|n| n == column) else {
+        let hint = crate::suggest::hint(column, &names);
+        return Err(DataError::Format {
+            path: shown,
+            message: format!("no column {column:?}{hint} (columns: {})", names.join(", ")),
+        });
+    };
+    Ok(lines
+        .rows
+        .into_iter()
+        .map(|(_, mut fields)| std::mem::take(&mut fields[j]))
+        .collect())
+}
+
 /// Splits one line into fields: quoted fields (`"a, b"`, `""` inside) are supported; every
 /// field is trimmed.
 pub fn split_line(line: &str, delimiter: Option<u8>) -> Vec<String> {

@@ -127,6 +127,10 @@ impl Task for Classification {
             .collect()
     }
 
+    fn explained(&self, out: Output) -> Option<Tensor<2>> {
+        Some(self.probabilities(out.per_example()))
+    }
+
     fn output_names(&self) -> Vec<&'static str> {
         vec!["logits", "probabilities"]
     }

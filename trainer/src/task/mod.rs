@@ -49,6 +49,14 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     /// What a user reads for each example of a batch.
     fn predictions(&self, out: Output) -> Vec<Prediction>;
 
+    /// What explanations attribute, differentiable: class probabilities `[batch, classes]`, or
+    /// the value in the target's units `[batch, 1]`. `None` for a task whose outputs are not
+    /// one vector per example (a language model).
+    fn explained(&self, out: Output) -> Option<Tensor<2>> {
+        let _ = out;
+        None
+    }
+
     /// The exported graph's outputs: their names and widths, in order.
     fn output_names(&self) -> Vec<&'static str>;
 

@@ -91,6 +91,15 @@ impl Task for Regression {
             .collect()
     }
 
+    /// `out * std + mean`.
+    fn explained(&self, out: Output) -> Option<Tensor<2>> {
+        Some(
+            out.per_example()
+                .mul_scalar(self.std as f32)
+                .add_scalar(self.mean as f32),
+        )
+    }
+
     fn output_names(&self) -> Vec<&'static str> {
         vec!["prediction"]
     }
