@@ -791,9 +791,10 @@ fn report_draws_curves_and_confusion_matrix_or_residuals() {
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert_eq!(
         html.matches("<svg").count(),
-        4,
-        "loss, validation accuracy, learning rate, confusion matrix"
+        5,
+        "loss, validation accuracy, learning rate, confusion matrix, permutation importance"
     );
+    assert!(html.contains("Permutation importance (3 repeats)"));
     for title in [
         "Loss",
         "Validation accuracy",

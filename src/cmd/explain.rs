@@ -125,7 +125,7 @@ fn importance_text(label: &str, split: SplitName, r: &ImportanceReport) -> Strin
 
 fn rows_text(r: &RowsReport) -> String {
     let mut s = String::new();
-    let ok = |a: &attribution::Attribution| attribution::complete(a, r.tolerance);
+    let ok = |a: &attribution::Attribution| attribution::complete(a, r.tolerance, r.scale);
     for row in &r.rows {
         let what = match &row.class {
             Some(c) => format!("P({c})"),

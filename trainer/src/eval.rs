@@ -117,6 +117,14 @@ pub enum EvalError {
         was: String,
         now: String,
     },
+    #[error(
+        "the data files changed since {id} was trained (then: {was}; now: {now}); restore them, or train a new version"
+    )]
+    DataFiles {
+        id: String,
+        was: String,
+        now: String,
+    },
     #[error("{id} has an empty {split} split")]
     EmptySplit { id: String, split: String },
     #[error(
@@ -355,6 +363,26 @@ fn same_data(
     now: &[crate::registry::manifest::DataFile],
 ) -> Result<(), EvalError> {
     let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+    let names = |files: &[crate::registry::manifest::DataFile]| -> Vec<(String, String)> {
+        files
+            .iter()
+            .map(|f| (f.role.clone(), f.path.clone()))
+            .collect()
+    };
+    if names(&was.files) != names(now) {
+        let listed = |files: &[crate::registry::manifest::DataFile]| {
+            files
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(EvalError::DataFiles {
+            id: label.to_string(),
+            was: listed(&was.files),
+            now: listed(now),
+        });
+    }
     for (a, b) in was.files.iter().zip(now) {
         if a.sha256 != b.sha256 {
             return Err(EvalError::DataChanged {

@@ -246,6 +246,10 @@ fn explanations_section(
         body.push_str("<p>Explanations cover table and image models.</p>");
         return Ok(());
     }
+    if loaded.split(split).is_err() {
+        body.push_str("<p>The run has no test or validation examples to explain.</p>");
+        return Ok(());
+    }
     let image = matches!(loaded.mconf.input(), kiln_models::InputShape::Images { .. });
     let req = ImportanceRequest {
         split,
@@ -298,6 +302,18 @@ fn fairness_section(
         return Ok(());
     }
     body.push_str("<h2>Fairness</h2>");
+    if loaded.split(split).is_err() {
+        body.push_str("<p>The run has no test or validation examples to break down.</p>");
+        return Ok(());
+    }
+    if loaded.task.class_names().is_some_and(|c| c.len() != 2) {
+        let _ = write!(
+            body,
+            "<p>A classifier of several classes: <code>kiln fairness {} --group COLUMN --positive CLASS</code> names the favourable one.</p>",
+            escape(&loaded.label)
+        );
+        return Ok(());
+    }
     if groups.is_empty() {
         body.push_str("<p><code>kiln report RUN --group COLUMN</code> adds per-group metrics (any column of the data file, read by the model or not).</p>");
         return Ok(());

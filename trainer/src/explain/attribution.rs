@@ -56,13 +56,14 @@ impl Default for IgOptions {
     }
 }
 
-/// The absolute floor under which a change of output counts as none (probabilities and
-/// standardised predictions are of order 1).
+/// The floor, in units of the output's scale (see [`super::output_scale`]), under which a
+/// change of output counts as none.
 const GAP_FLOOR: f64 = 1e-3;
 
-/// Whether `a`'s gap is within `tolerance` of its change of output.
-pub fn complete(a: &Attribution, tolerance: f64) -> bool {
-    a.gap <= tolerance * (a.output - a.reference).abs().max(GAP_FLOOR)
+/// Whether `a`'s gap is within `tolerance` of its change of output; `scale` is the output's
+/// scale (1 for probabilities, the target's standard deviation for a regression).
+pub fn complete(a: &Attribution, tolerance: f64, scale: f64) -> bool {
+    a.gap <= tolerance * (a.output - a.reference).abs().max(GAP_FLOOR * scale)
 }
 
 /// Integrated Gradients of output `class` (its column in the explained outputs) at `x`, from
@@ -135,7 +136,8 @@ pub fn integrated_gradients(
             gap: (total - (output - reference)).abs(),
             evaluations: steps,
         };
-        if complete(&a, opts.tolerance) || steps * 2 > opts.max_steps {
+        if complete(&a, opts.tolerance, super::output_scale(&run.pre)) || steps * 2 > opts.max_steps
+        {
             return Ok(a);
         }
         steps *= 2;
@@ -219,7 +221,8 @@ fn coalitions(m: usize, opts: ShapOptions) -> Vec<(Vec<bool>, f64)> {
     if m <= 1 {
         return Vec::new();
     }
-    if m < 31 && (1usize << m) - 2 <= opts.budget {
+    // Every coalition while there are at most 2^20 of them (a budget can ask for no more).
+    if m <= 20 && (1usize << m) - 2 <= opts.budget {
         return (1..(1usize << m) - 1)
             .map(|bits| {
                 let z: Vec<bool> = (0..m).map(|g| bits >> g & 1 == 1).collect();

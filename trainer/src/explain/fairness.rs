@@ -36,7 +36,8 @@ pub struct GroupMetrics {
     pub ece: f64,
 }
 
-/// Differences (largest minus smallest over the groups) and ratios.
+/// Differences (largest minus smallest over the groups) and ratios, as fairlearn computes
+/// them; one exception: when no group is ever selected the parity ratio is 1 (fairlearn: NaN).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Gaps {
     pub demographic_parity_difference: f64,
@@ -150,8 +151,10 @@ pub fn breakdown(p: &Predicted, names: &[String], columns: &[&[String]], min: us
     let sel = groups.iter().map(|g| g.selection_rate);
     let hi = sel.clone().fold(f64::NEG_INFINITY, f64::max);
     let lo = sel.fold(f64::INFINITY, f64::min);
-    let tpr = spread(groups.iter().map(|g| g.tpr));
-    let fpr = spread(groups.iter().map(|g| g.fpr));
+    // As fairlearn (scikit-learn's normalised confusion matrix): a group without positives
+    // (negatives) counts with a TPR (FPR) of 0 in the gaps; its own row says "undefined".
+    let tpr = spread(groups.iter().map(|g| Some(g.tpr.unwrap_or(0.0))));
+    let fpr = spread(groups.iter().map(|g| Some(g.fpr.unwrap_or(0.0))));
     let gaps = Gaps {
         demographic_parity_difference: spread(groups.iter().map(|g| Some(g.selection_rate))),
         demographic_parity_ratio: if hi > 0.0 { lo / hi } else { 1.0 },

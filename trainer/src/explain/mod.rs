@@ -97,7 +97,11 @@ pub fn groups(pre: &Preprocessor, input: InputShape, patch: usize) -> Vec<Group>
 
 /// A split of a loaded model's data as rows of preprocessed features; an error for text.
 pub fn split_rows(run: &LoadedRun, split: SplitName) -> Result<Dataset, ExplainError> {
-    let data = run.split(split)?;
+    // An empty split is the choice of split at fault (`--split valid` of a run without one).
+    let data = run.split(split).map_err(|e| match e {
+        EvalError::EmptySplit { .. } => ExplainError::Input(format!("--split: {e}")),
+        e => ExplainError::Eval(e),
+    })?;
     match data.as_ref().table() {
         Some(d) => Ok(d.clone()),
         None => Err(not_explained(run)),
@@ -169,6 +173,9 @@ pub fn check_explainable(run: &LoadedRun) -> Result<(), ExplainError> {
     }
 }
 
+/// The most rows one `kiln explain --rows` explains.
+const MAX_ROWS: usize = 10_000;
+
 /// Rows of a split by `--rows`: `0,17,42`, `0:8` (8 excluded), or both (`0:4,10`).
 pub fn parse_rows(spec: &str, n: usize, split: &str) -> Result<Vec<usize>, ExplainError> {
     let bad = |m: String| ExplainError::Input(format!("--rows {spec:?}: {m}"));
@@ -185,6 +192,18 @@ pub fn parse_rows(spec: &str, n: usize, split: &str) -> Result<Vec<usize>, Expla
                 if a >= b {
                     return Err(bad(format!("{a}:{b} is empty (the end is excluded)")));
                 }
+                if b > n {
+                    return Err(bad(format!(
+                        "rows {a}:{b} run out of range: the {split} split has {n} examples (0..{})",
+                        n.saturating_sub(1)
+                    )));
+                }
+                if b - a > MAX_ROWS {
+                    return Err(bad(format!(
+                        "{} rows: explain at most {MAX_ROWS} at a time",
+                        b - a
+                    )));
+                }
                 rows.extend(a..b);
             }
             None => rows.push(num(part)?),
@@ -196,13 +215,22 @@ pub fn parse_rows(spec: &str, n: usize, split: &str) -> Result<Vec<usize>, Expla
             n.saturating_sub(1)
         )));
     }
-    if rows.len() > 10_000 {
+    if rows.len() > MAX_ROWS {
         return Err(bad(format!(
-            "{} rows: explain at most 10000 at a time",
+            "{} rows: explain at most {MAX_ROWS} at a time",
             rows.len()
         )));
     }
     Ok(rows)
+}
+
+/// The scale of the explained outputs: 1 for probabilities, the target's standard deviation
+/// for a regression (its outputs are in the target's units).
+pub fn output_scale(pre: &Preprocessor) -> f64 {
+    match pre.target {
+        crate::data::preprocess::TargetEncoding::Values { std, .. } => std,
+        _ => 1.0,
+    }
 }
 
 /// The preprocessed encoding of an all-zero raw input (a black image).
@@ -246,6 +274,8 @@ mod tests {
         assert_eq!(parse_rows("0:3, 9", 100, "test").unwrap(), [0, 1, 2, 9]);
         let e = parse_rows("5,100", 100, "test").unwrap_err().to_string();
         assert!(e.contains("row 100") && e.contains("100 examples"), "{e}");
+        let e = parse_rows("0:18446744073709551615", 100, "test").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
         assert!(parse_rows("3:3", 10, "test").is_err());
         assert!(parse_rows("a", 10, "test").unwrap_err().is_input());
     }

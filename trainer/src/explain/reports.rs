@@ -132,6 +132,8 @@ pub struct RowsReport {
     pub pixels: Vec<Vec<f32>>,
     /// IG's completeness tolerance (relative).
     pub tolerance: f64,
+    /// The outputs' scale (1 for probabilities, the target's standard deviation).
+    pub scale: f64,
     pub rows: Vec<RowExplanation>,
 }
 
@@ -278,6 +280,7 @@ pub fn attributions(run: &LoadedRun, req: &RowsRequest) -> Result<RowsReport, Ex
         image_shape: image,
         pixels,
         tolerance: req.ig.tolerance,
+        scale: super::output_scale(&run.pre),
         rows: out,
     })
 }
