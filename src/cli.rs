@@ -93,6 +93,28 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
     },
+    /// How far new rows are from a model's training data: PSI and Kolmogorov-Smirnov per
+    /// column, and the predictions' shift; exit code 3 when past the thresholds.
+    Drift {
+        /// A table model: NAME, NAME@ALIAS, NAME/vN, a run id, `latest` or a run folder.
+        model: String,
+        /// The new rows: a data file like the training file (the label column optional).
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// A column drifted when its PSI is at least this.
+        #[arg(long, default_value_t = 0.2)]
+        psi: f64,
+        /// A numeric column drifted when its KS statistic is at least this.
+        #[arg(long, default_value_t = 0.1)]
+        ks: f64,
+        #[arg(long)]
+        json: bool,
+        /// Also write an HTML page with a plot per drifted column.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
     /// Generate text with a trained language model, streamed to stdout as it comes.
     Generate {
         #[command(flatten)]

@@ -5,6 +5,7 @@
 //! [`dispatch`].
 
 mod devices;
+mod drift;
 mod eval;
 mod explain;
 mod export;
@@ -67,6 +68,22 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
         } => predict::run(&model, &input, output.as_deref(), registry),
         Command::Generate { args, registry } => generate::run(args, registry),
         Command::Explain { args, registry } => explain::run(args, registry),
+        Command::Drift {
+            model,
+            input,
+            psi,
+            ks,
+            json,
+            output,
+            registry,
+        } => drift::run(
+            &model,
+            &input,
+            json,
+            output.as_deref(),
+            kiln_trainer::drift::Thresholds { psi, ks },
+            registry,
+        ),
         Command::Fairness { args, registry } => fairness::run(args, registry),
         Command::Devices { json } => devices::run(json),
         Command::Runs { command, registry } => runs::run(command, registry),

@@ -333,3 +333,51 @@ pub fn freeze(pid: u32) {
         all_threads_stopped(pid).then_some(())
     });
 }
+
+/// The UCI Adult file cut in two: the first 22,000 rows to train on, the other 10,561 as the
+/// test file (so that the Python checks read the same test rows as kiln).
+pub fn adult_files(sb: &Sandbox) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(root().join("data/adult/adult.data")).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let train = sb.write("adult-train.csv", &(lines[..22_000].join("\n") + "\n"));
+    let test = sb.write("adult-test.csv", &(lines[22_000..].join("\n") + "\n"));
+    (train, test)
+}
+
+/// Trains an adult-income MLP (2 epochs) on [`adult_files`], the `ignore` columns left out of
+/// its inputs; returns the config.
+pub fn train_adult(sb: &Sandbox, ignore: &str) -> PathBuf {
+    let (train, test) = adult_files(sb);
+    let config = sb.write(
+        "adult.toml",
+        &format!(
+            r#"
+name = "adult"
+seed = 3
+[data]
+path = "{}"
+test_path = "{}"
+columns = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
+           "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
+           "hours-per-week", "native-country", "income"]
+label = "income"
+ignore = [{ignore}]
+missing_values = ["?", ""]
+impute = "most_frequent"
+[data.split]
+valid = 0.1
+[model]
+hidden = [32]
+[train]
+epochs = 2
+batch_size = 128
+monitor = "accuracy"
+"#,
+            train.display(),
+            test.display()
+        ),
+    );
+    let o = sb.kiln(&["train", config.to_str().unwrap(), "--quiet"]);
+    assert_exit(&o, 0);
+    config
+}

@@ -155,6 +155,8 @@ pub struct LoadedRun {
     pub device: Device,
     /// The metric that chose the run's best model (`train.monitor`).
     pub monitor: crate::config::Monitor,
+    /// The folder holding its config and preprocessing (and `drift.json` when saved).
+    pub dir: std::path::PathBuf,
 }
 
 impl LoadedRun {
@@ -295,6 +297,7 @@ impl LoadedRun {
             task,
             device,
             monitor: cfg.monitor.clone(),
+            dir: dir.to_path_buf(),
         })
     }
 

@@ -767,3 +767,60 @@ pub fn fairness_page(r: &crate::explain::reports::FairnessReport) -> String {
     );
     page(&format!("kiln fairness {}", r.model), &body)
 }
+
+/// Training and new shares per bin of one drifted column, side by side.
+fn drift_svg(s: &crate::drift::Score) -> String {
+    let bars: Vec<(String, f64, f64)> = s
+        .bins
+        .iter()
+        .zip(s.expected.iter().zip(&s.actual))
+        .flat_map(|(b, (&e, &a))| {
+            [
+                (format!("{b} (training)"), e, 0.0),
+                (format!("{b} (new)"), a, 0.0),
+            ]
+        })
+        .collect();
+    let ks = s.ks.map_or(String::new(), |k| format!(", KS {k:.3}"));
+    bar_svg(
+        &format!("{}: PSI {:.3}{ks}", s.name, s.psi),
+        "share of rows",
+        &bars,
+    )
+}
+
+/// `kiln drift -o`: the scores of every column, a plot per drifted one.
+pub fn drift_page(r: &crate::drift::Report) -> String {
+    let mut body = format!(
+        "<h1>Drift of {} against {}</h1><p>{} rows; PSI &ge; {} or KS &ge; {} counts as drift. Drifted: <b>{}</b>.</p>\
+         <table><tr><th>column</th><th>kind</th><th>PSI</th><th>KS</th><th>unseen</th><th>drift</th></tr>",
+        escape(&r.input),
+        escape(&r.model),
+        r.rows,
+        r.thresholds.psi,
+        r.thresholds.ks,
+        if r.drifted.is_empty() {
+            "none".to_string()
+        } else {
+            escape(&r.drifted.join(", "))
+        }
+    );
+    let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+    for s in r.columns.iter().chain(&r.predictions) {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&s.name),
+            s.kind,
+            s.psi,
+            opt(s.ks),
+            opt(s.unseen),
+            if s.drifted { "yes" } else { "" }
+        );
+    }
+    body.push_str("</table>");
+    for s in r.columns.iter().chain(&r.predictions).filter(|s| s.drifted) {
+        body.push_str(&drift_svg(s));
+    }
+    page(&format!("kiln drift {}", r.model), &body)
+}

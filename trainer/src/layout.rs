@@ -40,6 +40,8 @@ pub const EXPORTS: &str = "exports";
 pub const CONFIG: &str = "config.toml";
 pub const MODEL_CONFIG: &str = "model.json";
 pub const PREPROCESS: &str = "preprocess.json";
+/// The training data's profile for drift checks (table models).
+pub const DRIFT: &str = "drift.json";
 pub const RUN: &str = "run.json";
 pub const METRICS_LOG: &str = "metrics.jsonl";
 pub const CHECKPOINTS: &str = "checkpoints";

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod drift;
 pub mod error;
 pub mod eval;
 pub mod explain;

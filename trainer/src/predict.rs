@@ -30,6 +30,33 @@ pub struct Predictions {
 /// Reads `input` as the model's training data was read (its format, delimiter, header,
 /// columns; the label column may be there or not) and predicts every row.
 pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalError> {
+    let (data, lines) = read_input(run, input)?;
+    let n = lines.len();
+    let classes = run.task.class_names().map(<[String]>::to_vec);
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(EVAL_BATCH) {
+        let idx: Vec<usize> = (start..(start + EVAL_BATCH).min(n)).collect();
+        let batch = data.gather(&idx).upload(run.mconf.input(), &run.device);
+        let Some(x) = batch.input else { continue };
+        for (i, p) in run
+            .task
+            .predictions(run.model.forward(x))
+            .into_iter()
+            .enumerate()
+        {
+            out.push(Row {
+                row: lines[start + i],
+                prediction: p.prediction,
+                probabilities: p.probabilities,
+            });
+        }
+    }
+    Ok(Predictions { classes, rows: out })
+}
+
+/// `input` read as the model's training data was read and preprocessed as it was (no
+/// targets), with the 1-based line (or image number) of each example.
+pub fn read_input(run: &LoadedRun, input: &Path) -> Result<(Split, Vec<usize>), EvalError> {
     let mut spec = run.data_spec.clone();
     spec.path = input.to_path_buf();
     let table = match spec.format {
@@ -78,26 +105,7 @@ pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalEr
             d: run.pre.n_features,
         }),
     };
-    let classes = run.task.class_names().map(<[String]>::to_vec);
-    let mut out = Vec::with_capacity(n);
-    for start in (0..n).step_by(EVAL_BATCH) {
-        let idx: Vec<usize> = (start..(start + EVAL_BATCH).min(n)).collect();
-        let batch = data.gather(&idx).upload(run.mconf.input(), &run.device);
-        let Some(x) = batch.input else { continue };
-        for (i, p) in run
-            .task
-            .predictions(run.model.forward(x))
-            .into_iter()
-            .enumerate()
-        {
-            out.push(Row {
-                row: table.lines[start + i],
-                prediction: p.prediction,
-                probabilities: p.probabilities,
-            });
-        }
-    }
-    Ok(Predictions { classes, rows: out })
+    Ok((data, table.lines))
 }
 
 /// CSV: `row,prediction` and, for classification, one probability column per class.

@@ -119,9 +119,27 @@ fn register(
         &weights_file,
         manifest.clone(),
     ))?;
+    // What drift checks compare new data with: the training rows' profile and the final
+    // model's predictions on the validation split (table models).
+    let pre: crate::data::Preprocessor = run::read_json(&s.run.dir.join(layout::PREPROCESS))?;
+    let mut with_drift = false;
+    if let Some(train) = s.train.table() {
+        let valid = s.valid.table().filter(|v| v.n > 0);
+        let model = final_model.valid();
+        let predicted =
+            valid.map(|v| crate::drift::predictions(&model, v, s.input, s.task.as_ref(), &s.base));
+        if let Some(r) = crate::drift::reference(&pre, train, predicted) {
+            run::write_json(&s.run.dir.join(layout::DRIFT), &r)?;
+            with_drift = true;
+        }
+    }
     if !s.run.smoke {
         let mut files = weights_file;
-        for name in [layout::CONFIG, layout::MODEL_CONFIG, layout::PREPROCESS] {
+        let drift = with_drift.then_some(layout::DRIFT);
+        for name in [layout::CONFIG, layout::MODEL_CONFIG, layout::PREPROCESS]
+            .into_iter()
+            .chain(drift)
+        {
             let p = s.run.dir.join(name);
             files.push((name.to_string(), std::fs::read(&p).map_err(run::io(&p))?));
         }
