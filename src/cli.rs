@@ -115,6 +115,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
     },
+    /// Serve models over HTTP: the Open Inference Protocol (KServe v2 / Triton REST),
+    /// `/predict` with rows as the data file has them, `/metrics` for Prometheus.
+    Serve(ServeArgs),
     /// Generate text with a trained language model, streamed to stdout as it comes.
     Generate {
         #[command(flatten)]
@@ -349,6 +352,48 @@ pub struct FairnessArgs {
     /// Also write an HTML page with the per-group bars.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+/// `kiln serve`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Models to serve, each under its name: NAME, NAME@ALIAS (followed as it moves), NAME/vN,
+    /// a run id.
+    #[arg(required = true)]
+    pub models: Vec<String>,
+    /// The address to listen on (127.0.0.1: this machine only; 0.0.0.0 to be reachable).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port (0: any free one, printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Rows per forward pass, at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_batch: usize,
+    /// How long a request waits for others to batch with, milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Requests waiting per model, at most; one more is answered 503 at once.
+    #[arg(long, default_value_t = 1024)]
+    pub queue: usize,
+    /// Require `Authorization: Bearer TOKEN` (health checks excepted); also $KILN_SERVE_TOKEN.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub body_limit: usize,
+    /// Check the model references (aliases) this often, seconds; 0: only on SIGHUP.
+    #[arg(long, default_value_t = 2.0)]
+    pub poll: f64,
+    /// Served rows kept for the drift scores of /metrics.
+    #[arg(long, default_value_t = 1000)]
+    pub drift_window: usize,
+    /// Encode a category never seen in training as all zeros (as `kiln predict` does)
+    /// instead of answering 400.
+    #[arg(long)]
+    pub allow_unseen: bool,
+    #[arg(long, value_name = "DIR")]
+    pub registry: Option<PathBuf>,
 }
 
 /// `kiln generate`'s flags.

@@ -16,6 +16,7 @@ mod predict;
 mod registry;
 mod report;
 mod runs;
+mod serve;
 mod train;
 mod validate;
 
@@ -68,6 +69,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
         } => predict::run(&model, &input, output.as_deref(), registry),
         Command::Generate { args, registry } => generate::run(args, registry),
         Command::Explain { args, registry } => explain::run(args, registry),
+        Command::Serve(args) => serve::run(args),
         Command::Drift {
             model,
             input,

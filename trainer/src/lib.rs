@@ -37,6 +37,7 @@ pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod state;
 pub mod suggest;
 pub mod task;

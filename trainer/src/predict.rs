@@ -67,45 +67,51 @@ pub fn read_input(run: &LoadedRun, input: &Path) -> Result<(Split, Vec<usize>), 
             });
         }
         DataFormat::Idx => crate::data::idx::read_unlabelled(input)?,
-        DataFormat::Csv => {
-            let names: Vec<String> = match &spec.text_column {
-                Some(text) => vec![text.clone()],
-                None => run
-                    .pre
-                    .columns
-                    .iter()
-                    .map(|c| match c {
-                        Column::Numeric { name, .. } | Column::Categorical { name, .. } => {
-                            name.clone()
-                        }
-                    })
-                    .collect(),
-            };
-            crate::data::table::read_unlabelled(&spec, input, &names)?
-        }
+        DataFormat::Csv => crate::data::table::read_unlabelled(&spec, input, &input_columns(run))?,
     };
+    let data = preprocess(&run.pre, &table)?;
+    Ok((data, table.lines))
+}
+
+/// The names of the columns a model reads from a table: its feature columns, or its text
+/// column.
+pub fn input_columns(run: &LoadedRun) -> Vec<String> {
+    match &run.data_spec.text_column {
+        Some(text) => vec![text.clone()],
+        None => run
+            .pre
+            .columns
+            .iter()
+            .map(|c| match c {
+                Column::Numeric { name, .. } | Column::Categorical { name, .. } => name.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Rows as read from a file (cells of [`input_columns`], or pixels) preprocessed as the
+/// model's training data was, without targets.
+pub fn preprocess(
+    pre: &crate::data::Preprocessor,
+    table: &crate::data::table::RawTable,
+) -> Result<Split, EvalError> {
     let n = table.lines.len();
     let rows: Vec<usize> = (0..n).collect();
     // The file may hold no labels, and predictions read none.
     let no_targets = crate::data::Targets::Values(vec![0.0; n]);
-    let data = match (&run.pre.text, &table.cells) {
+    let data = match (&pre.text, &table.cells) {
         (Some(tokenizer), Cells::Text(cells)) => {
             let texts: Vec<&str> = cells.iter().map(|r| r[0].as_str()).collect();
-            Split::Labeled(Labeled::new(
-                tokenizer,
-                &texts,
-                no_targets,
-                run.pre.n_features,
-            ))
+            Split::Labeled(Labeled::new(tokenizer, &texts, no_targets, pre.n_features))
         }
         _ => Split::Table(Dataset {
-            x: run.pre.features(&table, &rows)?,
+            x: pre.features(table, &rows)?,
             y: no_targets,
             n,
-            d: run.pre.n_features,
+            d: pre.n_features,
         }),
     };
-    Ok((data, table.lines))
+    Ok(data)
 }
 
 /// CSV: `row,prediction` and, for classification, one probability column per class.

@@ -1,0 +1,53 @@
+//! `kiln serve MODEL...`: registry models over HTTP until SIGTERM or Ctrl-C.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use kiln_trainer::serve::{self, BatchOptions, Options};
+
+use super::{Usage, default_registry};
+use crate::cli::ServeArgs;
+
+pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let host: IpAddr = args.host.parse().map_err(|_| {
+        Usage(format!(
+            "--host {:?}: an IP address (127.0.0.1, 0.0.0.0, ::1)",
+            args.host
+        ))
+    })?;
+    if args.max_batch == 0 || args.queue == 0 || args.body_limit == 0 {
+        return Err(
+            Usage("--max-batch, --queue and --body-limit must be at least 1".into()).into(),
+        );
+    }
+    if !(args.poll >= 0.0 && args.poll.is_finite()) {
+        return Err(Usage(format!("--poll {}: seconds, 0 or more", args.poll)).into());
+    }
+    let opts = Options {
+        models: args.models.clone(),
+        registry: default_registry(args.registry.clone()),
+        addr: SocketAddr::new(host, args.port),
+        batch: BatchOptions {
+            max_batch: args.max_batch,
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            queue: args.queue,
+        },
+        token: args
+            .token
+            .clone()
+            .or_else(|| std::env::var("KILN_SERVE_TOKEN").ok()),
+        body_limit: args.body_limit,
+        poll: (args.poll > 0.0).then(|| Duration::from_secs_f64(args.poll)),
+        window: args.drift_window,
+        allow_unseen: args.allow_unseen,
+        on_ready: Some(Box::new(move |addr| {
+            // One line a launcher (or a test) can wait for.
+            println!("kiln serve: listening on http://{addr}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        })),
+    };
+    let answered = serve::serve(opts)?;
+    eprintln!("kiln serve: stopped after answering {answered} requests");
+    Ok(0)
+}

@@ -1,0 +1,173 @@
+//! The dynamic batcher: one thread per served model takes queued requests, up to
+//! `max_batch` rows or what arrives within `max_wait` of the first, runs one forward pass per
+//! model version among them, and answers each request with its rows.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::Version;
+use super::metrics::Metrics;
+use crate::data::{Source, Split};
+use crate::task::Prediction;
+
+/// How requests are batched.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Rows per forward pass, at most (a larger request runs alone).
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for others.
+    pub max_wait: Duration,
+    /// Requests waiting, at most; one more is answered 503.
+    pub queue: usize,
+}
+
+/// A request's rows, preprocessed for `version`, and where its answer goes.
+pub struct Job {
+    pub version: Arc<Version>,
+    pub data: Split,
+    pub reply: tokio::sync::oneshot::Sender<Answer>,
+}
+
+/// A request's answer: what `kiln predict` says of each row, the exported graph's outputs
+/// (row-major each), and the predicted class indices (for the drift window).
+pub struct Answer {
+    pub predictions: Vec<Prediction>,
+    pub outputs: Vec<(String, Vec<f32>)>,
+    pub classes: Vec<usize>,
+}
+
+/// Starts the batcher of `model`; it ends when every sender of `rx` is gone.
+pub fn start(
+    model: String,
+    rx: Receiver<Job>,
+    opts: BatchOptions,
+    metrics: Arc<Metrics>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("kiln-batcher-{model}"))
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let deadline = Instant::now() + opts.max_wait;
+                let mut rows = first.data.len();
+                let mut jobs = vec![first];
+                while rows < opts.max_batch {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(j) => {
+                            rows += j.data.len();
+                            jobs.push(j);
+                        }
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                metrics
+                    .queue_depth
+                    .fetch_sub(jobs.len() as i64, std::sync::atomic::Ordering::Relaxed);
+                // One forward pass per version (an alias moved while these waited).
+                while !jobs.is_empty() {
+                    let v = Arc::clone(&jobs[0].version);
+                    let (same, rest): (Vec<Job>, Vec<Job>) =
+                        jobs.into_iter().partition(|j| Arc::ptr_eq(&j.version, &v));
+                    jobs = rest;
+                    metrics.batch(&model, same.iter().map(|j| j.data.len()).sum());
+                    run(&v, same);
+                }
+            }
+        })
+        .expect("a thread for the batcher")
+}
+
+/// One forward pass over the jobs' rows, then each job's share of the answer.
+fn run(v: &Version, jobs: Vec<Job>) {
+    let run = v.run.lock().expect("model lock");
+    let tables: Vec<&crate::data::Dataset> = jobs.iter().filter_map(|j| j.data.table()).collect();
+    let all = if tables.len() == jobs.len() {
+        // Rows of every job, one batch.
+        let d = tables[0].d;
+        let n: usize = tables.iter().map(|t| t.n).sum();
+        let mut x = Vec::with_capacity(n * d);
+        for t in &tables {
+            x.extend_from_slice(&t.x);
+        }
+        Some(Split::Table(crate::data::Dataset {
+            x,
+            y: crate::data::Targets::Values(vec![0.0; n]),
+            n,
+            d,
+        }))
+    } else {
+        None
+    };
+    let answer_of = |data: &Split| -> Answer {
+        let idx: Vec<usize> = (0..data.len()).collect();
+        let batch = data.gather(&idx).upload(run.mconf.input(), &run.device);
+        let Some(x) = batch.input else {
+            return Answer {
+                predictions: Vec::new(),
+                outputs: Vec::new(),
+                classes: Vec::new(),
+            };
+        };
+        let out = run.model.forward(x);
+        let predictions = run.task.predictions(out.clone());
+        let names = run.task.output_names();
+        let values = run.task.output_values(out);
+        let classes = match run.task.class_names() {
+            Some(names) => predictions
+                .iter()
+                .map(|p| {
+                    names
+                        .iter()
+                        .position(|n| Some(n.as_str()) == p.prediction.as_str())
+                        .unwrap_or(0)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        Answer {
+            predictions,
+            outputs: names.iter().map(|n| n.to_string()).zip(values).collect(),
+            classes,
+        }
+    };
+    match all {
+        Some(data) => {
+            let mut answer = answer_of(&data);
+            let widths: Vec<usize> = answer
+                .outputs
+                .iter()
+                .map(|(_, v)| v.len() / data.len().max(1))
+                .collect();
+            let mut start = 0;
+            for j in jobs {
+                let n = j.data.len();
+                let part = Answer {
+                    predictions: answer.predictions[start..start + n].to_vec(),
+                    outputs: answer
+                        .outputs
+                        .iter_mut()
+                        .zip(&widths)
+                        .map(|((name, v), &w)| {
+                            (name.clone(), v[start * w..(start + n) * w].to_vec())
+                        })
+                        .collect(),
+                    classes: answer
+                        .classes
+                        .get(start..start + n)
+                        .map(<[usize]>::to_vec)
+                        .unwrap_or_default(),
+                };
+                start += n;
+                let _ = j.reply.send(part);
+            }
+        }
+        // Text of different lengths: a pass per request.
+        None => {
+            for j in jobs {
+                let a = answer_of(&j.data);
+                let _ = j.reply.send(a);
+            }
+        }
+    }
+}

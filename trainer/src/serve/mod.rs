@@ -1,0 +1,729 @@
+//! `kiln serve`: registry models over HTTP, on tokio (waiting on the network is the work;
+//! the number crunching is a batcher thread per model).
+//!
+//! - The Open Inference Protocol (KServe v2 / Triton REST): `/v2/health/{live,ready}`, `/v2`,
+//!   `/v2/models/{name}`, `/v2/models/{name}/ready`, `/v2/models/{name}/infer`; and
+//!   `/predict` (`/v2/models/{name}/predict`): rows as the data file has them, answered as
+//!   `kiln predict` answers ([`protocol`]).
+//! - Dynamic batching: requests wait in a bounded queue (a full one answers 503 at once);
+//!   the batcher takes up to `max_batch` rows or waits `max_wait` for more, runs one forward
+//!   pass and answers each request ([`batcher`]).
+//! - `/metrics` in Prometheus' text format ([`metrics`]), the served version in a header of
+//!   every model answer, aliases followed while serving (polled, or on SIGHUP) without
+//!   dropping a request, graceful shutdown on SIGTERM or Ctrl-C, a bearer token, a body limit.
+
+mod batcher;
+pub mod metrics;
+pub mod protocol;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::drift;
+use crate::eval::LoadedRun;
+use crate::registry::{Entry, EntryKind, Registry};
+
+pub use batcher::BatchOptions;
+
+/// Drift scores are published once the window holds this many rows.
+pub const MIN_DRIFT_ROWS: usize = 100;
+
+/// The response header naming the model version that answered.
+pub const VERSION_HEADER: &str = "kiln-model-version";
+
+/// How the server runs.
+pub struct Options {
+    /// Registry references: `NAME`, `NAME@ALIAS`, `NAME/vN`, a run id.
+    pub models: Vec<String>,
+    pub registry: PathBuf,
+    pub addr: SocketAddr,
+    pub batch: BatchOptions,
+    /// `Authorization: Bearer <token>` required on everything but the health checks.
+    pub token: Option<String>,
+    /// Largest request body, bytes.
+    pub body_limit: usize,
+    /// Re-resolve the references this often (an alias moved: the new version is served).
+    pub poll: Option<Duration>,
+    /// Served rows kept for the drift scores of `/metrics`.
+    pub window: usize,
+    /// Encode a category never seen in training as all zeros (as `kiln predict` does)
+    /// instead of answering 400.
+    pub allow_unseen: bool,
+    /// Called with the bound address once the server listens.
+    pub on_ready: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One version of a model, loaded: what requests are encoded with and the batcher runs.
+pub struct Version {
+    pub label: String,
+    pub run: Mutex<LoadedRun>,
+    /// Read without the model's lock: the request side's view.
+    pub schema: Schema,
+}
+
+/// What encoding a request needs, outside the model's lock.
+pub struct Schema {
+    pub pre: crate::data::Preprocessor,
+    pub spec: crate::data::DataSpec,
+    pub columns: Vec<String>,
+    pub classes: Option<Vec<String>>,
+    pub metadata: Value,
+    pub reference: Option<drift::Reference>,
+}
+
+/// A served name: the reference it follows and the version it serves now.
+struct Slot {
+    name: String,
+    reference: String,
+    current: RwLock<Arc<Version>>,
+    queue: std::sync::mpsc::SyncSender<batcher::Job>,
+    /// Served rows (preprocessed) and predicted classes, newest last.
+    window: Mutex<VecDeque<(Vec<f32>, Option<usize>)>>,
+}
+
+struct App {
+    slots: Vec<Slot>,
+    registry: Registry,
+    metrics: Arc<metrics::Metrics>,
+    token: Option<String>,
+    window: usize,
+    allow_unseen: bool,
+}
+
+fn load(registry: &Registry, reference: &str) -> Result<(Entry, LoadedRun), ServeError> {
+    let entry = registry.resolve(reference)?;
+    let run = LoadedRun::open_model(registry, &entry)?;
+    if crate::explain::check_explainable(&run).is_err() {
+        return Err(ServeError::Refused(format!(
+            "{}: a language model generates text; `kiln serve` answers per-example models (tables, images, text classifiers)",
+            entry.label
+        )));
+    }
+    Ok((entry, run))
+}
+
+fn version(entry: &Entry, run: LoadedRun) -> Version {
+    let name = served_name(entry);
+    let metadata = protocol::metadata(&name, &entry.label, &run);
+    let reference = drift::profile_of(&run).ok();
+    Version {
+        label: entry.label.clone(),
+        schema: Schema {
+            pre: run.pre.clone(),
+            spec: run.data_spec.clone(),
+            columns: crate::predict::input_columns(&run),
+            classes: run.task.class_names().map(<[String]>::to_vec),
+            metadata,
+            reference,
+        },
+        run: Mutex::new(run),
+    }
+}
+
+/// The name a model is served under: its registry name, or a run's id.
+fn served_name(entry: &Entry) -> String {
+    match &entry.kind {
+        EntryKind::Version { name, .. } => name.clone(),
+        EntryKind::Final { run } | EntryKind::Checkpoint { run, .. } => run.clone(),
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C; in-flight requests are answered first. Returns how many
+/// requests were answered.
+pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
+    if opts.models.is_empty() {
+        return Err(ServeError::Refused("name a model to serve".into()));
+    }
+    let registry = Registry::new(&opts.registry);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let mut slots = Vec::new();
+    let mut workers = Vec::new();
+    for reference in &opts.models {
+        let (entry, run) = load(&registry, reference)?;
+        let v = Arc::new(version(&entry, run));
+        let name = served_name(&entry);
+        if slots.iter().any(|s: &Slot| s.name == name) {
+            return Err(ServeError::Refused(format!(
+                "{name} is named twice: one version per model name"
+            )));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(opts.batch.queue.max(1));
+        workers.push(batcher::start(
+            name.clone(),
+            rx,
+            opts.batch,
+            Arc::clone(&metrics),
+        ));
+        slots.push(Slot {
+            name,
+            reference: reference.clone(),
+            current: RwLock::new(v),
+            queue: tx,
+            window: Mutex::new(VecDeque::new()),
+        });
+    }
+    let app = Arc::new(App {
+        slots,
+        registry,
+        metrics,
+        token: opts.token.clone().filter(|t| !t.is_empty()),
+        window: opts.window,
+        allow_unseen: opts.allow_unseen,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let on_ready = opts.on_ready.take();
+    let result = rt.block_on(run_server(Arc::clone(&app), opts, on_ready));
+    let answered = app.metrics.answered();
+    // Every request has been answered: closing the queues ends the batchers.
+    drop(app);
+    drop(rt);
+    for w in workers {
+        let _ = w.join();
+    }
+    result.map(|()| answered)
+}
+
+async fn run_server(
+    app: Arc<App>,
+    opts: Options,
+    on_ready: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: opts.addr,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    if let Some(f) = on_ready {
+        f(addr);
+    }
+    if let Some(every) = opts.poll {
+        tokio::spawn(follow_aliases(Arc::clone(&app), every));
+    }
+    tokio::spawn(reload_on_hangup(Arc::clone(&app)));
+    let router = Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_version),
+        )
+        .route("/v2/models/{name}/predict", post(predict_named))
+        .route("/predict", post(predict_default))
+        .route("/metrics", get(prometheus))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            track,
+        ))
+        .layer(DefaultBodyLimit::max(opts.body_limit))
+        .with_state(Arc::clone(&app));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+/// SIGTERM (launchers, Kubernetes) or Ctrl-C.
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn reload_on_hangup(app: Arc<App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        refresh(&app).await;
+    }
+}
+
+async fn follow_aliases(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        refresh(&app).await;
+    }
+}
+
+/// Re-resolves every reference; a slot whose reference now names another version loads it
+/// (off the runtime) and serves it from the next request on. Requests already encoded finish
+/// on the version they were encoded for.
+async fn refresh(app: &Arc<App>) {
+    for i in 0..app.slots.len() {
+        let app2 = Arc::clone(app);
+        let loaded = tokio::task::spawn_blocking(move || {
+            let slot = &app2.slots[i];
+            let entry = app2.registry.resolve(&slot.reference).ok()?;
+            let now = slot.current.read().expect("slot lock").label.clone();
+            if entry.label == now {
+                return None;
+            }
+            match LoadedRun::open_model(&app2.registry, &entry) {
+                Ok(run) => Some(Arc::new(version(&entry, run))),
+                Err(e) => {
+                    eprintln!(
+                        "kiln serve: {} now names {}, which does not load: {e}",
+                        slot.reference, entry.label
+                    );
+                    None
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(v) = loaded {
+            let slot = &app.slots[i];
+            eprintln!("kiln serve: {} -> {}", slot.reference, v.label);
+            *slot.current.write().expect("slot lock") = v;
+            slot.window.lock().expect("window lock").clear();
+        }
+    }
+}
+
+/// A JSON error answer.
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": message.into()}).to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(v: &Value, version: Option<&str>) -> Response {
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response();
+    if let Some(v) = version.and_then(|v| HeaderValue::from_str(v).ok()) {
+        r.headers_mut().insert(VERSION_HEADER, v);
+    }
+    r
+}
+
+/// Counts and times every request; checks the bearer token (health checks excepted).
+async fn track(
+    State(app): State<Arc<App>>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let endpoint = matched
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let model = req
+        .uri()
+        .path()
+        .strip_prefix("/v2/models/")
+        .and_then(|p| p.split('/').next())
+        .map(str::to_string)
+        .or_else(|| {
+            (endpoint == "/predict")
+                .then(|| app.slots.first().map(|s| s.name.clone()))
+                .flatten()
+        })
+        .unwrap_or_default();
+    let health = endpoint.starts_with("/v2/health");
+    let response = match &app.token {
+        Some(token) if !health && !authorized(req.headers(), token) => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        _ => next.run(req).await,
+    };
+    app.metrics.request(
+        &model,
+        &endpoint,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = v.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Constant time in the token's length.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn live() -> Response {
+    json_response(&json!({"live": true}), None)
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    json_response(&json!({"ready": !app.slots.is_empty()}), None)
+}
+
+async fn server_metadata() -> Response {
+    json_response(
+        &json!({"name": "kiln", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+        None,
+    )
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint: see /v2, /v2/models/{name}, /predict, /metrics",
+    )
+}
+
+/// An answer to give instead (boxed: a `Response` is large).
+type Answer = Box<Response>;
+
+fn slot<'a>(app: &'a App, name: &str) -> Result<&'a Slot, Answer> {
+    app.slots.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = app.slots.iter().map(|s| s.name.as_str()).collect();
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no model {name:?} here (serving: {})", names.join(", ")),
+        ))
+    })
+}
+
+async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    match slot(&app, &name) {
+        Ok(s) => {
+            let v = Arc::clone(&s.current.read().expect("slot lock"));
+            json_response(&v.schema.metadata, Some(&v.label))
+        }
+        Err(r) => *r,
+    }
+}
+
+async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    match slot(&app, &name) {
+        Ok(s) => {
+            let v = Arc::clone(&s.current.read().expect("slot lock"));
+            json_response(&json!({"name": name, "ready": true}), Some(&v.label))
+        }
+        Err(r) => *r,
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, Answer> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        ))
+    })
+}
+
+/// Queues preprocessed rows for the slot's batcher and waits for the answer.
+async fn run_batch(
+    app: &App,
+    slot: &Slot,
+    v: Arc<Version>,
+    data: crate::data::Split,
+) -> Result<batcher::Answer, Answer> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let rows = data.table().map(|t| t.x.clone());
+    let d = data.table().map_or(0, |t| t.d);
+    let job = batcher::Job {
+        version: Arc::clone(&v),
+        data,
+        reply: tx,
+    };
+    app.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = slot.queue.try_send(job) {
+        app.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        let why = match e {
+            std::sync::mpsc::TrySendError::Full(_) => "the queue is full: retry later",
+            std::sync::mpsc::TrySendError::Disconnected(_) => "the server is shutting down",
+        };
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, why);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(Box::new(r));
+    }
+    let answer = rx.await.map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the model's worker stopped",
+        )
+    })?;
+    // The drift window: the rows served and their predicted classes.
+    if let (Some(x), true) = (rows, app.window > 0 && v.schema.reference.is_some()) {
+        let mut w = slot.window.lock().expect("window lock");
+        for (i, row) in x.chunks(d.max(1)).enumerate() {
+            w.push_back((row.to_vec(), answer.classes.get(i).copied()));
+            if w.len() > app.window {
+                w.pop_front();
+            }
+        }
+    }
+    Ok(answer)
+}
+
+async fn predict_default(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    if app.slots.len() != 1 {
+        let names: Vec<&str> = app.slots.iter().map(|s| s.name.as_str()).collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "several models are served ({}): POST /v2/models/NAME/predict",
+                names.join(", ")
+            ),
+        );
+    }
+    let name = app.slots[0].name.clone();
+    predict(app, name, body).await
+}
+
+async fn predict_named(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    predict(app, name, body).await
+}
+
+async fn predict(app: Arc<App>, name: String, body: Bytes) -> Response {
+    let slot = match slot(&app, &name) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let v = Arc::clone(&slot.current.read().expect("slot lock"));
+    let data = protocol::predict_rows(&v.schema, &body, app.allow_unseen);
+    let data = match data {
+        Ok(d) => d,
+        Err(protocol::Bad(m)) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let answer = match run_batch(&app, slot, Arc::clone(&v), data).await {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    for p in &answer.predictions {
+        if let Some(c) = p.prediction.as_str() {
+            app.metrics.predicted(&name, c);
+        }
+    }
+    json_response(
+        &json!({
+            "model": name,
+            "version": v.label,
+            "classes": v.schema.classes,
+            "predictions": answer.predictions,
+        }),
+        Some(&v.label),
+    )
+}
+
+async fn infer(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bytes) -> Response {
+    infer_as(app, name, None, body).await
+}
+
+async fn infer_version(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    infer_as(app, name, Some(version), body).await
+}
+
+async fn infer_as(app: Arc<App>, name: String, version: Option<String>, body: Bytes) -> Response {
+    let slot = match slot(&app, &name) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let v = Arc::clone(&slot.current.read().expect("slot lock"));
+    if let Some(want) = version
+        && want != v.label
+        && !v.label.ends_with(&format!("/v{want}"))
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{name} serves {}, not version {want}", v.label),
+        );
+    }
+    let parsed = protocol::infer_rows(&v.schema.pre, &body);
+    let (data, id) = match parsed {
+        Ok(p) => p,
+        Err(protocol::Bad(m)) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let wanted: Option<Vec<String>> = body.get("outputs").and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(|o| o.get("name").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    });
+    if let Some(w) = &wanted
+        && let Some(bad) = w.iter().find(|o| !answer_names(&v).contains(o))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "outputs: no output {bad:?} (the model has {})",
+                answer_names(&v).join(", ")
+            ),
+        );
+    }
+    let answer = match run_batch(&app, slot, Arc::clone(&v), data).await {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    for p in &answer.predictions {
+        if let Some(c) = p.prediction.as_str() {
+            app.metrics.predicted(&name, c);
+        }
+    }
+    let n = answer.predictions.len();
+    let outputs: Vec<Value> = answer
+        .outputs
+        .iter()
+        .filter(|(o, _)| wanted.as_ref().is_none_or(|w| w.contains(o)))
+        .map(|(o, values)| {
+            json!({"name": o, "datatype": "FP32", "shape": [n, values.len() / n.max(1)], "data": values})
+        })
+        .collect();
+    let mut out = json!({"model_name": name, "model_version": v.label, "outputs": outputs});
+    if let Some(id) = id {
+        out["id"] = id;
+    }
+    json_response(&out, Some(&v.label))
+}
+
+fn answer_names(v: &Version) -> Vec<String> {
+    v.schema.metadata["outputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn prometheus(State(app): State<Arc<App>>) -> Response {
+    let app2 = Arc::clone(&app);
+    // Drift scores sort samples: off the runtime's threads.
+    let text = tokio::task::spawn_blocking(move || {
+        let mut versions = Vec::new();
+        let mut scores = Vec::new();
+        let mut windows = Vec::new();
+        for s in &app2.slots {
+            let v = Arc::clone(&s.current.read().expect("slot lock"));
+            versions.push((s.name.clone(), v.label.clone()));
+            let window: Vec<(Vec<f32>, Option<usize>)> = s
+                .window
+                .lock()
+                .expect("window lock")
+                .iter()
+                .cloned()
+                .collect();
+            windows.push((s.name.clone(), window.len()));
+            let Some(reference) = &v.schema.reference else {
+                continue;
+            };
+            // A handful of rows says nothing about a distribution.
+            if window.len() < MIN_DRIFT_ROWS {
+                continue;
+            }
+            let pre = &v.schema.pre;
+            let d = pre.n_features;
+            let data = crate::data::Dataset {
+                x: window.iter().flat_map(|(r, _)| r.iter().copied()).collect(),
+                y: crate::data::Targets::Values(vec![0.0; window.len()]),
+                n: window.len(),
+                d,
+            };
+            let Some(values) = drift::columns_of(pre, &data) else {
+                continue;
+            };
+            for (p, x) in reference.columns.iter().zip(&values) {
+                let sc = drift::score(p, x, drift::Thresholds::default());
+                scores.push((s.name.clone(), sc.name, sc.psi, sc.ks));
+            }
+            if let Some(p) = &reference.predictions {
+                let classes = drift::Values::Categorical(window.iter().map(|(_, c)| *c).collect());
+                if matches!(p, drift::Profile::Categorical { .. }) {
+                    let sc = drift::score(p, &classes, drift::Thresholds::default());
+                    scores.push((s.name.clone(), "prediction".into(), sc.psi, None));
+                }
+            }
+        }
+        app2.metrics.render(&versions, &scores, &windows)
+    })
+    .await
+    .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
