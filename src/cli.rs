@@ -370,9 +370,10 @@ pub struct ServeArgs {
     /// Rows per forward pass, at most.
     #[arg(long, default_value_t = 256)]
     pub max_batch: usize,
-    /// How long a request waits for others to batch with, milliseconds.
-    #[arg(long, default_value_t = 2)]
-    pub max_wait_ms: u64,
+    /// How long the first request of a batch waits for others, milliseconds (0: a batch is
+    /// what is queued when the batcher is free, as Triton's default).
+    #[arg(long, default_value_t = 0.0)]
+    pub max_wait_ms: f64,
     /// Requests waiting per model, at most; one more is answered 503 at once.
     #[arg(long, default_value_t = 1024)]
     pub queue: usize,

@@ -20,6 +20,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             Usage("--max-batch, --queue and --body-limit must be at least 1".into()).into(),
         );
     }
+    if !(args.max_wait_ms >= 0.0 && args.max_wait_ms <= 10_000.0) {
+        return Err(Usage(format!("--max-wait-ms {}: 0 to 10000", args.max_wait_ms)).into());
+    }
     if !(args.poll >= 0.0 && args.poll.is_finite()) {
         return Err(Usage(format!("--poll {}: seconds, 0 or more", args.poll)).into());
     }
@@ -29,7 +32,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         addr: SocketAddr::new(host, args.port),
         batch: BatchOptions {
             max_batch: args.max_batch,
-            max_wait: Duration::from_millis(args.max_wait_ms),
+            max_wait: Duration::from_secs_f64(args.max_wait_ms / 1e3),
             queue: args.queue,
         },
         token: args
