@@ -76,7 +76,9 @@ impl Sink for JsonLines {
         for (k, x) in &p.values {
             v[k.as_str()] = (*x).into();
         }
-        writeln!(self.file, "{v}")
+        // One write of the whole line: a process killed mid-point leaves no torn line for a
+        // reader (a dashboard tailing the file, the resume) to trip on.
+        self.file.write_all(format!("{v}\n").as_bytes())
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
