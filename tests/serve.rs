@@ -633,3 +633,60 @@ fn soak_valid_and_malformed_requests_an_alias_moved_then_sigterm() {
         "memory grew from {rss_start} to {rss_end} KiB"
     );
 }
+
+#[test]
+fn a_text_classifier_is_served_from_text_rows_as_kiln_predict_answers() {
+    let sb = Sandbox::new();
+    assert_exit(
+        &sb.kiln(&[
+            "train",
+            "configs/shakespeare_genre.toml",
+            "--smoke",
+            "--quiet",
+        ]),
+        0,
+    );
+    let id = run_dirs(&sb)[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(root().join("data/shakespeare_genre/test.tsv")).unwrap();
+    // Speeches without quote marks: the file reader takes `"` as CSV quoting, JSON does not.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains('"'))
+        .take(121)
+        .collect();
+    let file = sb.write("speeches.tsv", &(lines.join("\n") + "\n"));
+    let want = predict_csv(&sb, &id, &file);
+    assert_eq!(want.len(), 120);
+    let rows: Vec<Value> = lines[1..]
+        .iter()
+        .map(|l| json!({"text": l.split('\t').next().unwrap().trim(), "genre": "ignored"}))
+        .collect();
+    let server = serve(&sb, &[&id]);
+    let (code, _, body) = post(
+        &format!("{}/predict", server.url),
+        &json!({"rows": rows}).to_string(),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    for (p, (class, probs)) in body["predictions"].as_array().unwrap().iter().zip(&want) {
+        assert_eq!(p["prediction"].as_str().unwrap(), class);
+        assert_eq!(&as_f32(&p["probabilities"]), probs);
+    }
+    // A text model reads text, not tensors.
+    let (code, _, body) = post(
+        &format!("{}/v2/models/{id}/infer", server.url),
+        &json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]})
+            .to_string(),
+        None,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("/predict"),
+        "{body}"
+    );
+}

@@ -123,7 +123,10 @@ struct App {
 fn load(registry: &Registry, reference: &str) -> Result<(Entry, LoadedRun), ServeError> {
     let entry = registry.resolve(reference)?;
     let run = LoadedRun::open_model(registry, &entry)?;
-    if crate::explain::check_explainable(&run).is_err() {
+    if matches!(
+        run.pre.target,
+        crate::data::preprocess::TargetEncoding::NextToken
+    ) {
         return Err(ServeError::Refused(format!(
             "{}: a language model generates text; `kiln serve` answers per-example models (tables, images, text classifiers)",
             entry.label
