@@ -425,6 +425,15 @@ fn malformed_requests_get_a_4xx_naming_the_field_and_a_full_queue_503() {
             "datatype",
         ),
         (json!({"inputs": []}), "\"inputs\""),
+        // A shape that claims far more than the data holds, or negative sizes.
+        (
+            json!({"inputs": [{"name": "x", "shape": [65536, 103], "datatype": "FP32", "data": [1]}]}),
+            "needs",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, -1, -103], "datatype": "FP32", "data": [1]}]}),
+            "shape",
+        ),
     ] {
         let (got, _, answer) = post(&infer, &body.to_string(), t);
         assert_eq!(got, 400, "{answer}");

@@ -23,8 +23,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     if !(args.max_wait_ms >= 0.0 && args.max_wait_ms <= 10_000.0) {
         return Err(Usage(format!("--max-wait-ms {}: 0 to 10000", args.max_wait_ms)).into());
     }
-    if !(args.poll >= 0.0 && args.poll.is_finite()) {
-        return Err(Usage(format!("--poll {}: seconds, 0 or more", args.poll)).into());
+    if !(args.poll == 0.0 || (0.01..=86_400.0).contains(&args.poll)) {
+        return Err(Usage(format!(
+            "--poll {}: seconds, 0 (SIGHUP only) or 0.01 to 86400",
+            args.poll
+        ))
+        .into());
     }
     let opts = Options {
         models: args.models.clone(),

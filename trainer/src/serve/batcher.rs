@@ -71,7 +71,12 @@ pub fn start(
                         jobs.into_iter().partition(|j| Arc::ptr_eq(&j.version, &v));
                     jobs = rest;
                     metrics.batch(&model, same.iter().map(|j| j.data.len()).sum());
-                    run(&v, same);
+                    // A panic in a forward pass (a backend out of memory) answers its jobs
+                    // 503 (their reply senders are dropped) and the batcher goes on.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&v, same)));
+                    if ran.is_err() {
+                        eprintln!("kiln serve: a forward pass of {model} failed; its requests were answered 503");
+                    }
                 }
             }
         })
@@ -80,7 +85,10 @@ pub fn start(
 
 /// One forward pass over the jobs' rows, then each job's share of the answer.
 fn run(v: &Version, jobs: Vec<Job>) {
-    let run = v.run.lock().expect("model lock");
+    let run = v
+        .run
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tables: Vec<&crate::data::Dataset> = jobs.iter().filter_map(|j| j.data.table()).collect();
     let all = if tables.len() == jobs.len() {
         // Rows of every job, one batch.

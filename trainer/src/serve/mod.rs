@@ -310,8 +310,8 @@ async fn refresh(app: &Arc<App>) {
             if entry.label == now {
                 return None;
             }
-            match LoadedRun::open_model(&app2.registry, &entry) {
-                Ok(run) => Some(Arc::new(version(&entry, run))),
+            match load(&app2.registry, &slot.reference) {
+                Ok((entry, run)) => Some(Arc::new(version(&entry, run))),
                 Err(e) => {
                     eprintln!(
                         "kiln serve: {} now names {}, which does not load: {e}",
@@ -327,8 +327,12 @@ async fn refresh(app: &Arc<App>) {
         if let Some(v) = loaded {
             let slot = &app.slots[i];
             eprintln!("kiln serve: {} -> {}", slot.reference, v.label);
-            *slot.current.write().expect("slot lock") = v;
-            slot.window.lock().expect("window lock").clear();
+            let mut window = slot.window.lock().expect("window lock");
+            let old = std::mem::replace(&mut *slot.current.write().expect("slot lock"), v);
+            window.clear();
+            drop(window);
+            // The old version is freed when its last queued request is answered.
+            drop(old);
         }
     }
 }
@@ -372,6 +376,7 @@ async fn track(
         .path()
         .strip_prefix("/v2/models/")
         .and_then(|p| p.split('/').next())
+        .filter(|name| app.slots.iter().any(|s| s.name == *name))
         .map(str::to_string)
         .or_else(|| {
             (endpoint == "/predict")
@@ -517,7 +522,10 @@ async fn run_batch(
     // The drift window: the rows served and their predicted classes.
     if let (Some(x), true) = (rows, app.window > 0 && v.schema.reference.is_some()) {
         let mut w = slot.window.lock().expect("window lock");
-        for (i, row) in x.chunks(d.max(1)).enumerate() {
+        // Rows encoded for a version no longer served would be decoded with the new one's
+        // statistics.
+        let current = Arc::ptr_eq(&slot.current.read().expect("slot lock"), &v);
+        for (i, row) in x.chunks(d.max(1)).enumerate().filter(|_| current) {
             w.push_back((row.to_vec(), answer.classes.get(i).copied()));
             if w.len() > app.window {
                 w.pop_front();
@@ -715,14 +723,19 @@ async fn prometheus(State(app): State<Arc<App>>) -> Response {
                 let classes = drift::Values::Categorical(window.iter().map(|(_, c)| *c).collect());
                 if matches!(p, drift::Profile::Categorical { .. }) {
                     let sc = drift::score(p, &classes, drift::Thresholds::default());
-                    scores.push((s.name.clone(), "prediction".into(), sc.psi, None));
+                    scores.push((s.name.clone(), "(prediction)".into(), sc.psi, None));
                 }
             }
         }
         app2.metrics.render(&versions, &scores, &windows)
     })
-    .await
-    .unwrap_or_default();
+    .await;
+    let Ok(text) = text else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be computed",
+        );
+    };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

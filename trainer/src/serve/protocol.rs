@@ -242,9 +242,14 @@ pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Val
         .map(|a| a.iter().filter_map(Value::as_i64).collect())
         .ok_or_else(|| Bad("inputs[0].shape is missing".into()))?;
     let d = pre.n_features;
-    let n = match shape.as_slice() {
-        [n, w] if *w as usize == d && *n > 0 => *n as usize,
-        [n, ..] if *n > 0 && shape[1..].iter().product::<i64>() as usize == d => *n as usize,
+    let width = shape.get(1..).and_then(|rest| {
+        rest.iter().try_fold(
+            1i64,
+            |acc, &x| if x > 0 { acc.checked_mul(x) } else { None },
+        )
+    });
+    let n = match (shape.first(), width) {
+        (Some(&n), Some(w)) if n > 0 && shape.len() >= 2 && w as usize == d => n as usize,
         _ => {
             return Err(Bad(format!(
                 "inputs[0].shape {shape:?}: the model reads [batch, {d}]"
@@ -254,7 +259,8 @@ pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Val
     if n > MAX_ROWS {
         return Err(Bad(format!("{n} rows: at most {MAX_ROWS} per request")));
     }
-    let mut flat = Vec::with_capacity(n * d);
+    // Sized by what arrives, not by what the shape claims.
+    let mut flat = Vec::new();
     fn walk(v: &Value, out: &mut Vec<f32>) -> Result<(), String> {
         match v {
             Value::Array(a) => a.iter().try_for_each(|x| walk(x, out)),
