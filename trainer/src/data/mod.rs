@@ -255,18 +255,19 @@ impl std::str::FromStr for SplitName {
     }
 }
 
-/// The values of `column` (any column of the file, read or not by the model) for the examples
-/// of `split`, in the order [`prepare`] gives them. Tables only.
-pub fn split_column(
+/// The values of `columns` (any columns of the file, read or not by the model) for the
+/// examples of `split`, in the order [`prepare`] gives them, a vector per column. Tables only;
+/// the file is read once.
+pub fn split_columns(
     spec: &DataSpec,
     split: SplitName,
-    column: &str,
-) -> Result<Vec<String>, DataError> {
+    columns: &[String],
+) -> Result<Vec<Vec<String>>, DataError> {
     if spec.format != DataFormat::Csv || spec.text_column.is_some() {
         return Err(DataError::Format {
             path: spec.path.display().to_string(),
             message: format!(
-                "column {column:?}: per-column reports read delimited tables, not {} data",
+                "columns {columns:?}: per-column reports read delimited tables, not {} data",
                 match (spec.format, &spec.text_column) {
                     (_, Some(_)) => "labeled-text",
                     (DataFormat::Idx, _) => "IDX image",
@@ -276,16 +277,19 @@ pub fn split_column(
         });
     }
     if let (SplitName::Test, Some(test)) = (split, &spec.test_path) {
-        return table::read_column(spec, test, column);
+        return table::read_columns(spec, test, columns);
     }
-    let values = table::read_column(spec, &spec.path, column)?;
+    let values = table::read_columns(spec, &spec.path, columns)?;
     let parts = split::split(&table::read_all(spec)?, spec);
     let rows = match split {
         SplitName::Train => parts.train,
         SplitName::Valid => parts.valid,
         SplitName::Test => parts.test,
     };
-    Ok(rows.into_iter().map(|i| values[i].clone()).collect())
+    Ok(values
+        .into_iter()
+        .map(|v| rows.iter().map(|&i| v[i].clone()).collect())
+        .collect())
 }
 
 /// Reads, splits and preprocesses. With `fitted`, reuses those statistics (evaluation of a

@@ -69,6 +69,13 @@ pub struct Preprocessor {
 const MISSING_CATEGORY: &str = "<missing>";
 
 impl Preprocessor {
+    /// A number of a column with statistics `mean` and `std` as the model reads it, the image
+    /// normalisation on top when there is one (`mean` 0 and `std` 1 for raw pixels).
+    pub fn encode_value(&self, v: f64, mean: f64, std: f64) -> f32 {
+        let (im, is) = self.image.as_ref().map_or((0.0, 1.0), |i| (i.mean, i.std));
+        (((v - mean) / std - im) / is) as f32
+    }
+
     pub fn class_names(&self) -> Option<&[String]> {
         match &self.target {
             TargetEncoding::Classes { names, .. } => Some(names),
@@ -266,7 +273,6 @@ impl Preprocessor {
     pub fn features(&self, t: &RawTable, rows: &[usize]) -> Result<Vec<f32>, DataError> {
         let d = self.n_features;
         let mut x = vec![0f32; rows.len() * d];
-        let (img_mean, img_std) = self.image.as_ref().map_or((0.0, 1.0), |i| (i.mean, i.std));
         match &t.cells {
             Cells::Dense { x: src, d: sd, .. } => {
                 if *sd != d {
@@ -280,7 +286,7 @@ impl Preprocessor {
                         .iter_mut()
                         .zip(&src[r * d..(r + 1) * d])
                     {
-                        *dst = ((v as f64 - img_mean) / img_std) as f32;
+                        *dst = self.encode_value(v as f64, 0.0, 1.0);
                     }
                 }
             }
@@ -317,7 +323,7 @@ impl Preprocessor {
                                 } else {
                                     parse_number(s, t, r, name)?
                                 };
-                                out[k] = (((v - mean) / std - img_mean) / img_std) as f32;
+                                out[k] = self.encode_value(v, *mean, *std);
                                 k += 1;
                             }
                             Column::Categorical {

@@ -133,22 +133,29 @@ pub fn read_unlabelled(
     })
 }
 
-/// One column of a file as written, a value per data row, whether or not the model reads it
-/// (a sensitive attribute left out of the inputs, the label): for per-group reports.
-pub fn read_column(spec: &DataSpec, path: &Path, column: &str) -> Result<Vec<String>, DataError> {
+/// Columns of a file as written, a value per data row each, whether or not the model reads
+/// them (a sensitive attribute left out of the inputs, the label): for per-group reports.
+pub fn read_columns(
+    spec: &DataSpec,
+    path: &Path,
+    columns: &[String],
+) -> Result<Vec<Vec<String>>, DataError> {
     let (shown, lines, width) = read_rows(spec, path)?;
     let names = column_names(spec, &lines, width);
-    let Some(j) = names.iter().position(|n| n == column) else {
-        let hint = crate::suggest::hint(column, &names);
-        return Err(DataError::Format {
-            path: shown,
-            message: format!("no column {column:?}{hint} (columns: {})", names.join(", ")),
-        });
-    };
-    Ok(lines
-        .rows
-        .into_iter()
-        .map(|(_, mut fields)| std::mem::take(&mut fields[j]))
+    let mut index = Vec::with_capacity(columns.len());
+    for column in columns {
+        let Some(j) = names.iter().position(|n| n == column) else {
+            let hint = crate::suggest::hint(column, &names);
+            return Err(DataError::Format {
+                path: shown,
+                message: format!("no column {column:?}{hint} (columns: {})", names.join(", ")),
+            });
+        };
+        index.push(j);
+    }
+    Ok(index
+        .iter()
+        .map(|&j| lines.rows.iter().map(|(_, f)| f[j].clone()).collect())
         .collect())
 }
 

@@ -67,9 +67,10 @@ pub fn complete(a: &Attribution, tolerance: f64, scale: f64) -> bool {
 }
 
 /// Integrated Gradients of output `class` (its column in the explained outputs) at `x`, from
-/// `baseline`, per feature, then summed per group.
+/// `baseline`, per feature, then summed per group; `model` is [`super::differentiable`]'s.
 pub fn integrated_gradients(
     run: &LoadedRun,
+    (model, device): &(kiln_models::Model, burn::tensor::Device),
     x: &[f32],
     baseline: &[f32],
     class: usize,
@@ -77,7 +78,6 @@ pub fn integrated_gradients(
     opts: IgOptions,
 ) -> Result<Attribution, ExplainError> {
     let d = x.len();
-    let (model, device) = super::differentiable(run)?;
     let (ends, k) = outputs(run, &[baseline, x].concat(), d);
     let (reference, output) = (ends[class] as f64, ends[k + class] as f64);
     let mut steps = opts.steps.max(1);
@@ -95,7 +95,7 @@ pub fn integrated_gradients(
                 let a = (s as f32 + 0.5) / steps as f32;
                 pts.extend(baseline.iter().zip(x).map(|(&b, &v)| b + a * (v - b)));
             }
-            let xt = Tensor::<2>::from_data(TensorData::new(pts, [m, d]), &device).require_grad();
+            let xt = Tensor::<2>::from_data(TensorData::new(pts, [m, d]), device).require_grad();
             let input = match run.mconf.input() {
                 InputShape::Images {
                     channels,

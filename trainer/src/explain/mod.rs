@@ -152,7 +152,7 @@ pub fn outputs(run: &LoadedRun, x: &[f32], d: usize) -> (Vec<f32>, usize) {
 
 /// The model on the CPU with autodiff, frozen (no parameter gradients, dropout off, batch
 /// norm on its running statistics): gradients with respect to the inputs only.
-fn differentiable(run: &LoadedRun) -> Result<(Model, Device), ExplainError> {
+pub fn differentiable(run: &LoadedRun) -> Result<(Model, Device), ExplainError> {
     let device = run.device.clone().autodiff();
     let weights = |source| {
         ExplainError::Eval(EvalError::Weights {
@@ -235,14 +235,13 @@ pub fn output_scale(pre: &Preprocessor) -> f64 {
 
 /// The preprocessed encoding of an all-zero raw input (a black image).
 pub fn encoded_zeros(pre: &Preprocessor, d: usize) -> Vec<f32> {
-    let (im, is) = pre.image.as_ref().map_or((0.0, 1.0), |i| (i.mean, i.std));
     if pre.columns.is_empty() {
-        return vec![((0.0 - im) / is) as f32; d];
+        return vec![pre.encode_value(0.0, 0.0, 1.0); d];
     }
     let mut out = Vec::with_capacity(d);
     for c in &pre.columns {
         match c {
-            Column::Numeric { mean, std, .. } => out.push((((0.0 - mean) / std - im) / is) as f32),
+            Column::Numeric { mean, std, .. } => out.push(pre.encode_value(0.0, *mean, *std)),
             Column::Categorical { categories, .. } => {
                 out.extend(std::iter::repeat_n(0.0, categories.len()))
             }

@@ -137,25 +137,29 @@ pub struct RowsReport {
     pub rows: Vec<RowExplanation>,
 }
 
-/// The raw values of a preprocessed row, per original column.
+/// The raw values of a preprocessed row, per original column (as drift decodes them).
 fn decoded(run: &LoadedRun, x: &[f32]) -> Vec<String> {
-    let mut k = 0;
-    let mut out = Vec::new();
-    for c in &run.pre.columns {
-        match c {
-            Column::Numeric { mean, std, .. } => {
-                // Shortest in f32: the features are f32, more digits would be noise.
-                out.push(format!("{}", (x[k] as f64 * std + mean) as f32));
-                k += 1;
+    let row = Dataset {
+        x: x.to_vec(),
+        y: Targets::Values(vec![0.0]),
+        n: 1,
+        d: x.len(),
+    };
+    let names = |c: &Column| match c {
+        Column::Categorical { categories, .. } => categories.clone(),
+        Column::Numeric { .. } => Vec::new(),
+    };
+    crate::drift::columns_of(&run.pre, &row)
+        .unwrap_or_default()
+        .into_iter()
+        .zip(&run.pre.columns)
+        .map(|(v, c)| match v {
+            crate::drift::Values::Numeric(v) => format!("{}", v[0]),
+            crate::drift::Values::Categorical(v) => {
+                v[0].map_or("<unseen>".into(), |i| names(c)[i].clone())
             }
-            Column::Categorical { categories, .. } => {
-                let hot = x[k..k + categories.len()].iter().position(|&v| v > 0.5);
-                out.push(hot.map_or("<unseen>".into(), |i| categories[i].clone()));
-                k += categories.len();
-            }
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// One group per pixel, its channels together.
@@ -226,6 +230,10 @@ pub fn attributions(run: &LoadedRun, req: &RowsRequest) -> Result<RowsReport, Ex
         None => super::feature_means(&train),
     };
     let background = background(&train, req.background, req.seed);
+    // The frozen autodiff model, built once for every row.
+    let frozen = matches!(method, Method::Ig | Method::Both)
+        .then(|| super::differentiable(run))
+        .transpose()?;
     let mut out = Vec::with_capacity(rows.len());
     let mut pixels = Vec::new();
     for &r in &rows {
@@ -243,8 +251,11 @@ pub fn attributions(run: &LoadedRun, req: &RowsRequest) -> Result<RowsReport, Ex
             }
             None => (serde_json::json!(probs[0]), None, 0),
         };
-        let ig = matches!(method, Method::Ig | Method::Both)
-            .then(|| attribution::integrated_gradients(run, x, &baseline, index, &groups, req.ig))
+        let ig = frozen
+            .as_ref()
+            .map(|f| {
+                attribution::integrated_gradients(run, f, x, &baseline, index, &groups, req.ig)
+            })
             .transpose()?;
         let shap = matches!(method, Method::Shap | Method::Both).then(|| {
             let opts = ShapOptions {
@@ -358,13 +369,14 @@ pub fn fairness(run: &LoadedRun, req: &FairnessRequest) -> Result<FairnessReport
     let Targets::Classes(truth) = &data.y else {
         unreachable!("a classifier's targets are classes")
     };
-    let mut columns = Vec::with_capacity(req.columns.len());
     for c in &req.columns {
         if req.columns.iter().filter(|x| *x == c).count() > 1 {
             return Err(ExplainError::Input(format!("--group {c} is named twice")));
         }
-        let values = crate::data::split_column(&run.data_spec, req.split, c)
-            .map_err(|e| ExplainError::Input(format!("--group {c}: {e}")))?;
+    }
+    let columns = crate::data::split_columns(&run.data_spec, req.split, &req.columns)
+        .map_err(|e| ExplainError::Input(format!("--group: {e}")))?;
+    for (c, values) in req.columns.iter().zip(&columns) {
         if values.len() != data.n {
             return Err(ExplainError::Input(format!(
                 "--group {c}: {} values for the {} examples of the {split} split",
@@ -372,8 +384,7 @@ pub fn fairness(run: &LoadedRun, req: &FairnessRequest) -> Result<FairnessReport
                 data.n
             )));
         }
-        fairness::check_column(c, &values).map_err(ExplainError::Input)?;
-        columns.push(values);
+        fairness::check_column(c, values).map_err(ExplainError::Input)?;
     }
     let (probs, k) = outputs(run, &data.x, data.d);
     let predicted: Vec<u32> = probs

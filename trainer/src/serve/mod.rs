@@ -519,6 +519,11 @@ async fn run_batch(
             "the model's worker stopped",
         )
     })?;
+    for p in &answer.predictions {
+        if let Some(c) = p.prediction.as_str() {
+            app.metrics.predicted(&slot.name, c);
+        }
+    }
     // The drift window: the rows served and their predicted classes.
     if let (Some(x), true) = (rows, app.window > 0 && v.schema.reference.is_some()) {
         let mut w = slot.window.lock().expect("window lock");
@@ -577,11 +582,6 @@ async fn predict(app: Arc<App>, name: String, body: Bytes) -> Response {
         Ok(a) => a,
         Err(r) => return *r,
     };
-    for p in &answer.predictions {
-        if let Some(c) = p.prediction.as_str() {
-            app.metrics.predicted(&name, c);
-        }
-    }
     json_response(
         &json!({
             "model": name,
@@ -649,11 +649,6 @@ async fn infer_as(app: Arc<App>, name: String, version: Option<String>, body: By
         Ok(a) => a,
         Err(r) => return *r,
     };
-    for p in &answer.predictions {
-        if let Some(c) = p.prediction.as_str() {
-            app.metrics.predicted(&name, c);
-        }
-    }
     let n = answer.predictions.len();
     let outputs: Vec<Value> = answer
         .outputs

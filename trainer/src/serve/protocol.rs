@@ -146,13 +146,12 @@ fn check_categories(pre: &Preprocessor, cells: &[Vec<String>]) -> Result<(), Bad
 /// categorical columns one-hot; image pixels raw) preprocessed as the model reads them.
 pub fn encode(pre: &Preprocessor, x: &[f32], n: usize) -> Result<Dataset, Bad> {
     let d = pre.n_features;
-    let (im, is) = pre.image.as_ref().map_or((0.0, 1.0), |i| (i.mean, i.std));
     let mut out = vec![0f32; n * d];
     for i in 0..n {
         let (src, dst) = (&x[i * d..(i + 1) * d], &mut out[i * d..(i + 1) * d]);
         if pre.columns.is_empty() {
             for (o, &v) in dst.iter_mut().zip(src) {
-                *o = ((v as f64 - im) / is) as f32;
+                *o = pre.encode_value(v as f64, 0.0, 1.0);
             }
             continue;
         }
@@ -177,7 +176,7 @@ pub fn encode(pre: &Preprocessor, x: &[f32], n: usize) -> Result<Dataset, Bad> {
                     if !v.is_finite() {
                         return Err(Bad(format!("row {i}, feature {k} ({name}): not finite")));
                     }
-                    dst[k] = (((v - mean) / std - im) / is) as f32;
+                    dst[k] = pre.encode_value(v, *mean, *std);
                     k += 1;
                 }
                 Column::Categorical {
