@@ -50,6 +50,7 @@ fn train(registry: &Path, steps: usize, every: Option<usize>) -> (f64, std::path
         stop: Arc::new(AtomicBool::new(false)),
         init_from: None,
         group: None,
+        member: None,
     };
     let out = kiln_trainer::train::train(&cfg, &opts).unwrap();
     (out.info.wall_seconds, out.run_dir)

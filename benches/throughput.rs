@@ -174,6 +174,7 @@ fn kiln(model: &str, steps: usize, warmup: usize) -> f64 {
         stop: Arc::new(AtomicBool::new(false)),
         init_from: None,
         group: None,
+        member: None,
     };
     let out = kiln_trainer::train::train(&cfg, &opts).unwrap();
     let log = std::fs::read_to_string(out.run_dir.join("metrics.jsonl")).unwrap();

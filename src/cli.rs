@@ -20,6 +20,11 @@ pub struct Cli {
 pub enum Command {
     /// Train a model from a TOML config (or continue an interrupted run with --resume).
     Train(TrainArgs),
+    /// k-fold cross-validation of a config: one run per fold, mean ± std of every metric.
+    Cv(CvArgs),
+    /// Search hyperparameters: trials as runs of a base config (grid, random or TPE sampling,
+    /// median or ASHA pruning), crash-safe, on several processes or machines.
+    Sweep(SweepArgs),
     /// Check config files (or folders of them, recursively) and report every problem.
     Validate {
         #[arg(required = true)]
@@ -268,6 +273,98 @@ pub struct TrainArgs {
     /// The registry folder (default: $KILN_REGISTRY, the config's runtime.registry, or ./kiln-registry).
     #[arg(long, value_name = "DIR")]
     pub registry: Option<PathBuf>,
+    /// A sweep trial's folder: set by `kiln sweep` for the trials it runs.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub trial: Option<PathBuf>,
+}
+
+/// `kiln cv`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CvArgs {
+    /// The config file.
+    #[arg(required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Folds: each validates once while the others train (stratified for classification).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Repeat the whole CV with other fold assignments (split seed + 1, + 2, ...).
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+    /// Override a config value (repeatable; applied in order, before the fold's own).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue a cross-validation (its id) after a crash or Ctrl-C: completed folds are kept,
+    /// an interrupted one resumes from its checkpoint.
+    #[arg(long, value_name = "CV_ID", conflicts_with_all = ["config", "set"])]
+    pub resume: Option<String>,
+    /// Print only the result.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// End with the CV's record (folds, their metrics, mean and std) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an HTML page of the per-fold metrics.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub registry: Option<PathBuf>,
+    /// A sweep trial's folder: set by `kiln sweep` for cross-validated trials.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub trial: Option<PathBuf>,
+}
+
+/// `kiln sweep`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SweepArgs {
+    #[command(subcommand)]
+    pub command: Option<SweepCommand>,
+    /// The sweep file (a base config, the metric, the sampler, the pruner, the space).
+    #[arg(required_unless_present_any = ["resume", "worker"])]
+    pub file: Option<PathBuf>,
+    /// Trials in all (the sweep file's `trials` otherwise).
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Trials run at once as processes, sharing the cores.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Start no new trial after this long: "30m", "2h" (the file's `timeout` otherwise).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// The sampler's seed (the file's `seed` otherwise).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue a sweep after a crash or Ctrl-C: finished trials are kept, a running one
+    /// resumes from its checkpoint.
+    #[arg(long, value_name = "SWEEP_ID", conflicts_with_all = ["file", "worker"])]
+    pub resume: Option<String>,
+    /// Join a sweep as one more worker (another machine sharing the registry folder).
+    #[arg(long, value_name = "SWEEP_ID", conflicts_with = "file")]
+    pub worker: Option<String>,
+    /// Compute threads per trial (default: the cores shared among --parallel).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Print only the result.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// End with the sweep's summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_name = "DIR", global = true)]
+    pub registry: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SweepCommand {
+    /// A sweep's trials, its best, the importance of each parameter; -o writes the plots.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        /// An HTML page: the metric over trials and against each parameter.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `kiln explain`'s flags.

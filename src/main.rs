@@ -47,6 +47,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         || e.downcast_ref::<TrainError>()
             .is_some_and(TrainError::is_config)
         || matches!(e.downcast_ref::<ExportError>(), Some(ExportError::Registry(r)) if is_reference(r))
+        || e.downcast_ref::<kiln_trainer::select::SelectError>()
+            .is_some_and(kiln_trainer::select::SelectError::is_input)
         || e.downcast_ref::<ExplainError>()
             .is_some_and(ExplainError::is_input)
         || e.downcast_ref::<EvalError>().is_some_and(|e| {

@@ -4,6 +4,7 @@
 //! **Adding a command**: a variant in `cli.rs`, a file here with its `run`, one line in
 //! [`dispatch`].
 
+mod cv;
 mod devices;
 mod drift;
 mod eval;
@@ -17,6 +18,7 @@ mod registry;
 mod report;
 mod runs;
 mod serve;
+mod sweep;
 mod train;
 mod validate;
 
@@ -46,6 +48,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             Some(devices) => launch::run(&devices),
             None => train::run(args),
         },
+        Command::Cv(args) => cv::run(args),
+        Command::Sweep(args) => sweep::run(args),
         Command::Validate { paths, deep, set } => validate::run(&paths, deep, &set),
         Command::Eval {
             run,

@@ -65,7 +65,14 @@ fn train_one(
         json,
         registry,
         devices: _,
+        trial,
     } = args;
+    // A sweep's trial: its run id, its place in the sweep and its pruner.
+    let member = match trial.as_deref().map(kiln_trainer::select::sweep::TrialContext::open) {
+        Some(Ok(ctx)) => Some(ctx.member()),
+        Some(Err(e)) => return Err(Ranked::Agreed(e.into())),
+        None => None,
+    };
     let loaded = load_for_training(
         config_path.as_deref(),
         &set,
@@ -99,6 +106,7 @@ fn train_one(
         stop,
         init_from,
         group,
+        member,
     };
     let outcome = train::train(&cfg, &opts).map_err(|e| match e {
         TrainError::Distributed(_) => Ranked::Agreed(e.into()),

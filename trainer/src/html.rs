@@ -227,7 +227,7 @@ fn residual_chart(title: &str, pairs: &[(f64, f64)]) -> String {
     )
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -469,7 +469,7 @@ pub fn write_report(run_dir: &Path, out: &Path, groups: &[String]) -> Result<(),
 // ---- Explanations and fairness: hand-drawn SVG (bars with whiskers, maps over images) ----
 
 /// A complete page around `body`.
-fn page(title: &str, body: &str) -> String {
+pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title><style>\
          body{{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}}\
@@ -823,4 +823,81 @@ pub fn drift_page(r: &crate::drift::Report) -> String {
         body.push_str(&drift_svg(s));
     }
     page(&format!("kiln drift {}", r.model), &body)
+}
+
+/// A scatter of labelled point sets (filled or hollow circles) and an optional line: a sweep's
+/// metric over trials, or against one parameter.
+pub(crate) fn scatter_svg(
+    title: &str,
+    axes: (&str, &str),
+    sets: &[(&str, Vec<(f64, f64)>, bool)],
+    line: Option<(&str, Vec<(f64, f64)>)>,
+) -> String {
+    let all = || sets.iter().flat_map(|s| s.1.iter());
+    let x = range(all().map(|p| p.0));
+    let y = range(all().map(|p| p.1));
+    let colors = [RGBColor(31, 119, 180), RGBColor(150, 150, 150)];
+    xy_chart(title, axes, x, y, true, |chart| {
+        for (i, (name, points, filled)) in sets.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let style = if *filled { color.filled() } else { color.stroke_width(1) };
+            if let Ok(ann) = chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, style))) {
+                ann.label(name.to_string())
+                    .legend(move |(x, y)| Circle::new((x + 8, y), 4, style));
+            }
+        }
+        if let Some((name, points)) = &line {
+            let red = RGBColor(214, 39, 40);
+            if let Ok(ann) = chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                ShapeStyle::from(&red).stroke_width(2),
+            )) {
+                ann.label(name.to_string())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], red));
+            }
+        }
+    })
+}
+
+/// A cross-validation's page: each metric's per-fold values and mean ± std.
+pub fn cv_page(r: &crate::select::cv::CvRecord) -> String {
+    let mut body = format!(
+        "<h1>Cross-validation {}</h1><p>{} folds{} of <code>{}</code>{}</p>",
+        escape(&r.id),
+        r.folds,
+        if r.repeats > 1 { format!(" x {} repeats", r.repeats) } else { String::new() },
+        escape(&r.config_path),
+        if r.overrides.is_empty() {
+            String::new()
+        } else {
+            format!(" with <code>{}</code>", escape(&r.overrides.join(" ")))
+        }
+    );
+    for (key, s) in r.summary.iter().filter(|(k, _)| k.starts_with("valid/")) {
+        let points: Vec<(f64, f64)> = s.values.iter().enumerate().map(|(i, v)| (i as f64, *v)).collect();
+        let mean = vec![(0.0, s.mean), ((s.values.len().max(2) - 1) as f64, s.mean)];
+        body.push_str(&scatter_svg(
+            &format!("{key}: {:.4} ± {:.4}", s.mean, s.std),
+            ("fold", key),
+            &[("fold", points, true)],
+            Some(("mean", mean)),
+        ));
+    }
+    let _ = write!(
+        body,
+        "<pre>{}</pre>",
+        escape(&crate::select::cv::summary_table(r))
+    );
+    body.push_str("<table><tr><th>fold</th><th>run</th><th>status</th></tr>");
+    for f in &r.runs {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            f.index,
+            escape(&f.run_id),
+            f.status.map_or("-".into(), |s| format!("{s:?}").to_lowercase())
+        );
+    }
+    body.push_str("</table>");
+    page(&format!("cv {}", r.id), &body)
 }

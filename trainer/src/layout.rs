@@ -23,6 +23,13 @@
 //!     vN/                            model.safetensors, config.toml, model.json,
 //!                                    preprocess.json, manifest.json
 //!   exports/<model>-opsetN-<batch>/  model.onnx, preprocess.json, parity.json, manifest.json
+//!   cv/<cv id>/cv.json               a cross-validation: its folds' runs, metrics, summary
+//!   sweeps/<sweep id>/
+//!     sweep.json                     the sweep file as resolved: base config, space, budget
+//!     .lock                          held while a worker claims a trial or records one
+//!     best.json                      the best trial and the version it registered
+//!     trials/NNNN/                   trial.json (parameters, status, run, value),
+//!                                    reports.jsonl (its validations), output.log
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,6 +42,18 @@ pub const RUNS: &str = "runs";
 pub const MODELS: &str = "models";
 /// `exports/<model>-opsetN-<batch>/`: ONNX exports that passed the parity gate.
 pub const EXPORTS: &str = "exports";
+
+/// `cv/<id>/`: cross-validations.
+pub const CV: &str = "cv";
+pub const CV_RECORD: &str = "cv.json";
+/// `sweeps/<id>/`: hyperparameter sweeps.
+pub const SWEEPS: &str = "sweeps";
+pub const SWEEP_RECORD: &str = "sweep.json";
+pub const SWEEP_BEST: &str = "best.json";
+pub const TRIALS: &str = "trials";
+pub const TRIAL_RECORD: &str = "trial.json";
+pub const TRIAL_REPORTS: &str = "reports.jsonl";
+pub const TRIAL_LOG: &str = "output.log";
 
 // A run's folder.
 pub const CONFIG: &str = "config.toml";

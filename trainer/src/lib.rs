@@ -8,7 +8,7 @@
 //! let cfg = config::validate(file, "configs/digits_mlp.toml", "digits-mlp").unwrap();
 //! let opts = train::Options {
 //!     registry: "kiln-registry".into(), smoke: true, quiet: true,
-//!     config_path: "configs/digits_mlp.toml".into(), resume: None, stop: Default::default(), init_from: None, group: None,
+//!     config_path: "configs/digits_mlp.toml".into(), resume: None, stop: Default::default(), init_from: None, group: None, member: None,
 //! };
 //! let outcome = train::train(&cfg, &opts).unwrap();
 //! println!("{}", outcome.info.id);
@@ -37,6 +37,7 @@ pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod run;
+pub mod select;
 pub mod serve;
 pub mod state;
 pub mod suggest;

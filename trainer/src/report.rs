@@ -80,19 +80,25 @@ fn truncate(s: &str) -> String {
 /// `kiln runs list`: one row per run, oldest first.
 pub fn runs_table(runs: &[crate::run::RunInfo]) -> String {
     let mut out = format!(
-        "{:<44}{:<16}{:<13}{:>18}{:>10}  {}\n",
-        "run", "model", "status", "best valid", "time", "started"
+        "{:<44}{:<16}{:<13}{:>18}{:>10}  {:<25}{}\n",
+        "run", "model", "status", "best valid", "time", "started", "member of"
     );
     for r in runs {
         let best = r
             .best_valid
             .map_or("-".to_string(), |v| format!("{} {v:.4}", r.monitor));
+        let status = match (r.pruned_at, r.smoke) {
+            (Some(_), _) => "pruned".to_string(),
+            (None, true) => format!("{:?} (smoke)", r.status).to_lowercase(),
+            (None, false) => format!("{:?}", r.status).to_lowercase(),
+        };
+        let member = r.member.as_ref().map_or(String::new(), |m| m.to_string());
         let _ = writeln!(
             out,
-            "{:<44}{:<16}{:<13}{:>18}{:>9.1}s  {}",
+            "{:<44}{:<16}{:<13}{:>18}{:>9.1}s  {:<25}{member}",
             r.id,
             truncate(&r.name),
-            format!("{:?}", r.status).to_lowercase() + if r.smoke { " (smoke)" } else { "" },
+            status,
             best,
             r.wall_seconds,
             r.started

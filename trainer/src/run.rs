@@ -81,6 +81,39 @@ pub struct RunInfo {
     /// The model version this run registered (`name/vN`); smoke runs register none.
     #[serde(default)]
     pub version: Option<String>,
+    /// The cross-validation or sweep this run is one member of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Membership>,
+    /// The validation (counted from 1) at which a sweep's pruner stopped this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<usize>,
+}
+
+/// What groups runs: a k-fold cross-validation or a hyperparameter sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupKind {
+    Cv,
+    Sweep,
+}
+
+/// A run's place in its group (`run.json`'s `member`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub kind: GroupKind,
+    /// The cross-validation's or the sweep's id.
+    pub id: String,
+    /// The fold (`repeat * folds + fold`) or the trial number.
+    pub index: usize,
+}
+
+impl std::fmt::Display for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            GroupKind::Cv => write!(f, "cv {} fold {}", self.id, self.index),
+            GroupKind::Sweep => write!(f, "sweep {} trial {}", self.id, self.index),
+        }
+    }
 }
 
 pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {

@@ -40,6 +40,7 @@ fn train_digits(sets: &[&str]) -> (train::Outcome, tempfile::TempDir) {
         stop: Default::default(),
         init_from: None,
         group: None,
+        member: None,
     };
     (train::train(&cfg, &opts).unwrap(), registry)
 }

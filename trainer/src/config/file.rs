@@ -187,6 +187,14 @@ pub struct SplitSection {
     /// Seed of the split. Default: the top-level `seed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// k-fold cross-validation (what `kiln cv` sets for each fold): the rows outside the test
+    /// split are dealt into `folds` folds (stratified as `stratify` says) and fold `fold`
+    /// (0-based) is the validation split; `valid` is then unused. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folds: Option<usize>,
+    /// The validating fold, `0..folds`; required with `folds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fold: Option<usize>,
 }
 
 impl Default for SplitSection {
@@ -196,6 +204,8 @@ impl Default for SplitSection {
             test: None,
             stratify: true,
             seed: None,
+            folds: None,
+            fold: None,
         }
     }
 }

@@ -254,7 +254,26 @@ impl Checker<'_> {
                 "`data.split.test` = {test_frac}: must be in [0, 1)"
             ));
         }
-        if d.split.valid + test_frac >= 1.0 {
+        match (d.split.folds, d.split.fold) {
+            (None, None) => {}
+            (Some(k), _) if k < 2 => self.bad(format!(
+                "`data.split.folds` = {k}: cross-validation needs at least 2 folds"
+            )),
+            (Some(k), Some(i)) if i >= k => self.bad(format!(
+                "`data.split.fold` = {i}: must be below `data.split.folds` = {k} (folds count from 0)"
+            )),
+            (Some(_), None) => {
+                self.bad("`data.split.folds` needs `data.split.fold`: which fold validates".into())
+            }
+            (None, Some(_)) => {
+                self.bad("`data.split.fold` needs `data.split.folds`: how many folds".into())
+            }
+            (Some(_), Some(_)) if text => self.bad(
+                "a text corpus is split by position: `data.split.folds` does not apply".into(),
+            ),
+            (Some(_), Some(_)) => {}
+        }
+        if d.split.folds.is_none() && d.split.valid + test_frac >= 1.0 {
             self.bad(format!(
                 "`data.split.valid` + `data.split.test` = {}: leaves nothing to train on",
                 d.split.valid + test_frac
@@ -521,7 +540,7 @@ impl Checker<'_> {
                 "loss" | "mse" | "rmse" | "mae" | "perplexity" | "bits_per_token"
             ),
         };
-        let no_valid = d.split.valid == 0.0;
+        let no_valid = d.split.valid == 0.0 && d.split.folds.is_none();
         if no_valid && t.early_stopping.is_some() {
             self.bad(
                 "`train.early_stopping` needs a validation split: `data.split.valid` is 0".into(),
@@ -688,6 +707,11 @@ fn data_spec(file: &FileConfig, c: &DataChecked) -> data::DataSpec {
         test_fraction: c.test_frac,
         stratify: d.split.stratify && task == Task::Classification,
         split_seed: d.split.seed.unwrap_or(file.seed),
+        fold: d
+            .split
+            .folds
+            .zip(d.split.fold)
+            .map(|(k, index)| data::split::Fold { k, index }),
         tokenizer: d.tokenizer.unwrap_or(if d.text.is_some() {
             data::text::TokenizerKind::Word
         } else {

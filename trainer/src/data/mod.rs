@@ -53,6 +53,8 @@ pub struct DataSpec {
     pub test_fraction: f64,
     pub stratify: bool,
     pub split_seed: u64,
+    /// k-fold cross-validation: this fold validates (`valid_fraction` is then unused).
+    pub fold: Option<split::Fold>,
     /// Text: how it becomes tokens, and the tokens per training block (labeled text: the
     /// most tokens of a text the model reads).
     pub tokenizer: text::TokenizerKind,

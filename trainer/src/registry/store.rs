@@ -263,6 +263,7 @@ pub fn no_links(root: &Path, path: &Path) -> Result<(), RegistryError> {
 
 /// An exclusive lock on a file, held until dropped. Waits up to `wait` for another holder,
 /// then fails naming the lock instead of hanging.
+#[derive(Debug)]
 pub struct Lock(#[allow(dead_code)] File);
 
 impl Lock {

@@ -133,16 +133,9 @@ fn register(
             with_drift = true;
         }
     }
-    if !s.run.smoke {
-        let mut files = weights_file;
-        let drift = with_drift.then_some(layout::DRIFT);
-        for name in [layout::CONFIG, layout::MODEL_CONFIG, layout::PREPROCESS]
-            .into_iter()
-            .chain(drift)
-        {
-            let p = s.run.dir.join(name);
-            files.push((name.to_string(), std::fs::read(&p).map_err(run::io(&p))?));
-        }
+    // A fold or a trial registers nothing: its group decides (a sweep registers its best).
+    if !s.run.smoke && s.opts.member.is_none() {
+        let files = version_files(&s.run.dir, weights_file, with_drift)?;
         let (v, _) = Registry::new(registry).register(&cfg.name, &files, manifest)?;
         info.version = Some(format!("{}/v{v}", cfg.name));
     }
@@ -153,6 +146,56 @@ fn register(
     run::write_json(&s.run.dir.join(layout::RUN), info)?;
     s.run.guard.disarm();
     Ok(())
+}
+
+/// What a model version holds: the final weights and the run's config, architecture,
+/// preprocessing and (table models) drift profile.
+fn version_files(
+    run_dir: &std::path::Path,
+    mut files: Vec<(String, Vec<u8>)>,
+    with_drift: bool,
+) -> Result<Vec<(String, Vec<u8>)>, TrainError> {
+    let drift = with_drift.then_some(layout::DRIFT);
+    for name in [layout::CONFIG, layout::MODEL_CONFIG, layout::PREPROCESS]
+        .into_iter()
+        .chain(drift)
+    {
+        let p = run_dir.join(name);
+        files.push((name.to_string(), std::fs::read(&p).map_err(run::io(&p))?));
+    }
+    Ok(files)
+}
+
+/// Registers the final model of a completed run that registered none (a sweep's best trial)
+/// as a new version of its model; its `run.json` then names the version. Returns `name/vN`.
+pub fn register_run(registry: &std::path::Path, run_dir: &std::path::Path) -> Result<String, TrainError> {
+    let mut info: run::RunInfo = run::read_json(&run_dir.join(layout::RUN))?;
+    if let Some(v) = &info.version {
+        return Ok(v.clone());
+    }
+    let final_dir = run_dir.join(layout::FINAL);
+    let manifest = store::check_dir(registry, &final_dir).map_err(|damage| {
+        crate::registry::RegistryError::Refused(format!(
+            "{} is damaged: {}",
+            final_dir.display(),
+            damage
+                .iter()
+                .map(|d| format!("{}: {}", d.path, d.problem))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
+    let weights = final_dir.join(layout::WEIGHTS);
+    let files = vec![(
+        layout::WEIGHTS.to_string(),
+        std::fs::read(&weights).map_err(run::io(&weights))?,
+    )];
+    let files = version_files(run_dir, files, run_dir.join(layout::DRIFT).is_file())?;
+    let (v, _) = Registry::new(registry).register(&info.name, &files, manifest)?;
+    let version = format!("{}/v{v}", info.name);
+    info.version = Some(version.clone());
+    run::write_json(&run_dir.join(layout::RUN), &info)?;
+    Ok(version)
 }
 
 /// The final model: the best by `train.monitor` when `train.restore_best` and there is one,

@@ -66,6 +66,9 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
             stop_early |= s.validate()?;
         }
         s.checkpoint()?;
+        if stop_early && s.run.info.pruned_at.is_some() {
+            break;
+        }
         if stop_early {
             s.progress.line(&format!(
                 "early stopping: valid {} has not improved for {} validations",

@@ -26,6 +26,8 @@ use crate::config::RunConfig;
 use crate::error::TrainError;
 use crate::run::RunInfo;
 
+pub use finish::register_run;
+
 /// How a training is launched (what is not in the config).
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -44,6 +46,36 @@ pub struct Options {
     pub init_from: Option<String>,
     /// The other ranks of a data-parallel job (see [`crate::dist`]); `None` trains alone.
     pub group: Option<std::rc::Rc<crate::dist::Group>>,
+    /// A fold of a cross-validation or a trial of a sweep; `None` for a run of its own.
+    pub member: Option<Member>,
+}
+
+/// A run that is one fold of a cross-validation or one trial of a sweep: its id is chosen by
+/// the group (so the group's record names it before it starts), it registers no model version
+/// (the group decides what to register), and a trial reports every validation to its sweep's
+/// pruner.
+#[derive(Clone)]
+pub struct Member {
+    pub run_id: String,
+    pub of: crate::run::Membership,
+    pub pruner: Option<Arc<dyn Pruning>>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("run_id", &self.run_id)
+            .field("of", &self.of)
+            .field("pruner", &self.pruner.is_some())
+            .finish()
+    }
+}
+
+/// Where a sweep trial's validations go: the extension point between the loop and a pruner.
+pub trait Pruning: Send + Sync {
+    /// The `resource`-th validation (counted from 1) at optimizer step `step` gave `metrics`;
+    /// true stops the run (pruned). A pruner that cannot read its sweep keeps the run going.
+    fn report(&self, resource: usize, step: usize, metrics: &crate::metrics::Metrics) -> bool;
 }
 
 /// What a training produced.

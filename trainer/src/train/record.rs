@@ -167,6 +167,22 @@ impl Session<'_> {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
         })?;
+        // A sweep's trial: its pruner sees every validation. The resource is the validation's
+        // number (the epoch, without `valid_every`), the same after a resume.
+        let resource = match cfg.train.valid_every {
+            Some(n) => step as usize / n,
+            None => epoch,
+        };
+        let pruner = self.opts.member.as_ref().and_then(|m| m.pruner.as_ref());
+        if let Some(p) = pruner
+            && p.report(resource, step as usize, &m)
+        {
+            self.progress.line(&format!(
+                "pruned at validation {resource}: the sweep's pruner stops this trial"
+            ));
+            self.run.info.pruned_at = Some(resource);
+            return Ok(true);
+        }
         Ok(self.out_of_patience())
     }
 

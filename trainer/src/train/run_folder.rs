@@ -56,6 +56,8 @@ pub(super) fn open_run(
         metrics: BTreeMap::new(),
         lineage: Lineage::default(),
         version: None,
+        member: opts.member.as_ref().map(|m| m.of.clone()),
+        pruned_at: None,
     };
     let (dir, info, held) = match (&opts.resume, resumed) {
         (Some(dir), Some(mut info)) => {
@@ -73,7 +75,10 @@ pub(super) fn open_run(
         // Not rank 0: the run's record lives in memory only.
         _ if !writer => (PathBuf::new(), new_info(String::new()), None),
         _ => {
-            let id = run::new_id(&cfg.name);
+            let id = match &opts.member {
+                Some(m) => m.run_id.clone(),
+                None => run::new_id(&cfg.name),
+            };
             let runs = layout::runs_dir(&opts.registry);
             let dir = runs.join(&id);
             std::fs::create_dir_all(&runs).map_err(run::io(&runs))?;

@@ -1,0 +1,511 @@
+//! The sweep file and its search space, read and checked before any trial runs: every key of
+//! `[space]` is tried on the base config with the values it can take (a choice's every value, a
+//! range's ends), so a misspelled key path or a value of the wrong type is one error naming it.
+//!
+//! ```toml
+//! base = "../digits_mlp.toml"      # relative to this file
+//! metric = "valid/accuracy"        # a validation metric; with `cv = 5`, its mean over folds
+//! direction = "maximize"           # default: minimize for loss, mse, rmse, mae; else maximize
+//! sampler = "tpe"                  # "grid", "random", "tpe"
+//! pruner = "median"                # "none", "median", "asha"
+//! trials = 40
+//! set = ["train.epochs=20"]        # fixed overrides of the base config
+//! [space]
+//! "optim.lr" = { log_uniform = [1e-4, 1e-1] }
+//! "model.hidden" = { choice = [[64], [128, 64]] }
+//! "train.batch_size" = { int = [16, 128], log = true }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Value;
+
+use super::SelectError;
+use crate::config::{self, Override};
+
+/// A parameter's distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dist {
+    Uniform { low: f64, high: f64 },
+    LogUniform { low: f64, high: f64 },
+    /// Integers in `[low, high]`, uniform in the log when `log`.
+    Int { low: i64, high: i64, log: bool },
+    Choice(Vec<Value>),
+}
+
+impl Dist {
+    /// The interval numeric samplers draw in (natural log for log scales; integers widened by
+    /// a half on each side so that each gets an equal share). `None` for a choice.
+    pub fn interval(&self) -> Option<(f64, f64)> {
+        match *self {
+            Dist::Uniform { low, high } => Some((low, high)),
+            Dist::LogUniform { low, high } => Some((low.ln(), high.ln())),
+            Dist::Int {
+                low,
+                high,
+                log: false,
+            } => Some((low as f64 - 0.5, high as f64 + 0.5)),
+            Dist::Int {
+                low,
+                high,
+                log: true,
+            } => Some(((low as f64 - 0.5).max(0.5).ln(), (high as f64 + 0.5).ln())),
+            Dist::Choice(_) => None,
+        }
+    }
+
+    /// The value of a point of [`Dist::interval`].
+    pub fn value_at(&self, t: f64) -> Value {
+        match *self {
+            Dist::Uniform { low, high } => Value::Float(t.clamp(low, high)),
+            Dist::LogUniform { low, high } => Value::Float(t.exp().clamp(low, high)),
+            Dist::Int { low, high, log } => {
+                let x = if log { t.exp() } else { t };
+                Value::Integer((x.round() as i64).clamp(low, high))
+            }
+            Dist::Choice(ref v) => v[0].clone(),
+        }
+    }
+
+    /// Where a value lies in [`Dist::interval`] (a recorded trial's, for the samplers).
+    pub fn point_of(&self, v: &Value) -> Option<f64> {
+        let x = match v {
+            Value::Float(f) => *f,
+            Value::Integer(i) => *i as f64,
+            _ => return None,
+        };
+        match self {
+            Dist::LogUniform { .. } | Dist::Int { log: true, .. } => Some(x.max(1e-300).ln()),
+            Dist::Choice(_) => None,
+            _ => Some(x),
+        }
+    }
+
+    /// A choice's index of a recorded value.
+    pub fn index_of(&self, v: &Value) -> Option<usize> {
+        match self {
+            Dist::Choice(values) => values.iter().position(|c| c == v),
+            _ => None,
+        }
+    }
+
+    /// Whether the value axis of a plot is logarithmic.
+    pub fn is_log(&self) -> bool {
+        matches!(self, Dist::LogUniform { .. } | Dist::Int { log: true, .. })
+    }
+}
+
+/// A parameter: the config key it sets and its distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Param {
+    pub key: String,
+    pub dist: Dist,
+}
+
+/// Parameters sorted by key (the order samplers draw them in).
+pub type Space = Vec<Param>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Maximize,
+    Minimize,
+}
+
+impl Direction {
+    /// `a` is better than `b`.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Direction::Maximize => a > b,
+            Direction::Minimize => a < b,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    Grid,
+    Random,
+    Tpe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrunerKind {
+    None,
+    Median,
+    Asha,
+}
+
+/// `[pruning]`: the pruners' settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pruning {
+    /// Median: completed trials needed before any pruning. Default: 5.
+    pub startup_trials: usize,
+    /// Median: validations a trial always gets before it can be pruned. Default: 1.
+    pub warmup: usize,
+    /// ASHA: the first rung's validation. Default: 1.
+    pub min_resource: usize,
+    /// ASHA: 1 in `reduction_factor` trials goes on at each rung. Default: 3.
+    pub reduction_factor: usize,
+}
+
+impl Default for Pruning {
+    fn default() -> Self {
+        Self {
+            startup_trials: 5,
+            warmup: 1,
+            min_resource: 1,
+            reduction_factor: 3,
+        }
+    }
+}
+
+/// `[tpe]`: the TPE sampler's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TpeSettings {
+    /// Trials drawn at random before the model takes over. Default: 10.
+    pub startup_trials: usize,
+    /// Candidates drawn from the good trials' density per proposal. Default: 24.
+    pub candidates: usize,
+}
+
+impl Default for TpeSettings {
+    fn default() -> Self {
+        Self {
+            startup_trials: 10,
+            candidates: 24,
+        }
+    }
+}
+
+/// The sweep file as people write it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SweepFile {
+    base: PathBuf,
+    metric: String,
+    direction: Option<Direction>,
+    #[serde(default = "default_sampler")]
+    sampler: SamplerKind,
+    #[serde(default = "default_pruner")]
+    pruner: PrunerKind,
+    trials: Option<usize>,
+    /// Wall time after which no new trial starts: `"30m"`, `"2h"`.
+    timeout: Option<String>,
+    #[serde(default)]
+    seed: u64,
+    cv: Option<usize>,
+    #[serde(default)]
+    set: Vec<String>,
+    #[serde(default)]
+    pruning: Pruning,
+    #[serde(default)]
+    tpe: TpeSettings,
+    space: BTreeMap<String, Value>,
+}
+
+fn default_sampler() -> SamplerKind {
+    SamplerKind::Tpe
+}
+fn default_pruner() -> PrunerKind {
+    PrunerKind::None
+}
+
+/// A checked sweep: what `sweep.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSpec {
+    /// The sweep file (absolute) and the base config it names (absolute).
+    pub file: String,
+    pub base: String,
+    /// The base config's model name (the best trial registers a version of it).
+    pub name: String,
+    /// The validation metric (`accuracy`), read from `valid` (or the CV's mean of it).
+    pub metric: String,
+    pub direction: Direction,
+    pub sampler: SamplerKind,
+    pub pruner: PrunerKind,
+    pub trials: usize,
+    /// Seconds after a worker starts when it starts no new trial.
+    pub timeout_seconds: Option<f64>,
+    pub seed: u64,
+    pub cv: Option<usize>,
+    pub set: Vec<String>,
+    pub pruning: Pruning,
+    pub tpe: TpeSettings,
+    pub space: Space,
+}
+
+impl SweepSpec {
+    /// The `--set` overrides of a trial: the fixed ones, then its parameters.
+    pub fn overrides(&self, params: &BTreeMap<String, Value>) -> Vec<String> {
+        let mut out = self.set.clone();
+        out.extend(params.iter().map(|(k, v)| format!("{k}={v}")));
+        out
+    }
+
+    /// The value of `metric` in a run's final metrics (its `valid` split).
+    pub fn objective(&self, metrics: &BTreeMap<String, crate::metrics::Metrics>) -> Option<f64> {
+        metrics
+            .get("valid")
+            .and_then(|m| m.get(&self.metric))
+            .filter(|v| v.is_finite())
+    }
+}
+
+fn bad(file: &Path, message: impl std::fmt::Display) -> SelectError {
+    SelectError::Input(format!("sweep file {}: {message}", file.display()))
+}
+
+/// Reads and checks a sweep file; `trials` and `seed` from the command line win over the file.
+pub fn read(
+    path: &Path,
+    trials: Option<usize>,
+    seed: Option<u64>,
+    timeout: Option<&str>,
+) -> Result<SweepSpec, SelectError> {
+    let text = std::fs::read_to_string(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
+    let file: SweepFile = toml::from_str(&text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let line = e
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+            .unwrap_or_default();
+        bad(path, format!("{msg}{line}"))
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let base = dir.join(&file.base);
+    if !base.is_file() {
+        return Err(bad(
+            path,
+            format!("base = {:?}: no such config file ({})", file.base.display(), base.display()),
+        ));
+    }
+    let metric = match file.metric.split_once('/') {
+        None => file.metric.clone(),
+        Some(("valid", m)) => m.to_string(),
+        Some((split, _)) => {
+            return Err(bad(
+                path,
+                format!(
+                    "metric = {:?}: a sweep selects on the validation split (`valid/{}`), never {split}",
+                    file.metric,
+                    file.metric.split_once('/').map_or("", |p| p.1)
+                ),
+            ));
+        }
+    };
+    let space = parse_space(path, &file.space)?;
+    if space.is_empty() {
+        return Err(bad(path, "[space] is empty: name at least one key to search"));
+    }
+    let trials = trials.or(file.trials).unwrap_or(20);
+    if trials == 0 {
+        return Err(bad(path, "trials must be at least 1"));
+    }
+    let timeout = timeout.map(str::to_string).or(file.timeout.clone());
+    let timeout_seconds = match &timeout {
+        Some(t) => Some(
+            humantime::parse_duration(t)
+                .map_err(|e| bad(path, format!("timeout = {t:?}: {e} (write \"30m\", \"2h\")")))?
+                .as_secs_f64(),
+        ),
+        None => None,
+    };
+    if file.cv.is_some() && file.pruner != PrunerKind::None {
+        return Err(bad(
+            path,
+            "a cross-validated trial is not pruned: use pruner = \"none\" with cv",
+        ));
+    }
+    if file.cv.is_some_and(|k| k < 2) {
+        return Err(bad(path, "cv: cross-validation needs at least 2 folds"));
+    }
+    if file.pruning.reduction_factor < 2 || file.pruning.min_resource < 1 {
+        return Err(bad(
+            path,
+            "[pruning]: reduction_factor must be at least 2 and min_resource at least 1",
+        ));
+    }
+    if file.tpe.candidates == 0 {
+        return Err(bad(path, "[tpe] candidates must be at least 1"));
+    }
+    if file.sampler == SamplerKind::Grid {
+        super::sampler::grid_size(&space).map_err(|e| bad(path, e))?;
+    }
+    let direction = file.direction.unwrap_or(
+        if matches!(metric.as_str(), "loss" | "mse" | "rmse" | "mae") {
+            Direction::Minimize
+        } else {
+            Direction::Maximize
+        },
+    );
+    let set = file.set.clone();
+    let name = check_against_config(path, &base, &set, &space, &metric, file.cv)?;
+    let absolute = |p: &Path| std::path::absolute(p).map_or_else(|_| p.display().to_string(), |p| p.display().to_string());
+    Ok(SweepSpec {
+        file: absolute(path),
+        base: absolute(&base),
+        name,
+        metric,
+        direction,
+        sampler: file.sampler,
+        pruner: file.pruner,
+        trials,
+        timeout_seconds,
+        seed: seed.unwrap_or(file.seed),
+        cv: file.cv,
+        set,
+        pruning: file.pruning,
+        tpe: file.tpe,
+        space,
+    })
+}
+
+fn parse_space(path: &Path, table: &BTreeMap<String, Value>) -> Result<Space, SelectError> {
+    let mut out = Vec::new();
+    for (key, v) in table {
+        let at = |m: String| bad(path, format!("[space] {key:?}: {m}"));
+        let Value::Table(t) = v else {
+            return Err(at(
+                "write a distribution: { uniform = [a, b] }, { log_uniform = [a, b] }, { int = [a, b] } or { choice = [...] }".into(),
+            ));
+        };
+        let kinds: Vec<&String> = t.keys().filter(|k| k.as_str() != "log").collect();
+        let [kind] = kinds.as_slice() else {
+            return Err(at(format!(
+                "one distribution per key, found {}",
+                if kinds.is_empty() { "none".to_string() } else { kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ") }
+            )));
+        };
+        let log = match t.get("log") {
+            None => false,
+            Some(Value::Boolean(b)) if kind.as_str() == "int" => *b,
+            Some(_) => return Err(at("`log` goes with `int` only, as true or false (use log_uniform for reals)".into())),
+        };
+        let pair = |v: &Value| -> Result<(f64, f64), SelectError> {
+            match v {
+                Value::Array(a) if a.len() == 2 => {
+                    let num = |x: &Value| match x {
+                        Value::Float(f) => Some(*f),
+                        Value::Integer(i) => Some(*i as f64),
+                        _ => None,
+                    };
+                    match (num(&a[0]), num(&a[1])) {
+                        (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() => Ok((lo, hi)),
+                        _ => Err(at(format!("{kind} = {v}: two finite numbers, [low, high]"))),
+                    }
+                }
+                _ => Err(at(format!("{kind} = {v}: two numbers, [low, high]"))),
+            }
+        };
+        let value = &t[kind.as_str()];
+        let dist = match kind.as_str() {
+            "uniform" | "log_uniform" => {
+                let (low, high) = pair(value)?;
+                if low >= high {
+                    return Err(at(format!("empty range [{low}, {high}]: low must be below high")));
+                }
+                if kind.as_str() == "log_uniform" {
+                    if low <= 0.0 {
+                        return Err(at(format!(
+                            "log_uniform = [{low}, {high}]: the log of a number at or below 0 is undefined; both ends must be positive"
+                        )));
+                    }
+                    Dist::LogUniform { low, high }
+                } else {
+                    Dist::Uniform { low, high }
+                }
+            }
+            "int" => {
+                let (low, high) = pair(value)?;
+                if low.fract() != 0.0 || high.fract() != 0.0 {
+                    return Err(at(format!("int = {value}: both ends must be integers")));
+                }
+                if low > high {
+                    return Err(at(format!("empty range [{low}, {high}]: low must not be above high")));
+                }
+                if log && low < 1.0 {
+                    return Err(at(format!(
+                        "int = {value} with log = true: the log of a number below 1 is not a scale; start at 1 or more"
+                    )));
+                }
+                Dist::Int {
+                    low: low as i64,
+                    high: high as i64,
+                    log,
+                }
+            }
+            "choice" => match value {
+                Value::Array(a) if !a.is_empty() => Dist::Choice(a.clone()),
+                _ => return Err(at("choice = [...]: give at least one value".into())),
+            },
+            other => {
+                let known = ["uniform", "log_uniform", "int", "choice"].map(String::from);
+                return Err(at(format!(
+                    "unknown distribution `{other}`{}",
+                    crate::suggest::hint(other, &known)
+                )));
+            }
+        };
+        out.push(Param {
+            key: key.clone(),
+            dist,
+        });
+    }
+    Ok(out)
+}
+
+/// Every key of the space tried on the base config with each value it can take: a typo in a
+/// key path, or a value the config refuses, is an error before any trial runs. Returns the
+/// base config's model name.
+fn check_against_config(
+    path: &Path,
+    base: &Path,
+    set: &[String],
+    space: &Space,
+    metric: &str,
+    cv: Option<usize>,
+) -> Result<String, SelectError> {
+    let parse = |raw: &[String]| -> Result<Vec<Override>, SelectError> {
+        raw.iter()
+            .map(|s| Override::parse(s).map_err(|e| bad(path, e)))
+            .collect()
+    };
+    let load = |extra: &[String]| -> Result<config::RunConfig, config::ConfigError> {
+        let mut all = set.to_vec();
+        all.extend_from_slice(extra);
+        if let Some(k) = cv {
+            all.push(format!("data.split.folds={k}"));
+            all.push("data.split.fold=0".into());
+        }
+        let overrides = parse(&all).map_err(|e| {
+            config::ConfigError::single(config::Problem::new(&path.display().to_string(), None, e.to_string()))
+        })?;
+        let (file, _) = config::load(base, &overrides)?;
+        config::validate(file, &base.display().to_string(), &config::default_name(base))
+    };
+    let cfg = load(&[]).map_err(|e| bad(path, format!("base config with `set`: {e}")))?;
+    load(&[format!("train.monitor={metric:?}")])
+        .map_err(|e| bad(path, format!("metric = {metric:?}: {e}")))?;
+    for p in space {
+        let probes: Vec<Value> = match &p.dist {
+            Dist::Choice(v) => v.clone(),
+            Dist::Uniform { low, high } | Dist::LogUniform { low, high } => {
+                vec![Value::Float(*low), Value::Float(*high)]
+            }
+            Dist::Int { low, high, .. } => vec![Value::Integer(*low), Value::Integer(*high)],
+        };
+        for v in probes {
+            load(&[format!("{}={v}", p.key)])
+                .map_err(|e| bad(path, format!("[space] {:?} = {v}: {e}", p.key)))?;
+        }
+    }
+    Ok(cfg.name)
+}

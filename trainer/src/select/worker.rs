@@ -1,0 +1,325 @@
+//! The worker loop: claim a trial, run it as a `kiln train` (or `kiln cv`) process, record how
+//! it ended, again until the sweep's budget is spent. `--parallel N` runs N such loops in one
+//! worker, each trial with `cores / N` compute threads; `kiln sweep --worker ID` on other
+//! machines runs more loops on the same registry folder.
+//!
+//! A trial's process stops with a checkpoint when its worker dies (Linux: SIGUSR1 on the
+//! parent's death) or on Ctrl-C; the next claim resumes it from that checkpoint, exactly as
+//! `kiln train --resume` does. A trial that died before its first checkpoint is trained again
+//! as a new run (`attempts` counts them); one whose run had completed is only recorded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::cv::CvRecord;
+use super::space::SweepSpec;
+use super::store::{Best, Claim, Sweep, Trial, TrialStatus};
+use super::{SelectError, rfc3339_now, unix_now};
+use crate::layout;
+use crate::run::{self, RunInfo, Status};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The `kiln` executable the trials run.
+    pub exe: PathBuf,
+    pub parallel: usize,
+    /// Compute threads per trial; 0: the machine's cores shared among `parallel`.
+    pub threads: usize,
+    /// Set by Ctrl-C: claim nothing more.
+    pub stop: Arc<AtomicBool>,
+    pub quiet: bool,
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Default)]
+pub struct WorkReport {
+    pub ran: usize,
+    pub interrupted: bool,
+    /// Set when this worker found the sweep finished and registered (or found) its best.
+    pub best: Option<Best>,
+}
+
+/// Runs trials of `sweep` until none is left to claim (or Ctrl-C).
+pub fn work(sweep: &Sweep, spec: &SweepSpec, opts: &WorkerOptions) -> Result<WorkReport, SelectError> {
+    let deadline = spec.timeout_seconds.map(|t| unix_now() + t);
+    let threads = if opts.threads > 0 {
+        opts.threads
+    } else {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / opts.parallel.max(1)).max(1)
+    };
+    let results: Vec<Result<(usize, bool), SelectError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..opts.parallel.max(1))
+            .map(|_| scope.spawn(|| worker_loop(sweep, spec, opts, deadline, threads)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(SelectError::Input("a worker thread panicked".into()))))
+            .collect()
+    });
+    let mut report = WorkReport::default();
+    for r in results {
+        let (ran, interrupted) = r?;
+        report.ran += ran;
+        report.interrupted |= interrupted;
+    }
+    if !report.interrupted {
+        report.best = finish(sweep, spec)?;
+    }
+    Ok(report)
+}
+
+fn worker_loop(
+    sweep: &Sweep,
+    spec: &SweepSpec,
+    opts: &WorkerOptions,
+    deadline: Option<f64>,
+    threads: usize,
+) -> Result<(usize, bool), SelectError> {
+    let mut ran = 0;
+    loop {
+        if opts.stop.load(Ordering::SeqCst) {
+            return Ok((ran, true));
+        }
+        let name = &spec.name;
+        let claim = sweep.claim(spec, deadline, |n| {
+            let id = run::new_id(name);
+            format!("{id}-t{n}")
+        })?;
+        let Claim::Trial(trial, held) = claim else {
+            return Ok((ran, false));
+        };
+        let trial = run_trial(sweep, spec, opts, trial, threads)?;
+        drop(held);
+        ran += 1;
+        if !opts.quiet {
+            eprintln!("{}", trial_line(spec, &trial));
+        }
+        if trial.status == TrialStatus::Interrupted {
+            return Ok((ran, true));
+        }
+    }
+}
+
+/// One line per finished trial: its number, how it ended, its value and parameters.
+pub fn trial_line(spec: &SweepSpec, t: &Trial) -> String {
+    let params: Vec<String> = t.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let value = t.value.map_or("-".into(), |v| format!("{v:.4}"));
+    let how = match (t.status, t.pruned_at) {
+        (TrialStatus::Pruned, Some(at)) => format!("pruned at validation {at}"),
+        (s, _) => format!("{s:?}").to_lowercase(),
+    };
+    let mut line = format!(
+        "trial {:>3}  {how:<24} {} {value}  {:>6} steps {:>6.1} s  {}",
+        t.number,
+        spec.metric,
+        t.steps,
+        t.seconds,
+        params.join(" ")
+    );
+    if let Some(e) = &t.error {
+        line.push_str(&format!("\n           {e}"));
+    }
+    line
+}
+
+/// Runs (or resumes, or only records) one claimed trial and writes how it ended.
+fn run_trial(
+    sweep: &Sweep,
+    spec: &SweepSpec,
+    opts: &WorkerOptions,
+    mut t: Trial,
+    threads: usize,
+) -> Result<Trial, SelectError> {
+    let registry = &sweep.registry;
+    let trial_dir = sweep.trial_dir(t.number);
+    // Where the current attempt stands.
+    let resume = match spec.cv {
+        None => {
+            let dir = layout::runs_dir(registry).join(&t.run_id);
+            match run::read_json::<RunInfo>(&dir.join(layout::RUN)) {
+                Ok(info) if info.status == Status::Completed => {
+                    record_run(spec, &mut t, &info);
+                    sweep.update(&t)?;
+                    return Ok(t);
+                }
+                Ok(_) if !layout::checkpoints(&dir).is_empty() => true,
+                Ok(_) => {
+                    t.run_id = format!("{}-t{}-{}", run::new_id(&spec.name), t.number, t.attempts + 1);
+                    false
+                }
+                Err(_) => false,
+            }
+        }
+        Some(_) => match CvRecord::load(registry, &t.run_id) {
+            Ok(r) if r.status == Status::Completed => {
+                record_cv(spec, &mut t, &r, registry);
+                sweep.update(&t)?;
+                return Ok(t);
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        },
+    };
+    t.attempts += 1;
+    t.error = None;
+    sweep.update(&t)?;
+
+    let mut cmd = Command::new(&opts.exe);
+    match (spec.cv, resume) {
+        (None, true) => {
+            cmd.args(["train", "--resume", &t.run_id]);
+        }
+        (None, false) => {
+            cmd.arg("train").arg(&spec.base);
+        }
+        (Some(_), true) => {
+            cmd.args(["cv", "--resume", &t.run_id]);
+        }
+        (Some(k), false) => {
+            cmd.arg("cv").arg(&spec.base).args(["--folds", &k.to_string()]);
+        }
+    }
+    if !resume {
+        for o in spec.overrides(&t.params) {
+            cmd.arg("--set").arg(o);
+        }
+        cmd.arg("--set").arg(format!("runtime.threads={threads}"));
+    }
+    cmd.arg("--registry").arg(registry).arg("--trial").arg(&trial_dir).arg("--quiet");
+    let log_path = trial_dir.join(layout::TRIAL_LOG);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(super::io(&log_path))?;
+    let log2 = log.try_clone().map_err(super::io(&log_path))?;
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+    stop_with_parent(&mut cmd);
+    let started = Instant::now();
+    let status = cmd
+        .spawn()
+        .and_then(|mut child| child.wait())
+        .map_err(super::io(&opts.exe))?;
+    t.seconds += started.elapsed().as_secs_f64();
+    t.owner = None;
+    match status.code() {
+        Some(0) => match spec.cv {
+            None => {
+                let dir = layout::runs_dir(registry).join(&t.run_id);
+                let info: RunInfo = run::read_json(&dir.join(layout::RUN))?;
+                record_run(spec, &mut t, &info);
+            }
+            Some(_) => {
+                let r = CvRecord::load(registry, &t.run_id)?;
+                record_cv(spec, &mut t, &r, registry);
+            }
+        },
+        Some(130) => t.status = TrialStatus::Interrupted,
+        _ => {
+            t.status = TrialStatus::Failed;
+            t.finished = Some(rfc3339_now());
+            t.error = Some(last_error(&log_path).unwrap_or_else(|| format!("kiln exited with {status}")));
+        }
+    }
+    sweep.update(&t)?;
+    Ok(t)
+}
+
+/// The trial's process gets SIGUSR1 (stop with a checkpoint) when its worker dies.
+fn stop_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .map(str::to_string)
+}
+
+fn record_run(spec: &SweepSpec, t: &mut Trial, info: &RunInfo) {
+    t.value = spec.objective(&info.metrics);
+    t.steps = info.steps;
+    t.pruned_at = info.pruned_at;
+    t.status = if info.pruned_at.is_some() {
+        TrialStatus::Pruned
+    } else {
+        TrialStatus::Completed
+    };
+    t.finished = Some(rfc3339_now());
+    t.owner = None;
+}
+
+fn record_cv(spec: &SweepSpec, t: &mut Trial, r: &CvRecord, registry: &Path) {
+    t.value = r
+        .summary
+        .get(&format!("valid/{}", spec.metric))
+        .map(|s| s.mean);
+    t.steps = r
+        .runs
+        .iter()
+        .filter_map(|f| {
+            run::read_json::<RunInfo>(&layout::runs_dir(registry).join(&f.run_id).join(layout::RUN))
+                .ok()
+        })
+        .map(|i| i.steps)
+        .sum();
+    t.status = TrialStatus::Completed;
+    t.finished = Some(rfc3339_now());
+    t.owner = None;
+}
+
+/// When every trial has finished: the best registered as a version of the model and tagged
+/// with the sweep's id (once; again if a longer budget found a better one), in `best.json`.
+pub fn finish(sweep: &Sweep, spec: &SweepSpec) -> Result<Option<Best>, SelectError> {
+    let _lock = sweep.lock()?;
+    let trials = sweep.trials();
+    if trials.iter().any(|t| !t.status.finished()) {
+        return Ok(None);
+    }
+    let Some(best) = Sweep::best(spec, &trials) else {
+        return Ok(None);
+    };
+    let path = sweep.dir().join(layout::SWEEP_BEST);
+    if let Ok(b) = run::read_json::<Best>(&path)
+        && b.trial == best.number
+    {
+        return Ok(Some(b));
+    }
+    let version = match spec.cv {
+        Some(_) => None,
+        None => {
+            let dir = layout::runs_dir(&sweep.registry).join(&best.run_id);
+            let v = crate::train::register_run(&sweep.registry, &dir)?;
+            crate::registry::Registry::new(&sweep.registry).tag(&v, &sweep.id)?;
+            Some(v)
+        }
+    };
+    let b = Best {
+        trial: best.number,
+        value: best.value.expect("a completed trial has a value"),
+        run_id: best.run_id.clone(),
+        params: best.params.clone(),
+        version,
+    };
+    run::write_json(&path, &b)?;
+    Ok(Some(b))
+}
