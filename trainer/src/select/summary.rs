@@ -131,15 +131,16 @@ pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     let spec = &s.spec;
     let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let lower = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
     let _ = writeln!(
         out,
-        "sweep {}  ({} {:?} {:?}, sampler {:?}, pruner {:?})",
+        "sweep {}: {} validation {}{}, {} sampler, {} pruner",
         s.id,
+        lower(&spec.direction),
         spec.metric,
-        spec.direction,
-        spec.cv.map_or("valid".to_string(), |k| format!("{k}-fold cv")),
-        spec.sampler,
-        spec.pruner
+        spec.cv.map_or(String::new(), |k| format!(" (mean of {k}-fold cv)")),
+        lower(&spec.sampler),
+        lower(&spec.pruner)
     );
     let _ = writeln!(
         out,
@@ -150,9 +151,20 @@ pub fn table(s: &Summary) -> String {
         s.total_steps
     );
     let keys: Vec<&String> = spec.space.iter().map(|p| &p.key).collect();
+    let widths: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            s.trials
+                .iter()
+                .filter_map(|t| t.params.get(*k).map(|v| short(v).len()))
+                .chain([k.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let _ = write!(out, "{:>5}  {:<11}{:>10}{:>8}", "trial", "status", spec.metric, "steps");
-    for k in &keys {
-        let _ = write!(out, "  {k}");
+    for (k, w) in keys.iter().zip(&widths) {
+        let _ = write!(out, "  {k:<w$}");
     }
     out.push('\n');
     for t in &s.trials {
@@ -168,8 +180,9 @@ pub fn table(s: &Summary) -> String {
             t.value.map_or("-".into(), |v| format!("{v:.4}")),
             t.steps
         );
-        for k in &keys {
-            let _ = write!(out, "  {}", t.params.get(*k).map_or("-".into(), |v| v.to_string()));
+        for (k, w) in keys.iter().zip(&widths) {
+            let v = t.params.get(*k).map_or("-".into(), short);
+            let _ = write!(out, "  {v:<w$}");
         }
         out.push('\n');
     }
@@ -206,6 +219,15 @@ pub fn table(s: &Summary) -> String {
         }
     }
     out
+}
+
+/// A parameter's value for a table: floats to 4 significant digits.
+fn short(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Float(f) if *f != 0.0 && (f.abs() < 1e-2 || f.abs() >= 1e4) => format!("{f:.3e}"),
+        toml::Value::Float(f) => format!("{:.*}", (3 - f.abs().log10().floor() as i32).clamp(0, 6) as usize, f),
+        v => v.to_string(),
+    }
 }
 
 /// The HTML page: the metric over trials (the best so far as a line), then against each

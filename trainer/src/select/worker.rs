@@ -147,7 +147,16 @@ fn run_trial(
                     sweep.update(&t)?;
                     return Ok(t);
                 }
-                Ok(_) if !layout::checkpoints(&dir).is_empty() => true,
+                Ok(_) if !layout::checkpoints(&dir).is_empty() => {
+                    // The process of a worker that died may still be saving its checkpoint
+                    // (it stops on the worker's death): wait for the run's lock.
+                    drop(crate::registry::store::Lock::acquire(
+                        &dir.join(layout::LOCK),
+                        std::time::Duration::from_secs(120),
+                        &format!("run {}", t.run_id),
+                    )?);
+                    true
+                }
                 Ok(_) => {
                     t.run_id = format!("{}-t{}-{}", run::new_id(&spec.name), t.number, t.attempts + 1);
                     false
