@@ -341,6 +341,10 @@ pub struct SweepArgs {
     /// Join a sweep as one more worker (another machine sharing the registry folder).
     #[arg(long, value_name = "SWEEP_ID", conflicts_with = "file")]
     pub worker: Option<String>,
+    /// Name the sweep: the first process to run the command creates it, the others join it
+    /// (every task of a Slurm job array can run the same line).
+    #[arg(long, value_name = "SWEEP_ID")]
+    pub id: Option<String>,
     /// Compute threads per trial (default: the cores shared among --parallel).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,

@@ -12,9 +12,13 @@ use serde_json::Value;
 mod common;
 use common::*;
 
+/// The run configs under `dir` (sweep files, in `configs/sweeps/`, are not run configs).
 fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("read configs/") {
         let p = e.expect("dir entry").path();
+        if p.ends_with("sweeps") {
+            continue;
+        }
         if p.is_dir() {
             toml_files(&p, out);
         } else if p.extension().is_some_and(|x| x == "toml") {
@@ -42,6 +46,44 @@ fn every_shipped_config_validates() {
             stdout(&o)
         );
     }
+}
+
+#[test]
+fn every_shipped_sweep_file_validates_and_opens_with_its_command() {
+    let sb = Sandbox::new();
+    let sweeps: Vec<PathBuf> = std::fs::read_dir(root().join("configs/sweeps"))
+        .expect("configs/sweeps")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!sweeps.is_empty());
+    let o = sb.kiln(&["validate", "configs/sweeps"]);
+    assert_exit(&o, 0);
+    for f in sweeps {
+        let rel = f.strip_prefix(root()).unwrap().display().to_string();
+        assert!(
+            stdout(&o).contains(&format!("ok    {rel}  (sweep of")),
+            "{}",
+            stdout(&o)
+        );
+        let text = std::fs::read_to_string(&f).unwrap();
+        let header: String = text.lines().take_while(|l| l.starts_with('#')).collect();
+        assert!(
+            header.contains("kiln sweep"),
+            "{} must give its command",
+            f.display()
+        );
+    }
+    // A typo in a sweep's space fails validation, naming the key.
+    let bad = sb.write(
+        "bad.toml",
+        &format!(
+            "base = {:?}\nmetric = \"accuracy\"\n[space]\n\"optim.lrr\" = {{ uniform = [0.1, 0.2] }}\n",
+            root().join("configs/digits_mlp.toml").display().to_string()
+        ),
+    );
+    let o = sb.kiln(&["validate", bad.to_str().unwrap()]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("optim.lrr"), "{}", stderr(&o));
 }
 
 #[test]

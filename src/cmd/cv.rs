@@ -28,7 +28,11 @@ pub fn run(args: CvArgs) -> anyhow::Result<u8> {
         (None, None) => return Err(Usage("give a config file, or --resume CV_ID".into()).into()),
     };
     if record.status == kiln_trainer::run::Status::Completed {
-        return Err(Usage(format!("cross-validation {} has completed; `kiln runs show {}` shows it", record.id, record.id)).into());
+        return Err(Usage(format!(
+            "cross-validation {} has completed; `kiln runs show {}` shows it",
+            record.id, record.id
+        ))
+        .into());
     }
     kiln_trainer::registry::Registry::new(&registry).ensure()?;
     let stop = interrupt_flag();
@@ -37,7 +41,11 @@ pub fn run(args: CvArgs) -> anyhow::Result<u8> {
             "cross-validation {}: {} folds{} of {}",
             record.id,
             record.folds,
-            if record.repeats > 1 { format!(" x {} repeats", record.repeats) } else { String::new() },
+            if record.repeats > 1 {
+                format!(" x {} repeats", record.repeats)
+            } else {
+                String::new()
+            },
             record.config_path
         );
     }
@@ -49,7 +57,10 @@ pub fn run(args: CvArgs) -> anyhow::Result<u8> {
         } else {
             format!(" --registry {}", registry.display())
         };
-        eprintln!("interrupted; resume with: kiln cv --resume {}{flag}", record.id);
+        eprintln!(
+            "interrupted; resume with: kiln cv --resume {}{flag}",
+            record.id
+        );
         return Ok(130);
     }
     if let Some(out) = &args.output {
@@ -57,10 +68,21 @@ pub fn run(args: CvArgs) -> anyhow::Result<u8> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string(&record).expect("the record is JSON"));
+        println!(
+            "{}",
+            serde_json::to_string(&record).expect("the record is JSON")
+        );
     } else {
         println!("cv      {}", record.id);
-        println!("folds   {}{}", record.folds, if record.repeats > 1 { format!(" x {} repeats", record.repeats) } else { String::new() });
+        println!(
+            "folds   {}{}",
+            record.folds,
+            if record.repeats > 1 {
+                format!(" x {} repeats", record.repeats)
+            } else {
+                String::new()
+            }
+        );
         print!("{}", cv::summary_table(&record));
     }
     Ok(0)

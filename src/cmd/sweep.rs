@@ -19,7 +19,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<u8> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
         }
         if *json {
-            println!("{}", serde_json::to_string(&sum).expect("the summary is JSON"));
+            println!(
+                "{}",
+                serde_json::to_string(&sum).expect("the summary is JSON")
+            );
         } else {
             print!("{}", summary::table(&sum));
         }
@@ -42,6 +45,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<u8> {
                 args.trials,
                 args.seed,
                 args.timeout.as_deref(),
+                args.id.as_deref(),
             )?;
             if !args.quiet {
                 eprintln!(
@@ -67,7 +71,11 @@ pub fn run(args: SweepArgs) -> anyhow::Result<u8> {
             let registry = default_registry(args.registry.clone());
             Sweep::open(&registry, id)?
         }
-        _ => return Err(Usage("give a sweep file, --resume SWEEP_ID or --worker SWEEP_ID".into()).into()),
+        _ => {
+            return Err(
+                Usage("give a sweep file, --resume SWEEP_ID or --worker SWEEP_ID".into()).into(),
+            );
+        }
     };
     let opts = WorkerOptions {
         exe: std::env::current_exe()?,
@@ -87,7 +95,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<u8> {
     }
     let sum = summary::summarise(&s, &spec);
     if args.json {
-        println!("{}", serde_json::to_string(&sum).expect("the summary is JSON"));
+        println!(
+            "{}",
+            serde_json::to_string(&sum).expect("the summary is JSON")
+        );
     } else {
         print!("{}", summary::table(&sum));
         if report.best.is_none() && sum.trials.iter().any(|t| !t.status.finished()) {

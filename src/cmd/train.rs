@@ -68,7 +68,10 @@ fn train_one(
         trial,
     } = args;
     // A sweep's trial: its run id, its place in the sweep and its pruner.
-    let member = match trial.as_deref().map(kiln_trainer::select::sweep::TrialContext::open) {
+    let member = match trial
+        .as_deref()
+        .map(kiln_trainer::select::sweep::TrialContext::open)
+    {
         Some(Ok(ctx)) => Some(ctx.member()),
         Some(Err(e)) => return Err(Ranked::Agreed(e.into())),
         None => None,

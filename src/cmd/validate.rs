@@ -23,6 +23,20 @@ pub fn run(paths: &[PathBuf], deep: bool, set: &[String]) -> anyhow::Result<u8> 
     }
     let mut failed = Vec::new();
     for f in &files {
+        // A sweep file (`base` and `[space]`) is checked as a sweep: its space against its base.
+        if is_sweep_file(f) {
+            match kiln_trainer::select::space::read(f, None, None, None) {
+                Ok(spec) => println!(
+                    "ok    {}  (sweep of {}: {} parameters, {} trials)",
+                    f.display(),
+                    spec.base,
+                    spec.space.len(),
+                    spec.trials
+                ),
+                Err(e) => failed.push(e.to_string()),
+            }
+            continue;
+        }
         match load_config(f, &overrides) {
             Ok(cfg) if deep => match eval::deep_check(&cfg) {
                 Ok(summary) => println!("ok    {}  ({summary})", f.display()),
@@ -37,6 +51,13 @@ pub fn run(paths: &[PathBuf], deep: bool, set: &[String]) -> anyhow::Result<u8> 
     } else {
         usage(failed.join("\n"))
     }
+}
+
+fn is_sweep_file(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("base") && t.contains_key("space"))
 }
 
 fn collect_tomls(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

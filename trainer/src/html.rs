@@ -840,7 +840,11 @@ pub(crate) fn scatter_svg(
     xy_chart(title, axes, x, y, true, |chart| {
         for (i, (name, points, filled)) in sets.iter().enumerate() {
             let color = colors[i % colors.len()];
-            let style = if *filled { color.filled() } else { color.stroke_width(1) };
+            let style = if *filled {
+                color.filled()
+            } else {
+                color.stroke_width(1)
+            };
             if let Ok(ann) = chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, style))) {
                 ann.label(name.to_string())
                     .legend(move |(x, y)| Circle::new((x + 8, y), 4, style));
@@ -865,7 +869,11 @@ pub fn cv_page(r: &crate::select::cv::CvRecord) -> String {
         "<h1>Cross-validation {}</h1><p>{} folds{} of <code>{}</code>{}</p>",
         escape(&r.id),
         r.folds,
-        if r.repeats > 1 { format!(" x {} repeats", r.repeats) } else { String::new() },
+        if r.repeats > 1 {
+            format!(" x {} repeats", r.repeats)
+        } else {
+            String::new()
+        },
         escape(&r.config_path),
         if r.overrides.is_empty() {
             String::new()
@@ -874,7 +882,12 @@ pub fn cv_page(r: &crate::select::cv::CvRecord) -> String {
         }
     );
     for (key, s) in r.summary.iter().filter(|(k, _)| k.starts_with("valid/")) {
-        let points: Vec<(f64, f64)> = s.values.iter().enumerate().map(|(i, v)| (i as f64, *v)).collect();
+        let points: Vec<(f64, f64)> = s
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64, *v))
+            .collect();
         let mean = vec![(0.0, s.mean), ((s.values.len().max(2) - 1) as f64, s.mean)];
         body.push_str(&scatter_svg(
             &format!("{key}: {:.4} ± {:.4}", s.mean, s.std),
@@ -895,7 +908,8 @@ pub fn cv_page(r: &crate::select::cv::CvRecord) -> String {
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             f.index,
             escape(&f.run_id),
-            f.status.map_or("-".into(), |s| format!("{s:?}").to_lowercase())
+            f.status
+                .map_or("-".into(), |s| format!("{s:?}").to_lowercase())
         );
     }
     body.push_str("</table>");

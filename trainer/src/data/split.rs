@@ -107,14 +107,16 @@ mod tests {
     fn labels() -> Vec<String> {
         let mut out = Vec::new();
         for i in 0..97 {
-            out.push(match i % 5 {
-                0 | 2 if out.iter().filter(|l: &&String| *l == "a").count() < 50 => "a",
-                1 | 3 if out.iter().filter(|l: &&String| *l == "b").count() < 30 => "b",
-                _ if out.iter().filter(|l: &&String| *l == "c").count() < 17 => "c",
-                _ if out.iter().filter(|l: &&String| *l == "a").count() < 50 => "a",
-                _ => "b",
-            }
-            .to_string());
+            out.push(
+                match i % 5 {
+                    0 | 2 if out.iter().filter(|l: &&String| *l == "a").count() < 50 => "a",
+                    1 | 3 if out.iter().filter(|l: &&String| *l == "b").count() < 30 => "b",
+                    _ if out.iter().filter(|l: &&String| *l == "c").count() < 17 => "c",
+                    _ if out.iter().filter(|l: &&String| *l == "a").count() < 50 => "a",
+                    _ => "b",
+                }
+                .to_string(),
+            );
         }
         out
     }
@@ -131,19 +133,36 @@ mod tests {
                 let p = split_labels(&labels, &spec(stratify, 0.2, Some(Fold { k, index })));
                 // The test split is the one without folds, for every fold.
                 assert_eq!(p.test, whole.test);
-                let mut all: Vec<usize> = p.train.iter().chain(&p.valid).chain(&p.test).copied().collect();
+                let mut all: Vec<usize> = p
+                    .train
+                    .iter()
+                    .chain(&p.valid)
+                    .chain(&p.test)
+                    .copied()
+                    .collect();
                 all.sort_unstable();
-                assert_eq!(all, (0..labels.len()).collect::<Vec<_>>(), "fold {index}: a partition");
+                assert_eq!(
+                    all,
+                    (0..labels.len()).collect::<Vec<_>>(),
+                    "fold {index}: a partition"
+                );
                 for &i in &p.valid {
                     seen[i] += 1;
                 }
                 // 97 rows, 20% test: 78 dealt into 5 folds of 15 or 16.
-                assert!((15..=16).contains(&p.valid.len()), "fold {index}: {}", p.valid.len());
+                assert!(
+                    (15..=16).contains(&p.valid.len()),
+                    "fold {index}: {}",
+                    p.valid.len()
+                );
                 if stratify {
                     for (l, n) in [("a", 50.0), ("b", 30.0), ("c", 17.0)] {
                         let expected = n * 0.8 / k as f64;
                         let got = count(&p.valid, l) as f64;
-                        assert!((got - expected).abs() <= 1.0, "fold {index}, class {l}: {got} vs {expected}");
+                        assert!(
+                            (got - expected).abs() <= 1.0,
+                            "fold {index}, class {l}: {got} vs {expected}"
+                        );
                     }
                 }
             }

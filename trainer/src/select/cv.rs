@@ -71,7 +71,10 @@ impl CvRecord {
         out.push(format!("data.split.folds={}", self.folds));
         out.push(format!("data.split.fold={fold}"));
         if repeat > 0 {
-            out.push(format!("data.split.seed={}", self.split_seed + repeat as u64));
+            out.push(format!(
+                "data.split.seed={}",
+                self.split_seed + repeat as u64
+            ));
         }
         out
     }
@@ -103,7 +106,11 @@ impl CvRecord {
     /// Recomputes the summary from the completed folds.
     fn summarise(&mut self) {
         let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for r in self.runs.iter().filter(|r| r.status == Some(Status::Completed)) {
+        for r in self
+            .runs
+            .iter()
+            .filter(|r| r.status == Some(Status::Completed))
+        {
             for (split, m) in &r.metrics {
                 for (k, v) in m.iter().filter(|(_, v)| v.is_finite()) {
                     values.entry(format!("{split}/{k}")).or_default().push(*v);

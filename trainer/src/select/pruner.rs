@@ -126,7 +126,10 @@ impl crate::train::Pruning for SweepPruner {
             value,
         });
         if let Err(e) = self.sweep.write_reports(self.number, &own) {
-            eprintln!("warning: cannot record the validation in {}: {e}", self.reports_path().display());
+            eprintln!(
+                "warning: cannot record the validation in {}: {e}",
+                self.reports_path().display()
+            );
         }
         if self.spec.pruner == PrunerKind::None {
             return false;
@@ -171,7 +174,7 @@ mod tests {
                 reduction_factor: 3,
             },
             tpe: TpeSettings::default(),
-        space: Vec::new(),
+            space: Vec::new(),
         }
     }
 
@@ -197,7 +200,11 @@ mod tests {
     #[test]
     fn median_prunes_below_the_median_after_warmup_and_startup() {
         let s = spec(PrunerKind::Median);
-        let peers = [peer(&[0.5, 0.8, 0.9]), peer(&[0.6, 0.7, 0.85]), peer(&[0.4, 0.6, 0.7])];
+        let peers = [
+            peer(&[0.5, 0.8, 0.9]),
+            peer(&[0.6, 0.7, 0.85]),
+            peer(&[0.4, 0.6, 0.7]),
+        ];
         // Validation 2: median of 0.8, 0.7, 0.6 is 0.7.
         assert!(decide(&s, &reports(&[0.3, 0.65]), &peers));
         assert!(!decide(&s, &reports(&[0.3, 0.75]), &peers));
@@ -207,14 +214,26 @@ mod tests {
         assert!(!decide(&s, &reports(&[0.0]), &peers));
         // Too few completed trials.
         assert!(!decide(&s, &reports(&[0.3, 0.1]), &peers[..1]));
-        let running = [Peer { completed: false, ..peer(&[0.9, 0.9]) }, peer(&[0.9, 0.9])];
-        assert!(!decide(&s, &reports(&[0.3, 0.1]), &running), "a running trial is not a completed one");
+        let running = [
+            Peer {
+                completed: false,
+                ..peer(&[0.9, 0.9])
+            },
+            peer(&[0.9, 0.9]),
+        ];
+        assert!(
+            !decide(&s, &reports(&[0.3, 0.1]), &running),
+            "a running trial is not a completed one"
+        );
     }
 
     #[test]
     fn asha_keeps_the_top_third_at_each_rung() {
         let s = spec(PrunerKind::Asha);
-        let peers: Vec<Peer> = [0.1, 0.2, 0.3, 0.4, 0.5].iter().map(|&v| peer(&[v, v, v])).collect();
+        let peers: Vec<Peer> = [0.1, 0.2, 0.3, 0.4, 0.5]
+            .iter()
+            .map(|&v| peer(&[v, v, v]))
+            .collect();
         // Rung 1 with 6 values: the top 2 (0.5 and this one) go on.
         assert!(!decide(&s, &reports(&[0.45]), &peers));
         assert!(decide(&s, &reports(&[0.35]), &peers));

@@ -74,7 +74,9 @@ fn grid_values(d: &Dist) -> Result<Vec<Value>, String> {
 pub fn grid_size(space: &Space) -> Result<usize, String> {
     let mut n: usize = 1;
     for p in space {
-        let k = grid_values(&p.dist).map_err(|e| format!("[space] {:?}: {e}", p.key))?.len();
+        let k = grid_values(&p.dist)
+            .map_err(|e| format!("[space] {:?}: {e}", p.key))?
+            .len();
         n = n
             .checked_mul(k)
             .filter(|&n| n <= 1_000_000)
@@ -135,7 +137,9 @@ mod tests {
     fn the_grid_enumerates_every_point_exactly_once() {
         let s = space();
         assert_eq!(grid_size(&s), Ok(18));
-        let points: Vec<_> = (0..18).map(|n| grid_point(&s, 7, n).expect("a point")).collect();
+        let points: Vec<_> = (0..18)
+            .map(|n| grid_point(&s, 7, n).expect("a point"))
+            .collect();
         let mut expected = Vec::new();
         for h in [vec![64], vec![128, 64]] {
             for b in [16, 32, 64] {
@@ -149,7 +153,10 @@ mod tests {
             .map(|p| {
                 format!(
                     "{} {} {}",
-                    p["model.hidden"].to_string().replace(' ', "").replace(',', ", "),
+                    p["model.hidden"]
+                        .to_string()
+                        .replace(' ', "")
+                        .replace(',', ", "),
                     p["train.batch_size"],
                     p["train.epochs"]
                 )
@@ -160,7 +167,9 @@ mod tests {
         assert_eq!(got, expected);
         assert_eq!(grid_point(&s, 7, 18), None, "past the grid");
         // Another seed: the same points in another order.
-        let other: Vec<_> = (0..18).map(|n| grid_point(&s, 8, n).expect("a point")).collect();
+        let other: Vec<_> = (0..18)
+            .map(|n| grid_point(&s, 8, n).expect("a point"))
+            .collect();
         assert_ne!(points, other);
     }
 
@@ -203,8 +212,15 @@ mod tests {
             let b = p["b"].as_integer().expect("an integer");
             assert!((16..=128).contains(&b));
             seen_b.insert(b);
-            assert_eq!(p, random(&s, &mut rng(3, n, 0)), "a trial's draw is a function of (seed, number)");
+            assert_eq!(
+                p,
+                random(&s, &mut rng(3, n, 0)),
+                "a trial's draw is a function of (seed, number)"
+            );
         }
-        assert!(seen_b.contains(&16) && seen_b.contains(&128), "both ends are drawn");
+        assert!(
+            seen_b.contains(&16) && seen_b.contains(&128),
+            "both ends are drawn"
+        );
     }
 }

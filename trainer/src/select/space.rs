@@ -29,10 +29,20 @@ use crate::config::{self, Override};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dist {
-    Uniform { low: f64, high: f64 },
-    LogUniform { low: f64, high: f64 },
+    Uniform {
+        low: f64,
+        high: f64,
+    },
+    LogUniform {
+        low: f64,
+        high: f64,
+    },
     /// Integers in `[low, high]`, uniform in the log when `log`.
-    Int { low: i64, high: i64, log: bool },
+    Int {
+        low: i64,
+        high: i64,
+        log: bool,
+    },
     Choice(Vec<Value>),
 }
 
@@ -147,7 +157,8 @@ pub enum PrunerKind {
 pub struct Pruning {
     /// Median: completed trials needed before any pruning. Default: 5.
     pub startup_trials: usize,
-    /// Median: validations a trial always gets before it can be pruned. Default: 1.
+    /// Median: validations a trial always gets before it can be pruned. Default: 0 (as
+    /// Optuna's `n_warmup_steps`).
     pub warmup: usize,
     /// ASHA: the first rung's validation. Default: 1.
     pub min_resource: usize,
@@ -159,7 +170,7 @@ impl Default for Pruning {
     fn default() -> Self {
         Self {
             startup_trials: 5,
-            warmup: 1,
+            warmup: 0,
             min_resource: 1,
             reduction_factor: 3,
         }
@@ -284,7 +295,11 @@ pub fn read(
     if !base.is_file() {
         return Err(bad(
             path,
-            format!("base = {:?}: no such config file ({})", file.base.display(), base.display()),
+            format!(
+                "base = {:?}: no such config file ({})",
+                file.base.display(),
+                base.display()
+            ),
         ));
     }
     let metric = match file.metric.split_once('/') {
@@ -303,7 +318,10 @@ pub fn read(
     };
     let space = parse_space(path, &file.space)?;
     if space.is_empty() {
-        return Err(bad(path, "[space] is empty: name at least one key to search"));
+        return Err(bad(
+            path,
+            "[space] is empty: name at least one key to search",
+        ));
     }
     let trials = trials.or(file.trials).unwrap_or(20);
     if trials == 0 {
@@ -313,7 +331,12 @@ pub fn read(
     let timeout_seconds = match &timeout {
         Some(t) => Some(
             humantime::parse_duration(t)
-                .map_err(|e| bad(path, format!("timeout = {t:?}: {e} (write \"30m\", \"2h\")")))?
+                .map_err(|e| {
+                    bad(
+                        path,
+                        format!("timeout = {t:?}: {e} (write \"30m\", \"2h\")"),
+                    )
+                })?
                 .as_secs_f64(),
         ),
         None => None,
@@ -348,7 +371,9 @@ pub fn read(
     );
     let set = file.set.clone();
     let name = check_against_config(path, &base, &set, &space, &metric, file.cv)?;
-    let absolute = |p: &Path| std::path::absolute(p).map_or_else(|_| p.display().to_string(), |p| p.display().to_string());
+    let absolute = |p: &Path| {
+        std::path::absolute(p).map_or_else(|_| p.display().to_string(), |p| p.display().to_string())
+    };
     Ok(SweepSpec {
         file: absolute(path),
         base: absolute(&base),
@@ -381,13 +406,26 @@ fn parse_space(path: &Path, table: &BTreeMap<String, Value>) -> Result<Space, Se
         let [kind] = kinds.as_slice() else {
             return Err(at(format!(
                 "one distribution per key, found {}",
-                if kinds.is_empty() { "none".to_string() } else { kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ") }
+                if kinds.is_empty() {
+                    "none".to_string()
+                } else {
+                    kinds
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             )));
         };
         let log = match t.get("log") {
             None => false,
             Some(Value::Boolean(b)) if kind.as_str() == "int" => *b,
-            Some(_) => return Err(at("`log` goes with `int` only, as true or false (use log_uniform for reals)".into())),
+            Some(_) => {
+                return Err(at(
+                    "`log` goes with `int` only, as true or false (use log_uniform for reals)"
+                        .into(),
+                ));
+            }
         };
         let pair = |v: &Value| -> Result<(f64, f64), SelectError> {
             match v {
@@ -410,7 +448,9 @@ fn parse_space(path: &Path, table: &BTreeMap<String, Value>) -> Result<Space, Se
             "uniform" | "log_uniform" => {
                 let (low, high) = pair(value)?;
                 if low >= high {
-                    return Err(at(format!("empty range [{low}, {high}]: low must be below high")));
+                    return Err(at(format!(
+                        "empty range [{low}, {high}]: low must be below high"
+                    )));
                 }
                 if kind.as_str() == "log_uniform" {
                     if low <= 0.0 {
@@ -429,7 +469,9 @@ fn parse_space(path: &Path, table: &BTreeMap<String, Value>) -> Result<Space, Se
                     return Err(at(format!("int = {value}: both ends must be integers")));
                 }
                 if low > high {
-                    return Err(at(format!("empty range [{low}, {high}]: low must not be above high")));
+                    return Err(at(format!(
+                        "empty range [{low}, {high}]: low must not be above high"
+                    )));
                 }
                 if log && low < 1.0 {
                     return Err(at(format!(
@@ -486,10 +528,18 @@ fn check_against_config(
             all.push("data.split.fold=0".into());
         }
         let overrides = parse(&all).map_err(|e| {
-            config::ConfigError::single(config::Problem::new(&path.display().to_string(), None, e.to_string()))
+            config::ConfigError::single(config::Problem::new(
+                &path.display().to_string(),
+                None,
+                e.to_string(),
+            ))
         })?;
         let (file, _) = config::load(base, &overrides)?;
-        config::validate(file, &base.display().to_string(), &config::default_name(base))
+        config::validate(
+            file,
+            &base.display().to_string(),
+            &config::default_name(base),
+        )
     };
     let cfg = load(&[]).map_err(|e| bad(path, format!("base config with `set`: {e}")))?;
     load(&[format!("train.monitor={metric:?}")])

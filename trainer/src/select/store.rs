@@ -134,6 +134,48 @@ impl Sweep {
         Ok((s, spec))
     }
 
+    /// The sweep named `id`: created with `spec` if it does not exist, else joined (every task
+    /// of a job array can run the same command). Joining a sweep of another spec is refused.
+    pub fn create_or_join(
+        registry: &Path,
+        spec: &SweepSpec,
+        id: &str,
+    ) -> Result<Self, SelectError> {
+        crate::registry::names::check("sweep id", id)
+            .map_err(|e| SelectError::Input(format!("--id: {e}")))?;
+        let s = Self {
+            registry: registry.to_path_buf(),
+            id: id.to_string(),
+        };
+        let (sweeps, dir) = (registry.join(layout::SWEEPS), s.dir());
+        std::fs::create_dir_all(&sweeps).map_err(super::io(&sweeps))?;
+        // `create_dir` is atomic: one task creates, the others join.
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                run::write_json(&dir.join(layout::SWEEP_RECORD), spec)?;
+                let trials = dir.join(layout::TRIALS);
+                std::fs::create_dir_all(&trials).map_err(super::io(&trials))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(super::io(&dir)(e)),
+        }
+        // The creator writes the spec right after the folder.
+        let path = dir.join(layout::SWEEP_RECORD);
+        let started = std::time::Instant::now();
+        while !path.is_file() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let existing: SweepSpec = run::read_json(&path)?;
+        if existing != *spec {
+            return Err(SelectError::Input(format!(
+                "sweep {id} exists in {} with another sweep file or settings; pick another --id, or join it with --worker {id}",
+                registry.display()
+            )));
+        }
+        Ok(s)
+    }
+
     /// Creates the folder of a new sweep and writes its spec.
     pub fn create(registry: &Path, spec: &SweepSpec) -> Result<Self, SelectError> {
         let stem = Path::new(&spec.file)
@@ -141,7 +183,13 @@ impl Sweep {
             .map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
         let stem: String = stem
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .take(32)
             .collect();
         let s = Self {
@@ -194,7 +242,11 @@ impl Sweep {
     /// A trial's validations, in order.
     pub fn reports(&self, number: usize) -> Vec<Report> {
         std::fs::read_to_string(self.reports_path(number))
-            .map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -203,7 +255,10 @@ impl Sweep {
             .iter()
             .map(|r| serde_json::to_string(r).expect("a report is JSON") + "\n")
             .collect();
-        Ok(run::write_atomic(&self.reports_path(number), text.as_bytes())?)
+        Ok(run::write_atomic(
+            &self.reports_path(number),
+            text.as_bytes(),
+        )?)
     }
 
     /// The finished trials as the samplers see them.
@@ -214,13 +269,12 @@ impl Sweep {
             .map(|t| Observation {
                 number: t.number,
                 params: t.params.clone(),
-                value: (t.status == TrialStatus::Completed).then_some(t.value).flatten(),
+                value: (t.status == TrialStatus::Completed)
+                    .then_some(t.value)
+                    .flatten(),
                 pruned: (t.status == TrialStatus::Pruned).then(|| {
                     let last = self.reports(t.number).pop();
-                    (
-                        t.pruned_at.unwrap_or(0),
-                        last.and_then(|r| r.value),
-                    )
+                    (t.pruned_at.unwrap_or(0), last.and_then(|r| r.value))
                 }),
             })
             .collect()
@@ -288,7 +342,13 @@ impl Sweep {
             .iter()
             .filter(|t| t.status == TrialStatus::Completed)
             .filter_map(|t| t.value.map(|v| (v, t)))
-            .reduce(|a, b| if spec.direction.better(b.0, a.0) { b } else { a })
+            .reduce(|a, b| {
+                if spec.direction.better(b.0, a.0) {
+                    b
+                } else {
+                    a
+                }
+            })
             .map(|(_, t)| t.clone())
     }
 }

@@ -45,7 +45,9 @@ pub fn summarise(sweep: &Sweep, spec: &SweepSpec) -> Summary {
     let trials = sweep.trials();
     let mut counts = std::collections::BTreeMap::new();
     for t in &trials {
-        *counts.entry(format!("{:?}", t.status).to_lowercase()).or_insert(0) += 1;
+        *counts
+            .entry(format!("{:?}", t.status).to_lowercase())
+            .or_insert(0) += 1;
     }
     Summary {
         id: sweep.id.clone(),
@@ -78,12 +80,22 @@ pub fn importance(spec: &SweepSpec, trials: &[Trial]) -> Vec<Importance> {
             let groups: Vec<usize> = match &p.dist {
                 Dist::Choice(_) => done
                     .iter()
-                    .map(|t| t.params.get(&p.key).and_then(|v| p.dist.index_of(v)).unwrap_or(0))
+                    .map(|t| {
+                        t.params
+                            .get(&p.key)
+                            .and_then(|v| p.dist.index_of(v))
+                            .unwrap_or(0)
+                    })
                     .collect(),
                 d => {
                     let x: Vec<f64> = done
                         .iter()
-                        .map(|t| t.params.get(&p.key).and_then(|v| d.point_of(v)).unwrap_or(0.0))
+                        .map(|t| {
+                            t.params
+                                .get(&p.key)
+                                .and_then(|v| d.point_of(v))
+                                .unwrap_or(0.0)
+                        })
                         .collect();
                     let mut order: Vec<usize> = (0..x.len()).collect();
                     order.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
@@ -138,7 +150,8 @@ pub fn table(s: &Summary) -> String {
         s.id,
         lower(&spec.direction),
         spec.metric,
-        spec.cv.map_or(String::new(), |k| format!(" (mean of {k}-fold cv)")),
+        spec.cv
+            .map_or(String::new(), |k| format!(" (mean of {k}-fold cv)")),
         lower(&spec.sampler),
         lower(&spec.pruner)
     );
@@ -162,7 +175,11 @@ pub fn table(s: &Summary) -> String {
                 .unwrap_or(0)
         })
         .collect();
-    let _ = write!(out, "{:>5}  {:<11}{:>10}{:>8}", "trial", "status", spec.metric, "steps");
+    let _ = write!(
+        out,
+        "{:>5}  {:<11}{:>10}{:>8}",
+        "trial", "status", spec.metric, "steps"
+    );
     for (k, w) in keys.iter().zip(&widths) {
         let _ = write!(out, "  {k:<w$}");
     }
@@ -172,7 +189,11 @@ pub fn table(s: &Summary) -> String {
             (TrialStatus::Pruned, Some(at)) => format!("pruned@{at}"),
             (st, _) => format!("{st:?}").to_lowercase(),
         };
-        let mark = if s.best.as_ref().is_some_and(|b| b.number == t.number) { "*" } else { " " };
+        let mark = if s.best.as_ref().is_some_and(|b| b.number == t.number) {
+            "*"
+        } else {
+            " "
+        };
         let _ = write!(
             out,
             "{:>4}{mark}  {status:<11}{:>10}{:>8}",
@@ -215,7 +236,13 @@ pub fn table(s: &Summary) -> String {
     if !s.importance.is_empty() {
         let _ = writeln!(out, "\nimportance (η² over completed trials)");
         for i in &s.importance {
-            let _ = writeln!(out, "  {:<24}{:>7.3}  {:>5.1}%", i.key, i.eta_squared, 100.0 * i.share);
+            let _ = writeln!(
+                out,
+                "  {:<24}{:>7.3}  {:>5.1}%",
+                i.key,
+                i.eta_squared,
+                100.0 * i.share
+            );
         }
     }
     out
@@ -224,8 +251,14 @@ pub fn table(s: &Summary) -> String {
 /// A parameter's value for a table: floats to 4 significant digits.
 fn short(v: &toml::Value) -> String {
     match v {
-        toml::Value::Float(f) if *f != 0.0 && (f.abs() < 1e-2 || f.abs() >= 1e4) => format!("{f:.3e}"),
-        toml::Value::Float(f) => format!("{:.*}", (3 - f.abs().log10().floor() as i32).clamp(0, 6) as usize, f),
+        toml::Value::Float(f) if *f != 0.0 && (f.abs() < 1e-2 || f.abs() >= 1e4) => {
+            format!("{f:.3e}")
+        }
+        toml::Value::Float(f) => format!(
+            "{:.*}",
+            (3 - f.abs().log10().floor() as i32).clamp(0, 6) as usize,
+            f
+        ),
         v => v.to_string(),
     }
 }
@@ -243,7 +276,11 @@ pub fn page(s: &Summary) -> String {
     };
     let mut best_so_far = Vec::new();
     let mut best: Option<f64> = None;
-    for t in s.trials.iter().filter(|t| t.status == TrialStatus::Completed) {
+    for t in s
+        .trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Completed)
+    {
         if let Some(v) = t.value {
             if best.is_none_or(|b| spec.direction.better(v, b)) {
                 best = Some(v);
@@ -264,8 +301,11 @@ pub fn page(s: &Summary) -> String {
     for p in &spec.space {
         let (label, x_of): (String, Box<dyn Fn(&toml::Value) -> Option<f64>>) = match &p.dist {
             Dist::Choice(values) => {
-                let names: Vec<String> =
-                    values.iter().enumerate().map(|(i, v)| format!("{i} = {v}")).collect();
+                let names: Vec<String> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("{i} = {v}"))
+                    .collect();
                 let d = p.dist.clone();
                 (
                     format!("{} (choice: {})", p.key, names.join(", ")),

@@ -12,17 +12,22 @@ use crate::layout;
 use crate::run::{self, GroupKind, Membership};
 use crate::train::Member;
 
-/// A new sweep from a sweep file, checked whole before its folder is written.
+/// A new sweep from a sweep file, checked whole before its folder is written; with `id`, the
+/// sweep of that name, created by whichever worker comes first.
 pub fn start(
     file: &Path,
     registry: &Path,
     trials: Option<usize>,
     seed: Option<u64>,
     timeout: Option<&str>,
+    id: Option<&str>,
 ) -> Result<(Sweep, SweepSpec), SelectError> {
     let spec = space::read(file, trials, seed, timeout)?;
     crate::registry::Registry::new(registry).ensure()?;
-    let sweep = Sweep::create(registry, &spec)?;
+    let sweep = match id {
+        Some(id) => Sweep::create_or_join(registry, &spec, id)?,
+        None => Sweep::create(registry, &spec)?,
+    };
     Ok((sweep, spec))
 }
 

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use toml::Value;
 
 use super::sampler::{Observation, random, rng};
-use super::space::{Dist, Direction, SweepSpec};
+use super::space::{Direction, Dist, SweepSpec};
 
 /// TPE's proposal for trial `number`.
 pub fn propose(
@@ -144,13 +144,22 @@ impl Parzen {
         let mut sigmas = Vec::with_capacity(n + 1);
         for (i, &m) in sorted.iter().enumerate() {
             let left = if i == 0 { m - lo } else { m - sorted[i - 1] };
-            let right = if i + 1 == n { hi - m } else { sorted[i + 1] - m };
+            let right = if i + 1 == n {
+                hi - m
+            } else {
+                sorted[i + 1] - m
+            };
             mus.push(m);
             sigmas.push(left.max(right).clamp(min_sigma, range));
         }
         mus.push(0.5 * (lo + hi));
         sigmas.push(range);
-        Self { mus, sigmas, lo, hi }
+        Self {
+            mus,
+            sigmas,
+            lo,
+            hi,
+        }
     }
 
     fn sample(&self, r: &mut ChaCha8Rng) -> f64 {
@@ -174,7 +183,8 @@ impl Parzen {
             .map(|(&mu, &sigma)| {
                 let mass = normal_cdf((self.hi - mu) / sigma) - normal_cdf((self.lo - mu) / sigma);
                 let z = (x - mu) / sigma;
-                w * (-0.5 * z * z).exp() / (sigma * (2.0 * std::f64::consts::PI).sqrt() * mass.max(1e-300))
+                w * (-0.5 * z * z).exp()
+                    / (sigma * (2.0 * std::f64::consts::PI).sqrt() * mass.max(1e-300))
             })
             .sum();
         p.max(1e-300).ln()
@@ -225,7 +235,12 @@ mod tests {
     #[test]
     fn the_normal_cdf_matches_known_values() {
         // scipy.stats.norm.cdf([-1.96, 0, 1, 2.5]) = 0.0249979, 0.5, 0.8413447, 0.9937903
-        for (x, p) in [(-1.96, 0.024_997_9), (0.0, 0.5), (1.0, 0.841_344_7), (2.5, 0.993_790_3)] {
+        for (x, p) in [
+            (-1.96, 0.024_997_9),
+            (0.0, 0.5),
+            (1.0, 0.841_344_7),
+            (2.5, 0.993_790_3),
+        ] {
             assert!((normal_cdf(x) - p).abs() < 2e-7, "{x}: {}", normal_cdf(x));
             assert!((normal_quantile(p) - x).abs() < 1e-5);
         }
@@ -257,7 +272,12 @@ mod tests {
                 },
                 Param {
                     key: "c".into(),
-                    dist: Dist::Choice(vec!["a", "b", "c", "d"].into_iter().map(Value::from).collect()),
+                    dist: Dist::Choice(
+                        vec!["a", "b", "c", "d"]
+                            .into_iter()
+                            .map(Value::from)
+                            .collect(),
+                    ),
                 },
             ],
         }
@@ -275,7 +295,12 @@ mod tests {
                 random(&s.space, &mut rng(seed, n, 0))
             };
             let x = p["x"].as_float().expect("x");
-            let f = (x - 1.5).powi(2) + if p["c"].as_str() == Some("c") { 0.0 } else { 1.0 };
+            let f = (x - 1.5).powi(2)
+                + if p["c"].as_str() == Some("c") {
+                    0.0
+                } else {
+                    1.0
+                };
             history.push(Observation {
                 number: n,
                 params: p,
@@ -283,7 +308,10 @@ mod tests {
                 pruned: None,
             });
         }
-        history.iter().filter_map(|o| o.value).fold(f64::INFINITY, f64::min)
+        history
+            .iter()
+            .filter_map(|o| o.value)
+            .fold(f64::INFINITY, f64::min)
     }
 
     #[test]

@@ -44,7 +44,11 @@ pub struct WorkReport {
 }
 
 /// Runs trials of `sweep` until none is left to claim (or Ctrl-C).
-pub fn work(sweep: &Sweep, spec: &SweepSpec, opts: &WorkerOptions) -> Result<WorkReport, SelectError> {
+pub fn work(
+    sweep: &Sweep,
+    spec: &SweepSpec,
+    opts: &WorkerOptions,
+) -> Result<WorkReport, SelectError> {
     let deadline = spec.timeout_seconds.map(|t| unix_now() + t);
     let threads = if opts.threads > 0 {
         opts.threads
@@ -58,7 +62,10 @@ pub fn work(sweep: &Sweep, spec: &SweepSpec, opts: &WorkerOptions) -> Result<Wor
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(SelectError::Input("a worker thread panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(SelectError::Input("a worker thread panicked".into())))
+            })
             .collect()
     });
     let mut report = WorkReport::default();
@@ -158,7 +165,12 @@ fn run_trial(
                     true
                 }
                 Ok(_) => {
-                    t.run_id = format!("{}-t{}-{}", run::new_id(&spec.name), t.number, t.attempts + 1);
+                    t.run_id = format!(
+                        "{}-t{}-{}",
+                        run::new_id(&spec.name),
+                        t.number,
+                        t.attempts + 1
+                    );
                     false
                 }
                 Err(_) => false,
@@ -190,7 +202,9 @@ fn run_trial(
             cmd.args(["cv", "--resume", &t.run_id]);
         }
         (Some(k), false) => {
-            cmd.arg("cv").arg(&spec.base).args(["--folds", &k.to_string()]);
+            cmd.arg("cv")
+                .arg(&spec.base)
+                .args(["--folds", &k.to_string()]);
         }
     }
     if !resume {
@@ -199,7 +213,11 @@ fn run_trial(
         }
         cmd.arg("--set").arg(format!("runtime.threads={threads}"));
     }
-    cmd.arg("--registry").arg(registry).arg("--trial").arg(&trial_dir).arg("--quiet");
+    cmd.arg("--registry")
+        .arg(registry)
+        .arg("--trial")
+        .arg(&trial_dir)
+        .arg("--quiet");
     let log_path = trial_dir.join(layout::TRIAL_LOG);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -232,7 +250,8 @@ fn run_trial(
         _ => {
             t.status = TrialStatus::Failed;
             t.finished = Some(rfc3339_now());
-            t.error = Some(last_error(&log_path).unwrap_or_else(|| format!("kiln exited with {status}")));
+            t.error =
+                Some(last_error(&log_path).unwrap_or_else(|| format!("kiln exited with {status}")));
         }
     }
     sweep.update(&t)?;

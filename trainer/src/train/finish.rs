@@ -168,7 +168,10 @@ fn version_files(
 
 /// Registers the final model of a completed run that registered none (a sweep's best trial)
 /// as a new version of its model; its `run.json` then names the version. Returns `name/vN`.
-pub fn register_run(registry: &std::path::Path, run_dir: &std::path::Path) -> Result<String, TrainError> {
+pub fn register_run(
+    registry: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> Result<String, TrainError> {
     let mut info: run::RunInfo = run::read_json(&run_dir.join(layout::RUN))?;
     if let Some(v) = &info.version {
         return Ok(v.clone());
