@@ -118,6 +118,86 @@ fn cv_folds_cover_the_data_keep_class_proportions_and_equal_training_each_fold_b
     // A completed CV is not run again.
     let o = sb.kiln(&["cv", "--resume", id]);
     assert_exit(&o, 2);
+    // A CV is a run reference for show, compare and report.
+    let o = sb.kiln(&["runs", "show", id]);
+    assert_exit(&o, 0);
+    assert!(
+        stdout(&o).contains("valid/accuracy") && stdout(&o).contains("fold  4"),
+        "{}",
+        stdout(&o)
+    );
+    let o = sb.kiln(&[
+        "cv",
+        "configs/breast_cancer.toml",
+        "--folds",
+        "3",
+        "--set",
+        "optim.lr=3e-3",
+        "--json",
+    ]);
+    assert_exit(&o, 0);
+    let other = json(&o)["id"].as_str().unwrap().to_string();
+    let o = sb.kiln(&["runs", "compare", id, &other, "--json"]);
+    assert_exit(&o, 0);
+    let cmp = json(&o);
+    let keys: Vec<&str> = cmp["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&"optim.lr") && keys.contains(&"data.split.folds"),
+        "{keys:?}"
+    );
+    let page = sb.path().join("cv2.html");
+    let o = sb.kiln(&["report", &other, "-o", page.to_str().unwrap()]);
+    assert_exit(&o, 0);
+    assert!(std::fs::read_to_string(&page).unwrap().contains(&other));
+}
+
+#[test]
+fn a_killed_cv_resumes_its_interrupted_fold_and_ends_as_an_uninterrupted_one() {
+    let reference = Sandbox::new();
+    let cfg = digits_config(
+        &reference,
+        "[train]\nepochs = 20\nbatch_size = 8\nlog_every = 1000\n",
+    );
+    let o = reference.kiln(&["cv", cfg.to_str().unwrap(), "--folds", "3", "--json"]);
+    assert_exit(&o, 0);
+    let expected = json(&o)["summary"].clone();
+
+    let sb = Sandbox::new();
+    let cfg = digits_config(
+        &sb,
+        "[train]\nepochs = 20\nbatch_size = 8\nlog_every = 1000\n",
+    );
+    let mut child = sb
+        .command(&["cv", cfg.to_str().unwrap(), "--folds", "3"])
+        .spawn()
+        .unwrap();
+    // Kill it while fold 1 trains, after its first checkpoint.
+    let fold1 = wait_until("fold 1 to checkpoint", Duration::from_secs(120), || {
+        run_dirs(&sb)
+            .into_iter()
+            .find(|d| d.to_string_lossy().ends_with("-f1") && !checkpoint_steps(d).is_empty())
+    });
+    signal(child.id(), "KILL");
+    let _ = child.wait();
+    let id = entries(&sb.registry().join("cv")).pop().unwrap();
+    let o = sb.kiln(&["cv", "--resume", &id, "--json"]);
+    assert_exit(&o, 0);
+    let cv = json(&o);
+    assert_eq!(cv["summary"], expected, "the resumed CV's metrics differ");
+    let info = read_json(&fold1.join("run.json"));
+    assert!(
+        !info["lineage"]["resumed_from"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{info}"
+    );
+    assert_eq!(run_dirs(&sb).len(), 3, "no fold trained twice");
 }
 
 #[test]

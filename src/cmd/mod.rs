@@ -138,6 +138,16 @@ pub fn load_config(path: &Path, overrides: &[Override]) -> anyhow::Result<RunCon
     )?)
 }
 
+/// The cross-validation `reference` names, if it names one.
+pub fn cv_of(registry: &Path, reference: &str) -> Option<kiln_trainer::select::cv::CvRecord> {
+    kiln_trainer::registry::names::check("cv id", reference).ok()?;
+    let path = registry
+        .join(layout::CV)
+        .join(reference)
+        .join(layout::CV_RECORD);
+    run::read_json(&path).ok()
+}
+
 /// A run folder from a run reference (`latest`, a run id, a folder); a bad one is a usage
 /// error.
 pub fn resolve_run(registry: &Path, reference: &str) -> anyhow::Result<PathBuf> {

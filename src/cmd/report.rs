@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{default_registry, resolve_run};
+use super::{cv_of, default_registry, resolve_run};
 
 pub fn run(
     reference: &str,
@@ -11,8 +11,20 @@ pub fn run(
     groups: &[String],
     registry: Option<PathBuf>,
 ) -> anyhow::Result<u8> {
-    let dir = resolve_run(&default_registry(registry), reference)?;
-    kiln_trainer::html::write_report(&dir, output, groups)?;
+    let registry = default_registry(registry);
+    let write = |page: String| {
+        std::fs::write(output, page).map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))
+    };
+    // A cross-validation or a sweep has a page of its own.
+    if let Some(cv) = cv_of(&registry, reference) {
+        write(kiln_trainer::html::cv_page(&cv))?;
+    } else if let Ok((s, spec)) = kiln_trainer::select::store::Sweep::open(&registry, reference) {
+        let summary = kiln_trainer::select::summary::summarise(&s, &spec);
+        write(kiln_trainer::select::summary::page(&summary))?;
+    } else {
+        let dir = resolve_run(&registry, reference)?;
+        kiln_trainer::html::write_report(&dir, output, groups)?;
+    }
     println!("wrote {}", output.display());
     Ok(0)
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_trainer::{layout, report, run};
 
-use super::{default_registry, print_comparison, resolve_run};
+use super::{cv_of, default_registry, print_comparison, resolve_run};
 use crate::cli::RunsCommand;
 
 pub fn run(command: RunsCommand, registry: Option<PathBuf>) -> anyhow::Result<u8> {
@@ -27,6 +27,51 @@ pub fn run(command: RunsCommand, registry: Option<PathBuf>) -> anyhow::Result<u8
                 print!("{}", report::runs_table(&runs));
             }
         }
+        RunsCommand::Show { run, json } if cv_of(&registry, &run).is_some() => {
+            let cv = cv_of(&registry, &run).expect("checked");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&cv).expect("the record is JSON")
+                );
+            } else {
+                println!("cv      {} ({:?})", cv.id, cv.status);
+                println!("config  {} {}", cv.config_path, cv.overrides.join(" "));
+                println!("folds   {} x {} repeats", cv.folds, cv.repeats);
+                for f in &cv.runs {
+                    println!("  fold {:>2}  {}", f.index, f.run_id);
+                }
+                print!("{}", kiln_trainer::select::cv::summary_table(&cv));
+            }
+        }
+        RunsCommand::Compare { a, b, json }
+            if cv_of(&registry, &a).is_some() && cv_of(&registry, &b).is_some() =>
+        {
+            // Two CVs: the configs of their first folds, and each metric's mean over folds.
+            let (ca, cb) = (
+                cv_of(&registry, &a).expect("checked"),
+                cv_of(&registry, &b).expect("checked"),
+            );
+            let first = |c: &kiln_trainer::select::cv::CvRecord| {
+                layout::runs_dir(&registry).join(&c.runs[0].run_id)
+            };
+            let diff = report::config_diff(&config_json(&first(&ca))?, &config_json(&first(&cb))?);
+            let keys: std::collections::BTreeSet<&String> =
+                ca.summary.keys().chain(cb.summary.keys()).collect();
+            let metrics: Vec<(String, String, Option<f64>, Option<f64>)> = keys
+                .into_iter()
+                .map(|k| {
+                    let (split, m) = k.split_once('/').unwrap_or(("", k));
+                    (
+                        split.to_string(),
+                        format!("{m} (mean of folds)"),
+                        ca.summary.get(k).map(|s| s.mean),
+                        cb.summary.get(k).map(|s| s.mean),
+                    )
+                })
+                .collect();
+            print_comparison(&ca.id, &cb.id, &diff, &metrics, json);
+        }
         RunsCommand::Show { run, json } => {
             let dir = resolve(&run)?;
             let r = info(&dir)?;
@@ -45,20 +90,21 @@ pub fn run(command: RunsCommand, registry: Option<PathBuf>) -> anyhow::Result<u8
         RunsCommand::Compare { a, b, json } => {
             let (da, db) = (resolve(&a)?, resolve(&b)?);
             let (ra, rb) = (info(&da)?, info(&db)?);
-            let config = |d: &Path| -> anyhow::Result<serde_json::Value> {
-                let path = d.join(layout::CONFIG);
-                let text = std::fs::read_to_string(&path).map_err(run::io(&path))?;
-                let table: toml::Table =
-                    toml::from_str(&text).map_err(|e| run::RunError::Parse {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                Ok(serde_json::to_value(table).expect("TOML is JSON"))
-            };
-            let diff = report::config_diff(&config(&da)?, &config(&db)?);
+            let diff = report::config_diff(&config_json(&da)?, &config_json(&db)?);
             let metrics = report::metrics_side_by_side(&ra.metrics, &rb.metrics);
             print_comparison(&ra.id, &rb.id, &diff, &metrics, json);
         }
     }
     Ok(0)
+}
+
+/// A run's resolved config as JSON, for comparisons.
+fn config_json(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let path = dir.join(layout::CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(run::io(&path))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| run::RunError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(serde_json::to_value(table).expect("TOML is JSON"))
 }
