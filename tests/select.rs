@@ -387,7 +387,7 @@ fn a_grid_runs_every_point_once_and_registers_the_best() {
     assert_eq!(best["value"].as_f64().unwrap(), top);
     let id = summary["id"].as_str().unwrap();
     assert_eq!(summary["registered"]["version"], "tiny/v1");
-    let o = sb.kiln(&["eval", &format!("tiny@{id}"), "--json"]);
+    let o = sb.kiln(&["eval", &format!("tiny@sweep-{id}"), "--json"]);
     assert_exit(&o, 0);
     // The report: a table, the importance of each parameter, and the plots.
     let html = sb.path().join("sweep.html");

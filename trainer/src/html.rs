@@ -827,10 +827,13 @@ pub fn drift_page(r: &crate::drift::Report) -> String {
 
 /// A scatter of labelled point sets (filled or hollow circles) and an optional line: a sweep's
 /// metric over trials, or against one parameter.
+/// A labelled set of points, drawn filled or hollow.
+pub(crate) type PointSet<'a> = (&'a str, Vec<(f64, f64)>, bool);
+
 pub(crate) fn scatter_svg(
     title: &str,
     axes: (&str, &str),
-    sets: &[(&str, Vec<(f64, f64)>, bool)],
+    sets: &[PointSet],
     line: Option<(&str, Vec<(f64, f64)>)>,
 ) -> String {
     let all = || sets.iter().flat_map(|s| s.1.iter());

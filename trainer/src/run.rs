@@ -146,6 +146,12 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunErro
     })
 }
 
+/// A name cut to `n` characters, for ids that grow suffixes (`-cv`, `-t12`, `-f3-2`) and must stay
+/// within 64 characters.
+pub fn id_stem(name: &str, n: usize) -> String {
+    name.chars().take(n).collect()
+}
+
 /// A new run id: `<name>-<UTC time>-<4 hex>`; unique within a registry.
 pub fn new_id(name: &str) -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();

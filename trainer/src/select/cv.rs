@@ -1,7 +1,8 @@
 //! k-fold cross-validation: one config trained `folds` times (times `repeats`), fold `i`
 //! validating and the others training (`data.split.folds`/`fold`, so a fold trains the same
 //! by hand: `kiln train CONFIG --set data.split.folds=5 --set data.split.fold=2`); repeat `r`
-//! deals the folds with split seed `seed + r`. Preprocessing is fitted on each fold's training
+//! splits with seed `seed + r`, which draws the test rows anew too (within a repeat they are
+//! the same for every fold). Preprocessing is fitted on each fold's training
 //! part only, as for any run; the test split is the same for every fold.
 //!
 //! The record, `<registry>/cv/<id>/cv.json`, names every fold's run before the first trains
@@ -167,8 +168,11 @@ pub fn plan(
             "--folds {folds}: cross-validation needs at least 2 folds"
         )));
     }
-    if repeats < 1 {
-        return Err(SelectError::Input("--repeats must be at least 1".into()));
+    if folds > 1000 {
+        return Err(SelectError::Input(format!("--folds {folds}: at most 1000")));
+    }
+    if !(1..=100).contains(&repeats) {
+        return Err(SelectError::Input("--repeats must be 1 to 100".into()));
     }
     if !config_path.is_file() {
         return Err(SelectError::Input(format!(
@@ -197,7 +201,7 @@ pub fn plan(
     record.name = first.name.clone();
     record.split_seed = first.data.split_seed;
     record.monitor = first.monitor.metric.clone();
-    record.id = id.unwrap_or_else(|| run::new_id(&format!("{}-cv", first.name)));
+    record.id = id.unwrap_or_else(|| run::new_id(&format!("{}-cv", run::id_stem(&first.name, 24))));
     for index in 0..folds * repeats {
         fold_config(&record, index)?;
         record.runs.push(FoldRun {
@@ -229,6 +233,18 @@ pub fn run(
     quiet: bool,
     pruner: Option<Arc<dyn train::Pruning>>,
 ) -> Result<Ending, SelectError> {
+    // One process works on a CV at a time; one still stopping (a sweep worker's death) is
+    // waited for, and its last record read.
+    let dir = CvRecord::dir(registry, &record.id);
+    std::fs::create_dir_all(&dir).map_err(super::io(&dir))?;
+    let _held = crate::registry::store::Lock::acquire(
+        &dir.join(layout::LOCK),
+        std::time::Duration::from_secs(120),
+        &format!("cross-validation {}", record.id),
+    )?;
+    if let Ok(fresh) = CvRecord::load(registry, &record.id) {
+        *record = fresh;
+    }
     record.status = Status::Running;
     record.save(registry)?;
     for i in 0..record.runs.len() {
@@ -248,15 +264,21 @@ pub fn run(
                 continue;
             }
             Some(_) if !layout::checkpoints(&dir).is_empty() => {
+                // Its process may still be saving (stopped by a signal): wait for its lock.
+                drop(crate::registry::store::Lock::acquire(
+                    &dir.join(layout::LOCK),
+                    std::time::Duration::from_secs(120),
+                    &format!("run {}", record.runs[i].run_id),
+                )?);
                 (config::load_run(&dir)?, Some(dir.clone()))
             }
-            Some(_) => {
+            _ if dir.exists() => {
                 // Killed before its first checkpoint: train the fold again as a new run.
                 let f = &mut record.runs[i];
                 f.run_id = format!("{}-f{}-{}", record.id, f.index, f.attempts + 1);
                 (fold_config(record, i)?, None)
             }
-            None => (fold_config(record, i)?, None),
+            _ => (fold_config(record, i)?, None),
         };
         let f = &mut record.runs[i];
         f.attempts += 1;
@@ -330,9 +352,11 @@ fn finished(record: &mut CvRecord, i: usize, info: &RunInfo) {
         .metrics
         .iter()
         .map(|(split, m)| {
+            // A diverged fold's NaN is left out (JSON cannot hold it).
             let scalars = m
                 .all_scalars()
                 .into_iter()
+                .filter(|(_, v)| v.is_finite())
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             (split.clone(), scalars)

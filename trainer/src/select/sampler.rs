@@ -65,7 +65,10 @@ pub fn random(space: &Space, rng: &mut ChaCha8Rng) -> BTreeMap<String, Value> {
 fn grid_values(d: &Dist) -> Result<Vec<Value>, String> {
     match d {
         Dist::Choice(v) => Ok(v.clone()),
-        Dist::Int { low, high, .. } => Ok((*low..=*high).map(Value::Integer).collect()),
+        Dist::Int { low, high, .. } if i128::from(*high) - i128::from(*low) < 1_000_000 => {
+            Ok((*low..=*high).map(Value::Integer).collect())
+        }
+        Dist::Int { .. } => Err("the integer range has more than a million values: use the random or tpe sampler".into()),
         _ => Err("the grid sampler enumerates choices and integer ranges; give a real-valued parameter as a choice of values".into()),
     }
 }

@@ -362,15 +362,15 @@ pub fn read(
     if file.sampler == SamplerKind::Grid {
         super::sampler::grid_size(&space).map_err(|e| bad(path, e))?;
     }
-    let direction = file.direction.unwrap_or(
-        if matches!(metric.as_str(), "loss" | "mse" | "rmse" | "mae") {
-            Direction::Minimize
-        } else {
-            Direction::Maximize
-        },
-    );
     let set = file.set.clone();
-    let name = check_against_config(path, &base, &set, &space, &metric, file.cv)?;
+    let (name, higher_is_better) =
+        check_against_config(path, &base, &set, &space, &metric, file.cv)?;
+    // The default direction is the metric's own (as `train.monitor` knows it).
+    let direction = file.direction.unwrap_or(if higher_is_better {
+        Direction::Maximize
+    } else {
+        Direction::Minimize
+    });
     let absolute = |p: &Path| {
         std::path::absolute(p).map_or_else(|_| p.display().to_string(), |p| p.display().to_string())
     };
@@ -452,6 +452,11 @@ fn parse_space(path: &Path, table: &BTreeMap<String, Value>) -> Result<Space, Se
                         "empty range [{low}, {high}]: low must be below high"
                     )));
                 }
+                if !(high - low).is_finite() {
+                    return Err(at(format!(
+                        "[{low}, {high}]: the range is wider than a number holds"
+                    )));
+                }
                 if kind.as_str() == "log_uniform" {
                     if low <= 0.0 {
                         return Err(at(format!(
@@ -485,6 +490,14 @@ fn parse_space(path: &Path, table: &BTreeMap<String, Value>) -> Result<Space, Se
                 }
             }
             "choice" => match value {
+                Value::Array(a)
+                    if a.iter()
+                        .any(|v| v.as_float().is_some_and(|f| !f.is_finite())) =>
+                {
+                    return Err(at(
+                        "choice: nan and inf are not values a trial can record".into()
+                    ));
+                }
                 Value::Array(a) if !a.is_empty() => Dist::Choice(a.clone()),
                 _ => return Err(at("choice = [...]: give at least one value".into())),
             },
@@ -506,7 +519,7 @@ fn parse_space(path: &Path, table: &BTreeMap<String, Value>) -> Result<Space, Se
 
 /// Every key of the space tried on the base config with each value it can take: a typo in a
 /// key path, or a value the config refuses, is an error before any trial runs. Returns the
-/// base config's model name.
+/// base config's model name and whether the metric is better higher.
 fn check_against_config(
     path: &Path,
     base: &Path,
@@ -514,7 +527,7 @@ fn check_against_config(
     space: &Space,
     metric: &str,
     cv: Option<usize>,
-) -> Result<String, SelectError> {
+) -> Result<(String, bool), SelectError> {
     let parse = |raw: &[String]| -> Result<Vec<Override>, SelectError> {
         raw.iter()
             .map(|s| Override::parse(s).map_err(|e| bad(path, e)))
@@ -542,8 +555,14 @@ fn check_against_config(
         )
     };
     let cfg = load(&[]).map_err(|e| bad(path, format!("base config with `set`: {e}")))?;
-    load(&[format!("train.monitor={metric:?}")])
+    let monitored = load(&[format!("train.monitor={metric:?}")])
         .map_err(|e| bad(path, format!("metric = {metric:?}: {e}")))?;
+    if cfg.data.fold.is_none() && cfg.data.valid_fraction == 0.0 {
+        return Err(bad(
+            path,
+            "the base config has no validation split (`data.split.valid` = 0): a sweep selects on it; set one in `set`, or use cv",
+        ));
+    }
     for p in space {
         let probes: Vec<Value> = match &p.dist {
             Dist::Choice(v) => v.clone(),
@@ -557,5 +576,5 @@ fn check_against_config(
                 .map_err(|e| bad(path, format!("[space] {:?} = {v}: {e}", p.key)))?;
         }
     }
-    Ok(cfg.name)
+    Ok((cfg.name, monitored.monitor.higher_is_better))
 }

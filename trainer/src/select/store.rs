@@ -90,7 +90,7 @@ pub struct Trial {
 pub enum Claim {
     /// A new trial, or one whose worker died or was interrupted, with the trial's lock, held
     /// while it runs.
-    Trial(Trial, Lock),
+    Trial(Box<Trial>, Lock),
     /// The budget is spent (or the grid enumerated, or the deadline passed).
     Done,
 }
@@ -220,6 +220,18 @@ impl Sweep {
         )?)
     }
 
+    /// The numbers of the trial folders, ascending.
+    fn folder_numbers(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = std::fs::read_dir(self.dir().join(layout::TRIALS))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Every trial with a readable record, by number.
     pub fn trials(&self) -> Vec<Trial> {
         let Ok(entries) = std::fs::read_dir(self.dir().join(layout::TRIALS)) else {
@@ -298,19 +310,28 @@ impl Sweep {
                 t.status = TrialStatus::Running;
                 t.owner = Some(me);
                 self.write_trial(&t)?;
-                return Ok(Claim::Trial(t, held));
+                return Ok(Claim::Trial(Box::new(t), held));
             }
         }
-        if trials.len() >= spec.trials || deadline.is_some_and(|d| unix_now() >= d) {
+        // The next number follows every trial folder, readable or not (a record being
+        // rewritten, a listing not yet refreshed on a network filesystem).
+        let number = self
+            .folder_numbers()
+            .last()
+            .map_or(0, |n| n + 1)
+            .max(trials.len());
+        if number >= spec.trials || deadline.is_some_and(|d| unix_now() >= d) {
             return Ok(Claim::Done);
         }
-        let number = trials.len();
         let Some(params) = sampler::propose(spec, number, &self.observations(&trials)) else {
             return Ok(Claim::Done);
         };
-        let held = self
-            .trial_lock(number)?
-            .expect("a new trial's lock is free: numbers are taken under the sweep's lock");
+        let Some(held) = self.trial_lock(number)? else {
+            return Err(SelectError::Input(format!(
+                "sweep {}: trial {number} is locked by another worker but has no record; is the registry's filesystem sharing locks (flock)?",
+                self.id
+            )));
+        };
         let t = Trial {
             number,
             params,
@@ -327,7 +348,7 @@ impl Sweep {
             error: None,
         };
         self.write_trial(&t)?;
-        Ok(Claim::Trial(t, held))
+        Ok(Claim::Trial(Box::new(t), held))
     }
 
     /// Rewrites a trial's record (its worker holds the trial's lock) under the sweep's lock.

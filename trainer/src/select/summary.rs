@@ -216,14 +216,15 @@ pub fn table(s: &Summary) -> String {
             b.value.unwrap_or(f64::NAN),
             b.run_id
         );
-        for (k, v) in &b.params {
-            let _ = writeln!(out, "  --set {k}={v}");
+        for o in spec.overrides(&b.params) {
+            let _ = writeln!(out, "  --set {o}");
         }
     }
     if let Some(r) = &s.registered {
         match &r.version {
             Some(v) => {
-                let _ = writeln!(out, "registered as {v}, tagged {}", s.id);
+                let alias = super::worker::best_alias(&s.id);
+                let _ = writeln!(out, "registered as {v}, tagged {alias}");
             }
             None => {
                 let _ = writeln!(
@@ -247,6 +248,9 @@ pub fn table(s: &Summary) -> String {
     }
     out
 }
+
+/// A parameter's position on a plot's x axis.
+type XOf = Box<dyn Fn(&toml::Value) -> Option<f64>>;
 
 /// A parameter's value for a table: floats to 4 significant digits.
 fn short(v: &toml::Value) -> String {
@@ -299,7 +303,7 @@ pub fn page(s: &Summary) -> String {
         Some(("best so far", best_so_far)),
     ));
     for p in &spec.space {
-        let (label, x_of): (String, Box<dyn Fn(&toml::Value) -> Option<f64>>) = match &p.dist {
+        let (label, x_of): (String, XOf) = match &p.dist {
             Dist::Choice(values) => {
                 let names: Vec<String> = values
                     .iter()

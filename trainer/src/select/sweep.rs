@@ -22,6 +22,18 @@ pub fn start(
     timeout: Option<&str>,
     id: Option<&str>,
 ) -> Result<(Sweep, SweepSpec), SelectError> {
+    if let Some(id) = id {
+        // The id also names the best version's alias (`sweep-<id>`): checked before anything
+        // is written.
+        crate::registry::names::check("sweep id", id)
+            .ok()
+            .filter(|()| id.len() <= 58)
+            .ok_or_else(|| {
+                SelectError::Input(format!(
+                    "--id {id:?}: use 1 to 58 of letters, digits, '-', '_' and '.', not starting with '.'"
+                ))
+            })?;
+    }
     let spec = space::read(file, trials, seed, timeout)?;
     crate::registry::Registry::new(registry).ensure()?;
     let sweep = match id {

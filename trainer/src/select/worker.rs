@@ -92,15 +92,12 @@ fn worker_loop(
         if opts.stop.load(Ordering::SeqCst) {
             return Ok((ran, true));
         }
-        let name = &spec.name;
-        let claim = sweep.claim(spec, deadline, |n| {
-            let id = run::new_id(name);
-            format!("{id}-t{n}")
-        })?;
+        let stem = run::id_stem(&spec.name, 24);
+        let claim = sweep.claim(spec, deadline, |n| format!("{}-t{n}", run::new_id(&stem)))?;
         let Claim::Trial(trial, held) = claim else {
             return Ok((ran, false));
         };
-        let trial = run_trial(sweep, spec, opts, trial, threads)?;
+        let trial = run_trial(sweep, spec, opts, *trial, threads)?;
         drop(held);
         ran += 1;
         if !opts.quiet {
@@ -156,21 +153,42 @@ fn run_trial(
                 }
                 Ok(_) if !layout::checkpoints(&dir).is_empty() => {
                     // The process of a worker that died may still be saving its checkpoint
-                    // (it stops on the worker's death): wait for the run's lock.
-                    drop(crate::registry::store::Lock::acquire(
+                    // (it stops on the worker's death), or finishing: wait for the run's lock,
+                    // then look again.
+                    let held = crate::registry::store::Lock::acquire(
                         &dir.join(layout::LOCK),
                         std::time::Duration::from_secs(120),
                         &format!("run {}", t.run_id),
-                    )?);
+                    );
+                    if held.is_err() {
+                        // Still running somewhere: leave the trial to a later claim.
+                        t.status = TrialStatus::Interrupted;
+                        t.owner = None;
+                        sweep.update(&t)?;
+                        return Ok(t);
+                    }
+                    drop(held);
+                    let info: RunInfo = run::read_json(&dir.join(layout::RUN))?;
+                    if info.status == Status::Completed {
+                        record_run(spec, &mut t, &info);
+                        sweep.update(&t)?;
+                        return Ok(t);
+                    }
                     true
                 }
                 Ok(_) => {
                     t.run_id = format!(
                         "{}-t{}-{}",
-                        run::new_id(&spec.name),
+                        run::new_id(&run::id_stem(&spec.name, 24)),
                         t.number,
                         t.attempts + 1
                     );
+                    false
+                }
+                Err(_) if dir.exists() => {
+                    // Died before its record was written: a new run id for the next attempt.
+                    let stem = run::id_stem(&spec.name, 24);
+                    t.run_id = format!("{}-t{}-{}", run::new_id(&stem), t.number, t.attempts + 1);
                     false
                 }
                 Err(_) => false,
@@ -247,6 +265,11 @@ fn run_trial(
             }
         },
         Some(130) => t.status = TrialStatus::Interrupted,
+        // Killed by a signal before its handler was installed (Ctrl-C while it loaded): it
+        // resumes or starts again on the next claim.
+        _ if opts.stop.load(Ordering::SeqCst) || killed_by_stop_signal(&status) => {
+            t.status = TrialStatus::Interrupted
+        }
         _ => {
             t.status = TrialStatus::Failed;
             t.finished = Some(rfc3339_now());
@@ -258,15 +281,37 @@ fn run_trial(
     Ok(t)
 }
 
+fn killed_by_stop_signal(status: &std::process::ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        matches!(
+            status.signal(),
+            Some(libc::SIGINT | libc::SIGTERM | libc::SIGUSR1)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = status;
+        false
+    }
+}
+
 /// The trial's process gets SIGUSR1 (stop with a checkpoint) when its worker dies.
 fn stop_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: getpid, prctl and getppid are async-signal-safe; nothing else runs between
+        // fork and exec.
+        let parent = unsafe { libc::getpid() };
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1);
+                // The worker died before the prctl: do not start an orphan.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the sweep worker is gone"));
+                }
                 Ok(())
             });
         }
@@ -315,6 +360,11 @@ fn record_cv(spec: &SweepSpec, t: &mut Trial, r: &CvRecord, registry: &Path) {
     t.owner = None;
 }
 
+/// The alias the best version of a sweep gets: `sweep-<id>` (never a user's own alias).
+pub fn best_alias(id: &str) -> String {
+    format!("sweep-{id}")
+}
+
 /// When every trial has finished: the best registered as a version of the model and tagged
 /// with the sweep's id (once; again if a longer budget found a better one), in `best.json`.
 pub fn finish(sweep: &Sweep, spec: &SweepSpec) -> Result<Option<Best>, SelectError> {
@@ -337,7 +387,7 @@ pub fn finish(sweep: &Sweep, spec: &SweepSpec) -> Result<Option<Best>, SelectErr
         None => {
             let dir = layout::runs_dir(&sweep.registry).join(&best.run_id);
             let v = crate::train::register_run(&sweep.registry, &dir)?;
-            crate::registry::Registry::new(&sweep.registry).tag(&v, &sweep.id)?;
+            crate::registry::Registry::new(&sweep.registry).tag(&v, &best_alias(&sweep.id))?;
             Some(v)
         }
     };

@@ -23,7 +23,8 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
     let started = Instant::now();
     let mut window = Window::new();
     // A resumed run that had run out of patience stops at once.
-    let mut stop_early = s.out_of_patience();
+    // A resumed run that had been pruned (then interrupted before finishing) stops too.
+    let mut stop_early = s.out_of_patience() || s.run.info.pruned_at.is_some();
     let mut ending = Ending::Finished;
     'epochs: while s.state.pos.epoch < plan.epochs && s.state.pos.step < plan.total_steps {
         let epoch_started = Instant::now();
