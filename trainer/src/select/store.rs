@@ -196,8 +196,11 @@ impl Sweep {
             registry: registry.to_path_buf(),
             id: run::new_id(&stem),
         };
-        let dir = s.dir();
-        std::fs::create_dir_all(dir.join(layout::TRIALS)).map_err(super::io(&dir))?;
+        let (sweeps, dir) = (registry.join(layout::SWEEPS), s.dir());
+        std::fs::create_dir_all(&sweeps).map_err(super::io(&sweeps))?;
+        // `create_dir`, not `_all`: an id taken by another sweep is an error, not a merge.
+        std::fs::create_dir(&dir).map_err(super::io(&dir))?;
+        std::fs::create_dir(dir.join(layout::TRIALS)).map_err(super::io(&dir))?;
         run::write_json(&dir.join(layout::SWEEP_RECORD), spec)?;
         Ok(s)
     }
