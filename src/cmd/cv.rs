@@ -52,11 +52,7 @@ pub fn run(args: CvArgs) -> anyhow::Result<u8> {
     // A cross-validated trial is not pruned (its folds' validations are not one curve).
     let ending = cv::run(&mut record, &registry, &stop, args.quiet || args.json, None)?;
     if ending == Ending::Interrupted {
-        let flag = if registry == default_registry(None) {
-            String::new()
-        } else {
-            format!(" --registry {}", registry.display())
-        };
+        let flag = super::registry_flag(&registry);
         eprintln!(
             "interrupted; resume with: kiln cv --resume {}{flag}",
             record.id

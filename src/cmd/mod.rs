@@ -114,6 +114,16 @@ pub fn registry_for(flag: Option<PathBuf>, from_config: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(from_config))
 }
 
+/// The `--registry` flag a printed command needs: none when the registry is where commands
+/// look by default.
+pub fn registry_flag(registry: &Path) -> String {
+    if registry == default_registry(None) {
+        String::new()
+    } else {
+        format!(" --registry {}", registry.display())
+    }
+}
+
 /// The registry when no config names one.
 pub fn default_registry(flag: Option<PathBuf>) -> PathBuf {
     registry_for(flag, &config::RuntimeSection::default().registry)

@@ -5,7 +5,7 @@ use kiln_trainer::select::summary;
 use kiln_trainer::select::sweep;
 use kiln_trainer::select::worker::{self, WorkerOptions};
 
-use super::{Usage, default_registry};
+use super::{Usage, default_registry, registry_flag};
 use crate::cli::{SweepArgs, SweepCommand};
 use crate::signals::interrupt_flag;
 
@@ -106,12 +106,4 @@ pub fn run(args: SweepArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
-}
-
-fn registry_flag(registry: &std::path::Path) -> String {
-    if registry == default_registry(None) {
-        String::new()
-    } else {
-        format!(" --registry {}", registry.display())
-    }
 }

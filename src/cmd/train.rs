@@ -94,12 +94,8 @@ fn train_one(
     };
     let writer = group.as_ref().is_none_or(|g| g.is_writer());
     let stop = interrupt_flag();
-    // The flag a resume needs: none when the registry is where `--resume` looks by default.
-    let registry_flag = if registry == default_registry(None) {
-        String::new()
-    } else {
-        format!(" --registry {}", registry.display())
-    };
+    // The flag a resume needs.
+    let registry_flag = super::registry_flag(&registry);
     let opts = train::Options {
         registry,
         smoke,

@@ -264,12 +264,7 @@ pub fn run(
                 continue;
             }
             Some(_) if !layout::checkpoints(&dir).is_empty() => {
-                // Its process may still be saving (stopped by a signal): wait for its lock.
-                drop(crate::registry::store::Lock::acquire(
-                    &dir.join(layout::LOCK),
-                    std::time::Duration::from_secs(120),
-                    &format!("run {}", record.runs[i].run_id),
-                )?);
+                super::wait_for_run(&dir)?;
                 (config::load_run(&dir)?, Some(dir.clone()))
             }
             _ if dir.exists() => {

@@ -96,6 +96,20 @@ impl Stat {
     }
 }
 
+/// Waits (up to two minutes) until no process holds the lock of the run in `dir`: the process of
+/// a dead worker or an interrupted CV may still be saving its checkpoint, or finishing.
+pub(crate) fn wait_for_run(dir: &std::path::Path) -> Result<(), crate::registry::RegistryError> {
+    let id = dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    crate::registry::store::Lock::acquire(
+        &dir.join(crate::layout::LOCK),
+        std::time::Duration::from_secs(120),
+        &format!("run {id}"),
+    )
+    .map(drop)
+}
+
 /// Seconds since the Unix epoch (heartbeats, deadlines).
 pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()

@@ -136,13 +136,12 @@ impl Sweep {
 
     /// The sweep named `id`: created with `spec` if it does not exist, else joined (every task
     /// of a job array can run the same command). Joining a sweep of another spec is refused.
+    /// `id` is checked by `sweep::start`, before anything is written.
     pub fn create_or_join(
         registry: &Path,
         spec: &SweepSpec,
         id: &str,
     ) -> Result<Self, SelectError> {
-        crate::registry::names::check("sweep id", id)
-            .map_err(|e| SelectError::Input(format!("--id: {e}")))?;
         let s = Self {
             registry: registry.to_path_buf(),
             id: id.to_string(),

@@ -92,8 +92,7 @@ fn worker_loop(
         if opts.stop.load(Ordering::SeqCst) {
             return Ok((ran, true));
         }
-        let stem = run::id_stem(&spec.name, 24);
-        let claim = sweep.claim(spec, deadline, |n| format!("{}-t{n}", run::new_id(&stem)))?;
+        let claim = sweep.claim(spec, deadline, |n| trial_run_id(spec, n, None))?;
         let Claim::Trial(trial, held) = claim else {
             return Ok((ran, false));
         };
@@ -106,6 +105,16 @@ fn worker_loop(
         if trial.status == TrialStatus::Interrupted {
             return Ok((ran, true));
         }
+    }
+}
+
+/// The run id of a trial's attempt: `<name>-<time>-<hex>-tN`, `-A` from the second attempt on;
+/// the name is cut so that the id stays within 64 characters.
+fn trial_run_id(spec: &SweepSpec, number: usize, attempt: Option<usize>) -> String {
+    let id = format!("{}-t{number}", run::new_id(&run::id_stem(&spec.name, 24)));
+    match attempt {
+        Some(a) => format!("{id}-{a}"),
+        None => id,
     }
 }
 
@@ -152,22 +161,14 @@ fn run_trial(
                     return Ok(t);
                 }
                 Ok(_) if !layout::checkpoints(&dir).is_empty() => {
-                    // The process of a worker that died may still be saving its checkpoint
-                    // (it stops on the worker's death), or finishing: wait for the run's lock,
-                    // then look again.
-                    let held = crate::registry::store::Lock::acquire(
-                        &dir.join(layout::LOCK),
-                        std::time::Duration::from_secs(120),
-                        &format!("run {}", t.run_id),
-                    );
-                    if held.is_err() {
+                    // Wait for the run's lock, then look again: it may have finished.
+                    if super::wait_for_run(&dir).is_err() {
                         // Still running somewhere: leave the trial to a later claim.
                         t.status = TrialStatus::Interrupted;
                         t.owner = None;
                         sweep.update(&t)?;
                         return Ok(t);
                     }
-                    drop(held);
                     let info: RunInfo = run::read_json(&dir.join(layout::RUN))?;
                     if info.status == Status::Completed {
                         record_run(spec, &mut t, &info);
@@ -177,18 +178,12 @@ fn run_trial(
                     true
                 }
                 Ok(_) => {
-                    t.run_id = format!(
-                        "{}-t{}-{}",
-                        run::new_id(&run::id_stem(&spec.name, 24)),
-                        t.number,
-                        t.attempts + 1
-                    );
+                    t.run_id = trial_run_id(spec, t.number, Some(t.attempts + 1));
                     false
                 }
                 Err(_) if dir.exists() => {
                     // Died before its record was written: a new run id for the next attempt.
-                    let stem = run::id_stem(&spec.name, 24);
-                    t.run_id = format!("{}-t{}-{}", run::new_id(&stem), t.number, t.attempts + 1);
+                    t.run_id = trial_run_id(spec, t.number, Some(t.attempts + 1));
                     false
                 }
                 Err(_) => false,
