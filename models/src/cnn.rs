@@ -305,13 +305,13 @@ impl Cnn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = x;
         for block in &self.blocks {
-            x = block.conv.forward(x);
+            x = kiln_kernels::conv2d::conv2d(&block.conv, x);
             if let Some(norm) = &block.norm {
                 x = norm.forward(x);
             }
             x = self.activation.forward(x);
             if let Some(pool) = &block.pool {
-                x = pool.forward(x);
+                x = kiln_kernels::max_pool2d::max_pool2d(pool, x);
             }
             x = block.dropout.forward(x);
         }

@@ -1,0 +1,162 @@
+//! Each of kiln's kernels against its reference (burn's own path), in one run, at the shapes of
+//! the shipped models: milliseconds forward, and forward + backward, with the ratio.
+//!
+//!   cargo bench --bench kernels -- [--reps N] [--threads T] [--ceiling]
+//!
+//! `--ceiling` prints only the machine's matrix-multiply rate (see [`ceiling`]).
+//!
+//! One JSON line per row: `{"kernel", "shape", "reference_ms", "kernel_ms", "speedup", "pass"}`.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::pool::MaxPool2dConfig;
+use burn::tensor::{Device, Distribution, Tensor};
+use kiln_kernels::conv2d::conv2d;
+use kiln_kernels::max_pool2d::max_pool2d;
+
+/// Median milliseconds of `f` over `reps` runs after two warm-up runs.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let mut ms: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms[ms.len() / 2]
+}
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .map_or(default, |i| args[i + 1].parse().expect("a number"))
+}
+
+/// Times `f` with the kernels off (the reference) and on, alternating, and prints one row.
+fn row(kernel: &str, shape: &str, pass: &str, reps: usize, mut f: impl FnMut()) {
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for _ in 0..3 {
+        kiln_kernels::set_enabled(false);
+        off.push(time(reps, &mut f));
+        kiln_kernels::set_enabled(true);
+        on.push(time(reps, &mut f));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
+    let (r, k) = (median(&mut off), median(&mut on));
+    println!(
+        "{}",
+        serde_json::json!({"kernel": kernel, "shape": shape, "pass": pass,
+            "reference_ms": r, "kernel_ms": k, "speedup": r / k})
+    );
+}
+
+fn conv_rows(reps: usize) {
+    let device = Device::flex().autodiff();
+    let pad = PaddingConfig2d::Explicit(1, 1, 1, 1);
+    // conv1 and conv2 of configs/mnist_cnn.toml at its batch (64), and conv2 at batch 1 (serving).
+    for (name, [b, ci, co, hw]) in [
+        ("conv1 1->32 28x28, batch 64", [64, 1, 32, 28]),
+        ("conv2 32->64 14x14, batch 64", [64, 32, 64, 14]),
+        ("conv2 32->64 14x14, batch 1", [1, 32, 64, 14]),
+    ] {
+        let conv = Conv2dConfig::new([ci, co], [3, 3])
+            .with_padding(pad.clone())
+            .init(&device);
+        let x = Tensor::<4>::random([b, ci, hw, hw], Distribution::Normal(0.0, 1.0), &device);
+        let x = if ci == 1 { x } else { x.require_grad() };
+        // Serving runs the forward pass without autodiff.
+        let (plain, xv) = (conv.valid(), x.clone().inner());
+        row("conv2d", name, "forward", reps, || {
+            let y = conv2d(&plain, xv.clone());
+            std::hint::black_box(y.sum().into_scalar::<f32>());
+        });
+        row("conv2d", name, "forward+backward", reps, || {
+            let grads = conv2d(&conv, x.clone()).sum().backward();
+            let dw = conv.weight.grad(&grads).expect("a weight gradient");
+            std::hint::black_box(dw.sum().into_scalar::<f32>());
+        });
+    }
+}
+
+fn pool_rows(reps: usize) {
+    let device = Device::flex().autodiff();
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    for (name, shape) in [
+        ("2x2 over 32x28x28, batch 64", [64, 32, 28, 28]),
+        ("2x2 over 64x14x14, batch 64", [64, 64, 14, 14]),
+    ] {
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let xv = x.clone().inner();
+        row("max_pool2d", name, "forward", reps, || {
+            std::hint::black_box(max_pool2d(&pool, xv.clone()).sum().into_scalar::<f32>());
+        });
+        row("max_pool2d", name, "forward+backward", reps, || {
+            let grads = max_pool2d(&pool, x.clone()).sum().backward();
+            let dx = x.grad(&grads).expect("an input gradient");
+            std::hint::black_box(dx.sum().into_scalar::<f32>());
+        });
+    }
+}
+
+/// GFLOP/s of the gemm crate (flex's matrix product) on a large square `f32` product with all
+/// the pool's threads: the ceiling the other figures are read against.
+fn ceiling() {
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let ms = time(10, || {
+        // SAFETY: three n x n row-major buffers, `c` distinct from `a` and `b`.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        std::hint::black_box(&c);
+    });
+    let gflops = 2.0 * (n * n * n) as f64 / (ms * 1e-3) / 1e9;
+    println!(
+        "{}",
+        serde_json::json!({"ceiling": "sgemm 1024^3", "ms": ms, "gflops": gflops})
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let reps = arg(&args, "--reps", 20);
+    kiln_trainer::backend::init_threads(arg(&args, "--threads", 2));
+    if args.iter().any(|a| a == "--ceiling") {
+        ceiling();
+        return;
+    }
+    conv_rows(reps);
+    pool_rows(reps);
+}
