@@ -598,3 +598,82 @@ fn resume_continues_on_another_device_and_a_missing_one_changes_nothing() {
         "run.json names the device the run finished on: {info}"
     );
 }
+
+/// The logged losses of a run, in order: (split, step, loss).
+fn loss_curve(run_dir: &str) -> Vec<(String, u64, f64)> {
+    std::fs::read_to_string(std::path::Path::new(run_dir).join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .filter(|v| v["loss"].is_f64())
+        .map(|v| {
+            (
+                v["split"].as_str().unwrap().to_string(),
+                v["step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_cnn_trains_the_same_with_and_without_kilns_cpu_kernels() {
+    // The digits as 8x8 images through two conv blocks: kernels/ computes the convolutions and
+    // pools (on the CPU, by default), or burn does (KILN_KERNELS=off). Same seed and data: the
+    // two differ only by the order of float additions, so every logged loss agrees to 1e-4
+    // (relative) over 6 epochs, and the accuracies match within one test example.
+    let sb = Sandbox::new();
+    let cfg = digits_config_with(
+        &sb,
+        "\nkind = \"cnn\"\n[[model.conv]]\nchannels = 8\nkernel = 3\npool = 2\n[[model.conv]]\nchannels = 16\nkernel = 3\npool = 2",
+        "[train]\nepochs = 6\nbatch_size = 32\nlog_every = 10",
+    );
+    let cfg = cfg.to_str().unwrap().to_string();
+    let cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[data]\n", "[data]\nimage_shape = [1, 8, 8]\n");
+    let cfg = sb.write("cnn.toml", &cfg);
+    let train = |kernels: &str| {
+        let o = sb
+            .command(&[
+                "train",
+                cfg.to_str().unwrap(),
+                "--json",
+                "--quiet",
+                "--device",
+                "cpu",
+            ])
+            .env("KILN_KERNELS", kernels)
+            .output()
+            .expect("kiln runs");
+        assert_exit(&o, 0);
+        json(&o)
+    };
+    let (on, off) = (train("on"), train("off"));
+    let (a, b) = (
+        loss_curve(on["run_dir"].as_str().unwrap()),
+        loss_curve(off["run_dir"].as_str().unwrap()),
+    );
+    assert!(
+        a.len() >= 24,
+        "train and validation losses of 6 epochs: {a:?}"
+    );
+    assert_eq!(a.len(), b.len());
+    for ((split, step, x), (_, _, y)) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+            "{split} loss at step {step}: {x} with the kernels, {y} without"
+        );
+    }
+    // Not equal to the bit: the switch is read, and the two paths really ran.
+    assert_ne!(a, b, "KILN_KERNELS=off changed no loss");
+    let accuracy = |v: &Value| v["metrics"]["test"]["accuracy"].as_f64().unwrap();
+    let count = on["metrics"]["test"]["count"].as_f64().unwrap();
+    assert!(
+        (accuracy(&on) - accuracy(&off)).abs() <= 1.0 / count + 1e-12,
+        "test accuracy {} with the kernels, {} without",
+        accuracy(&on),
+        accuracy(&off)
+    );
+    assert!(accuracy(&on) > 0.7, "the CNN learned: {}", accuracy(&on));
+}
