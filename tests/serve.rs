@@ -699,3 +699,175 @@ fn a_text_classifier_is_served_from_text_rows_as_kiln_predict_answers() {
         "{body}"
     );
 }
+
+/// The server-sent events of a `generate_stream` answer, parsed, in order.
+fn events(url: &str, body: &Value) -> (Option<String>, Vec<Value>) {
+    let resp = ureq::post(url)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(resp.header("Content-Type"), Some("text/event-stream"));
+    let version = resp.header("kiln-model-version").map(str::to_string);
+    let events = BufReader::new(resp.into_reader())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .map(|e| serde_json::from_str(&e).expect("an event is JSON"))
+        .collect();
+    (version, events)
+}
+
+#[test]
+fn a_language_model_generates_and_streams_what_kiln_generate_writes() {
+    let sb = Sandbox::new();
+    for cfg in ["configs/shakespeare_char.toml", "configs/digits_mlp.toml"] {
+        assert_exit(&sb.kiln(&["train", cfg, "--smoke", "--quiet"]), 0);
+    }
+    let ids: Vec<String> = run_dirs(&sb)
+        .iter()
+        .map(|d| d.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    let lm = ids.iter().find(|i| i.starts_with("shakespeare")).unwrap();
+    let mlp = ids.iter().find(|i| i.starts_with("digits")).unwrap();
+    // One server, a language model and a table model side by side.
+    let server = serve(&sb, &[lm, mlp]);
+    let (code, body) = get(&format!("{}/v2/models/{lm}", server.url));
+    assert_eq!(code, 200);
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["inputs"][0]["name"], "text_input");
+    assert_eq!(meta["outputs"][0]["name"], "text_output");
+
+    for (temperature, top_k, seed) in [("0", None, "1"), ("0.9", Some("12"), "5")] {
+        let mut args = vec![
+            "generate",
+            lm,
+            "--prompt",
+            "ROMEO:",
+            "--max-new-tokens",
+            "40",
+            "--temperature",
+            temperature,
+            "--seed",
+            seed,
+            "--json",
+        ];
+        if let Some(k) = top_k {
+            args.extend(["--top-k", k]);
+        }
+        let o = sb.kiln(&args);
+        assert_exit(&o, 0);
+        let want = json(&o)["text"].as_str().unwrap().to_string();
+        let mut params = json!({"max_tokens": 40, "temperature": temperature.parse::<f64>().unwrap(),
+            "seed": seed.parse::<u64>().unwrap()});
+        if let Some(k) = top_k {
+            params["top_k"] = json!(k.parse::<u64>().unwrap());
+        }
+        let request = json!({"text_input": "ROMEO:", "parameters": params});
+        let (code, version, body) = post(
+            &format!("{}/v2/models/{lm}/generate", server.url),
+            &request.to_string(),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(version.as_deref(), Some(lm.as_str()));
+        assert_eq!(
+            body["text_output"],
+            want.as_str(),
+            "temperature {temperature}"
+        );
+        assert_eq!(body["new_tokens"], 40);
+
+        // Streamed: a piece per event as tokens come, the same text in all, then the counts.
+        let (version, events) = events(
+            &format!("{}/v2/models/{lm}/generate_stream", server.url),
+            &request,
+        );
+        assert_eq!(version.as_deref(), Some(lm.as_str()));
+        let (last, pieces) = events.split_last().expect("events");
+        assert!(
+            pieces.len() >= 10,
+            "one event per piece: {} events",
+            pieces.len()
+        );
+        let text: String = pieces
+            .iter()
+            .map(|e| e["text_output"].as_str().unwrap())
+            .collect();
+        assert_eq!(text, want);
+        assert!(pieces.iter().all(|e| e["model_name"] == lm.as_str()));
+        assert_eq!(last["finished"], true, "{last}");
+        assert_eq!(last["new_tokens"], 40);
+        assert_eq!(last["prompt_tokens"], 6);
+    }
+
+    // Bad requests: 400 naming the field, before anything is generated.
+    let url = format!("{}/v2/models/{lm}/generate_stream", server.url);
+    for (body, says) in [
+        (
+            json!({"text_input": "ROMEO:", "parameters": {"max_token": 5}}),
+            "did you mean \"max_tokens\"",
+        ),
+        (json!({"text_input": "ROMEO: \u{4f60}"}), "vocabulary"),
+        (json!({"text_input": ""}), "text_input: empty"),
+        (json!({"text_input": 5}), "text_input"),
+        (json!({"prompt": "ROMEO:"}), "\"prompt\""),
+        (
+            json!({"text_input": "a", "parameters": {"max_tokens": 0}}),
+            "max_tokens",
+        ),
+        (
+            json!({"text_input": "a", "parameters": {"max_tokens": 100000}}),
+            "max_tokens",
+        ),
+        (
+            json!({"text_input": "a", "parameters": {"temperature": -1}}),
+            "temperature",
+        ),
+        (
+            json!({"text_input": "a", "parameters": {"top_p": 1.5}}),
+            "top_p",
+        ),
+        (
+            json!({"text_input": "a", "parameters": {"top_k": 0}}),
+            "top_k",
+        ),
+    ] {
+        let (code, _, answer) = post(&url, &body.to_string(), None);
+        assert_eq!(code, 400, "{body} -> {answer}");
+        let e = answer["error"].as_str().unwrap();
+        assert!(e.contains(says), "{body}: {e}");
+    }
+    let (code, _, answer) = post(&url, "{not json", None);
+    assert_eq!(code, 400, "{answer}");
+    // A language model is not asked per example, and a table model generates nothing.
+    let (code, _, answer) = post(
+        &format!("{}/v2/models/{lm}/infer", server.url),
+        &json!({"inputs": []}).to_string(),
+        None,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("/generate"),
+        "{answer}"
+    );
+    let (_, metrics) = get(&format!("{}/metrics", server.url));
+    assert!(
+        metrics.contains(&format!(
+            "kiln_generated_tokens_total{{model=\"{lm}\"}} 160"
+        )),
+        "40 tokens, 4 times:\n{metrics}"
+    );
+    let (code, _, answer) = post(
+        &format!("{}/v2/models/{mlp}/generate", server.url),
+        &json!({"text_input": "a"}).to_string(),
+        None,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not generate"),
+        "{answer}"
+    );
+}

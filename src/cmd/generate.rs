@@ -47,6 +47,7 @@ pub fn run(a: GenerateArgs, registry: Option<PathBuf>) -> anyhow::Result<u8> {
             started = true;
             let _ = write!(out, "{prompt}{piece}").and_then(|_| out.flush());
         }
+        std::ops::ControlFlow::Continue(())
     })?;
     if a.json {
         let v = serde_json::json!({

@@ -11,6 +11,7 @@
 //! (positions are absolute, so cached keys cannot be shifted). Both paths slide alike, so they
 //! read the same context at every step.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData};
@@ -168,12 +169,12 @@ pub fn language_model(run: &LoadedRun) -> Result<(&Gpt, &Tokenizer), EvalError> 
 }
 
 /// Generates up to `s.max_new_tokens` tokens after `prompt`, calling `on_text` with the text
-/// of each as it comes.
+/// of each as it comes; `on_text` answering `Break` stops early (a client went away).
 pub fn generate(
     run: &LoadedRun,
     prompt: &str,
     s: &Sampling,
-    mut on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generated, EvalError> {
     let (model, tokenizer) = language_model(run)?;
     let mut ids = tokenizer.encode(prompt)?;
@@ -201,7 +202,7 @@ fn generate_ids(
     s: &Sampling,
     device: &burn::tensor::Device,
     tokenizer: &Tokenizer,
-    mut on_token: impl FnMut(u32, &mut Stream),
+    mut on_token: impl FnMut(u32, &mut Stream) -> ControlFlow<()>,
 ) -> (Vec<u32>, f64) {
     let block = model.block_size();
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
@@ -240,7 +241,9 @@ fn generate_ids(
         let id = sample(&last, s, &mut rng);
         ids.push(id);
         new.push(id);
-        on_token(id, &mut stream);
+        if on_token(id, &mut stream).is_break() {
+            break;
+        }
     }
     (new, started.elapsed().as_secs_f64())
 }

@@ -8,11 +8,14 @@
 //! - Dynamic batching: requests wait in a bounded queue (a full one answers 503 at once);
 //!   the batcher takes up to `max_batch` rows or waits `max_wait` for more, runs one forward
 //!   pass and answers each request ([`batcher`]).
+//! - Language models: `/v2/models/{name}/generate` and `/generate_stream` (server-sent events,
+//!   a piece of text as each token comes), as Triton's generate extension ([`generation`]).
 //! - `/metrics` in Prometheus' text format ([`metrics`]), the served version in a header of
 //!   every model answer, aliases followed while serving (polled, or on SIGHUP) without
 //!   dropping a request, graceful shutdown on SIGTERM or Ctrl-C, a bearer token, a body limit.
 
 mod batcher;
+mod generation;
 pub mod metrics;
 pub mod protocol;
 
@@ -99,6 +102,8 @@ pub struct Schema {
     pub classes: Option<Vec<String>>,
     pub metadata: Value,
     pub reference: Option<drift::Reference>,
+    /// A language model: it answers `generate`, not `infer` or `predict`.
+    pub generates: bool,
 }
 
 /// A served name: the reference it follows and the version it serves now.
@@ -107,6 +112,8 @@ struct Slot {
     reference: String,
     current: RwLock<Arc<Version>>,
     queue: std::sync::mpsc::SyncSender<batcher::Job>,
+    /// Places in line for a language model's generations (one runs at a time).
+    generations: Arc<tokio::sync::Semaphore>,
     /// Served rows (preprocessed) and predicted classes, newest last.
     window: Mutex<VecDeque<(Vec<f32>, Option<usize>)>>,
 }
@@ -123,15 +130,6 @@ struct App {
 fn load(registry: &Registry, reference: &str) -> Result<(Entry, LoadedRun), ServeError> {
     let entry = registry.resolve(reference)?;
     let run = LoadedRun::open_model(registry, &entry)?;
-    if matches!(
-        run.pre.target,
-        crate::data::preprocess::TargetEncoding::NextToken
-    ) {
-        return Err(ServeError::Refused(format!(
-            "{}: a language model generates text; `kiln serve` answers per-example models (tables, images, text classifiers)",
-            entry.label
-        )));
-    }
     Ok((entry, run))
 }
 
@@ -148,6 +146,10 @@ fn version(entry: &Entry, run: LoadedRun) -> Version {
             classes: run.task.class_names().map(<[String]>::to_vec),
             metadata,
             reference,
+            generates: matches!(
+                run.pre.target,
+                crate::data::preprocess::TargetEncoding::NextToken
+            ),
         },
         run: Mutex::new(run),
     }
@@ -192,6 +194,7 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
             reference: reference.clone(),
             current: RwLock::new(v),
             queue: tx,
+            generations: Arc::new(tokio::sync::Semaphore::new(opts.batch.queue.max(1))),
             window: Mutex::new(VecDeque::new()),
         });
     }
@@ -250,6 +253,14 @@ async fn run_server(
             post(infer_version),
         )
         .route("/v2/models/{name}/predict", post(predict_named))
+        .route(
+            "/v2/models/{name}/generate",
+            post(|State(app), Path(name), body| generation::generate(app, name, body)),
+        )
+        .route(
+            "/v2/models/{name}/generate_stream",
+            post(|State(app), Path(name), body| generation::generate_stream(app, name, body)),
+        )
         .route("/predict", post(predict_default))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
@@ -573,6 +584,9 @@ async fn predict(app: Arc<App>, name: String, body: Bytes) -> Response {
         Err(r) => return *r,
     };
     let v = Arc::clone(&slot.current.read().expect("slot lock"));
+    if v.schema.generates {
+        return generates_text(&name);
+    }
     let data = protocol::predict_rows(&v.schema, &body, app.allow_unseen);
     let data = match data {
         Ok(d) => d,
@@ -624,6 +638,9 @@ async fn infer_as(app: Arc<App>, name: String, version: Option<String>, body: By
             format!("{name} serves {}, not version {want}", v.label),
         );
     }
+    if v.schema.generates {
+        return generates_text(&name);
+    }
     let parsed = protocol::infer_rows(&v.schema.pre, &body);
     let (data, id) = match parsed {
         Ok(p) => p,
@@ -663,6 +680,16 @@ async fn infer_as(app: Arc<App>, name: String, version: Option<String>, body: By
         out["id"] = id;
     }
     json_response(&out, Some(&v.label))
+}
+
+/// A per-example request to a language model.
+fn generates_text(name: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "{name} is a language model: POST /v2/models/{name}/generate (or generate_stream) with {{\"text_input\": ...}}"
+        ),
+    )
 }
 
 fn answer_names(v: &Version) -> Vec<String> {

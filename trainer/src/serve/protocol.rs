@@ -292,6 +292,19 @@ pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Val
 
 /// The v2 model metadata.
 pub fn metadata(name: &str, version: &str, run: &crate::eval::LoadedRun) -> Value {
+    if matches!(
+        run.pre.target,
+        crate::data::preprocess::TargetEncoding::NextToken
+    ) {
+        // Triton's generate extension: a text in, a text out.
+        return json!({
+            "name": name,
+            "versions": [version],
+            "platform": "kiln",
+            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
+        });
+    }
     let outputs: Vec<Value> = run
         .task
         .output_names()
