@@ -800,6 +800,21 @@ fn a_language_model_generates_and_streams_what_kiln_generate_writes() {
         assert_eq!(last["prompt_tokens"], 6);
     }
 
+    // Triton's own examples give the parameters beside text_input: the same text.
+    let greedy = |body: Value| {
+        let (code, _, answer) = post(
+            &format!("{}/v2/models/{lm}/generate", server.url),
+            &body.to_string(),
+            None,
+        );
+        assert_eq!(code, 200, "{answer}");
+        answer["text_output"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        greedy(json!({"text_input": "ROMEO:", "max_tokens": 12, "temperature": 0})),
+        greedy(json!({"text_input": "ROMEO:", "parameters": {"max_tokens": 12, "temperature": 0}}))
+    );
+
     // Bad requests: 400 naming the field, before anything is generated.
     let url = format!("{}/v2/models/{lm}/generate_stream", server.url);
     for (body, says) in [
@@ -831,6 +846,14 @@ fn a_language_model_generates_and_streams_what_kiln_generate_writes() {
             json!({"text_input": "a", "parameters": {"top_k": 0}}),
             "top_k",
         ),
+        (
+            json!({"text_input": "a", "top_k": 2, "parameters": {"top_k": 3}}),
+            "given twice",
+        ),
+        (
+            json!({"text_input": "a", "temprature": 1}),
+            "did you mean \"temperature\"",
+        ),
     ] {
         let (code, _, answer) = post(&url, &body.to_string(), None);
         assert_eq!(code, 400, "{body} -> {answer}");
@@ -853,9 +876,9 @@ fn a_language_model_generates_and_streams_what_kiln_generate_writes() {
     let (_, metrics) = get(&format!("{}/metrics", server.url));
     assert!(
         metrics.contains(&format!(
-            "kiln_generated_tokens_total{{model=\"{lm}\"}} 160"
+            "kiln_generated_tokens_total{{model=\"{lm}\"}} 184"
         )),
-        "40 tokens, 4 times:\n{metrics}"
+        "40 tokens 4 times, 12 twice:\n{metrics}"
     );
     let (code, _, answer) = post(
         &format!("{}/v2/models/{mlp}/generate", server.url),

@@ -21,7 +21,7 @@ impl Activation {
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::Relu => activation::relu(x),
-            Activation::Gelu => activation::gelu(x),
+            Activation::Gelu => kiln_kernels::gelu::gelu(x),
             Activation::Tanh => activation::tanh(x),
             Activation::Sigmoid => activation::sigmoid(x),
             Activation::Silu => activation::silu(x),

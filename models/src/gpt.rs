@@ -13,8 +13,9 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor};
+use kiln_kernels::gelu::gelu;
+use kiln_kernels::softmax::softmax_last;
 use serde::{Deserialize, Serialize};
 
 use crate::onnx::{Builder, LowerError};
@@ -176,8 +177,20 @@ pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &D
     l
 }
 
+/// The transformers' layer-norm epsilon (burn's default), named so that kiln's kernel gets
+/// the value the module was built with.
+pub(crate) const LN_EPS: f64 = 1e-5;
+
 pub(crate) fn layer_norm(d: usize, bias: bool, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(d).with_bias(bias).init(device)
+    LayerNormConfig::new(d)
+        .with_bias(bias)
+        .with_epsilon(LN_EPS)
+        .init(device)
+}
+
+/// `ln.forward(x)`, through kiln's CPU kernel where it applies.
+pub(crate) fn norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    kiln_kernels::layer_norm::layer_norm(ln, x, LN_EPS)
 }
 
 impl Architecture for GptConfig {
@@ -324,9 +337,9 @@ impl Block {
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
-        let a = self.attn.forward(self.ln_1.forward(x.clone()), mask, cache);
+        let a = self.attn.forward(norm(&self.ln_1, x.clone()), mask, cache);
         let x = x + a;
-        let m = self.mlp.forward(self.ln_2.forward(x.clone()));
+        let m = self.mlp.forward(norm(&self.ln_2, x.clone()));
         x + m
     }
 }
@@ -441,7 +454,7 @@ impl Attention {
         if let Some(mask) = mask {
             att = att.mask_fill(mask.clone().expand([b, h, t, keys]), f32::NEG_INFINITY);
         }
-        let att = self.attn_drop.forward(softmax(att, 3));
+        let att = self.attn_drop.forward(softmax_last(att));
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
         self.resid_drop.forward(self.proj.forward(y))
     }
@@ -494,7 +507,7 @@ impl Gpt {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, mask.as_ref(), slot);
         }
-        let x = self.ln_f.forward(x);
+        let x = norm(&self.ln_f, x);
         match &self.head {
             Some(head) => head.forward(x),
             None => {

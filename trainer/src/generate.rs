@@ -120,6 +120,24 @@ struct Stream<'t> {
 }
 
 impl Stream<'_> {
+    /// What was held back at the end (an incomplete character), as the full decode shows it.
+    fn finish(&mut self) -> String {
+        match self.tokenizer {
+            Tokenizer::Bytes => {
+                let s = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                s
+            }
+            Tokenizer::Hf { .. } => {
+                let text = self.tokenizer.decode(&self.ids);
+                let rest = text.get(self.written..).unwrap_or("").to_string();
+                self.written = text.len();
+                rest
+            }
+            _ => String::new(),
+        }
+    }
+
     fn push(&mut self, id: u32) -> String {
         match self.tokenizer {
             Tokenizer::Bytes => {
@@ -182,10 +200,13 @@ pub fn generate(
         return Err(EvalError::EmptyPrompt);
     }
     let prompt_tokens = ids.len();
-    let (tokens, seconds) =
+    let (tokens, seconds, rest) =
         generate_ids(model, &mut ids, s, &run.device, tokenizer, |id, stream| {
             on_text(&stream.push(id))
         });
+    if !rest.is_empty() {
+        let _ = on_text(&rest);
+    }
     Ok(Generated {
         text: tokenizer.decode(&tokens),
         tokens_per_second: tokens.len() as f64 / seconds.max(1e-9),
@@ -195,7 +216,8 @@ pub fn generate(
     })
 }
 
-/// The token loop: appends new tokens to `ids`; returns them and the seconds they took.
+/// The token loop: appends new tokens to `ids`; returns them, the seconds they took and the
+/// text the stream still held back at the end.
 fn generate_ids(
     model: &Gpt,
     ids: &mut Vec<u32>,
@@ -203,7 +225,7 @@ fn generate_ids(
     device: &burn::tensor::Device,
     tokenizer: &Tokenizer,
     mut on_token: impl FnMut(u32, &mut Stream) -> ControlFlow<()>,
-) -> (Vec<u32>, f64) {
+) -> (Vec<u32>, f64, String) {
     let block = model.block_size();
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let mut stream = Stream {
@@ -245,7 +267,8 @@ fn generate_ids(
             break;
         }
     }
-    (new, started.elapsed().as_secs_f64())
+    let seconds = started.elapsed().as_secs_f64();
+    (new, seconds, stream.finish())
 }
 
 #[cfg(test)]
@@ -302,5 +325,9 @@ mod tests {
         };
         let out: Vec<String> = "aé€".bytes().map(|b| s.push(u32::from(b))).collect();
         assert_eq!(out, ["a", "", "é", "", "", "€"]);
+        // A character cut short at the end is flushed as the full decode shows it.
+        assert_eq!(s.push(0xE2), "");
+        assert_eq!(s.finish(), "\u{FFFD}");
+        assert_eq!(s.finish(), "");
     }
 }

@@ -39,7 +39,12 @@ impl Geometry {
     /// Whether the kernel fits in the padded input (else there is no output).
     pub fn is_valid(&self) -> bool {
         let [t, b, l, r] = self.padding;
-        self.kernel[0] >= 1
+        self.batch >= 1
+            && self.c_in >= 1
+            && self.c_out >= 1
+            && self.height >= 1
+            && self.width >= 1
+            && self.kernel[0] >= 1
             && self.kernel[1] >= 1
             && self.stride[0] >= 1
             && self.stride[1] >= 1
@@ -94,7 +99,9 @@ impl Geometry {
                         out[..x0].fill(0.0);
                         out[x1..].fill(0.0);
                         let src = &plane[iy * w..(iy + 1) * w];
-                        if sw == 1 {
+                        // x0 == x1 when no output column reads the image at this kj (a
+                        // padding wider than the image): x0 + kj - l may then underflow.
+                        if sw == 1 && x0 < x1 {
                             let ix0 = x0 + kj - l;
                             out[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
                         } else {
@@ -128,7 +135,7 @@ impl Geometry {
                         let iy = oy * sh + ki - t;
                         let src = &row[oy * ow..(oy + 1) * ow];
                         let dst = &mut plane[iy * w..(iy + 1) * w];
-                        if sw == 1 {
+                        if sw == 1 && x0 < x1 {
                             let ix0 = x0 + kj - l;
                             for (d, s) in dst[ix0..ix0 + (x1 - x0)].iter_mut().zip(&src[x0..x1]) {
                                 *d += s;
@@ -158,11 +165,18 @@ fn matmul(
     [rhs_rs, rhs_cs]: [usize; 2],
     parallelism: Parallelism,
 ) {
-    debug_assert!(dst.len() >= m * n);
-    debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the slices cover every element the strides address (checked above in debug
-    // builds, and by construction at every call site), and `dst` does not alias the operands.
+    // O(1) checks that keep the unsafe call in bounds whatever the caller passed.
+    assert!(dst.len() >= m * n, "matmul: dst too short");
+    assert!(
+        m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs,
+        "matmul: lhs too short"
+    );
+    assert!(
+        k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
+        "matmul: rhs too short"
+    );
+    // SAFETY: the slices cover every element the strides address (checked above), and `dst`
+    // is a distinct `&mut` borrow, so it does not alias the operands.
     unsafe {
         gemm::gemm(
             m,
@@ -197,8 +211,28 @@ fn inner_parallelism(tasks: usize) -> Parallelism {
     }
 }
 
+/// Panics unless the buffers have the sizes `g` says (a caller's bug, not bad input: the
+/// op's function checks shapes before calling).
+fn check_sizes(g: &Geometry, x: Option<&[f32]>, weight: Option<&[f32]>, dy: Option<&[f32]>) {
+    assert!(g.is_valid(), "conv2d: invalid geometry {g:?}");
+    assert!(
+        x.is_none_or(|x| x.len() == g.batch * g.image()),
+        "conv2d: input size"
+    );
+    assert!(
+        weight.is_none_or(|w| w.len() == g.c_out * g.patch()),
+        "conv2d: weight size"
+    );
+    assert!(
+        dy.is_none_or(|d| d.len() == g.batch * g.c_out * g.pixels()),
+        "conv2d: output gradient size"
+    );
+}
+
 /// The forward pass: `y = conv(x, weight) + bias`.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    check_sizes(g, Some(x), Some(weight), None);
+    assert!(bias.is_none_or(|b| b.len() == g.c_out), "conv2d: bias size");
     let (patch, pixels) = (g.patch(), g.pixels());
     let mut y = vec![0.0f32; g.batch * g.c_out * pixels];
     if y.is_empty() {
@@ -233,6 +267,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
 
 /// The input's gradient: each image's `weightᵀ · dy`, folded back by col2im.
 pub fn input_grad(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
+    check_sizes(g, None, Some(weight), Some(dy));
     let (patch, pixels) = (g.patch(), g.pixels());
     let mut dx = vec![0.0f32; g.batch * g.image()];
     if dx.is_empty() || pixels == 0 {
@@ -263,6 +298,7 @@ pub fn input_grad(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
 
 /// The weight's and the bias's gradients: `Σₙ dyₙ · colₙᵀ` and `Σₙ Σₚ dyₙ`.
 pub fn weight_bias_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    check_sizes(g, Some(x), None, Some(dy));
     let (patch, pixels) = (g.patch(), g.pixels());
     let (dw_len, db_len) = (g.c_out * patch, g.c_out);
     if g.batch == 0 || pixels == 0 {

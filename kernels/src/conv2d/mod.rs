@@ -62,7 +62,14 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match (usable, padding, &conv.bias) {
         (true, Some(padding), Some(bias)) => {
             let geometry = geometry(x.dims(), weight.dims(), conv.stride, padding);
-            if !geometry.is_valid() {
+            // Anything else (a channel count that does not match the weight, say) is left to
+            // burn, which says what is wrong.
+            let [_, c_in, _, _] = x.dims();
+            let fits = geometry.is_valid()
+                && weight.dims()[1] == c_in
+                && bias.val().dims() == [geometry.c_out]
+                && bias.val().dtype() == DType::F32;
+            if !fits {
                 return conv.forward(x);
             }
             Tensor::from_dispatch(<Dispatch as Conv2dBackend>::kiln_conv2d(

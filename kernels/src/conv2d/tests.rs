@@ -170,6 +170,25 @@ fn odd_sizes_strides_and_asymmetric_padding_match_burn() {
         stride: [1, 1],
         padding: [0; 4],
     });
+    // Padding wider than the image: some kernel columns read no pixel at all.
+    check(Case {
+        batch: 2,
+        c_in: 2,
+        c_out: 3,
+        hw: [4, 1],
+        kernel: [5, 5],
+        stride: [1, 1],
+        padding: [2; 4],
+    });
+    check(Case {
+        batch: 1,
+        c_in: 3,
+        c_out: 2,
+        hw: [2, 2],
+        kernel: [7, 7],
+        stride: [1, 1],
+        padding: [3; 4],
+    });
     // A kernel as large as the padded input: one output pixel.
     check(Case {
         batch: 2,

@@ -1,7 +1,8 @@
 //! Language models over HTTP, as Triton's generate extension has it:
 //!
 //! - `POST /v2/models/{name}/generate` with `{"text_input": "ROMEO:", "parameters":
-//!   {"max_tokens": 64, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "seed": 1}}` answers
+//!   {"max_tokens": 64, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "seed": 1}}` (the
+//!   parameters may also stand beside `text_input`, as in Triton's own examples) answers
 //!   `{"model_name", "model_version", "text_output", ...}` once the text is complete;
 //! - `POST /v2/models/{name}/generate_stream`, the same body, answers `text/event-stream`: one
 //!   `data: {"model_name", "model_version", "text_output": PIECE}` event per piece of text as
@@ -9,9 +10,10 @@
 //!
 //! The prompt is encoded and every parameter checked before anything is generated, so a bad
 //! request is a 400 naming the field, never a broken stream. Generation runs on a blocking
-//! thread with the model's lock (one text at a time per model, as the batcher's forward
-//! passes); at most `queue` requests per model wait for it, further ones get 503 at once. A
-//! client that goes away mid-stream stops its generation at the next token.
+//! thread with the model's lock (one text at a time per model); at most `queue` requests per
+//! model hold a place in line, further ones get 503 at once. The lock is never held waiting on
+//! a client (events go to an unbounded channel, at most `MAX_TOKENS + 1` of them), and a client
+//! that goes away stops its generation at the next token.
 
 use std::convert::Infallible;
 use std::ops::ControlFlow;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{App, Slot, Version, error, json_response};
 use crate::generate::{self, Sampling};
@@ -28,21 +30,34 @@ use crate::generate::{self, Sampling};
 /// The most tokens one request may ask for.
 pub const MAX_TOKENS: usize = 4096;
 
+/// The sampling parameters a request may give.
+const PARAMETERS: [&str; 6] = [
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "cache",
+];
+
 /// A checked request: the prompt and how to sample.
 struct Request {
     prompt: String,
     sampling: Sampling,
 }
 
-fn bad(message: String) -> Box<Response> {
+type Refusal = Box<Response>;
+
+fn bad(message: String) -> Refusal {
     Box::new(error(StatusCode::BAD_REQUEST, message))
 }
 
-/// `parameters.<key>` as a number, if present.
-fn number(
-    params: &serde_json::Map<String, Value>,
-    key: &str,
-) -> Result<Option<f64>, Box<Response>> {
+fn known_parameters() -> Vec<String> {
+    PARAMETERS.iter().map(|k| k.to_string()).collect()
+}
+
+/// `parameters.<key>` as a finite number, if present.
+fn number(params: &Map<String, Value>, key: &str) -> Result<Option<f64>, Refusal> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -54,7 +69,7 @@ fn number(
 }
 
 /// `parameters.<key>` as a whole number, if present.
-fn whole(params: &serde_json::Map<String, Value>, key: &str) -> Result<Option<u64>, Box<Response>> {
+fn whole(params: &Map<String, Value>, key: &str) -> Result<Option<u64>, Refusal> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -64,20 +79,50 @@ fn whole(params: &serde_json::Map<String, Value>, key: &str) -> Result<Option<u6
     }
 }
 
+/// The sampling parameters: the `parameters` object and those given beside `text_input`.
+fn parameters(obj: &Map<String, Value>) -> Result<Map<String, Value>, Refusal> {
+    let mut params = match obj.get("parameters") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(v) => return Err(bad(format!("parameters: {v} is not an object"))),
+    };
+    if let Some(k) = params.keys().find(|k| !PARAMETERS.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "parameters.{k}: unknown{} (known: {})",
+            crate::suggest::hint(k, &known_parameters()),
+            PARAMETERS.join(", ")
+        )));
+    }
+    for k in PARAMETERS {
+        if let Some(v) = obj.get(k) {
+            if params.contains_key(k) {
+                return Err(bad(format!(
+                    "{k}: given twice, beside text_input and in parameters"
+                )));
+            }
+            params.insert(k.to_string(), v.clone());
+        }
+    }
+    Ok(params)
+}
+
 /// Reads and checks a generate request body; defaults as `kiln generate`'s flags (64 tokens,
 /// temperature 0.8, seed 1, the key/value cache on).
-fn parse(body: &Value, version: &Version) -> Result<Request, Box<Response>> {
+fn parse(body: &Value, version: &Version) -> Result<Request, Refusal> {
     let Some(obj) = body.as_object() else {
         return Err(bad(
             "the body must be a JSON object with \"text_input\"".into()
         ));
     };
+    let fields = ["text_input", "parameters", "id"];
     if let Some(k) = obj
         .keys()
-        .find(|k| !["text_input", "parameters", "id"].contains(&k.as_str()))
+        .find(|k| !fields.contains(&k.as_str()) && !PARAMETERS.contains(&k.as_str()))
     {
         return Err(bad(format!(
-            "{k:?}: not a field of a generate request (text_input, parameters)"
+            "{k:?}: not a field of a generate request{} (text_input, parameters, or one of {})",
+            crate::suggest::hint(k, &known_parameters()),
+            PARAMETERS.join(", ")
         )));
     }
     let prompt = match obj.get("text_input") {
@@ -85,45 +130,24 @@ fn parse(body: &Value, version: &Version) -> Result<Request, Box<Response>> {
         Some(v) => return Err(bad(format!("text_input: {v} is not a string"))),
         None => return Err(bad("text_input: missing (the prompt to continue)".into())),
     };
-    let empty = serde_json::Map::new();
-    let params = match obj.get("parameters") {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(m)) => m,
-        Some(v) => return Err(bad(format!("parameters: {v} is not an object"))),
-    };
-    const KNOWN: [&str; 6] = [
-        "max_tokens",
-        "temperature",
-        "top_k",
-        "top_p",
-        "seed",
-        "cache",
-    ];
-    if let Some(k) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        let known: Vec<String> = KNOWN.iter().map(|k| k.to_string()).collect();
-        return Err(bad(format!(
-            "parameters.{k}: unknown{} (known: {})",
-            crate::suggest::hint(k, &known),
-            KNOWN.join(", ")
-        )));
-    }
-    let max_tokens = whole(params, "max_tokens")?.unwrap_or(64);
+    let params = parameters(obj)?;
+    let max_tokens = whole(&params, "max_tokens")?.unwrap_or(64);
     if max_tokens == 0 || max_tokens > MAX_TOKENS as u64 {
         return Err(bad(format!(
             "parameters.max_tokens: {max_tokens}: must be 1 to {MAX_TOKENS}"
         )));
     }
-    let temperature = number(params, "temperature")?.unwrap_or(0.8);
+    let temperature = number(&params, "temperature")?.unwrap_or(0.8);
     if temperature < 0.0 {
         return Err(bad(format!(
             "parameters.temperature: {temperature}: must be 0 (greedy) or positive"
         )));
     }
-    let top_k = whole(params, "top_k")?;
+    let top_k = whole(&params, "top_k")?;
     if top_k == Some(0) {
         return Err(bad("parameters.top_k: 0: keep at least 1 token".into()));
     }
-    let top_p = number(params, "top_p")?;
+    let top_p = number(&params, "top_p")?;
     if let Some(p) = top_p
         && !(p > 0.0 && p <= 1.0)
     {
@@ -153,18 +177,18 @@ fn parse(body: &Value, version: &Version) -> Result<Request, Box<Response>> {
             temperature,
             top_k: top_k.map(|k| k as usize),
             top_p,
-            seed: whole(params, "seed")?.unwrap_or(1),
+            seed: whole(&params, "seed")?.unwrap_or(1),
             cache,
         },
     })
 }
 
-/// The request's slot, version and checked body, and a place in the model's line.
+/// The request's version and checked body, and a place in the model's line.
 fn admit(
     app: &App,
     name: &str,
     body: &Bytes,
-) -> Result<(Arc<Version>, Request, tokio::sync::OwnedSemaphorePermit), Box<Response>> {
+) -> Result<(Arc<Version>, Request, tokio::sync::OwnedSemaphorePermit), Refusal> {
     let slot: &Slot = super::slot(app, name)?;
     let v = Arc::clone(&slot.current.read().expect("slot lock"));
     if !v.schema.generates {
@@ -172,8 +196,7 @@ fn admit(
             "{name} does not generate text: POST /v2/models/{name}/infer or /predict"
         )));
     }
-    let body = super::parse_body(body)?;
-    let request = parse(&body, &v)?;
+    // The place in line first: under overload, a 503 costs no parsing.
     let permit = Arc::clone(&slot.generations)
         .try_acquire_owned()
         .map_err(|_| {
@@ -185,7 +208,27 @@ fn admit(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             Box::new(r)
         })?;
+    let body = super::parse_body(body)?;
+    let request = parse(&body, &v)?;
     Ok((v, request, permit))
+}
+
+/// One generation under the model's lock. A panic inside (memory exhausted, say) is an error
+/// for this request, and the lock is not left poisoned for the next.
+fn run_generation(
+    v: &Version,
+    request: &Request,
+    on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<generate::Generated, String> {
+    let run = v
+        .run
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        generate::generate(&run, &request.prompt, &request.sampling, on_text)
+    }))
+    .map_err(|_| "the generation failed".to_string())?
+    .map_err(|e| e.to_string())
 }
 
 /// `POST /v2/models/{name}/generate`: the whole text in one answer.
@@ -195,30 +238,39 @@ pub async fn generate(app: Arc<App>, name: String, body: Bytes) -> Response {
         Err(r) => return *r,
     };
     let v2 = Arc::clone(&v);
+    // `gone` is dropped with this handler if the client goes away: the generation then stops.
+    let (alive, gone) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let run = v2.run.lock().expect("model lock");
-        generate::generate(&run, &request.prompt, &request.sampling, |_| {
-            ControlFlow::Continue(())
+        if alive.is_closed() {
+            return Err("the client went away".to_string());
+        }
+        run_generation(&v2, &request, |_| {
+            if alive.is_closed() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })
     })
     .await;
-    if let Ok(Ok(g)) = &done {
-        app.metrics.generated(&name, g.tokens.len());
-    }
+    drop(gone);
     match done {
-        Ok(Ok(g)) => json_response(
-            &json!({
-                "model_name": name,
-                "model_version": v.label,
-                "text_output": g.text,
-                "prompt_tokens": g.prompt_tokens,
-                "new_tokens": g.tokens.len(),
-                "tokens_per_second": g.tokens_per_second,
-            }),
-            Some(&v.label),
-        ),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(Ok(g)) => {
+            app.metrics.generated(&name, g.tokens.len());
+            json_response(
+                &json!({
+                    "model_name": name,
+                    "model_version": v.label,
+                    "text_output": g.text,
+                    "prompt_tokens": g.prompt_tokens,
+                    "new_tokens": g.tokens.len(),
+                    "tokens_per_second": g.tokens_per_second,
+                }),
+                Some(&v.label),
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the generation failed"),
     }
 }
@@ -233,24 +285,26 @@ pub async fn generate_stream(app: Arc<App>, name: String, body: Bytes) -> Respon
         Ok(x) => x,
         Err(r) => return *r,
     };
-    // A few events of slack: the generator waits for a slow reader rather than buffering.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
     let v2 = Arc::clone(&v);
     let model = name.clone();
     let metrics = Arc::clone(&app.metrics);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        // The client may have gone while this waited in line.
+        if tx.is_closed() {
+            return;
+        }
         let head = |piece: &str| json!({"model_name": model, "model_version": v2.label, "text_output": piece});
-        let run = v2.run.lock().expect("model lock");
-        let result = generate::generate(&run, &request.prompt, &request.sampling, |piece| {
-            if piece.is_empty() {
-                return ControlFlow::Continue(());
-            }
-            match tx.blocking_send(event(&head(piece))) {
-                Ok(()) => ControlFlow::Continue(()),
+        let result = run_generation(&v2, &request, |piece| {
+            if tx.is_closed() {
                 // The client went away: stop generating.
-                Err(_) => ControlFlow::Break(()),
+                return ControlFlow::Break(());
             }
+            if !piece.is_empty() {
+                let _ = tx.send(event(&head(piece)));
+            }
+            ControlFlow::Continue(())
         });
         let mut last = head("");
         match result {
@@ -261,12 +315,12 @@ pub async fn generate_stream(app: Arc<App>, name: String, body: Bytes) -> Respon
                 last["new_tokens"] = json!(g.tokens.len());
                 last["tokens_per_second"] = json!(g.tokens_per_second);
             }
-            Err(e) => last["error"] = json!(e.to_string()),
+            Err(e) => last["error"] = json!(e),
         }
-        let _ = tx.blocking_send(event(&last));
+        let _ = tx.send(event(&last));
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|b| b.map(Ok::<_, Infallible>))
     });
     let mut r = Response::new(Body::from_stream(stream));
     let h = r.headers_mut();

@@ -1,0 +1,62 @@
+//! The kernel against burn's own `softmax` over the last dimension (the reference): values
+//! and gradients, with a causal mask's -inf as the GPT has them, on odd sizes.
+
+use burn::tensor::{Bool, Device, Distribution, Tensor};
+
+use super::softmax_last;
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 values")
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn check(shape: [usize; 4], causal: bool) {
+    let device = Device::flex().autodiff();
+    let mut x0 = Tensor::<4>::random(shape, Distribution::Normal(0.0, 2.0), &device);
+    if causal {
+        let [_, _, t, k] = shape;
+        let mask = Tensor::<2, Bool>::tril_mask([t, k], 0, &device)
+            .unsqueeze::<4>()
+            .expand(shape);
+        x0 = x0.mask_fill(mask, f32::NEG_INFINITY);
+    }
+    let run = |kernel: bool| {
+        let x = x0.clone().require_grad();
+        let y = if kernel {
+            softmax_last(x.clone())
+        } else {
+            burn::tensor::activation::softmax(x.clone(), 3)
+        };
+        let w = Tensor::<4>::ones(y.dims(), &device)
+            .cumsum(3)
+            .div_scalar(3.0)
+            .cos();
+        let grads = (y.clone() * w).sum().backward();
+        (
+            values(y.inner()),
+            values(x.grad(&grads).expect("a gradient")),
+        )
+    };
+    let ((y, dx), (ry, rdx)) = (run(true), run(false));
+    assert!(max_abs_diff(&y, &ry) < 1e-6, "{shape:?}: values differ");
+    assert!(
+        max_abs_diff(&dx, &rdx) < 1e-5,
+        "{shape:?}: gradients differ by {}",
+        max_abs_diff(&dx, &rdx)
+    );
+    assert!(y.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn values_and_gradients_match_burns() {
+    check([12, 4, 64, 64], true);
+    check([2, 3, 5, 7], false);
+    check([1, 1, 1, 1], false);
+    check([3, 2, 9, 9], true);
+}
