@@ -20,7 +20,8 @@ import tempfile
 def kiln(steps, threads):
     with tempfile.TemporaryDirectory() as reg:
         out = subprocess.run(
-            ["cargo", "run", "--release", "-q", "--features", "mpi", "--", "train",
+            # $KILN_FEATURES: the feature set of the build already made (as benches/compare.py).
+            ["cargo", "run", "--release", "-q", "--features", os.environ.get("KILN_FEATURES", "mpi"), "--", "train",
              "configs/shakespeare_char.toml", "--json", "--quiet", "--registry", reg,
              "--set", f"train.max_steps={steps}", "--set", f"runtime.threads={threads}",
              "--set", "train.log_every=50"],

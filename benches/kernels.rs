@@ -10,12 +10,15 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::MaxPool2dConfig;
+use burn::nn::{LayerNormConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor};
 use kiln_kernels::conv2d::conv2d;
+use kiln_kernels::gelu::gelu;
+use kiln_kernels::layer_norm::layer_norm;
 use kiln_kernels::max_pool2d::max_pool2d;
+use kiln_kernels::softmax::softmax_last;
 
 /// Median milliseconds of `f` over `reps` runs after two warm-up runs.
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -108,6 +111,65 @@ fn pool_rows(reps: usize) {
     }
 }
 
+/// The transformer ops at the shapes of configs/shakespeare_char.toml (batch 12 x 64 positions,
+/// width 128, 4 heads): GELU on the 4x-wide MLP activation, softmax on the attention weights,
+/// layer norm on the residual stream.
+fn transformer_rows(reps: usize) {
+    let device = Device::flex().autodiff();
+    let random = |shape: [usize; 3]| {
+        Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad()
+    };
+    let x = random([12, 64, 512]);
+    row("gelu", "[12, 64, 512]", "forward+backward", reps, || {
+        let grads = gelu(x.clone()).sum().backward();
+        std::hint::black_box(
+            x.grad(&grads)
+                .expect("a gradient")
+                .sum()
+                .into_scalar::<f32>(),
+        );
+    });
+    let a = Tensor::<4>::random([12, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device)
+        .require_grad();
+    let w = Tensor::<4>::random([12, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+    row(
+        "softmax",
+        "[12, 4, 64, 64], last dim",
+        "forward+backward",
+        reps,
+        || {
+            // Weighted so that the gradient is not zero (a softmax's rows sum to 1).
+            let grads = (softmax_last(a.clone()) * w.clone()).sum().backward();
+            std::hint::black_box(
+                a.grad(&grads)
+                    .expect("a gradient")
+                    .sum()
+                    .into_scalar::<f32>(),
+            );
+        },
+    );
+    let ln = LayerNormConfig::new(128).init(&device);
+    let r = random([12, 64, 128]);
+    let w3 = Tensor::<3>::random([12, 64, 128], Distribution::Normal(0.0, 1.0), &device);
+    row(
+        "layer_norm",
+        "[12, 64, 128]",
+        "forward+backward",
+        reps,
+        || {
+            let grads = (layer_norm(&ln, r.clone(), 1e-5) * w3.clone())
+                .sum()
+                .backward();
+            std::hint::black_box(
+                r.grad(&grads)
+                    .expect("a gradient")
+                    .sum()
+                    .into_scalar::<f32>(),
+            );
+        },
+    );
+}
+
 /// GFLOP/s of the gemm crate (flex's matrix product) on a large square `f32` product with all
 /// the pool's threads: the ceiling the other figures are read against.
 fn ceiling() {
@@ -159,4 +221,5 @@ fn main() {
     }
     conv_rows(reps);
     pool_rows(reps);
+    transformer_rows(reps);
 }

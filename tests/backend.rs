@@ -616,6 +616,42 @@ fn loss_curve(run_dir: &str) -> Vec<(String, u64, f64)> {
         .collect()
 }
 
+/// Trains `args` (a `kiln train` line) with kiln's CPU kernels and without
+/// (`KILN_KERNELS=off`); checks that every logged loss agrees to `tol` (relative) and that the
+/// two runs did differ (the switch is read, both paths ran). Returns both runs' JSON.
+fn same_with_and_without_kernels(
+    sb: &Sandbox,
+    args: &[&str],
+    tol: f64,
+    min_points: usize,
+) -> (Value, Value) {
+    let train = |kernels: &str| {
+        let o = sb
+            .command(&[args, &["--json", "--quiet", "--device", "cpu"]].concat())
+            .env("KILN_KERNELS", kernels)
+            .output()
+            .expect("kiln runs");
+        assert_exit(&o, 0);
+        json(&o)
+    };
+    let (on, off) = (train("on"), train("off"));
+    let (a, b) = (
+        loss_curve(on["run_dir"].as_str().unwrap()),
+        loss_curve(off["run_dir"].as_str().unwrap()),
+    );
+    assert!(a.len() >= min_points, "logged losses: {a:?}");
+    assert_eq!(a.len(), b.len());
+    for ((split, step, x), (_, _, y)) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= tol * y.abs().max(1.0),
+            "{split} loss at step {step}: {x} with the kernels, {y} without"
+        );
+    }
+    // Not equal to the bit: the switch is read, and the two paths really ran.
+    assert_ne!(a, b, "KILN_KERNELS=off changed no loss");
+    (on, off)
+}
+
 #[test]
 fn a_cnn_trains_the_same_with_and_without_kilns_cpu_kernels() {
     // The digits as 8x8 images through two conv blocks: kernels/ computes the convolutions and
@@ -628,45 +664,11 @@ fn a_cnn_trains_the_same_with_and_without_kilns_cpu_kernels() {
         "\nkind = \"cnn\"\n[[model.conv]]\nchannels = 8\nkernel = 3\npool = 2\n[[model.conv]]\nchannels = 16\nkernel = 3\npool = 2",
         "[train]\nepochs = 6\nbatch_size = 32\nlog_every = 10",
     );
-    let cfg = cfg.to_str().unwrap().to_string();
     let cfg = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("[data]\n", "[data]\nimage_shape = [1, 8, 8]\n");
     let cfg = sb.write("cnn.toml", &cfg);
-    let train = |kernels: &str| {
-        let o = sb
-            .command(&[
-                "train",
-                cfg.to_str().unwrap(),
-                "--json",
-                "--quiet",
-                "--device",
-                "cpu",
-            ])
-            .env("KILN_KERNELS", kernels)
-            .output()
-            .expect("kiln runs");
-        assert_exit(&o, 0);
-        json(&o)
-    };
-    let (on, off) = (train("on"), train("off"));
-    let (a, b) = (
-        loss_curve(on["run_dir"].as_str().unwrap()),
-        loss_curve(off["run_dir"].as_str().unwrap()),
-    );
-    assert!(
-        a.len() >= 24,
-        "train and validation losses of 6 epochs: {a:?}"
-    );
-    assert_eq!(a.len(), b.len());
-    for ((split, step, x), (_, _, y)) in a.iter().zip(&b) {
-        assert!(
-            (x - y).abs() <= 1e-4 * y.abs().max(1.0),
-            "{split} loss at step {step}: {x} with the kernels, {y} without"
-        );
-    }
-    // Not equal to the bit: the switch is read, and the two paths really ran.
-    assert_ne!(a, b, "KILN_KERNELS=off changed no loss");
+    let (on, off) = same_with_and_without_kernels(&sb, &["train", cfg.to_str().unwrap()], 1e-4, 24);
     let accuracy = |v: &Value| v["metrics"]["test"]["accuracy"].as_f64().unwrap();
     let count = on["metrics"]["test"]["count"].as_f64().unwrap();
     assert!(
@@ -676,4 +678,24 @@ fn a_cnn_trains_the_same_with_and_without_kilns_cpu_kernels() {
         accuracy(&off)
     );
     assert!(accuracy(&on) > 0.7, "the CNN learned: {}", accuracy(&on));
+}
+
+#[test]
+fn the_gpt_trains_the_same_with_and_without_kilns_cpu_kernels() {
+    // The Shakespeare GPT for 60 steps: GELU, softmax and layer norm from kernels/ or from
+    // burn. Every logged loss (every 10 steps, and a validation at 60) agrees to 1e-4.
+    let sb = Sandbox::new();
+    let args = [
+        "train",
+        "configs/shakespeare_char.toml",
+        "--set",
+        "train.max_steps=60",
+        "--set",
+        "train.log_every=10",
+        "--set",
+        "train.valid_every=60",
+        "--set",
+        "data.split.valid=0.02",
+    ];
+    same_with_and_without_kernels(&sb, &args, 1e-4, 6);
 }
