@@ -3,7 +3,8 @@
 //!
 //!   cargo bench --bench kernels -- [--reps N] [--threads T] [--ceiling]
 //!
-//! `--ceiling` prints only the machine's matrix-multiply rate (see [`ceiling`]).
+//! `--ceiling` prints only the machine's matrix-multiply rate (see [`ceiling`]);
+//! `KILN_BENCH_ONLY=gelu` (a kernel's name) times that kernel alone.
 //!
 //! One JSON line per row: `{"kernel", "shape", "reference_ms", "kernel_ms", "speedup", "pass"}`.
 
@@ -43,6 +44,9 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 
 /// Times `f` with the kernels off (the reference) and on, alternating, and prints one row.
 fn row(kernel: &str, shape: &str, pass: &str, reps: usize, mut f: impl FnMut()) {
+    if std::env::var("KILN_BENCH_ONLY").is_ok_and(|only| only != kernel) {
+        return;
+    }
     let mut on = Vec::new();
     let mut off = Vec::new();
     for _ in 0..3 {

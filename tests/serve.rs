@@ -731,6 +731,11 @@ fn a_language_model_generates_and_streams_what_kiln_generate_writes() {
     let mlp = ids.iter().find(|i| i.starts_with("digits")).unwrap();
     // One server, a language model and a table model side by side.
     let server = serve(&sb, &[lm, mlp]);
+    let (_, body) = get(&format!("{}/v2", server.url));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["extensions"],
+        json!(["generate"])
+    );
     let (code, body) = get(&format!("{}/v2/models/{lm}", server.url));
     assert_eq!(code, 200);
     let meta: Value = serde_json::from_str(&body).unwrap();

@@ -163,7 +163,7 @@ impl Encoder {
         for block in &self.blocks {
             x = block.forward(x, Some(&mask), None);
         }
-        let x = crate::gpt::norm(&self.ln_f, x);
+        let x = self.ln_f.forward(x);
         let [_, _, e] = x.dims();
         let keep = keep.float().reshape([b, t, 1]);
         let count = keep.clone().sum_dim(1).reshape([b, 1]).clamp_min(1.0);

@@ -177,20 +177,8 @@ pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &D
     l
 }
 
-/// The transformers' layer-norm epsilon (burn's default), named so that kiln's kernel gets
-/// the value the module was built with.
-pub(crate) const LN_EPS: f64 = 1e-5;
-
 pub(crate) fn layer_norm(d: usize, bias: bool, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(d)
-        .with_bias(bias)
-        .with_epsilon(LN_EPS)
-        .init(device)
-}
-
-/// `ln.forward(x)`, through kiln's CPU kernel where it applies.
-pub(crate) fn norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
-    kiln_kernels::layer_norm::layer_norm(ln, x, LN_EPS)
+    LayerNormConfig::new(d).with_bias(bias).init(device)
 }
 
 impl Architecture for GptConfig {
@@ -337,9 +325,9 @@ impl Block {
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
-        let a = self.attn.forward(norm(&self.ln_1, x.clone()), mask, cache);
+        let a = self.attn.forward(self.ln_1.forward(x.clone()), mask, cache);
         let x = x + a;
-        let m = self.mlp.forward(norm(&self.ln_2, x.clone()));
+        let m = self.mlp.forward(self.ln_2.forward(x.clone()));
         x + m
     }
 }
@@ -507,7 +495,7 @@ impl Gpt {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, mask.as_ref(), slot);
         }
-        let x = norm(&self.ln_f, x);
+        let x = self.ln_f.forward(x);
         match &self.head {
             Some(head) => head.forward(x),
             None => {

@@ -51,14 +51,33 @@ fn forward_values(x: &[f32]) -> Vec<f32> {
     y
 }
 
-fn backward_values(x: &[f32], dy: &[f32]) -> Vec<f32> {
+/// The forward values and `erf(x / √2)` of each element, which the backward reuses (flex
+/// computes it again there).
+fn forward_keeping_erf(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (mut y, mut erf) = (vec![0.0f32; x.len()], vec![0.0f32; x.len()]);
+    y.par_chunks_mut(CHUNK)
+        .zip(erf.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)))
+        .for_each(|(y, (erf, x))| {
+            for ((y, e), &x) in y.iter_mut().zip(erf.iter_mut()).zip(x) {
+                *e = libm::erff(x / core::f32::consts::SQRT_2);
+                *y = 0.5 * x * (1.0 + *e);
+            }
+        });
+    (y, erf)
+}
+
+/// flex's gradient formula, with `erf(x / √2)` from the forward pass.
+fn backward_values(x: &[f32], erf: &[f32], dy: &[f32]) -> Vec<f32> {
     let inv_sqrt_2pi: f32 = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
     let mut dx = vec![0.0f32; x.len()];
     dx.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, dy))| {
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-                let cdf = 0.5 * (1.0 + libm::erff(x / core::f32::consts::SQRT_2));
+        .zip(
+            x.par_chunks(CHUNK)
+                .zip(erf.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))),
+        )
+        .for_each(|(dx, (x, (erf, dy)))| {
+            for (((dx, &x), &e), &g) in dx.iter_mut().zip(x).zip(erf).zip(dy) {
+                let cdf = 0.5 * (1.0 + e);
                 let pdf = inv_sqrt_2pi * (-0.5 * x * x).exp();
                 *dx = g * (cdf + x * pdf);
             }
@@ -76,18 +95,25 @@ impl GeluBackend for Flex {
     }
 }
 
+/// The input and `erf(x / √2)`, for the backward step.
+#[derive(Debug, Clone)]
+struct Saved {
+    x: FlexTensor,
+    erf: Vec<f32>,
+}
+
 #[derive(Debug)]
 struct GeluBackward;
 
 impl Backward<Flex, 1> for GeluBackward {
-    type State = FlexTensor;
+    type State = Saved;
 
-    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Saved, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         if let Some(node) = node {
-            let x = ops.state;
-            let dx = backward_values(&host(&x), &host(&dy));
+            let Saved { x, erf } = ops.state;
+            let dx = backward_values(&host(&x), &erf, &host(&dy));
             grads.register::<Flex>(node.id, flex(dx, x.shape().to_vec()));
         }
     }
@@ -101,8 +127,15 @@ impl<C: CheckpointStrategy> GeluBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = forward(x.primitive());
-                prep.finish(x.into_primitive(), y)
+                let (y, erf) = forward_keeping_erf(&host(x.primitive()));
+                let y = flex(y, x.primitive().shape().to_vec());
+                prep.finish(
+                    Saved {
+                        x: x.into_primitive(),
+                        erf,
+                    },
+                    y,
+                )
             }
             OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive())),
         }

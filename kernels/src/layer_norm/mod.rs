@@ -2,14 +2,20 @@
 //!
 //! Under autodiff, burn 0.22.1 builds layer norm from about eight tracked ops (mean, subtract,
 //! square, mean, add, sqrt, divide, scale, shift), each a pass with its own buffers forward and
-//! backward. Here the forward is burn-flex's own fused layer norm (the values are flex's) and
-//! the backward one pass per row for the input, with the scale's and shift's gradients summed
-//! per fixed group of rows and the groups added in order (independent of the thread count):
+//! backward. Here the forward is one pass per row (its mean and `rstd` kept for the backward)
+//! and the backward one pass per row for the input, rows in groups over the threads, with the
+//! scale's and shift's gradients summed per group and the groups added in order (independent
+//! of the thread count):
 //!
 //! `x̂ = (x - mean) · rstd`, `g = dy · γ`, `dx = rstd (g - mean(g) - x̂ · mean(g · x̂))`,
 //! `dγ = Σ dy · x̂`, `dβ = Σ dy`.
 //!
 //! The reference is burn's own `LayerNorm::forward`: the tests compare values and gradients.
+//!
+//! **Not used by kiln's models**: at the GPT's sizes (`[12, 64, 128]`) it measured 0.65-0.8x
+//! burn's composite path (`cargo bench --bench kernels`, `KILN_BENCH_ONLY=layer_norm`), the
+//! cost being the op's set-up and thread hand-offs rather than its arithmetic. Kernels are
+//! wired in only where they win; this one waits for that.
 
 #[cfg(test)]
 mod tests;
@@ -19,7 +25,6 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::LayerNorm;
@@ -28,8 +33,31 @@ use rayon::prelude::*;
 
 use crate::{flex, host};
 
-/// Rows whose scale and shift gradients one task sums before the ordered reduction.
-const GROUP: usize = 64;
+/// Rows one task takes (and whose scale and shift gradients it sums before the ordered
+/// reduction): at least 64, and about 64k elements, so that a small layer is not split into
+/// tasks that cost more to wake threads for than to compute. A function of the row length
+/// only, so the reduction's order does not depend on the threads.
+fn group(n: usize) -> usize {
+    (16384 / n.max(1)).max(64)
+}
+
+/// `Σ f(i)` for `i < n` in eight lanes (so that the compiler can vectorise it), the lanes then
+/// added in order: the same value on every machine and thread count.
+#[inline]
+fn sum8(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let whole = n / 8 * 8;
+    for base in (0..whole).step_by(8) {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += f(base + l);
+        }
+    }
+    let mut total = lanes.iter().sum::<f32>();
+    for i in whole..n {
+        total += f(i);
+    }
+    total
+}
 
 #[backend_extension(Flex, Autodiff)]
 pub trait LayerNormBackend: Backend {
@@ -75,52 +103,83 @@ impl LayerNormBackend for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> FlexTensor {
-        Flex::layer_norm(x, gamma, Some(beta), epsilon)
+        forward(&x, &gamma, &beta, epsilon).0
     }
 }
 
-/// Per row of `n`: the input's gradient, and this row's terms of the scale's and shift's.
-fn backward_values(
+/// The forward pass per row of `n`, rows in groups over the threads: `y`, and each row's mean
+/// and `1 / sqrt(var + epsilon)` for the backward.
+fn forward_values(
     x: &[f32],
     gamma: &[f32],
-    dy: &[f32],
+    beta: &[f32],
     epsilon: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = gamma.len();
     let rows = x.len() / n;
+    let g = group(n);
+    let (mut y, mut mean, mut rstd) = (
+        vec![0.0f32; x.len()],
+        vec![0.0f32; rows],
+        vec![0.0f32; rows],
+    );
+    y.par_chunks_mut(g * n)
+        .zip(mean.par_chunks_mut(g).zip(rstd.par_chunks_mut(g)))
+        .zip(x.par_chunks(g * n))
+        .for_each(|((y, (mean, rstd)), x)| {
+            for (((y, x), m), r) in y
+                .chunks_exact_mut(n)
+                .zip(x.chunks_exact(n))
+                .zip(mean.iter_mut())
+                .zip(rstd.iter_mut())
+            {
+                let mu = sum8(n, |i| x[i]) / n as f32;
+                let var = sum8(n, |i| (x[i] - mu) * (x[i] - mu)) / n as f32;
+                let rs = (1.0 / (f64::from(var) + epsilon).sqrt()) as f32;
+                for i in 0..n {
+                    y[i] = (x[i] - mu) * rs * gamma[i] + beta[i];
+                }
+                (*m, *r) = (mu, rs);
+            }
+        });
+    (y, mean, rstd)
+}
+
+/// Per row of `n`: the input's gradient, and the scale's and shift's summed per group of rows
+/// (groups added in order).
+fn backward_values(
+    x: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = gamma.len();
+    let g = group(n);
     let mut dx = vec![0.0f32; x.len()];
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut(GROUP * n)
-        .zip(x.par_chunks(GROUP * n).zip(dy.par_chunks(GROUP * n)))
-        .map(|(dx, (x, dy))| {
+        .par_chunks_mut(g * n)
+        .zip(x.par_chunks(g * n).zip(dy.par_chunks(g * n)))
+        .zip(mean.par_chunks(g).zip(rstd.par_chunks(g)))
+        .map(|((dx, (x, dy)), (mean, rstd))| {
             let (mut dgamma, mut dbeta) = (vec![0.0f32; n], vec![0.0f32; n]);
             let mut xhat = vec![0.0f32; n];
-            for ((dx, x), dy) in dx
+            for ((((dx, x), dy), &mu), &rs) in dx
                 .chunks_exact_mut(n)
                 .zip(x.chunks_exact(n))
                 .zip(dy.chunks_exact(n))
+                .zip(mean)
+                .zip(rstd)
             {
-                let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
-                let var = x
-                    .iter()
-                    .map(|&v| (f64::from(v) - mean).powi(2))
-                    .sum::<f64>()
-                    / n as f64;
-                let rstd = 1.0 / (var + epsilon).sqrt();
-                let (mut mean_g, mut mean_gx) = (0.0f64, 0.0f64);
                 for i in 0..n {
-                    xhat[i] = ((f64::from(x[i]) - mean) * rstd) as f32;
-                    let g = f64::from(dy[i] * gamma[i]);
-                    mean_g += g;
-                    mean_gx += g * f64::from(xhat[i]);
+                    xhat[i] = (x[i] - mu) * rs;
                     dgamma[i] += dy[i] * xhat[i];
                     dbeta[i] += dy[i];
                 }
-                mean_g /= n as f64;
-                mean_gx /= n as f64;
+                let mean_g = sum8(n, |i| dy[i] * gamma[i]) / n as f32;
+                let mean_gx = sum8(n, |i| dy[i] * gamma[i] * xhat[i]) / n as f32;
                 for i in 0..n {
-                    let g = f64::from(dy[i] * gamma[i]);
-                    dx[i] = (rstd * (g - mean_g - f64::from(xhat[i]) * mean_gx)) as f32;
+                    dx[i] = rs * (dy[i] * gamma[i] - mean_g - xhat[i] * mean_gx);
                 }
             }
             (dgamma, dbeta)
@@ -131,16 +190,27 @@ fn backward_values(
         dgamma.iter_mut().zip(&pg).for_each(|(a, b)| *a += b);
         dbeta.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
     }
-    debug_assert_eq!(rows * n, x.len());
     (dx, dgamma, dbeta)
 }
 
-/// What the backward step needs: the input, the scale, epsilon.
+/// Runs the forward pass on Flex tensors.
+fn forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, Vec<f32>, Vec<f32>) {
+    let (y, mean, rstd) = forward_values(&host(x), &host(gamma), &host(beta), epsilon);
+    (flex(y, x.shape().to_vec()), mean, rstd)
+}
+
+/// What the backward step needs: the input, the scale, each row's mean and `rstd`.
 #[derive(Debug, Clone)]
 struct Saved {
     x: FlexTensor,
     gamma: FlexTensor,
-    epsilon: f64,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
 }
 
 #[derive(Debug)]
@@ -152,8 +222,14 @@ impl Backward<Flex, 3> for LayerNormBackward {
     fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let Saved { x, gamma, epsilon } = ops.state;
-        let (dx, dgamma, dbeta) = backward_values(&host(&x), &host(&gamma), &host(&dy), epsilon);
+        let Saved {
+            x,
+            gamma,
+            mean,
+            rstd,
+        } = ops.state;
+        let (dx, dgamma, dbeta) =
+            backward_values(&host(&x), &host(&gamma), &host(&dy), &mean, &rstd);
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, flex(dx, x.shape().to_vec()));
         }
@@ -178,18 +254,14 @@ impl<C: CheckpointStrategy> LayerNormBackend for Autodiff<Flex, C> {
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful();
-        let y = Flex::layer_norm(
-            x.primitive().clone(),
-            gamma.primitive().clone(),
-            Some(beta.primitive().clone()),
-            epsilon,
-        );
+        let (y, mean, rstd) = forward(x.primitive(), gamma.primitive(), beta.primitive(), epsilon);
         match prep {
             OpsKind::Tracked(prep) => {
                 let saved = Saved {
                     x: x.into_primitive(),
                     gamma: gamma.into_primitive(),
-                    epsilon,
+                    mean,
+                    rstd,
                 };
                 prep.finish(saved, y)
             }

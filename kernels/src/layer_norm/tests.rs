@@ -80,15 +80,17 @@ fn values_and_gradients_match_burns() {
     check([12, 64, 128], false);
     check([12, 64, 128], true);
     check([1, 1, 7], true);
-    // 3 x 50 = 150 rows: two full groups of 64 and a partial one.
     check([3, 50, 33], true);
+    // Rows of 600: groups of 109 rows; 300 rows make two full groups and a partial one.
+    check([3, 100, 600], true);
 }
 
 #[test]
 fn the_scale_gradient_does_not_depend_on_the_thread_count() {
     let device = Device::flex().autodiff();
-    let ln = LayerNormConfig::new(48).init(&device);
-    let x = Tensor::<3>::random([5, 70, 48], Distribution::Normal(0.0, 1.0), &device);
+    // 320 rows of 600: three groups of rows.
+    let ln = LayerNormConfig::new(600).init(&device);
+    let x = Tensor::<3>::random([4, 80, 600], Distribution::Normal(0.0, 1.0), &device);
     let grad_on = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

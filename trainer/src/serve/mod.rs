@@ -441,9 +441,16 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     json_response(&json!({"ready": !app.slots.is_empty()}), None)
 }
 
-async fn server_metadata() -> Response {
+/// Server metadata; `extensions` names Triton's generate extension when a language model is
+/// served.
+async fn server_metadata(State(app): State<Arc<App>>) -> Response {
+    let generates = app
+        .slots
+        .iter()
+        .any(|s| s.current.read().expect("slot lock").schema.generates);
+    let extensions: Vec<&str> = if generates { vec!["generate"] } else { vec![] };
     json_response(
-        &json!({"name": "kiln", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+        &json!({"name": "kiln", "version": env!("CARGO_PKG_VERSION"), "extensions": extensions}),
         None,
     )
 }
