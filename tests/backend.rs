@@ -156,12 +156,10 @@ fn wgpu_adapter(sb: &Sandbox) -> Option<Value> {
 
 /// The logged training losses of a run, by step.
 fn train_losses(run_dir: &str) -> BTreeMap<u64, f64> {
-    let text =
-        std::fs::read_to_string(std::path::Path::new(run_dir).join("metrics.jsonl")).unwrap();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["split"] == "train" && v["loss"].is_number())
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+    loss_curve(run_dir)
+        .into_iter()
+        .filter(|(split, _, _)| split == "train")
+        .map(|(_, step, loss)| (step, loss))
         .collect()
 }
 

@@ -48,6 +48,12 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
+/// The gate every op shares: kernels switched on, and `x` an `f32` tensor on the CPU backend.
+/// Each op adds the conditions of its own layer.
+pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
+    enabled() && on_cpu(x) && x.dtype() == burn::tensor::DType::F32
+}
+
 /// Whether `x` lives on burn's CPU backend (Flex), with or without autodiff.
 pub fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     // Other arms exist only in builds with a GPU backend.

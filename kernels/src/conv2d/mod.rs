@@ -53,11 +53,9 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         PaddingConfig2d::Same => None,
     };
     let weight = conv.weight.val();
-    let usable = crate::enabled()
-        && crate::on_cpu(&x)
+    let usable = crate::applies(&x)
         && conv.groups == 1
         && conv.dilation == [1, 1]
-        && x.dtype() == DType::F32
         && weight.dtype() == DType::F32;
     match (usable, padding, &conv.bias) {
         (true, Some(padding), Some(bias)) => {

@@ -17,7 +17,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::{flex, host};
@@ -33,7 +33,7 @@ pub trait GeluBackend: Backend {
 /// `0.5 x (1 + erf(x / √2))`, elementwise, through kiln's kernel on the CPU (`f32`, kernels
 /// on) and burn's `gelu` elsewhere.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !(crate::enabled() && crate::on_cpu(&x) && x.dtype() == DType::F32) {
+    if !crate::applies(&x) {
         return burn::tensor::activation::gelu(x);
     }
     Tensor::from_dispatch(<Dispatch as GeluBackend>::kiln_gelu(x.into_dispatch()))

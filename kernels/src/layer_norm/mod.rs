@@ -74,9 +74,7 @@ pub trait LayerNormBackend: Backend {
 /// (burn keeps it private).
 pub fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, epsilon: f64) -> Tensor<D> {
     let gamma = ln.gamma.val();
-    let usable = crate::enabled()
-        && crate::on_cpu(&x)
-        && x.dtype() == DType::F32
+    let usable = crate::applies(&x)
         && gamma.dtype() == DType::F32
         && x.dims()[D - 1] == gamma.dims()[0]
         && x.dims()[D - 1] > 0;

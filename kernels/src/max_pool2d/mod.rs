@@ -19,7 +19,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2d;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use crate::{flex, host};
 use cpu::Geometry;
@@ -38,9 +38,7 @@ pub trait MaxPool2dBackend: Backend {
 /// kernel where it applies (the CPU backend, `f32`, no padding, no dilation, floor mode, kernels
 /// switched on) and through burn otherwise.
 pub fn max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
-    let usable = crate::enabled()
-        && crate::on_cpu(&x)
-        && x.dtype() == DType::F32
+    let usable = crate::applies(&x)
         && matches!(pool.padding, PaddingConfig2d::Valid)
         && pool.dilation == [1, 1]
         && !pool.ceil_mode

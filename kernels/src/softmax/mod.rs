@@ -18,7 +18,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::{flex, host};
@@ -31,7 +31,7 @@ pub trait SoftmaxBackend: Backend {
 /// Softmax over the last dimension, through kiln's kernel on the CPU (`f32`, kernels on) and
 /// burn's `softmax` elsewhere.
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !(crate::enabled() && crate::on_cpu(&x) && x.dtype() == DType::F32) || x.dims()[D - 1] == 0 {
+    if !crate::applies(&x) || x.dims()[D - 1] == 0 {
         return burn::tensor::activation::softmax(x, D - 1);
     }
     Tensor::from_dispatch(<Dispatch as SoftmaxBackend>::kiln_softmax_last(
