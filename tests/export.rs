@@ -258,6 +258,7 @@ fn a_planted_mismatch_fails_the_gate() {
         missing_values: vec![],
         n_features: 4,
         text: None,
+        images: None,
     };
     let task = kiln_trainer::task::Classification {
         binary: false,

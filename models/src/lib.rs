@@ -33,6 +33,7 @@ mod io;
 mod kind;
 mod mlp;
 pub mod onnx;
+mod resnet;
 mod section;
 
 pub use activation::Activation;
@@ -42,6 +43,7 @@ pub use gpt::{DECAYED, Gpt, GptConfig, KvCache, PRESETS, section_block_size};
 pub use io::{Input, InputShape, Output};
 pub use kind::{Architecture, Forward};
 pub use mlp::{Mlp, MlpConfig, Norm};
+pub use resnet::{RESNET_DECAYED, RESNET_PRESETS, ResNet, ResNetConfig};
 pub use section::{ConvSection, ModelSection, SectionError};
 
 model_kinds! {
@@ -53,4 +55,6 @@ model_kinds! {
     Gpt(GptConfig => Gpt) = "gpt",
     /// A transformer encoder over a text's token ids, pooled: a text classifier.
     Encoder(EncoderConfig => Encoder) = "encoder",
+    /// A residual network over images: basic blocks with batch norm, global average pooling.
+    ResNet(ResNetConfig => ResNet) = "resnet",
 }

@@ -11,7 +11,8 @@ use crate::{Activation, ModelKind, Norm};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct ModelSection {
-    /// `mlp`, `cnn`, `gpt` (a language model) or `encoder` (a text classifier). Default: `mlp`.
+    /// `mlp`, `cnn`, `resnet`, `gpt` (a language model) or `encoder` (a text classifier).
+    /// Default: `mlp`.
     pub kind: ModelKind,
     /// Hidden layer widths of the MLP (for `cnn`: of its head). Default: `[128]`.
     pub hidden: Vec<usize>,
@@ -23,9 +24,11 @@ pub struct ModelSection {
     pub norm: Norm,
     /// Convolution blocks of a `cnn`, in order (`[[model.conv]]` tables).
     pub conv: Vec<ConvSection>,
-    /// Transformer sizes by name (`gpt`, `encoder`): `char-tiny` (4 layers, 4 heads, 128 wide, 64
-    /// positions), `char-small` (6, 6, 384, 256) or `gpt2` (12, 12, 768, 1024). The keys below
-    /// override it. Default: `char-tiny`'s sizes.
+    /// Sizes by name. Transformers (`gpt`, `encoder`): `char-tiny` (4 layers, 4 heads, 128
+    /// wide, 64 positions), `char-small` (6, 6, 384, 256) or `gpt2` (12, 12, 768, 1024); the keys
+    /// below override it; default `char-tiny`'s sizes. `resnet`: `resnet8` (widths 16, 32, 64;
+    /// one block per stage; the default), `resnet20` (16, 32, 64; three blocks each) or
+    /// `resnet18` (64, 128, 256, 512; two each), `model.widths` and `model.depths` override it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
     /// Transformer blocks. Default: from `preset`.
@@ -47,6 +50,12 @@ pub struct ModelSection {
     /// The output layer reuses the token embedding (transposed). Default: true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tie_weights: Option<bool>,
+    /// `resnet`: channels of each stage. Default: from `preset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub widths: Option<Vec<usize>>,
+    /// `resnet`: basic blocks in each stage. Default: from `preset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depths: Option<Vec<usize>>,
 }
 
 impl Default for ModelSection {
@@ -65,6 +74,8 @@ impl Default for ModelSection {
             block_size: None,
             bias: None,
             tie_weights: None,
+            widths: None,
+            depths: None,
         }
     }
 }
@@ -72,7 +83,9 @@ impl Default for ModelSection {
 impl ModelSection {
     /// Whether any layer keeps batch norm's running statistics.
     pub fn uses_batch_norm(&self) -> bool {
-        self.norm == Norm::Batch || self.conv.iter().any(|c| c.batch_norm)
+        self.norm == Norm::Batch
+            || self.conv.iter().any(|c| c.batch_norm)
+            || self.kind == ModelKind::ResNet
     }
 }
 

@@ -1,4 +1,5 @@
-//! `kiln predict MODEL --input FILE [-o out.csv|out.json]`.
+//! `kiln predict MODEL --input FILE [-o out.csv|out.json]` (an image model: a file or a folder
+//! of images).
 
 use std::path::{Path, PathBuf};
 
@@ -13,11 +14,12 @@ pub fn run(
     output: Option<&Path>,
     registry: Option<PathBuf>,
 ) -> anyhow::Result<u8> {
-    if !input.is_file() {
-        return usage(format!("{}: no such file", input.display()));
-    }
     let (reg, entry) = resolve_model(&Registry::new(default_registry(registry)), reference)?;
     let model = eval::LoadedRun::open_model(&reg, &entry)?;
+    let folder_ok = model.pre.images.is_some() && input.is_dir();
+    if !input.is_file() && !folder_ok {
+        return usage(format!("{}: no such file", input.display()));
+    }
     let p = predict::predict_file(&model, input)?;
     let json = output.is_some_and(|o| o.extension().is_some_and(|e| e == "json"));
     let text = if json {

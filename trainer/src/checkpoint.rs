@@ -208,6 +208,28 @@ pub struct Restored {
 pub fn data_files(cfg: &RunConfig) -> Result<Vec<DataFile>, TrainError> {
     let spec = &cfg.data;
     let mut files = Vec::new();
+    // Image files: the index (each file's path, size, modification time and label) is hashed,
+    // not every image: a changed, added or removed file changes it.
+    if matches!(
+        spec.format,
+        crate::data::DataFormat::ImageFolder | crate::data::DataFormat::ImageCsv
+    ) {
+        let indexed = crate::data::images::Indexed::read(spec)?;
+        let mut add = |role: &str, path: &std::path::Path, index: &crate::data::images::Index| {
+            let (sha256, bytes) = index.fingerprint();
+            files.push(DataFile {
+                role: role.into(),
+                path: path.display().to_string(),
+                sha256,
+                bytes,
+            });
+        };
+        add("images", &spec.path, &indexed.main);
+        if let (Some(p), Some(t)) = (&spec.test_path, &indexed.test) {
+            add("test_images", p, t);
+        }
+        return Ok(files);
+    }
     // A text corpus: each of its files (a folder or a glob names several).
     let corpus = match spec.format {
         crate::data::DataFormat::Text => crate::data::text::corpus_files(&spec.path)?,

@@ -214,15 +214,15 @@ pub fn reference(
 /// probabilities, as `kiln predict`), or values in the target's units.
 pub fn predictions(
     model: &kiln_models::Model,
-    data: &dyn crate::data::Source,
+    data: &crate::data::Dataset,
     input: kiln_models::InputShape,
     task: &dyn crate::task::Task,
     device: &burn::tensor::Device,
 ) -> Values {
     let classes = task.class_names().is_some();
     let (mut idx, mut values) = (Vec::new(), Vec::new());
-    for start in (0..data.len()).step_by(crate::eval::EVAL_BATCH) {
-        let rows: Vec<usize> = (start..(start + crate::eval::EVAL_BATCH).min(data.len())).collect();
+    for start in (0..data.n).step_by(crate::eval::EVAL_BATCH) {
+        let rows: Vec<usize> = (start..(start + crate::eval::EVAL_BATCH).min(data.n)).collect();
         let batch = data.gather(&rows).upload(input, device);
         let Some(x) = batch.input else { continue };
         let Some(e) = task.explained(model.forward(x)) else {

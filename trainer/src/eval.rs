@@ -35,14 +35,14 @@ fn eval_rows(
     task: &dyn Task,
     device: &Device,
     rows: std::ops::Range<usize>,
-) -> (Vec<f32>, f64) {
+) -> Result<(Vec<f32>, f64), crate::data::DataError> {
     let mut out = Vec::with_capacity(rows.len() * task.row_width());
     let mut loss_sum = 0.0;
     let step = eval_batch(input);
     for start in rows.clone().step_by(step) {
         let end = (start + step).min(rows.end);
         let idx: Vec<usize> = (start..end).collect();
-        let batch = data.gather(&idx).upload(input, device);
+        let batch = data.fetch(&idx, None)?.upload(input, device);
         let Some(x) = batch.input else { continue };
         let output = model.forward(x);
         let l = task
@@ -51,7 +51,7 @@ fn eval_rows(
         loss_sum += l * batch.len as f64;
         out.extend(task.eval_rows(output, &batch.y));
     }
-    (out, loss_sum)
+    Ok((out, loss_sum))
 }
 
 /// Metrics of `model` on `data`, in the target's units. With the ranks of a data-parallel job,
@@ -65,23 +65,23 @@ pub fn evaluate(
     input: InputShape,
     task: &dyn Task,
     device: &Device,
-) -> Metrics {
+) -> Result<Metrics, crate::data::DataError> {
     let (n, w) = (data.len(), task.row_width());
     let Some(group) = group else {
-        let (rows, loss_sum) = eval_rows(model, data, input, task, device, 0..n);
-        return task.metrics(&rows, loss_sum / n.max(1) as f64);
+        let (rows, loss_sum) = eval_rows(model, data, input, task, device, 0..n)?;
+        return Ok(task.metrics(&rows, loss_sum / n.max(1) as f64));
     };
     let per = n.div_ceil(group.world());
     let start = (group.rank() * per).min(n);
     let end = (start + per).min(n);
-    let (mine, loss_sum) = eval_rows(model, data, input, task, device, start..end);
+    let (mine, loss_sum) = eval_rows(model, data, input, task, device, start..end)?;
     let mut all = vec![0.0f32; n * w + 1];
     all[start * w..end * w].copy_from_slice(&mine);
     all[n * w] = loss_sum as f32;
     group.all_reduce_sum(&mut all, &|| "the evaluation all-reduce".into());
     let loss = f64::from(all[n * w]) / n.max(1) as f64;
     all.truncate(n * w);
-    task.metrics(&all, loss)
+    Ok(task.metrics(&all, loss))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +283,7 @@ impl LoadedRun {
                 valid: Split::Table(Dataset::empty(pre.n_features)),
                 test: Split::Table(Dataset::empty(pre.n_features)),
                 preprocessor: pre.clone(),
+                skipped: Vec::new(),
             }
         };
         let task = crate::task::task_of(&cfg, &pre)?;
@@ -329,7 +330,7 @@ impl LoadedRun {
             self.mconf.input(),
             self.task.as_ref(),
             &self.device,
-        ))
+        )?)
     }
 
     /// Regression: `(predicted, true)` pairs of a split in the target's units (empty for
@@ -350,7 +351,7 @@ impl LoadedRun {
             self.task.as_ref(),
             &self.device,
             0..data.len(),
-        );
+        )?;
         Ok(rows
             .chunks(2)
             .map(|r| (self.pre.decode_value(r[0]), self.pre.decode_value(r[1])))
@@ -433,7 +434,7 @@ pub fn deep_check(cfg: &crate::config::RunConfig) -> Result<String, crate::error
         task.as_ref(),
         &device,
         0..batch.len(),
-    );
+    )?;
     let loss = loss_sum / batch.len().max(1) as f64;
     if !loss.is_finite() {
         return Err(TrainError::Setup(SetupError::FirstLoss { loss }));

@@ -56,6 +56,8 @@ pub fn optimizer(cfg: &RunConfig) -> ModuleOptimizer {
 fn decayed_only(kind: ModelKind) -> Option<&'static str> {
     match kind {
         ModelKind::Gpt | ModelKind::Encoder => Some(kiln_models::DECAYED),
+        // Convolution and classifier weights; not batch norm, not biases.
+        ModelKind::ResNet => Some(kiln_models::RESNET_DECAYED),
         ModelKind::Mlp | ModelKind::Cnn => None,
     }
 }

@@ -15,6 +15,9 @@ use crate::eval::{EVAL_BATCH, EvalError, LoadedRun};
 pub struct Row {
     /// 1-based line (or image number) in the input file.
     pub row: usize,
+    /// Image files: the file, as found under `--input`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// The predicted class name, or the predicted value in the target's units.
     pub prediction: serde_json::Value,
     /// Class probabilities, in class order (classification only).
@@ -31,12 +34,23 @@ pub struct Predictions {
 /// columns; the label column may be there or not) and predicts every row.
 pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalError> {
     let (data, lines) = read_input(run, input)?;
+    let paths: Option<Vec<String>> = match &data {
+        Split::Images(set) => Some(
+            set.files()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        ),
+        _ => None,
+    };
     let n = lines.len();
     let classes = run.task.class_names().map(<[String]>::to_vec);
     let mut out = Vec::with_capacity(n);
     for start in (0..n).step_by(EVAL_BATCH) {
         let idx: Vec<usize> = (start..(start + EVAL_BATCH).min(n)).collect();
-        let batch = data.gather(&idx).upload(run.mconf.input(), &run.device);
+        let batch = data
+            .fetch(&idx, None)?
+            .upload(run.mconf.input(), &run.device);
         let Some(x) = batch.input else { continue };
         for (i, p) in run
             .task
@@ -46,6 +60,7 @@ pub fn predict_file(run: &LoadedRun, input: &Path) -> Result<Predictions, EvalEr
         {
             out.push(Row {
                 row: lines[start + i],
+                path: paths.as_ref().map(|p| p[start + i].clone()),
                 prediction: p.prediction,
                 probabilities: p.probabilities,
             });
@@ -60,6 +75,24 @@ pub fn read_input(run: &LoadedRun, input: &Path) -> Result<(Split, Vec<usize>), 
     let mut spec = run.data_spec.clone();
     spec.path = input.to_path_buf();
     let table = match spec.format {
+        DataFormat::ImageFolder | DataFormat::ImageCsv => {
+            let (Some(prep), true) = (run.pre.images.clone(), input.exists()) else {
+                return Err(crate::data::DataError::Format {
+                    path: input.display().to_string(),
+                    message: "no such file or folder".into(),
+                }
+                .into());
+            };
+            let files = crate::data::images::input_files(input)?;
+            let n = files.len();
+            let set = crate::data::images::ImageSet::new(
+                files,
+                crate::data::Targets::Values(vec![0.0; n]),
+                prep,
+                None,
+            );
+            return Ok((Split::Images(set), (1..=n).collect()));
+        }
         DataFormat::Text => {
             return Err(EvalError::LanguageModel {
                 id: run.label.clone(),
@@ -116,7 +149,12 @@ pub fn preprocess(
 
 /// CSV: `row,prediction` and, for classification, one probability column per class.
 pub fn to_csv(p: &Predictions) -> String {
-    let mut s = String::from("row,prediction");
+    let images = p.rows.iter().any(|r| r.path.is_some());
+    let mut s = String::from(if images {
+        "path,prediction"
+    } else {
+        "row,prediction"
+    });
     if let Some(names) = &p.classes {
         for n in names {
             s.push_str(&format!(",p_{n}"));
@@ -128,11 +166,23 @@ pub fn to_csv(p: &Predictions) -> String {
             serde_json::Value::String(v) => v.clone(),
             other => other.to_string(),
         };
-        s.push_str(&format!("{},{pred}", r.row));
+        match &r.path {
+            Some(path) => s.push_str(&format!("{},{pred}", csv_field(path))),
+            None => s.push_str(&format!("{},{pred}", r.row)),
+        }
         for v in &r.probabilities {
             s.push_str(&format!(",{v}"));
         }
         s.push('\n');
     }
     s
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }

@@ -87,6 +87,9 @@ pub struct RunInfo {
     /// The validation (counted from 1) at which a sweep's pruner stopped this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned_at: Option<usize>,
+    /// Image files left out as unreadable (`data.bad_images` = "skip"): each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<String>,
 }
 
 /// What groups runs: a k-fold cross-validation or a hyperparameter sweep.

@@ -72,6 +72,15 @@ pub fn attr_float(name: &str, f: f32) -> AttributeProto {
     }
 }
 
+pub fn attr_string(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        s: s.as_bytes().to_vec(),
+        r#type: ATTR_STRING,
+        ..Default::default()
+    }
+}
+
 pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),

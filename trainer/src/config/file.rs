@@ -58,8 +58,9 @@ impl Default for FileConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct DataSection {
-    /// `csv` (CSV/TSV/whitespace-separated text, `.gz` too), `idx` (MNIST's IDX files) or
-    /// `text` (a corpus for a language model).
+    /// `csv` (CSV/TSV/whitespace-separated text, `.gz` too), `idx` (MNIST's IDX files),
+    /// `text` (a corpus for a language model), `image_folder` (PNG/JPEG files in one folder per
+    /// class) or `image_csv` (a CSV/TSV of image paths and labels).
     pub format: DataFormat,
     /// The training file (for `idx`: the images; for `text`: a file, a folder, or a glob such
     /// as `data/shakespeare/*.txt`, read in name order). Relative paths are relative to the
@@ -137,6 +138,21 @@ pub struct DataSection {
     pub image_shape: Option<[usize; 3]>,
     /// Names of the classes, by class index. Default: the label values as they sort.
     pub class_names: Vec<String>,
+    /// Image files: `[height, width]` the model reads; each image is scaled to cover it (aspect
+    /// ratio kept) and cropped at the centre. Default: the first training image's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[usize; 2]>,
+    /// Image files: 1 (grey) or 3 (RGB); files are converted. Default: the first training
+    /// image's (1 for grey, else 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
+    /// Image files: random transforms of the training images (`[data.augment]`).
+    pub augment: crate::data::images::Augment,
+    /// Image files: `error` (stop, naming the file) or `skip` (leave files that are not a
+    /// readable PNG/JPEG out, counted in the run record). Default: `error`.
+    pub bad_images: crate::data::images::BadImages,
+    /// `image_csv`: the column of image paths, relative to the CSV's folder. Default: `path`.
+    pub path_column: String,
     pub split: SplitSection,
 }
 
@@ -167,6 +183,11 @@ impl Default for DataSection {
             standardize_target: true,
             image_shape: None,
             class_names: Vec::new(),
+            image_size: None,
+            channels: None,
+            augment: Default::default(),
+            bad_images: Default::default(),
+            path_column: "path".into(),
             split: SplitSection::default(),
         }
     }

@@ -169,9 +169,19 @@ impl Checker<'_> {
         let d = &file.data;
         let n_before = self.problems.len();
         let text = d.format == DataFormat::Text;
+        let folder = d.format == DataFormat::ImageFolder;
         let path = if d.path.is_empty() {
             self.bad("`data.path` is required: the training data file".into());
             None
+        } else if folder {
+            let path = PathBuf::from(&d.path);
+            if data_files && !path.is_dir() {
+                self.bad(format!(
+                    "`data.path` = {:?}: no such folder (`data.format` = \"image_folder\" reads <path>/<class>/*.png|jpg)",
+                    d.path
+                ));
+            }
+            Some(path)
         } else if text {
             // A corpus may be a folder or a glob: the reader lists its files.
             let path = PathBuf::from(&d.path);
@@ -184,7 +194,20 @@ impl Checker<'_> {
         };
         self.text(file, data_files);
         let labels_path = self.file("labels_path", &d.labels_path, data_files);
-        let test_path = self.file("test_path", &d.test_path, data_files);
+        let test_path = match folder {
+            true => {
+                let p = d.test_path.as_ref().map(PathBuf::from);
+                if data_files && let Some(p) = p.as_ref().filter(|p| !p.is_dir()) {
+                    self.bad(format!(
+                        "`data.test_path` = {:?}: no such folder",
+                        p.display()
+                    ));
+                }
+                p
+            }
+            false => self.file("test_path", &d.test_path, data_files),
+        };
+        self.images(file);
         let test_labels_path = self.file("test_labels_path", &d.test_labels_path, data_files);
         let paths_ok = self.problems.len() == n_before;
         if d.format == DataFormat::Idx && d.labels_path.is_none() {
@@ -305,6 +328,62 @@ impl Checker<'_> {
         }
     }
 
+    /// The image keys of `[data]`, and the pairing of image files with their task.
+    fn images(&mut self, file: &FileConfig) {
+        let d = &file.data;
+        let images = matches!(d.format, DataFormat::ImageFolder | DataFormat::ImageCsv);
+        if images {
+            if file.task != Task::Classification {
+                self.bad(format!(
+                    "`data.format` = {:?} labels images with classes: it needs `task` = \"classification\"",
+                    format_name(d.format)
+                ));
+            }
+            if d.image_shape.is_some() {
+                self.bad("`data.image_shape` is for rows of pixels; image files take `data.image_size` = [height, width] (and `data.channels`)".into());
+            }
+            if d.labels_path.is_some() {
+                self.bad(
+                    "`data.labels_path` does not apply to image files: labels are class folders (`image_folder`) or a column (`image_csv`)"
+                        .into(),
+                );
+            }
+            if let Some(s) = d.image_size
+                && s.contains(&0)
+            {
+                self.bad(format!(
+                    "`data.image_size` = {s:?}: every size must be at least 1"
+                ));
+            }
+            if let Some(c) = d.channels
+                && c != 1
+                && c != 3
+            {
+                self.bad(format!("`data.channels` = {c}: use 1 (grey) or 3 (RGB)"));
+            }
+            for p in d.augment.problems(d.image_size) {
+                self.bad(p);
+            }
+            if d.augment.random_crop.is_some() && d.image_size.is_none() {
+                self.bad("`data.augment.random_crop` needs `data.image_size`: the size every training image is cropped to".into());
+            }
+        } else {
+            let set = d.image_size.is_some()
+                || d.channels.is_some()
+                || d.augment != Default::default()
+                || d.bad_images != Default::default();
+            if set {
+                self.bad(format!(
+                    "`data.image_size`, `data.channels`, `data.augment` and `data.bad_images` apply to image files (`data.format` = \"image_folder\" or \"image_csv\"), not {:?}",
+                    format_name(d.format)
+                ));
+            }
+        }
+        if d.format != DataFormat::ImageCsv && d.path_column != "path" {
+            self.bad("`data.path_column` applies to `data.format` = \"image_csv\"".into());
+        }
+    }
+
     /// The text keys of `[data]`, and the pairing of text with its task and model.
     fn text(&mut self, file: &FileConfig, data_files: bool) {
         let d = &file.data;
@@ -419,6 +498,13 @@ impl Checker<'_> {
             (None, DataFormat::Csv) => Some(InputShape::Rows { features: 1 }),
             // IDX images: their shape is in the file's header, read at training time.
             (None, DataFormat::Idx) => None,
+            (None, DataFormat::ImageFolder | DataFormat::ImageCsv) => {
+                d.image_size.map(|[height, width]| InputShape::Images {
+                    channels: d.channels.unwrap_or(1),
+                    height,
+                    width,
+                })
+            }
             // The vocabulary is read with the corpus; the block must fit the position table.
             (None, DataFormat::Text) => Some(InputShape::Tokens {
                 vocab: 1,
@@ -724,6 +810,11 @@ fn data_spec(file: &FileConfig, c: &DataChecked) -> data::DataSpec {
             _ => 8000,
         }),
         tokenizer_file: d.tokenizer_file.as_ref().map(PathBuf::from),
+        image_size: d.image_size,
+        channels: d.channels,
+        augment: d.augment.clone(),
+        bad_images: d.bad_images,
+        path_column: d.path_column.clone(),
     }
 }
 
@@ -747,6 +838,8 @@ fn format_name(f: DataFormat) -> &'static str {
         DataFormat::Csv => "csv",
         DataFormat::Idx => "idx",
         DataFormat::Text => "text",
+        DataFormat::ImageFolder => "image_folder",
+        DataFormat::ImageCsv => "image_csv",
     }
 }
 

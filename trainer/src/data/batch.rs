@@ -118,9 +118,18 @@ impl Batch {
     }
 }
 
-/// Where examples come from: a split held in memory, or later a stream of files or tokens.
-/// The loader's worker threads call [`Source::gather`] with the example indices of each batch,
-/// in an order that is a pure function of the seed and the position in training.
+/// Which pass over the training data a batch belongs to: random augmentation is a pure function
+/// of (seed, epoch, example index), so resumed and data-parallel runs read the same examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub seed: u64,
+    pub epoch: usize,
+}
+
+/// Where examples come from: a split held in memory, or files decoded as batches ask for them
+/// (a folder of images). The loader's worker threads call [`Source::fetch`] with the example
+/// indices of each batch, in an order that is a pure function of the seed and the position in
+/// training.
 pub trait Source: Send + Sync {
     /// Number of examples.
     fn len(&self) -> usize;
@@ -129,6 +138,8 @@ pub trait Source: Send + Sync {
         self.len() == 0
     }
 
-    /// The examples `idx` (in that order) as one batch.
-    fn gather(&self, idx: &[usize]) -> Batch;
+    /// The examples `idx` (in that order) as one batch. `pass` is given for training batches
+    /// only: a source with random augmentation applies it then. Reading a file can fail; a
+    /// split held in memory cannot.
+    fn fetch(&self, idx: &[usize], pass: Option<Pass>) -> Result<Batch, super::DataError>;
 }

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Batch, Source};
+use super::{Batch, DataError, Pass, Source};
 
 /// The example order of one epoch.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
@@ -25,9 +25,10 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usiz
     order
 }
 
-/// An epoch's batches, in order, from `start_batch` on.
+/// An epoch's batches, in order, from `start_batch` on. A batch that could not be read (a
+/// corrupt image file) comes as the error, and the loader stops after it.
 pub struct Loader {
-    receivers: Vec<Receiver<Batch>>,
+    receivers: Vec<Receiver<Result<Batch, DataError>>>,
     workers: Vec<JoinHandle<()>>,
     start: usize,
     next: usize,
@@ -35,7 +36,8 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts `workers` threads that each keep up to `prefetch` batches ready.
+    /// Starts `workers` threads that each keep up to `prefetch` batches ready: at most
+    /// `workers x (prefetch + 1)` batches exist before the consumer takes them.
     pub fn new(
         data: Arc<dyn Source>,
         order: Vec<usize>,
@@ -43,9 +45,10 @@ impl Loader {
         start_batch: usize,
         workers: usize,
         prefetch: usize,
+        pass: Option<Pass>,
     ) -> Self {
         let batches = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
-        Self::from_batches(data, batches, start_batch, workers, prefetch)
+        Self::from_batches(data, batches, start_batch, workers, prefetch, pass)
     }
 
     /// A loader over given batches of example indices (a rank's shard, where a batch may be
@@ -56,6 +59,7 @@ impl Loader {
         start_batch: usize,
         workers: usize,
         prefetch: usize,
+        pass: Option<Pass>,
     ) -> Self {
         let n_batches = batches.len();
         let batches = Arc::new(batches);
@@ -71,8 +75,10 @@ impl Loader {
                     .spawn(move || {
                         let mut b = start_batch + w;
                         while b < n_batches {
-                            if tx.send(data.gather(&batches[b])).is_err() {
-                                return; // the consumer stopped early
+                            let batch = data.fetch(&batches[b], pass);
+                            let failed = batch.is_err();
+                            if tx.send(batch).is_err() || failed {
+                                return; // the consumer stopped early, or cannot go on
                             }
                             b += workers;
                         }
@@ -97,9 +103,9 @@ impl Loader {
 }
 
 impl Iterator for Loader {
-    type Item = Batch;
+    type Item = Result<Batch, DataError>;
 
-    fn next(&mut self) -> Option<Batch> {
+    fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.end {
             return None;
         }
@@ -107,8 +113,11 @@ impl Iterator for Loader {
         let w = (self.next - self.start) % self.receivers.len();
         let batch = self.receivers[w]
             .recv()
-            .expect("a loader thread ends only after its last batch");
-        self.next += 1;
+            .expect("a loader thread ends only after its last batch, or after an error");
+        self.next = match batch.is_ok() {
+            true => self.next + 1,
+            false => self.end,
+        };
         Some(batch)
     }
 }
@@ -146,14 +155,15 @@ mod tests {
     #[test]
     fn workers_keep_the_order_and_cover_every_example_once() {
         let order = epoch_order(103, 7, 2, true);
-        let one: Vec<Batch> = Loader::new(data(103), order.clone(), 10, 0, 1, 2).collect();
-        let three: Vec<Batch> = Loader::new(data(103), order.clone(), 10, 0, 3, 1).collect();
+        let all = |l: Loader| -> Vec<Batch> { l.map(Result::unwrap).collect() };
+        let one = all(Loader::new(data(103), order.clone(), 10, 0, 1, 2, None));
+        let three = all(Loader::new(data(103), order.clone(), 10, 0, 3, 1, None));
         assert_eq!(one, three);
         assert_eq!(one.len(), 11);
         let mut seen: Vec<f32> = one.iter().flat_map(values).collect();
         seen.sort_by(f32::total_cmp);
         assert_eq!(seen, (0..103).map(|i| i as f32).collect::<Vec<_>>());
-        let resumed: Vec<Batch> = Loader::new(data(103), order, 10, 4, 2, 1).collect();
+        let resumed = all(Loader::new(data(103), order, 10, 4, 2, 1, None));
         assert_eq!(resumed, one[4..]);
     }
 

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod idx;
+pub mod images;
 pub mod loader;
 pub mod preprocess;
 pub mod spec;
@@ -17,7 +18,7 @@ pub mod text;
 
 use std::path::PathBuf;
 
-pub use batch::{Batch, Features, Source, Targets, Uploaded};
+pub use batch::{Batch, Features, Pass, Source, Targets, Uploaded};
 use kiln_models::InputShape;
 pub use loader::Loader;
 pub use preprocess::Preprocessor;
@@ -65,6 +66,14 @@ pub struct DataSpec {
     pub vocab_size: usize,
     /// A Hugging Face `tokenizer.json` to read a corpus with.
     pub tokenizer_file: Option<PathBuf>,
+    /// Image files: the `[height, width]` the model reads (`None`: the first file's), the
+    /// channels (`None`: the first file's, 1 for grey or 3), the training augmentation, what to
+    /// do with unreadable files, and an image CSV's column of paths.
+    pub image_size: Option<[usize; 2]>,
+    pub channels: Option<usize>,
+    pub augment: images::Augment,
+    pub bad_images: images::BadImages,
+    pub path_column: String,
 }
 
 /// What went wrong with a data file, with where.
@@ -128,8 +137,14 @@ impl Source for Dataset {
         self.n
     }
 
+    fn fetch(&self, idx: &[usize], _: Option<Pass>) -> Result<Batch, DataError> {
+        Ok(self.gather(idx))
+    }
+}
+
+impl Dataset {
     /// Copies the rows `idx` into a batch.
-    fn gather(&self, idx: &[usize]) -> Batch {
+    pub fn gather(&self, idx: &[usize]) -> Batch {
         let d = self.d;
         let mut x = Vec::with_capacity(idx.len() * d);
         for &i in idx {
@@ -146,12 +161,14 @@ impl Source for Dataset {
 /// Tokens of a training corpus scored by a final evaluation (or `kiln eval --split train`).
 pub const TRAIN_EVAL_TOKENS: usize = 131_072;
 
-/// One split as the model reads it: rows of a table (or pixels of images), or blocks of text.
+/// One split as the model reads it: rows of a table (or pixels of images), blocks of text,
+/// labeled texts, or image files decoded as batches ask for them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Split {
     Table(Dataset),
     Text(text::Blocks),
     Labeled(text::Labeled),
+    Images(images::ImageSet),
 }
 
 impl Split {
@@ -161,6 +178,7 @@ impl Split {
             Split::Table(d) => Split::Table(d.head(n)),
             Split::Text(b) => Split::Text(b.head(n)),
             Split::Labeled(l) => Split::Labeled(l.head(n)),
+            Split::Images(i) => Split::Images(i.head(n)),
         }
     }
 
@@ -189,14 +207,16 @@ impl Source for Split {
             Split::Table(d) => d.n,
             Split::Text(b) => b.len(),
             Split::Labeled(l) => l.len(),
+            Split::Images(i) => i.len(),
         }
     }
 
-    fn gather(&self, idx: &[usize]) -> Batch {
+    fn fetch(&self, idx: &[usize], pass: Option<Pass>) -> Result<Batch, DataError> {
         match self {
-            Split::Table(d) => d.gather(idx),
-            Split::Text(b) => b.gather(idx),
-            Split::Labeled(l) => l.gather(idx),
+            Split::Table(d) => Ok(d.gather(idx)),
+            Split::Text(b) => Ok(b.gather(idx)),
+            Split::Labeled(l) => Ok(l.gather(idx)),
+            Split::Images(i) => i.fetch(idx, pass),
         }
     }
 }
@@ -235,6 +255,8 @@ pub struct Prepared {
     pub valid: Split,
     pub test: Split,
     pub preprocessor: Preprocessor,
+    /// Files left out as unreadable (`data.bad_images` = "skip"), with why.
+    pub skipped: Vec<String>,
 }
 
 /// Splits by name, as `kiln eval --split` takes them.
@@ -273,6 +295,7 @@ pub fn split_columns(
                 match (spec.format, &spec.text_column) {
                     (_, Some(_)) => "labeled-text",
                     (DataFormat::Idx, _) => "IDX image",
+                    (DataFormat::ImageFolder | DataFormat::ImageCsv, _) => "image-file",
                     _ => "text-corpus",
                 }
             ),
@@ -298,6 +321,7 @@ pub fn split_columns(
 /// finished run) instead of fitting new ones on the training split.
 pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepared, DataError> {
     let raw = match spec.format {
+        DataFormat::ImageFolder | DataFormat::ImageCsv => return images::prepare(spec, fitted),
         DataFormat::Csv => table::read_all(spec)?,
         DataFormat::Idx => idx::read_all(spec)?,
         DataFormat::Text => {
@@ -307,6 +331,7 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
                 valid: Split::Text(t.valid),
                 test: Split::Text(t.test),
                 preprocessor: Preprocessor::for_text(t.tokenizer, spec.block_size),
+                skipped: Vec::new(),
             });
         }
     };
@@ -329,6 +354,7 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
         valid: Split::Table(valid),
         test: Split::Table(test),
         preprocessor,
+        skipped: Vec::new(),
     })
 }
 
@@ -393,6 +419,7 @@ fn labeled_text(
         valid: split(&raw.main, &main, &parts.valid)?,
         test,
         preprocessor: pre,
+        skipped: Vec::new(),
     })
 }
 
@@ -401,6 +428,7 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
     match spec.format {
         DataFormat::Csv => table::peek_problems(spec),
         DataFormat::Idx => idx::peek_problems(spec),
+        DataFormat::ImageFolder | DataFormat::ImageCsv => Vec::new(),
         DataFormat::Text => match text::corpus_files(&spec.path) {
             Ok(_) => Vec::new(),
             Err(e) => vec![e.to_string()],

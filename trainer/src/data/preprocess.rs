@@ -64,6 +64,10 @@ pub struct Preprocessor {
     /// Text: the tokenizer (and so the vocabulary) of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<super::text::Tokenizer>,
+    /// Image files: how they are decoded, resized and normalised (`image` then holds their
+    /// shape, with the identity as its normalisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<super::images::ImagePrep>,
 }
 
 const MISSING_CATEGORY: &str = "<missing>";
@@ -97,6 +101,25 @@ impl Preprocessor {
             missing_values: Vec::new(),
             n_features: block,
             text: Some(tokenizer),
+            images: None,
+        }
+    }
+
+    /// The preprocessing of image files: their decoding and normalisation, the classes.
+    pub fn for_images(prep: super::images::ImagePrep, target: TargetEncoding) -> Self {
+        let shape = prep.shape();
+        Preprocessor {
+            columns: Vec::new(),
+            image: Some(ImageNorm {
+                shape,
+                mean: 0.0,
+                std: 1.0,
+            }),
+            target,
+            missing_values: Vec::new(),
+            n_features: shape.iter().product(),
+            text: None,
+            images: Some(prep),
         }
     }
 
@@ -109,6 +132,7 @@ impl Preprocessor {
             missing_values: Vec::new(),
             n_features: block,
             text: Some(tokenizer),
+            images: None,
         }
     }
 
@@ -253,6 +277,7 @@ impl Preprocessor {
             missing_values: spec.missing_values.clone(),
             n_features,
             text: None,
+            images: None,
         })
     }
 

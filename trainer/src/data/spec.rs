@@ -22,6 +22,10 @@ pub enum DataFormat {
     Idx,
     /// A text corpus for a language model: a file, a folder or a glob of files.
     Text,
+    /// A folder of PNG/JPEG files, one sub-folder per class.
+    ImageFolder,
+    /// A CSV/TSV of image paths (relative to its folder) and labels.
+    ImageCsv,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

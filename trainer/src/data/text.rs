@@ -397,7 +397,14 @@ impl Source for Blocks {
         }
     }
 
-    fn gather(&self, idx: &[usize]) -> Batch {
+    fn fetch(&self, idx: &[usize], _: Option<super::Pass>) -> Result<Batch, DataError> {
+        Ok(self.gather(idx))
+    }
+}
+
+impl Blocks {
+    /// The blocks `idx` and their next tokens.
+    pub fn gather(&self, idx: &[usize]) -> Batch {
         let t = self.block;
         let mut ids = Vec::with_capacity(idx.len() * t);
         let mut next = Vec::with_capacity(idx.len() * t);
@@ -460,7 +467,14 @@ impl Source for Labeled {
         self.ids.len()
     }
 
-    fn gather(&self, idx: &[usize]) -> Batch {
+    fn fetch(&self, idx: &[usize], _: Option<super::Pass>) -> Result<Batch, DataError> {
+        Ok(self.gather(idx))
+    }
+}
+
+impl Labeled {
+    /// The texts `idx`, padded to the longest.
+    pub fn gather(&self, idx: &[usize]) -> Batch {
         let t = idx.iter().map(|&i| self.ids[i].len()).max().unwrap_or(1);
         let mut ids = Vec::with_capacity(idx.len() * t);
         for &i in idx {

@@ -63,7 +63,7 @@ fn score(run: &LoadedRun, data: &Dataset, name: &str) -> Result<f64, super::Expl
         run.mconf.input(),
         run.task.as_ref(),
         &run.device,
-    );
+    )?;
     m.get(name).ok_or_else(|| {
         let names: Vec<&str> = m.all_scalars().into_iter().map(|(k, _)| k).collect();
         super::ExplainError::Input(format!(

@@ -288,6 +288,7 @@ mod tests {
             missing_values: Vec::new(),
             n_features: 2 * 5 * 7,
             text: None,
+            images: None,
         };
         let shape = InputShape::Images {
             channels: 2,

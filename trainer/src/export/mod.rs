@@ -142,15 +142,21 @@ pub struct Sidecar {
     /// A token model's tokenizer: how text becomes `input_ids`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<crate::data::text::Tokenizer>,
+    /// An image model's preprocessing, which the graph applies itself to the `image` input
+    /// (pixels 0-255, any height and width): resize, centre crop, per-channel normalisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<crate::data::images::ImagePrep>,
 }
 
 pub fn sidecar(pre: &Preprocessor, outputs: &[&str]) -> Sidecar {
     Sidecar {
-        input: match pre.text {
-            Some(_) => TOKENS_INPUT.into(),
-            None => "features".into(),
+        input: match (&pre.text, &pre.images) {
+            (Some(_), _) => TOKENS_INPUT.into(),
+            (None, Some(_)) => IMAGE_INPUT.into(),
+            (None, None) => "features".into(),
         },
         tokenizer: pre.text.clone(),
+        images: pre.images.clone(),
         input_width: pre.n_features,
         outputs: outputs.iter().map(|s| s.to_string()).collect(),
         columns: pre.columns.clone(),
@@ -215,6 +221,106 @@ fn sequence_info(name: &str, batch: Batch, width: Option<usize>, elem_type: i32)
         }),
         doc_string: String::new(),
     }
+}
+
+/// The input of an image model's graph: `[batch, channels, height, width]` pixels on the
+/// 0-255 scale, height and width dynamic.
+pub const IMAGE_INPUT: &str = "image";
+
+fn image_info(batch: Batch, channels: usize) -> ValueInfoProto {
+    let b = match batch {
+        Batch::Dynamic => DimensionValue::DimParam("batch".into()),
+        Batch::Fixed(n) => DimensionValue::DimValue(n as i64),
+    };
+    let dim = [
+        b,
+        DimensionValue::DimValue(channels as i64),
+        DimensionValue::DimParam("height".into()),
+        DimensionValue::DimParam("width".into()),
+    ]
+    .into_iter()
+    .map(|v| Dimension { value: Some(v) })
+    .collect();
+    ValueInfoProto {
+        name: IMAGE_INPUT.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type: FLOAT,
+                shape: Some(TensorShapeProto { dim }),
+            }),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+/// kiln's image preprocessing as graph nodes, then the model: pixels scaled to [0, 1], resized
+/// (bilinear, `half_pixel`) to cover the model's size with the aspect ratio kept, centre
+/// cropped, standardised per channel (see [`crate::data::images`]).
+fn lower_images(
+    g: &mut Builder,
+    mconf: &ModelConfig,
+    prep: &crate::data::images::ImagePrep,
+) -> Result<String, LowerError> {
+    use graph::{attr_int, attr_string};
+    let [h, w] = prep.size;
+    let c = prep.channels;
+    let inv = g.constant("inv_255", &[], &[1.0 / 255.0]);
+    let x = g.node("Mul", &[IMAGE_INPUT, &inv], vec![], None);
+    // The size that covers the target: floor(side * max(h / H, w / W) + 0.5), at least the
+    // target; then the centre crop's start, (size - target) / 2.
+    let shape = g.node("Shape", &[&x], vec![], None);
+    let (two, four, zero) = (
+        g.constant_i64("two", &[2]),
+        g.constant_i64("four", &[4]),
+        g.constant_i64("zero", &[0]),
+    );
+    let hw = g.node("Slice", &[&shape, &two, &four], vec![], None);
+    let nc = g.node("Slice", &[&shape, &zero, &two], vec![], None);
+    let hw_f = g.node("Cast", &[&hw], vec![attr_int("to", FLOAT as i64)], None);
+    let target_f = g.constant("target", &[2], &[h as f32, w as f32]);
+    let ratio = g.node("Div", &[&target_f, &hw_f], vec![], None);
+    let (i0, i1) = (
+        g.constant_i64_scalar("i0", 0),
+        g.constant_i64_scalar("i1", 1),
+    );
+    let r0 = g.node("Gather", &[&ratio, &i0], vec![], None);
+    let r1 = g.node("Gather", &[&ratio, &i1], vec![], None);
+    let scale = g.node("Max", &[&r0, &r1], vec![], None);
+    let scaled = g.node("Mul", &[&hw_f, &scale], vec![], None);
+    let half = g.constant("half", &[], &[0.5]);
+    let rounded = g.node("Add", &[&scaled, &half], vec![], None);
+    let rounded = g.node("Floor", &[&rounded], vec![], None);
+    let covered = g.node("Max", &[&rounded, &target_f], vec![], None);
+    let covered = g.node(
+        "Cast",
+        &[&covered],
+        vec![attr_int("to", INT64 as i64)],
+        None,
+    );
+    let sizes = g.node("Concat", &[&nc, &covered], vec![attr_int("axis", 0)], None);
+    let resized = g.node(
+        "Resize",
+        &[&x, "", "", &sizes],
+        vec![
+            attr_string("mode", "linear"),
+            attr_string("coordinate_transformation_mode", "half_pixel"),
+        ],
+        None,
+    );
+    let target_i = g.constant_i64("target_i", &[h as i64, w as i64]);
+    let extra = g.node("Sub", &[&covered, &target_i], vec![], None);
+    let two_s = g.constant_i64_scalar("two_scalar", 2);
+    let start = g.node("Div", &[&extra, &two_s], vec![], None);
+    let end = g.node("Add", &[&start, &target_i], vec![], None);
+    let axes = g.constant_i64("axes_hw", &[2, 3]);
+    let cropped = g.node("Slice", &[&resized, &start, &end, &axes], vec![], None);
+    let mean: Vec<f32> = prep.mean.iter().map(|&m| m as f32).collect();
+    let std: Vec<f32> = prep.std.iter().map(|&s| s as f32).collect();
+    let mean = g.constant("channel_mean", &[c, 1, 1], &mean);
+    let std = g.constant("channel_std", &[c, 1, 1], &std);
+    let centred = g.node("Sub", &[&cropped, &mean], vec![], None);
+    let x = g.node("Div", &[&centred, &std], vec![], None);
+    mconf.lower(g, &x)
 }
 
 /// The numeric preprocessing of raw features, then the model; returns the model's output.
@@ -290,6 +396,16 @@ pub fn build(
                 .collect();
             (sequence_info(TOKENS_INPUT, batch, None, INT64), outputs)
         }
+        InputShape::Images { channels, .. } if pre.images.is_some() => {
+            let prep = pre.images.as_ref().expect("checked");
+            let out = lower_images(&mut g, mconf, prep)?;
+            let outputs = task
+                .lower_outputs(&mut g, &out)
+                .into_iter()
+                .map(|(name, width)| tensor_info(name, batch, width))
+                .collect();
+            (image_info(batch, channels), outputs)
+        }
         shape => {
             let out = lower_features(&mut g, mconf, pre, shape)?;
             let outputs = task
@@ -359,6 +475,37 @@ pub fn run_tract_tokens(
         rows,
         len,
     )
+}
+
+/// Runs an image model with tract on `x`, pixels 0-255 of `[n, channels, height, width]`.
+pub fn run_tract_images(
+    model_bytes: &[u8],
+    x: &[f32],
+    shape: [usize; 4],
+) -> Result<Vec<Vec<f32>>, String> {
+    use tract_onnx::prelude::*;
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &model_bytes[..])
+        .map_err(|e| format!("tract cannot read the model: {e}"))?
+        .with_input_fact(0, f32::fact(shape).into())
+        .map_err(|e| e.to_string())?
+        .into_optimized()
+        .map_err(|e| format!("tract cannot optimise the model: {e}"))?
+        .into_runnable()
+        .map_err(|e| e.to_string())?;
+    let input =
+        tract_ndarray::Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), x.to_vec())
+            .map_err(|e| e.to_string())?;
+    let out = model
+        .run(tvec!(Tensor::from(input).into()))
+        .map_err(|e| format!("tract failed to run the model: {e}"))?;
+    out.iter()
+        .map(|t| {
+            t.to_plain_array_view::<f32>()
+                .map(|v| v.iter().copied().collect())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// Runs the graph on one `rows` x `width` input of `T`.

@@ -12,6 +12,8 @@ use crate::registry::{Entry, Registry, RegistryError, store};
 
 /// Rows of the validation batch the gate runs (all of them when the split is smaller).
 pub const GATE_ROWS: usize = 256;
+/// Images the gate compares (of the first held-out image's size).
+pub const GATE_IMAGES: usize = 32;
 
 /// Blocks of text the gate runs a token model on.
 pub const GATE_BLOCKS: usize = 8;
@@ -108,7 +110,9 @@ fn gate_blocks(
         Batch::Fixed(n) => n,
     };
     let idx: Vec<usize> = (0..want).map(|i| i % split.len()).collect();
-    let b = split.gather(&idx);
+    let b = split
+        .fetch(&idx, None)
+        .map_err(crate::eval::EvalError::from)?;
     let len = match &b.x {
         Features::Tokens { len, .. } => *len,
         Features::Dense { .. } => unreachable!("text is read as token ids"),
@@ -138,6 +142,50 @@ fn gate_rows(run: &LoadedRun, batch: Batch) -> Result<(Vec<f32>, usize), ExportE
         })
         .collect();
     Ok((x, want))
+}
+
+/// The gate's images: held-out files (validation, else test, else train) of the first file's
+/// size, as stored (pixels 0-255, not resized: the graph resizes), repeated up to a fixed
+/// batch size when the graph has one; with their shape and kiln's outputs for them.
+fn gate_images(
+    run: &LoadedRun,
+    batch: Batch,
+) -> Result<(Vec<f32>, [usize; 4], Vec<Vec<f32>>), ExportError> {
+    let prep = run.pre.images.as_ref().ok_or(ExportError::NoRows)?;
+    let set = [&run.data.valid, &run.data.test, &run.data.train]
+        .into_iter()
+        .find_map(|s| match s {
+            Split::Images(i) if !i.is_empty() => Some(i),
+            _ => None,
+        })
+        .ok_or(ExportError::NoRows)?;
+    let c = prep.channels;
+    let mut raw = Vec::new();
+    let mut chosen = Vec::new();
+    let mut size = None;
+    for (i, f) in set.files().iter().enumerate() {
+        if chosen.len() == GATE_IMAGES {
+            break;
+        }
+        let (x, h, w) = crate::data::images::decode(f, c).map_err(crate::eval::EvalError::from)?;
+        if *size.get_or_insert((h, w)) == (h, w) {
+            raw.push(x);
+            chosen.push(i);
+        }
+    }
+    let want = match batch {
+        Batch::Dynamic => chosen.len(),
+        Batch::Fixed(n) => n,
+    };
+    let (h, w) = size.ok_or(ExportError::NoRows)?;
+    let idx: Vec<usize> = (0..want).map(|i| chosen[i % chosen.len()]).collect();
+    let x: Vec<f32> = (0..want)
+        .flat_map(|i| raw[i % raw.len()].iter().map(|v| v * 255.0))
+        .collect();
+    let kiln = set
+        .fetch(&idx, None)
+        .map_err(crate::eval::EvalError::from)?;
+    Ok((x, [want, c, h, w], batch_outputs(run, kiln)))
 }
 
 fn file_stem_label(label: &str, opts: &Options) -> String {
@@ -235,6 +283,13 @@ pub fn export(
         (
             "input_layout".into(),
             match &run.pre.text {
+                None if run.pre.images.is_some() => {
+                    let p = run.pre.images.as_ref().expect("checked");
+                    format!(
+                        "image: float32 [batch, {}, height, width], pixels 0-255 (16-bit files scaled to 0-255), any size: the graph resizes (bilinear) to cover {}x{}, crops the centre and standardises each channel",
+                        p.channels, p.size[0], p.size[1]
+                    )
+                }
                 Some(t) => format!(
                     "input_ids: int64 [batch, sequence], sequence at most {}; token ids of `preprocessing.tokenizer` (vocabulary of {}); output logits float32 [batch, sequence, vocabulary]",
                     run.mconf.input().numel(),
@@ -280,6 +335,12 @@ pub fn export(
                 None => (rows * len, got, expected, Some((0, run.mconf.outputs()))),
                 Some(classes) => (rows, got, expected, Some((1, classes.len()))),
             }
+        }
+        Split::Images(_) => {
+            let (x, shape, expected) = gate_images(&run, opts.batch)?;
+            let got = super::run_tract_images(&onnx, &x, shape).map_err(ExportError::Tract)?;
+            let top1 = run.task.class_names().map(|c| (1, c.len()));
+            (shape[0], got, expected, top1)
         }
         Split::Table(_) => {
             let (x, rows) = gate_rows(&run, opts.batch)?;

@@ -109,7 +109,15 @@ fn run(v: &Version, jobs: Vec<Job>) {
     };
     let answer_of = |data: &Split| -> Answer {
         let idx: Vec<usize> = (0..data.len()).collect();
-        let batch = data.gather(&idx).upload(run.mconf.input(), &run.device);
+        // Served requests are held in memory: reading them cannot fail.
+        let Ok(batch) = data.fetch(&idx, None) else {
+            return Answer {
+                predictions: Vec::new(),
+                outputs: Vec::new(),
+                classes: Vec::new(),
+            };
+        };
+        let batch = batch.upload(run.mconf.input(), &run.device);
         let Some(x) = batch.input else {
             return Answer {
                 predictions: Vec::new(),

@@ -31,7 +31,7 @@ pub(super) fn finish(mut s: Session, ending: Ending) -> Result<Outcome, TrainErr
                 s.run.info.status = Status::Interrupted;
             }
             Ending::Finished => {
-                s.run.info.metrics = final_metrics(&s);
+                s.run.info.metrics = final_metrics(&s)?;
                 s.run.info.status = Status::Completed;
             }
         }
@@ -58,7 +58,7 @@ pub(super) fn finish(mut s: Session, ending: Ending) -> Result<Outcome, TrainErr
 
     // The other ranks take part in the final evaluation: it comes before waiting for the
     // checkpoint writer.
-    s.run.info.metrics = final_metrics(&s);
+    s.run.info.metrics = final_metrics(&s)?;
     rank0.saver.finish()?;
     register(&mut s, rank0.tracker, rank0.manifest)?;
     Ok(Outcome {
@@ -211,7 +211,7 @@ fn final_model(s: &Session) -> kiln_models::Model {
 }
 
 /// The final model's metrics on every non-empty split (sharded across ranks).
-fn final_metrics(s: &Session) -> BTreeMap<String, Metrics> {
+fn final_metrics(s: &Session) -> Result<BTreeMap<String, Metrics>, crate::data::DataError> {
     let model = final_model(s).valid();
     let mut out = BTreeMap::new();
     for (name, split) in [("train", &*s.train), ("valid", &s.valid), ("test", &s.test)] {
@@ -224,11 +224,11 @@ fn final_metrics(s: &Session) -> BTreeMap<String, Metrics> {
                 s.input,
                 s.task.as_ref(),
                 &s.base,
-            );
+            )?;
             out.insert(name.into(), m);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Final metrics flattened to `<split>_<metric>`.

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::record::Window;
 use super::session::Session;
 use super::step::{self, Accumulation};
-use crate::data::{Loader, Source, Uploaded, loader::epoch_order};
+use crate::data::{DataError, Loader, Pass, Source, Uploaded, loader::epoch_order};
 use crate::error::TrainError;
 
 /// How the loop ended.
@@ -31,6 +31,7 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
         let mut batches = epoch_batches(s).peekable();
         let mut accum = Accumulation::new();
         while let Some(batch) = batches.next() {
+            let batch = batch?;
             // One batch ahead: its copy to the device is queued before this step's kernels.
             batches.peek();
             let Some(grads) = step::micro_batch(s, batch, &mut accum, &mut window) else {
@@ -91,21 +92,34 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
 /// This rank's batches of the current epoch from the current position, on the device: the
 /// example order is a pure function of (seed, epoch); with several ranks, each takes its slice
 /// of every global batch.
-fn epoch_batches(s: &Session) -> impl Iterator<Item = Uploaded> + use<> {
+fn epoch_batches(s: &Session) -> impl Iterator<Item = Result<Uploaded, DataError>> + use<> {
     let (t, pos) = (&s.cfg.train, &s.state.pos);
     let data: Arc<dyn Source> = s.train.clone();
     let order = epoch_order(data.len(), s.cfg.seed, pos.epoch, true);
     let (workers, prefetch) = (s.cfg.runtime.workers, s.cfg.runtime.prefetch);
+    let pass = Some(Pass {
+        seed: s.cfg.seed,
+        epoch: pos.epoch,
+    });
     let loader = match s.world {
-        1 => Loader::new(data, order, t.batch_size, pos.batch, workers, prefetch),
+        1 => Loader::new(
+            data,
+            order,
+            t.batch_size,
+            pos.batch,
+            workers,
+            prefetch,
+            pass,
+        ),
         world => Loader::from_batches(
             data,
             crate::dist::shard(&order, t.batch_size, world, s.rank),
             pos.batch,
             workers,
             prefetch,
+            pass,
         ),
     };
     let (input, device) = (s.input, s.device.clone());
-    loader.map(move |b| b.upload(input, &device))
+    loader.map(move |b| b.map(|b| b.upload(input, &device)))
 }

@@ -123,7 +123,7 @@ impl Session<'_> {
             self.input,
             self.task.as_ref(),
             &self.base,
-        );
+        )?;
         let pos = &mut self.state.pos;
         let value = m.get(&cfg.monitor.metric);
         let min_delta = cfg.train.early_stopping.map_or(0.0, |e| e.min_delta);

@@ -58,6 +58,7 @@ pub(super) fn open_run(
         version: None,
         member: opts.member.as_ref().map(|m| m.of.clone()),
         pruned_at: None,
+        skipped_files: Vec::new(),
     };
     let (dir, info, held) = match (&opts.resume, resumed) {
         (Some(dir), Some(mut info)) => {

@@ -150,7 +150,7 @@ impl<'a> Session<'a> {
             return Err(TrainError::AlreadyCompleted { id: r.id.clone() });
         }
         let smoke = resumed.as_ref().map_or(opts.smoke, |r| r.smoke);
-        let (train, valid, test, pre) = load_data(cfg, opts, smoke)?;
+        let (train, valid, test, pre, skipped) = load_data(cfg, opts, smoke)?;
         let task = task_of(cfg, &pre)?;
         let mconf = crate::model::architecture(cfg, &pre, task.as_ref())?;
         crate::model::check_memory(cfg, &mconf, chosen.backend, train.len())?;
@@ -182,6 +182,16 @@ impl<'a> Session<'a> {
             &mconf,
             device_label,
         )?;
+        if !skipped.is_empty() {
+            if writer && !opts.quiet {
+                eprintln!(
+                    "warning: {} unreadable image files left out (data.bad_images = \"skip\"), listed in run.json; the first: {}",
+                    skipped.len(),
+                    skipped[0]
+                );
+            }
+            run.info.skipped_files = skipped;
+        }
 
         // The state: fresh, from `--init-from`, or from the newest intact checkpoint.
         let fresh = TrainState::new(model, crate::optim::optimizer(cfg));
@@ -321,7 +331,7 @@ fn load_data(
     cfg: &RunConfig,
     opts: &Options,
     smoke: bool,
-) -> Result<(Split, Split, Split, Preprocessor), TrainError> {
+) -> Result<(Split, Split, Split, Preprocessor, Vec<String>), TrainError> {
     let fitted: Option<Preprocessor> = match &opts.resume {
         Some(dir) => Some(run::read_json(&dir.join(layout::PREPROCESS))?),
         None => None,
@@ -336,7 +346,7 @@ fn load_data(
     if train.is_empty() {
         return Err(SetupError::EmptyTrainingSplit.into());
     }
-    Ok((train, valid, test, prepared.preprocessor))
+    Ok((train, valid, test, prepared.preprocessor, prepared.skipped))
 }
 
 /// Threads (ranks on one machine share its cores) and this rank's device, probed before it is
