@@ -899,3 +899,81 @@ fn a_language_model_generates_and_streams_what_kiln_generate_writes() {
         "{answer}"
     );
 }
+
+/// A model trained on a folder of PNG files is served from pixels (0-255, the model's size):
+/// the server scales and normalises them as training did, and answers what `kiln predict`
+/// answers on the files.
+#[test]
+fn an_image_folder_model_is_served_from_pixels_as_kiln_predict_answers_on_the_files() {
+    let sb = Sandbox::new();
+    let o = sb.kiln(&[
+        "train",
+        "configs/mnist_png_resnet.toml",
+        "--smoke",
+        "--json",
+    ]);
+    assert_exit(&o, 0);
+    let id = json(&o)["run_id"].as_str().unwrap().to_string();
+    let folder = sb.path().join("pngs");
+    std::fs::create_dir(&folder).unwrap();
+    let mut pixels = Vec::new();
+    for digit in 0..10 {
+        let dir = root().join(format!("data/mnist_png/test/{digit}"));
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in files.into_iter().take(3) {
+            let to = folder.join(format!(
+                "{digit}-{}",
+                f.file_name().unwrap().to_str().unwrap()
+            ));
+            std::fs::copy(&f, &to).unwrap();
+        }
+    }
+    let mut copied: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    copied.sort();
+    for f in &copied {
+        let img = image::open(f).unwrap().to_luma8();
+        pixels.push(json!(
+            img.as_raw().iter().map(|&v| v as f64).collect::<Vec<_>>()
+        ));
+    }
+    let want = predict_csv(&sb, &id, &folder);
+    assert_eq!(want.len(), copied.len());
+    let server = serve(&sb, &[&id]);
+    let (code, _, body) = post(
+        &format!("{}/predict", server.url),
+        &json!({ "rows": pixels }).to_string(),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    for (i, p) in body["predictions"].as_array().unwrap().iter().enumerate() {
+        let (class, expected) = &want[i];
+        assert_eq!(p["prediction"].as_str().unwrap(), class, "image {i}");
+        let got = as_f32(&p["probabilities"]);
+        let diff = got
+            .iter()
+            .zip(expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "image {i}: {got:?} vs {expected:?}");
+    }
+    // A wrong number of pixels is a 400 naming the row.
+    let (code, _, body) = post(
+        &format!("{}/predict", server.url),
+        &json!({ "rows": [[0.0, 1.0]] }).to_string(),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("rows[0]"),
+        "{body}"
+    );
+}

@@ -140,6 +140,7 @@ fn train_one(
             "epochs": info.epochs_done,
             "wall_seconds": info.wall_seconds,
             "train_samples_per_second": info.train_samples_per_second,
+            "data_wait_seconds": info.data_wait_seconds,
             "metrics": info.metrics,
         });
         println!("{out}");
@@ -150,8 +151,12 @@ fn train_one(
             println!("model   {v}");
         }
         println!(
-            "trained {} steps, {} epochs in {:.1} s ({:.0} samples/s)",
-            info.steps, info.epochs_done, info.wall_seconds, info.train_samples_per_second
+            "trained {} steps, {} epochs in {:.1} s ({:.0} samples/s, {:.1}% of it waiting for data)",
+            info.steps,
+            info.epochs_done,
+            info.wall_seconds,
+            info.train_samples_per_second,
+            100.0 * info.data_wait_seconds / info.wall_seconds.max(1e-9)
         );
         print!("{}", report::metrics_table(&info.metrics));
     }

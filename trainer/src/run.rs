@@ -68,6 +68,10 @@ pub struct RunInfo {
     pub epochs_done: usize,
     pub wall_seconds: f64,
     pub train_samples_per_second: f64,
+    /// Seconds the training loop waited for the loader's next batch (data not ready): the
+    /// share of `wall_seconds` the data pipeline cost.
+    #[serde(default)]
+    pub data_wait_seconds: f64,
     /// The validation metric that picks the best model, and its best value.
     #[serde(default)]
     pub monitor: String,

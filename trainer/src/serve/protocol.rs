@@ -149,6 +149,15 @@ pub fn encode(pre: &Preprocessor, x: &[f32], n: usize) -> Result<Dataset, Bad> {
     let mut out = vec![0f32; n * d];
     for i in 0..n {
         let (src, dst) = (&x[i * d..(i + 1) * d], &mut out[i * d..(i + 1) * d]);
+        // Image files' models: pixels 0-255 at the model's size, channel by channel.
+        if let Some(p) = &pre.images {
+            let plane = p.size[0] * p.size[1];
+            for (j, (o, &v)) in dst.iter_mut().zip(src).enumerate() {
+                let c = j / plane;
+                *o = ((v as f64 / 255.0 - p.mean[c]) / p.std[c]) as f32;
+            }
+            continue;
+        }
         if pre.columns.is_empty() {
             for (o, &v) in dst.iter_mut().zip(src) {
                 *o = pre.encode_value(v as f64, 0.0, 1.0);

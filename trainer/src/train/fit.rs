@@ -26,14 +26,18 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
     // A resumed run that had been pruned (then interrupted before finishing) stops too.
     let mut stop_early = s.out_of_patience() || s.run.info.pruned_at.is_some();
     let mut ending = Ending::Finished;
+    let mut waited = std::time::Duration::ZERO;
     'epochs: while s.state.pos.epoch < plan.epochs && s.state.pos.step < plan.total_steps {
         let epoch_started = Instant::now();
         let mut batches = epoch_batches(s).peekable();
         let mut accum = Accumulation::new();
-        while let Some(batch) = batches.next() {
+        loop {
+            let asked = Instant::now();
+            let Some(batch) = batches.next() else { break };
             let batch = batch?;
             // One batch ahead: its copy to the device is queued before this step's kernels.
             batches.peek();
+            waited += asked.elapsed();
             let Some(grads) = step::micro_batch(s, batch, &mut accum, &mut window) else {
                 continue; // more micro-batches to accumulate
             };
@@ -83,6 +87,7 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
     let info = &mut s.run.info;
     info.steps = s.state.pos.step;
     info.wall_seconds += started.elapsed().as_secs_f64();
+    info.data_wait_seconds += waited.as_secs_f64();
     info.train_samples_per_second = s.state.pos.samples_seen as f64 / info.wall_seconds.max(1e-9);
     info.monitor = cfg.monitor.metric.clone();
     info.best_valid = s.state.pos.best;

@@ -51,6 +51,7 @@ pub(super) fn open_run(
         epochs_done: 0,
         wall_seconds: 0.0,
         train_samples_per_second: 0.0,
+        data_wait_seconds: 0.0,
         monitor: cfg.monitor.metric.clone(),
         best_valid: None,
         metrics: BTreeMap::new(),
