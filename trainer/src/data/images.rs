@@ -608,13 +608,20 @@ impl ImageSet {
         }
     }
 
-    /// The first `n` examples' images (decoded), for reports that need pixels.
-    pub fn pixels(&self, idx: &[usize]) -> Result<Vec<f32>, DataError> {
-        let mut x = Vec::new();
-        for &i in idx {
-            x.extend(self.prep.load(&self.files[i])?);
-        }
-        Ok(x)
+    /// Every image decoded and normalised, in memory (no augmentation): for reports that
+    /// need the whole split's pixels.
+    pub fn to_dataset(&self) -> Result<super::Dataset, DataError> {
+        let idx: Vec<usize> = (0..self.files.len()).collect();
+        let b = self.fetch(&idx, None)?;
+        let Features::Dense { x, width } = b.x else {
+            unreachable!("images are dense")
+        };
+        Ok(super::Dataset {
+            x,
+            y: b.y,
+            n: idx.len(),
+            d: width,
+        })
     }
 }
 

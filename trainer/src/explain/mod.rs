@@ -102,11 +102,27 @@ pub fn split_rows(run: &LoadedRun, split: SplitName) -> Result<Dataset, ExplainE
         EvalError::EmptySplit { .. } => ExplainError::Input(format!("--split: {e}")),
         e => ExplainError::Eval(e),
     })?;
-    match data.as_ref().table() {
-        Some(d) => Ok(d.clone()),
-        None => Err(not_explained(run)),
+    match data.as_ref() {
+        crate::data::Split::Table(d) => Ok(d.clone()),
+        // Image files: the split decoded into memory, when it fits a fixed budget.
+        crate::data::Split::Images(set) => {
+            let bytes = set.files().len() as u64 * run.pre.n_features as u64 * 4;
+            if bytes > IMAGE_SPLIT_BYTES {
+                return Err(ExplainError::Input(format!(
+                    "--split: {} images decode to {} MiB, over the {} MiB explanations hold in memory; explain a smaller split",
+                    set.files().len(),
+                    bytes >> 20,
+                    IMAGE_SPLIT_BYTES >> 20
+                )));
+            }
+            Ok(set.to_dataset()?)
+        }
+        _ => Err(not_explained(run)),
     }
 }
+
+/// The most memory a split of image files may take decoded, for explanations.
+const IMAGE_SPLIT_BYTES: u64 = 512 << 20;
 
 fn not_explained(run: &LoadedRun) -> ExplainError {
     ExplainError::Input(format!(
