@@ -915,6 +915,55 @@ mod tests {
         assert_eq!(none, x);
     }
 
+    /// 16-bit grey, RGBA and grey-with-alpha PNG files, written by the image crate's encoder:
+    /// full scale is 1 whatever the depth, alpha is dropped, and channels convert both ways.
+    #[test]
+    fn sixteen_bit_grey_rgba_and_grey_alpha_files_decode_to_unit_scale() {
+        let dir = tempfile::tempdir().unwrap();
+        let g16 = dir.path().join("g16.png");
+        image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 1, vec![0u16, 65535])
+            .unwrap()
+            .save(&g16)
+            .unwrap();
+        let (x, h, w) = decode(&g16, 1).unwrap();
+        assert_eq!((x, h, w), (vec![0.0, 1.0], 1, 2));
+        assert_eq!(channels_of(&g16).unwrap(), 1);
+        let rgba = dir.path().join("rgba.png");
+        image::RgbaImage::from_raw(2, 1, vec![255, 0, 0, 10, 0, 0, 255, 255])
+            .unwrap()
+            .save(&rgba)
+            .unwrap();
+        assert_eq!(channels_of(&rgba).unwrap(), 3);
+        let (x, _, _) = decode(&rgba, 3).unwrap();
+        // Channel-major: red of both pixels, then green, then blue; alpha gone.
+        assert_eq!(x, vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        let (grey, _, _) = decode(&rgba, 1).unwrap();
+        assert!(
+            (grey[0] - 0.299).abs() < 1e-6 && (grey[1] - 0.114).abs() < 1e-6,
+            "{grey:?}"
+        );
+        let la = dir.path().join("la.png");
+        image::ImageBuffer::<image::LumaA<u8>, _>::from_raw(1, 1, vec![51u8, 0])
+            .unwrap()
+            .save(&la)
+            .unwrap();
+        assert_eq!(channels_of(&la).unwrap(), 1);
+        let (x, _, _) = decode(&la, 3).unwrap();
+        assert!(
+            x.len() == 3 && x.iter().all(|v| (v - 0.2).abs() < 1e-6),
+            "{x:?}"
+        );
+        // Not an image, whatever its name says.
+        let fake = dir.path().join("fake.png");
+        std::fs::write(&fake, "GIF89a").unwrap();
+        assert!(
+            header(&fake)
+                .unwrap_err()
+                .to_string()
+                .contains("not an image")
+        );
+    }
+
     #[test]
     fn a_flip_alone_mirrors_the_image() {
         let a = Augment {
