@@ -144,13 +144,17 @@ fn gate_rows(run: &LoadedRun, batch: Batch) -> Result<(Vec<f32>, usize), ExportE
     Ok((x, want))
 }
 
+/// The gate's input for an image model: raw pixels, their `[n, c, h, w]`, kiln's outputs.
+struct GateImages {
+    pixels: Vec<f32>,
+    shape: [usize; 4],
+    expected: Vec<Vec<f32>>,
+}
+
 /// The gate's images: held-out files (validation, else test, else train) of the first file's
 /// size, as stored (pixels 0-255, not resized: the graph resizes), repeated up to a fixed
 /// batch size when the graph has one; with their shape and kiln's outputs for them.
-fn gate_images(
-    run: &LoadedRun,
-    batch: Batch,
-) -> Result<(Vec<f32>, [usize; 4], Vec<Vec<f32>>), ExportError> {
+fn gate_images(run: &LoadedRun, batch: Batch) -> Result<GateImages, ExportError> {
     let prep = run.pre.images.as_ref().ok_or(ExportError::NoRows)?;
     let set = [&run.data.valid, &run.data.test, &run.data.train]
         .into_iter()
@@ -185,7 +189,11 @@ fn gate_images(
     let kiln = set
         .fetch(&idx, None)
         .map_err(crate::eval::EvalError::from)?;
-    Ok((x, [want, c, h, w], batch_outputs(run, kiln)))
+    Ok(GateImages {
+        pixels: x,
+        shape: [want, c, h, w],
+        expected: batch_outputs(run, kiln),
+    })
 }
 
 fn file_stem_label(label: &str, opts: &Options) -> String {
@@ -337,10 +345,11 @@ pub fn export(
             }
         }
         Split::Images(_) => {
-            let (x, shape, expected) = gate_images(&run, opts.batch)?;
-            let got = super::run_tract_images(&onnx, &x, shape).map_err(ExportError::Tract)?;
+            let g = gate_images(&run, opts.batch)?;
+            let got =
+                super::run_tract_images(&onnx, &g.pixels, g.shape).map_err(ExportError::Tract)?;
             let top1 = run.task.class_names().map(|c| (1, c.len()));
-            (shape[0], got, expected, top1)
+            (g.shape[0], got, g.expected, top1)
         }
         Split::Table(_) => {
             let (x, rows) = gate_rows(&run, opts.batch)?;
