@@ -541,6 +541,7 @@ fn readme_documents_every_config_field() {
         "distributed",
         "runtime",
         "data.split",
+        "data.augment",
         "train.early_stopping",
     ];
     let missing: Vec<&String> = paths
