@@ -69,6 +69,9 @@ def main():
                         os.path.join(a.mnist, f"{stem}-labels.idx1-ubyte.gz"),
                         os.path.join(a.out, split), a.limit)
         print(f"{os.path.join(a.out, split)}: {n} PNG files")
+    # Written last: the folder is whole (scripts/test builds it only when this is missing).
+    with open(os.path.join(a.out, ".complete"), "w") as f:
+        f.write(f"limit={a.limit}\n")
 
 
 if __name__ == "__main__":

@@ -77,9 +77,25 @@ fn every_shipped_model_exports_through_the_parity_gate() {
         let version_sha = metadata(&m, "weights_sha256");
         assert_eq!(version_sha.len(), 64);
         let g = m.graph.as_ref().unwrap();
-        // Text models read token ids, with a dynamic sequence axis too.
+        // Text models read token ids, with a dynamic sequence axis too; models of image files
+        // read pixels of any height and width.
         let text = cfg.to_str().unwrap().contains("shakespeare");
-        assert_eq!(g.input[0].name, if text { "input_ids" } else { "features" });
+        let image_files = cfg.to_str().unwrap().contains("png");
+        let input = match (text, image_files) {
+            (true, _) => "input_ids",
+            (false, true) => "image",
+            (false, false) => "features",
+        };
+        assert_eq!(g.input[0].name, input);
+        if image_files {
+            assert_eq!(
+                input_dims(&m)[2..],
+                [
+                    DimensionValue::DimParam("height".into()),
+                    DimensionValue::DimParam("width".into())
+                ]
+            );
+        }
         assert_eq!(
             input_dims(&m)[0],
             DimensionValue::DimParam("batch".into()),

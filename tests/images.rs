@@ -111,8 +111,57 @@ fn a_png_folder_trains_a_cnn_and_predict_reads_a_folder_of_files() {
         .count();
     assert!(sevens * 2 > rows.len(), "{sevens} of {} sevens", rows.len());
     assert!(rows[0].starts_with(folder.to_str().unwrap()), "{}", rows[0]);
-    // Evaluating the same model on the same folder gives the training run's test metrics; a
-    // changed folder is refused.
+    // A CSV listing files (relative to its folder) predicts them too.
+    let list = folder.join("list.csv");
+    let names: Vec<String> = rows
+        .iter()
+        .take(3)
+        .map(|r| {
+            let p = PathBuf::from(r.split(',').next().unwrap());
+            p.file_name().unwrap().to_str().unwrap().to_string()
+        })
+        .collect();
+    std::fs::write(&list, format!("path\n{}\n", names.join("\n"))).unwrap();
+    let o = sb.kiln(&[
+        "predict",
+        "digits-png",
+        "--input",
+        list.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 0);
+    let listed = std::fs::read_to_string(&out).unwrap();
+    // The same files and classes (probabilities to float rounding: another batch size).
+    let fields = |r: &str| -> (String, String, Vec<f64>) {
+        let f: Vec<&str> = r.split(',').collect();
+        (
+            f[0].into(),
+            f[1].into(),
+            f[2..].iter().map(|v| v.parse().unwrap()).collect(),
+        )
+    };
+    let listed: Vec<_> = listed.lines().skip(1).map(fields).collect();
+    assert_eq!(listed.len(), 3);
+    for (a, b) in listed.iter().zip(rows.iter().map(|r| fields(r))) {
+        assert_eq!((&a.0, &a.1), (&b.0, &b.1));
+        assert!(
+            a.2.iter().zip(&b.2).all(|(p, q)| (p - q).abs() < 1e-5),
+            "{a:?} vs {b:?}"
+        );
+    }
+    std::fs::remove_file(&list).unwrap();
+    // Evaluating the same model on the same folder gives the training run's test metrics,
+    // also after a file was rewritten with the same bytes (a new modification time, as a copy
+    // on another machine has); a changed folder is refused.
+    let same = std::fs::read_dir(pngs.join("test/4"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&same, std::fs::read(&same).unwrap()).unwrap();
     let o = sb.kiln(&["eval", "digits-png", "--split", "test", "--json"]);
     assert_exit(&o, 0);
     assert_eq!(
@@ -349,6 +398,12 @@ fn the_exported_resnet_resizes_and_normalises_in_onnxruntime_as_kiln_does() {
     };
     let sb = Sandbox::new();
     let pngs = mnist_png(&sb, 300);
+    // An MLP reads the same files as rows of pixels: its graph takes images too.
+    let mlp = config(&sb, &pngs, "kind = \"mlp\"\nhidden = [16]", 1, "");
+    assert_exit(&sb.kiln(&["train", mlp.to_str().unwrap(), "--quiet"]), 0);
+    let mlp_onnx = sb.path().join("mlp.onnx");
+    let o = sb.kiln(&["export", "digits-png", "-o", mlp_onnx.to_str().unwrap()]);
+    assert_exit(&o, 0);
     let cfg = config(
         &sb,
         &pngs,
@@ -358,7 +413,7 @@ fn the_exported_resnet_resizes_and_normalises_in_onnxruntime_as_kiln_does() {
     );
     assert_exit(&sb.kiln(&["train", cfg.to_str().unwrap(), "--quiet"]), 0);
     let onnx = sb.path().join("resnet.onnx");
-    let o = sb.kiln(&["export", "digits-png", "-o", onnx.to_str().unwrap()]);
+    let o = sb.kiln(&["export", "digits-png/v2", "-o", onnx.to_str().unwrap()]);
     assert_exit(&o, 0);
     let said = format!("{}{}", stdout(&o), stderr(&o));
     assert!(said.contains("0 top-1 disagreements"), "{said}");
@@ -375,7 +430,7 @@ fn the_exported_resnet_resizes_and_normalises_in_onnxruntime_as_kiln_does() {
     let preds = sb.path().join("preds.csv");
     let o = sb.kiln(&[
         "predict",
-        "digits-png",
+        "digits-png/v2",
         "--input",
         folder.to_str().unwrap(),
         "-o",

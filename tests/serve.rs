@@ -954,7 +954,9 @@ fn an_image_folder_model_is_served_from_pixels_as_kiln_predict_answers_on_the_fi
         None,
     );
     assert_eq!(code, 200, "{body}");
-    for (i, p) in body["predictions"].as_array().unwrap().iter().enumerate() {
+    let answers = body["predictions"].as_array().unwrap();
+    assert_eq!(answers.len(), want.len(), "{body}");
+    for (i, p) in answers.iter().enumerate() {
         let (class, expected) = &want[i];
         assert_eq!(p["prediction"].as_str().unwrap(), class, "image {i}");
         let got = as_f32(&p["probabilities"]);

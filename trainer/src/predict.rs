@@ -83,7 +83,7 @@ pub fn read_input(run: &LoadedRun, input: &Path) -> Result<(Split, Vec<usize>), 
                 }
                 .into());
             };
-            let files = crate::data::images::input_files(input)?;
+            let files = crate::data::images::input_files(&spec, input)?;
             let n = files.len();
             let set = crate::data::images::ImageSet::new(
                 files,

@@ -364,6 +364,19 @@ impl Checker<'_> {
             for p in d.augment.problems(d.image_size) {
                 self.bad(p);
             }
+            if d.channels == Some(1)
+                && d.augment
+                    .color_jitter
+                    .as_ref()
+                    .is_some_and(|j| j.saturation != 0.0)
+            {
+                self.bad("`data.augment.color_jitter.saturation` changes colours: it does nothing to grey images (`data.channels` = 1)".into());
+            }
+            if d.format == DataFormat::ImageCsv
+                && matches!(d.label, Some(super::ColumnRef::Index(_)))
+            {
+                self.bad("`data.label`: name the label column of an image CSV (it has a header), not its index".into());
+            }
             if d.augment.random_crop.is_some() && d.image_size.is_none() {
                 self.bad("`data.augment.random_crop` needs `data.image_size`: the size every training image is cropped to".into());
             }
@@ -480,7 +493,16 @@ impl Checker<'_> {
         // model: each kind checks its own keys; then, where the data's shape is known before
         // reading it (rows, or `data.image_shape`), the architecture is built as training will.
         let m = &file.model;
-        let model_problems = m.kind.check_section(m);
+        let mut model_problems = m.kind.check_section(m);
+        if m.kind != ModelKind::ResNet && (m.widths.is_some() || m.depths.is_some()) {
+            model_problems.push(kiln_models::SectionError::new(
+                "model.widths",
+                format!(
+                    "`model.widths` and `model.depths` size a \"resnet\", not a {:?}",
+                    m.kind.name()
+                ),
+            ));
+        }
         let clean = model_problems.is_empty();
         for e in model_problems {
             self.bad(e.to_string());

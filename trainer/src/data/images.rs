@@ -165,6 +165,17 @@ impl ImagePrep {
         Ok(x)
     }
 
+    /// Decoded pixels in [0, 1] of an `h x w` image as the model reads them: resized and
+    /// cropped when not of the model's size, then normalised.
+    pub fn encode(&self, x: Vec<f32>, h: usize, w: usize) -> Vec<f32> {
+        let mut x = match [h, w] == self.size {
+            true => x,
+            false => resize_crop(&x, self.channels, h, w, self.size),
+        };
+        self.normalise(&mut x);
+        x
+    }
+
     fn normalise(&self, x: &mut [f32]) {
         let plane = self.size[0] * self.size[1];
         for (c, values) in x.chunks_mut(plane).enumerate() {
@@ -186,6 +197,8 @@ pub struct IndexEntry {
     pub modified: (u64, u32),
     /// The label as written: the class folder's name, or the CSV's label cell.
     pub label: String,
+    /// sha256 of the file's first and last 4 KiB (the whole of a small file), hex.
+    pub sample: String,
 }
 
 /// The files of one image folder (or CSV), in a stable order.
@@ -198,7 +211,9 @@ pub struct Index {
 }
 
 impl Index {
-    /// A hash of every (path, size, modification time, label): what the data fingerprint holds.
+    /// A hash of every (path, size, label, content sample): what the data fingerprint holds.
+    /// Not the modification time: a copy of the folder on another machine (each rank's own)
+    /// hashes as the original does.
     pub fn fingerprint(&self) -> (String, u64) {
         let mut h = Sha256::new();
         let mut bytes = 0u64;
@@ -206,10 +221,9 @@ impl Index {
             h.update(e.path.as_bytes());
             h.update([0]);
             h.update(e.bytes.to_le_bytes());
-            h.update(e.modified.0.to_le_bytes());
-            h.update(e.modified.1.to_le_bytes());
             h.update(e.label.as_bytes());
             h.update([0]);
+            h.update(e.sample.as_bytes());
             bytes += e.bytes;
         }
         let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
@@ -255,17 +269,23 @@ fn has_image_extension(p: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-/// Every image file under `dir` (recursively), sorted by path; hidden entries are ignored.
+/// Every image file under `dir` (recursively, each folder once however symbolic links lead
+/// back to it), sorted by path; hidden entries are ignored; a name that is not UTF-8 is an
+/// error naming it.
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut seen = std::collections::HashSet::new();
     while let Some(d) = stack.pop() {
+        if !seen.insert(std::fs::canonicalize(&d).map_err(|e| io_error(&d, e))?) {
+            continue;
+        }
         for entry in std::fs::read_dir(&d).map_err(|e| io_error(&d, e))? {
             let p = entry.map_err(|e| io_error(&d, e))?.path();
-            if p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-            {
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                return Err(format_error(&p, "a file name that is not UTF-8: rename it"));
+            };
+            if name.starts_with('.') {
                 continue;
             }
             if p.is_dir() {
@@ -290,7 +310,12 @@ pub fn index_folder(root: &Path, bad: BadImages) -> Result<Index, DataError> {
     let mut classes = Vec::new();
     for entry in std::fs::read_dir(root).map_err(|e| io_error(root, e))? {
         let p = entry.map_err(|e| io_error(root, e))?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            return Err(format_error(
+                &p,
+                "a folder name that is not UTF-8: rename it",
+            ));
+        };
         if p.is_dir() && !name.starts_with('.') {
             classes.push(name.to_string());
         }
@@ -345,7 +370,28 @@ pub fn index_csv(spec: &DataSpec, csv: &Path, bad: BadImages) -> Result<Index, D
     entries(&root, files, bad)
 }
 
-/// Stats and checks the header of every file (in parallel), in the given order.
+/// sha256 of a file's first and last 4 KiB (of all of it when it is smaller than 8 KiB).
+fn content_sample(path: &Path, len: u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    if len > 8192 {
+        let mut buf = vec![0u8; 4096];
+        f.read_exact(&mut buf)?;
+        h.update(&buf);
+        f.seek(SeekFrom::End(-4096))?;
+        f.read_exact(&mut buf)?;
+        h.update(&buf);
+    } else {
+        let mut all = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut all)?;
+        h.update(&all);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Stats and checks every file (in parallel), in the given order: its header, or with
+/// `bad_images = "skip"` all of its pixels, so that every file left in decodes.
 fn entries(root: &Path, files: Vec<(PathBuf, String)>, bad: BadImages) -> Result<Index, DataError> {
     let checked: Vec<Result<IndexEntry, DataError>> = files
         .par_iter()
@@ -357,12 +403,19 @@ fn entries(root: &Path, files: Vec<(PathBuf, String)>, bad: BadImages) -> Result
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
             header(path)?;
+            if bad == BadImages::Skip {
+                decode(path, 1)?;
+            }
             let rel = path.strip_prefix(root).unwrap_or(path);
+            let Some(rel) = rel.to_str() else {
+                return Err(format_error(path, "a path that is not UTF-8: rename it"));
+            };
             Ok(IndexEntry {
-                path: rel.to_string_lossy().into_owned(),
+                path: rel.to_string(),
                 bytes: meta.len(),
                 modified,
                 label: label.clone(),
+                sample: content_sample(path, meta.len()).map_err(|e| io_error(path, e))?,
             })
         })
         .collect();
@@ -598,6 +651,15 @@ impl ImageSet {
         &self.files
     }
 
+    /// Decodes every file once (in parallel): a corrupt file is named now, not when an
+    /// evaluation reaches it.
+    pub fn verify(&self) -> Result<(), DataError> {
+        let c = self.prep.channels;
+        self.files
+            .par_iter()
+            .try_for_each(|f| decode(f, c).map(|_| ()))
+    }
+
     pub fn head(&self, n: usize) -> ImageSet {
         let n = n.min(self.files.len());
         ImageSet {
@@ -800,9 +862,18 @@ pub fn prepare(
                     [h as usize, w as usize]
                 }
             };
+            // Colour when any of a sample of the training files is (a grey JPEG among
+            // colour photographs does not make the model grey).
             let channels = match spec.channels {
                 Some(c) => c,
-                None => channels_of(first)?,
+                None => {
+                    let k = train.len().min(64);
+                    let mut c = 1;
+                    for i in 0..k {
+                        c = c.max(channels_of(&train[i * train.len() / k])?);
+                    }
+                    c
+                }
             };
             let (mean, std) = fit_norm(&train, channels, size)?;
             super::Preprocessor::for_images(
@@ -845,9 +916,30 @@ pub fn prepare(
     })
 }
 
-/// The image files a `kiln predict --input` names: one file, or every image under a folder
-/// (recursively, sorted by path).
-pub fn input_files(input: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// The image files a `kiln predict --input` names: one file, every image under a folder
+/// (recursively, sorted by path), or the paths a CSV/TSV lists in its `data.path_column`
+/// (relative to its folder; a label column may be there or not).
+pub fn input_files(spec: &DataSpec, input: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let listed = input
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("tsv"));
+    if listed {
+        let mut header_spec = spec.clone();
+        header_spec.header = true;
+        header_spec.skip_rows = 0;
+        header_spec.delimiter = Some(match input.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("tsv") => b'\t',
+            _ => b',',
+        });
+        let cols = super::table::read_columns(&header_spec, input, &[spec.path_column.clone()])?;
+        let dir = input.parent().unwrap_or(Path::new("."));
+        let files: Vec<PathBuf> = cols[0].iter().map(|p| dir.join(p)).collect();
+        for f in &files {
+            header(f)?;
+        }
+        return Ok(files);
+    }
     if input.is_dir() {
         let files = image_files(input)?;
         if files.is_empty() {

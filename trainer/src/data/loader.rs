@@ -167,6 +167,55 @@ mod tests {
         assert_eq!(resumed, one[4..]);
     }
 
+    /// A source whose batch holding example `bad` cannot be read.
+    struct Failing {
+        n: usize,
+        bad: usize,
+    }
+
+    impl Source for Failing {
+        fn len(&self) -> usize {
+            self.n
+        }
+
+        fn fetch(&self, idx: &[usize], _: Option<Pass>) -> Result<Batch, DataError> {
+            if idx.contains(&self.bad) {
+                return Err(DataError::Format {
+                    path: format!("example {}", self.bad),
+                    message: "cannot decode".into(),
+                });
+            }
+            Ok(Batch {
+                x: Features::Dense {
+                    x: idx.iter().map(|&i| i as f32).collect(),
+                    width: 1,
+                },
+                y: Targets::Classes(idx.iter().map(|&i| i as u32).collect()),
+                len: idx.len(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_read_comes_once_as_the_error_then_the_loader_ends() {
+        for workers in [1, 2, 3] {
+            let data: Arc<dyn Source> = Arc::new(Failing { n: 100, bad: 57 });
+            let order: Vec<usize> = (0..100).collect();
+            let out: Vec<Result<Batch, DataError>> =
+                Loader::new(data, order, 10, 0, workers, 2, None).collect();
+            // Batches 0-4 arrive, batch 5 (examples 50-59) is the error, nothing after it.
+            assert_eq!(out.len(), 6, "{workers} workers");
+            assert!(out[..5].iter().all(Result::is_ok));
+            let e = out[5].as_ref().unwrap_err().to_string();
+            assert_eq!(e, "example 57: cannot decode");
+        }
+        // Dropped part-way, with workers blocked on full channels: the drop returns.
+        let data: Arc<dyn Source> = Arc::new(Failing { n: 1000, bad: 999 });
+        let mut l = Loader::new(data, (0..1000).collect(), 10, 0, 3, 1, None);
+        assert!(l.next().unwrap().is_ok());
+        drop(l);
+    }
+
     #[test]
     fn order_depends_on_seed_and_epoch_only() {
         assert_eq!(epoch_order(50, 1, 3, true), epoch_order(50, 1, 3, true));

@@ -251,6 +251,13 @@ pub fn output_scale(pre: &Preprocessor) -> f64 {
 
 /// The preprocessed encoding of an all-zero raw input (a black image).
 pub fn encoded_zeros(pre: &Preprocessor, d: usize) -> Vec<f32> {
+    // Image files: black is `-mean / std` of each channel.
+    if let Some(p) = &pre.images {
+        let plane = p.size[0] * p.size[1];
+        return (0..d)
+            .map(|j| (-p.mean[j / plane] / p.std[j / plane]) as f32)
+            .collect();
+    }
     if pre.columns.is_empty() {
         return vec![pre.encode_value(0.0, 0.0, 1.0); d];
     }

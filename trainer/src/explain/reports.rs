@@ -178,12 +178,17 @@ pub fn attributions(run: &LoadedRun, req: &RowsRequest) -> Result<RowsReport, Ex
     let data = super::split_rows(run, req.split)?;
     let rows = super::parse_rows(&req.rows, data.n, split)?;
     let input = run.mconf.input();
-    let image = match input {
-        InputShape::Images {
-            channels,
-            height,
-            width,
-        } => Some([channels, height, width]),
+    let image = match (input, &run.pre.images) {
+        // Image files are images whatever the model reads them as (an MLP reads rows).
+        (_, Some(files)) => Some(files.shape()),
+        (
+            InputShape::Images {
+                channels,
+                height,
+                width,
+            },
+            None,
+        ) => Some([channels, height, width]),
         _ => None,
     };
     let method = req.method.unwrap_or(match image {

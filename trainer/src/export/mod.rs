@@ -319,7 +319,11 @@ fn lower_images(
     let mean = g.constant("channel_mean", &[c, 1, 1], &mean);
     let std = g.constant("channel_std", &[c, 1, 1], &std);
     let centred = g.node("Sub", &[&cropped, &mean], vec![], None);
-    let x = g.node("Div", &[&centred, &std], vec![], None);
+    let mut x = g.node("Div", &[&centred, &std], vec![], None);
+    // A model that reads rows (an MLP) reads the pixels flattened, channel by channel.
+    if let InputShape::Rows { .. } = mconf.input() {
+        x = g.node("Flatten", &[&x], vec![attr_int("axis", 1)], None);
+    }
     mconf.lower(g, &x)
 }
 
@@ -396,8 +400,9 @@ pub fn build(
                 .collect();
             (sequence_info(TOKENS_INPUT, batch, None, INT64), outputs)
         }
-        InputShape::Images { channels, .. } if pre.images.is_some() => {
+        _ if pre.images.is_some() => {
             let prep = pre.images.as_ref().expect("checked");
+            let channels = prep.channels;
             let out = lower_images(&mut g, mconf, prep)?;
             let outputs = task
                 .lower_outputs(&mut g, &out)

@@ -144,17 +144,21 @@ fn gate_rows(run: &LoadedRun, batch: Batch) -> Result<(Vec<f32>, usize), ExportE
     Ok((x, want))
 }
 
-/// The gate's input for an image model: raw pixels, their `[n, c, h, w]`, kiln's outputs.
+/// One input of the gate for an image model: raw pixels, their `[n, c, h, w]`, kiln's
+/// outputs.
 struct GateImages {
     pixels: Vec<f32>,
     shape: [usize; 4],
     expected: Vec<Vec<f32>>,
 }
 
+/// Files the gate reads looking for images of the first one's size.
+const GATE_SCAN: usize = 256;
+
 /// The gate's images: held-out files (validation, else test, else train) of the first file's
 /// size, as stored (pixels 0-255, not resized: the graph resizes), repeated up to a fixed
 /// batch size when the graph has one; with their shape and kiln's outputs for them.
-fn gate_images(run: &LoadedRun, batch: Batch) -> Result<GateImages, ExportError> {
+fn gate_images(run: &LoadedRun, batch: Batch) -> Result<Vec<GateImages>, ExportError> {
     let prep = run.pre.images.as_ref().ok_or(ExportError::NoRows)?;
     let set = [&run.data.valid, &run.data.test, &run.data.train]
         .into_iter()
@@ -167,7 +171,7 @@ fn gate_images(run: &LoadedRun, batch: Batch) -> Result<GateImages, ExportError>
     let mut raw = Vec::new();
     let mut chosen = Vec::new();
     let mut size = None;
-    for (i, f) in set.files().iter().enumerate() {
+    for (i, f) in set.files().iter().enumerate().take(GATE_SCAN) {
         if chosen.len() == GATE_IMAGES {
             break;
         }
@@ -189,11 +193,36 @@ fn gate_images(run: &LoadedRun, batch: Batch) -> Result<GateImages, ExportError>
     let kiln = set
         .fetch(&idx, None)
         .map_err(crate::eval::EvalError::from)?;
-    Ok(GateImages {
+    let stored = GateImages {
         pixels: x,
         shape: [want, c, h, w],
         expected: batch_outputs(run, kiln),
-    })
+    };
+    // The first image again at another, not square, size: the graph's resize and crop are
+    // checked whatever the files' sizes.
+    let (h2, w2) = (h + h / 2 + 1, w + 3);
+    let other = crate::data::images::resize_crop(&raw[0], c, h, w, [h2, w2]);
+    let encoded = prep.encode(other.clone(), h2, w2);
+    let copies = match batch {
+        Batch::Dynamic => 1,
+        Batch::Fixed(n) => n,
+    };
+    let rows = Dataset {
+        d: encoded.len(),
+        x: encoded.repeat(copies),
+        y: Targets::Values(vec![0.0; copies]),
+        n: copies,
+    };
+    let resized = GateImages {
+        pixels: other
+            .iter()
+            .map(|v| v * 255.0)
+            .collect::<Vec<_>>()
+            .repeat(copies),
+        shape: [copies, c, h2, w2],
+        expected: batch_outputs(run, rows.gather(&(0..copies).collect::<Vec<_>>())),
+    };
+    Ok(vec![stored, resized])
 }
 
 fn file_stem_label(label: &str, opts: &Options) -> String {
@@ -345,11 +374,22 @@ pub fn export(
             }
         }
         Split::Images(_) => {
-            let g = gate_images(&run, opts.batch)?;
-            let got =
-                super::run_tract_images(&onnx, &g.pixels, g.shape).map_err(ExportError::Tract)?;
+            let (mut got, mut expected, mut rows) = (Vec::new(), Vec::new(), 0);
+            for g in gate_images(&run, opts.batch)? {
+                let out = super::run_tract_images(&onnx, &g.pixels, g.shape)
+                    .map_err(ExportError::Tract)?;
+                got.resize(out.len(), Vec::new());
+                expected.resize(g.expected.len(), Vec::new());
+                for (all, part) in got.iter_mut().zip(out) {
+                    all.extend(part);
+                }
+                for (all, part) in expected.iter_mut().zip(g.expected) {
+                    all.extend(part);
+                }
+                rows += g.shape[0];
+            }
             let top1 = run.task.class_names().map(|c| (1, c.len()));
-            (g.shape[0], got, g.expected, top1)
+            (rows, got, expected, top1)
         }
         Split::Table(_) => {
             let (x, rows) = gate_rows(&run, opts.batch)?;

@@ -153,6 +153,9 @@ pub fn encode(pre: &Preprocessor, x: &[f32], n: usize) -> Result<Dataset, Bad> {
         if let Some(p) = &pre.images {
             let plane = p.size[0] * p.size[1];
             for (j, (o, &v)) in dst.iter_mut().zip(src).enumerate() {
+                if !v.is_finite() {
+                    return Err(Bad(format!("row {i}, pixel {j}: not a finite number")));
+                }
                 let c = j / plane;
                 *o = ((v as f64 / 255.0 - p.mean[c]) / p.std[c]) as f32;
             }

@@ -31,13 +31,11 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
         let epoch_started = Instant::now();
         let mut batches = epoch_batches(s).peekable();
         let mut accum = Accumulation::new();
-        loop {
-            let asked = Instant::now();
-            let Some(batch) = batches.next() else { break };
+        while let Some((batch, wait)) = batches.next() {
             let batch = batch?;
+            waited += wait;
             // One batch ahead: its copy to the device is queued before this step's kernels.
             batches.peek();
-            waited += asked.elapsed();
             let Some(grads) = step::micro_batch(s, batch, &mut accum, &mut window) else {
                 continue; // more micro-batches to accumulate
             };
@@ -94,10 +92,12 @@ pub(super) fn fit(s: &mut Session) -> Result<Ending, TrainError> {
     Ok(ending)
 }
 
-/// This rank's batches of the current epoch from the current position, on the device: the
-/// example order is a pure function of (seed, epoch); with several ranks, each takes its slice
-/// of every global batch.
-fn epoch_batches(s: &Session) -> impl Iterator<Item = Result<Uploaded, DataError>> + use<> {
+/// This rank's batches of the current epoch from the current position, on the device, each
+/// with the time the loop waited for the loader to have it ready: the example order is a pure
+/// function of (seed, epoch); with several ranks, each takes its slice of every global batch.
+fn epoch_batches(
+    s: &Session,
+) -> impl Iterator<Item = (Result<Uploaded, DataError>, std::time::Duration)> + use<> {
     let (t, pos) = (&s.cfg.train, &s.state.pos);
     let data: Arc<dyn Source> = s.train.clone();
     let order = epoch_order(data.len(), s.cfg.seed, pos.epoch, true);
@@ -126,5 +126,11 @@ fn epoch_batches(s: &Session) -> impl Iterator<Item = Result<Uploaded, DataError
         ),
     };
     let (input, device) = (s.input, s.device.clone());
-    loader.map(move |b| b.map(|b| b.upload(input, &device)))
+    let mut loader = loader;
+    std::iter::from_fn(move || {
+        let asked = Instant::now();
+        let batch = loader.next()?;
+        Some((batch, asked.elapsed()))
+    })
+    .map(move |(b, wait)| (b.map(|b| b.upload(input, &device)), wait))
 }

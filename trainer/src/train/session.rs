@@ -343,6 +343,14 @@ fn load_data(
         valid = valid.head(SMOKE_EXAMPLES);
         test = test.head(SMOKE_EXAMPLES);
     }
+    // Image files: the held-out ones are decoded once now, so a corrupt file stops the run
+    // before training rather than at its final evaluation (a training file is met in the
+    // first epoch).
+    for split in [&valid, &test] {
+        if let Split::Images(set) = split {
+            set.verify()?;
+        }
+    }
     if train.is_empty() {
         return Err(SetupError::EmptyTrainingSplit.into());
     }
