@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn kinds_are_named_once_and_the_first_is_the_default() {
         let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names, ["mlp", "cnn", "gpt", "encoder"]);
+        assert_eq!(names, ["mlp", "cnn", "gpt", "encoder", "resnet"]);
         assert_eq!(ModelKind::default(), ModelKind::Mlp);
         for k in ModelKind::ALL {
             let json = serde_json::to_value(k).unwrap();
