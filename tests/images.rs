@@ -179,7 +179,20 @@ fn a_png_folder_trains_a_cnn_and_predict_reads_a_folder_of_files() {
     .unwrap();
     let o = sb.kiln(&["eval", "digits-png", "--split", "test"]);
     assert_ne!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("changed"), "{}", stderr(&o));
+    let lines = error_lines(&o);
+    assert_eq!(lines.len(), 1, "{}", stderr(&o));
+    assert!(
+        lines[0].contains("changed since") && lines[0].contains("1 removed (test/3/"),
+        "{}",
+        lines[0]
+    );
+    // The index read is saved with the run and its model version: a line per file.
+    let version = sb.registry().join("models/digits-png/v1");
+    for dir in [&dir, &version] {
+        let index = std::fs::read_to_string(dir.join("image_index.tsv")).unwrap();
+        assert!(index.starts_with("split\tpath\tbytes\tmodified\tlabel\tsample\n"));
+        assert_eq!(index.lines().count(), 1 + 1500 + 1500, "{}", dir.display());
+    }
 }
 
 /// One clear error line, naming the file or folder, for each kind of broken data; nothing is

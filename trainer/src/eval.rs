@@ -118,6 +118,14 @@ pub enum EvalError {
         now: String,
     },
     #[error(
+        "image folder {path} changed since {id} was trained: {what}; its splits and metrics would describe other data; restore the files, or train a new version"
+    )]
+    ImagesChanged {
+        id: String,
+        path: String,
+        what: String,
+    },
+    #[error(
         "the data files changed since {id} was trained (then: {was}; now: {now}); restore them, or train a new version"
     )]
     DataFiles {
@@ -263,7 +271,22 @@ impl LoadedRun {
         let with_data = trained_on.is_some();
         let cfg = crate::config::load_run_with(dir, with_data)?;
         if let Some(was) = trained_on {
-            same_data(&label, was, &crate::checkpoint::data_files(&cfg)?)?;
+            let same = same_data(&label, was, &crate::checkpoint::data_files(&cfg)?);
+            // Image files: which files changed, from the index saved with the run.
+            if let (Err(EvalError::DataChanged { path, .. }), Ok(saved)) = (
+                &same,
+                std::fs::read_to_string(dir.join(layout::IMAGE_INDEX)),
+            ) && let Some(what) = crate::data::images::Indexed::read(&cfg.data)
+                .ok()
+                .and_then(|now| now.changes_since(&saved))
+            {
+                return Err(EvalError::ImagesChanged {
+                    id: label.clone(),
+                    path: path.clone(),
+                    what,
+                });
+            }
+            same?;
         }
         let pre: Preprocessor = run::read_json(&dir.join(layout::PREPROCESS))?;
         let mconf: kiln_models::ModelConfig = run::read_json(&dir.join(layout::MODEL_CONFIG))?;
@@ -284,6 +307,7 @@ impl LoadedRun {
                 test: Split::Table(Dataset::empty(pre.n_features)),
                 preprocessor: pre.clone(),
                 skipped: Vec::new(),
+                indexed: None,
             }
         };
         let task = crate::task::task_of(&cfg, &pre)?;

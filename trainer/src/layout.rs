@@ -62,6 +62,8 @@ pub const PREPROCESS: &str = "preprocess.json";
 /// The training data's profile for drift checks (table models).
 pub const DRIFT: &str = "drift.json";
 pub const RUN: &str = "run.json";
+/// Image files: the index of the training (and test) files, a line per file.
+pub const IMAGE_INDEX: &str = "image_index.tsv";
 pub const METRICS_LOG: &str = "metrics.jsonl";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const FINAL: &str = "final";

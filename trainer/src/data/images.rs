@@ -813,6 +813,7 @@ pub fn augment(
 
 /// What [`super::prepare`] needs of an image data set: the training index (and the test one),
 /// as tables of paths and labels for the split and the label encoding.
+#[derive(Debug, Clone)]
 pub struct Indexed {
     pub main: Index,
     pub test: Option<Index>,
@@ -827,6 +828,69 @@ impl Indexed {
         let main = read(&spec.path)?;
         let test = spec.test_path.as_deref().map(read).transpose()?;
         Ok(Indexed { main, test })
+    }
+
+    /// The index as saved with a run: `split, path, bytes, modified (s.ns), label, sample`,
+    /// tab-separated, a line per file.
+    pub fn to_tsv(&self) -> String {
+        let mut s = String::from("split\tpath\tbytes\tmodified\tlabel\tsample\n");
+        let parts = [("train", Some(&self.main)), ("test", self.test.as_ref())];
+        for (split, index) in parts {
+            for e in index.map_or(&[][..], |i| &i.entries[..]) {
+                s.push_str(&format!(
+                    "{split}\t{}\t{}\t{}.{:09}\t{}\t{}\n",
+                    e.path, e.bytes, e.modified.0, e.modified.1, e.label, e.sample
+                ));
+            }
+        }
+        s
+    }
+
+    /// What changed from a saved index ([`Indexed::to_tsv`]) to this one: counts of files
+    /// added, removed and rewritten, and the first few of each; `None` when nothing did.
+    pub fn changes_since(&self, saved: &str) -> Option<String> {
+        use std::collections::BTreeMap;
+        let key = |split: &str, path: &str| format!("{split}/{path}");
+        let mut was: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+        for line in saved.lines().skip(1) {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() == 6 {
+                was.insert(key(f[0], f[1]), (f[2].into(), f[4].into(), f[5].into()));
+            }
+        }
+        let mut now: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+        let parts = [("train", Some(&self.main)), ("test", self.test.as_ref())];
+        for (split, index) in parts {
+            for e in index.map_or(&[][..], |i| &i.entries[..]) {
+                now.insert(
+                    key(split, &e.path),
+                    (e.bytes.to_string(), e.label.clone(), e.sample.clone()),
+                );
+            }
+        }
+        let added: Vec<&String> = now.keys().filter(|k| !was.contains_key(*k)).collect();
+        let removed: Vec<&String> = was.keys().filter(|k| !now.contains_key(*k)).collect();
+        let changed: Vec<&String> = now
+            .iter()
+            .filter(|(k, v)| was.get(*k).is_some_and(|w| w != *v))
+            .map(|(k, _)| k)
+            .collect();
+        let part = |what: &str, v: &[&String]| -> Option<String> {
+            (!v.is_empty()).then(|| {
+                let first: Vec<&str> = v.iter().take(3).map(|s| s.as_str()).collect();
+                let more = if v.len() > 3 { ", ..." } else { "" };
+                format!("{} {what} ({}{more})", v.len(), first.join(", "))
+            })
+        };
+        let parts: Vec<String> = [
+            part("added", &added),
+            part("removed", &removed),
+            part("rewritten or relabelled", &changed),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     pub fn raw(&self) -> RawData {
@@ -906,6 +970,7 @@ pub fn prepare(
         valid: set(&raw.main, &files, &parts.valid, false)?,
         test,
         preprocessor: pre,
+        indexed: Some(indexed.clone()),
         skipped: indexed
             .main
             .skipped

@@ -257,6 +257,8 @@ pub struct Prepared {
     pub preprocessor: Preprocessor,
     /// Files left out as unreadable (`data.bad_images` = "skip"), with why.
     pub skipped: Vec<String>,
+    /// Image files: the index of the files read (saved with the run).
+    pub indexed: Option<images::Indexed>,
 }
 
 /// Splits by name, as `kiln eval --split` takes them.
@@ -332,6 +334,7 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
                 test: Split::Text(t.test),
                 preprocessor: Preprocessor::for_text(t.tokenizer, spec.block_size),
                 skipped: Vec::new(),
+                indexed: None,
             });
         }
     };
@@ -355,6 +358,7 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
         test: Split::Table(test),
         preprocessor,
         skipped: Vec::new(),
+        indexed: None,
     })
 }
 
@@ -420,6 +424,7 @@ fn labeled_text(
         test,
         preprocessor: pre,
         skipped: Vec::new(),
+        indexed: None,
     })
 }
 

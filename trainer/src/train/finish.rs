@@ -156,9 +156,14 @@ fn version_files(
     with_drift: bool,
 ) -> Result<Vec<(String, Vec<u8>)>, TrainError> {
     let drift = with_drift.then_some(layout::DRIFT);
+    let index = run_dir
+        .join(layout::IMAGE_INDEX)
+        .is_file()
+        .then_some(layout::IMAGE_INDEX);
     for name in [layout::CONFIG, layout::MODEL_CONFIG, layout::PREPROCESS]
         .into_iter()
         .chain(drift)
+        .chain(index)
     {
         let p = run_dir.join(name);
         files.push((name.to_string(), std::fs::read(&p).map_err(run::io(&p))?));

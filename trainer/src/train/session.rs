@@ -150,7 +150,7 @@ impl<'a> Session<'a> {
             return Err(TrainError::AlreadyCompleted { id: r.id.clone() });
         }
         let smoke = resumed.as_ref().map_or(opts.smoke, |r| r.smoke);
-        let (train, valid, test, pre, skipped) = load_data(cfg, opts, smoke)?;
+        let (train, valid, test, pre, skipped, indexed) = load_data(cfg, opts, smoke)?;
         let task = task_of(cfg, &pre)?;
         let mconf = crate::model::architecture(cfg, &pre, task.as_ref())?;
         crate::model::check_memory(cfg, &mconf, chosen.backend, train.len())?;
@@ -182,6 +182,11 @@ impl<'a> Session<'a> {
             &mconf,
             device_label,
         )?;
+        // Image files: the index read, saved with the run (a new run's; a resumed run has it).
+        if let Some(ix) = indexed.filter(|_| writer && opts.resume.is_none()) {
+            let path = run.dir.join(crate::layout::IMAGE_INDEX);
+            run::write_atomic(&path, ix.to_tsv().as_bytes())?;
+        }
         if !skipped.is_empty() {
             if writer && !opts.quiet {
                 eprintln!(
@@ -327,11 +332,17 @@ fn starting_state(
 
 /// The three splits (a slice of each for a smoke run) and the preprocessing: fitted on the
 /// training split, or the run's own statistics when resuming.
-fn load_data(
-    cfg: &RunConfig,
-    opts: &Options,
-    smoke: bool,
-) -> Result<(Split, Split, Split, Preprocessor, Vec<String>), TrainError> {
+/// The splits, the preprocessing, image files left out, and the image index.
+type LoadedData = (
+    Split,
+    Split,
+    Split,
+    Preprocessor,
+    Vec<String>,
+    Option<data::images::Indexed>,
+);
+
+fn load_data(cfg: &RunConfig, opts: &Options, smoke: bool) -> Result<LoadedData, TrainError> {
     let fitted: Option<Preprocessor> = match &opts.resume {
         Some(dir) => Some(run::read_json(&dir.join(layout::PREPROCESS))?),
         None => None,
@@ -354,7 +365,14 @@ fn load_data(
     if train.is_empty() {
         return Err(SetupError::EmptyTrainingSplit.into());
     }
-    Ok((train, valid, test, prepared.preprocessor, prepared.skipped))
+    Ok((
+        train,
+        valid,
+        test,
+        prepared.preprocessor,
+        prepared.skipped,
+        prepared.indexed,
+    ))
 }
 
 /// Threads (ranks on one machine share its cores) and this rank's device, probed before it is
