@@ -997,7 +997,11 @@ pub fn input_files(spec: &DataSpec, input: &Path) -> Result<Vec<PathBuf>, DataEr
             Some(e) if e.eq_ignore_ascii_case("tsv") => b'\t',
             _ => b',',
         });
-        let cols = super::table::read_columns(&header_spec, input, &[spec.path_column.clone()])?;
+        let cols = super::table::read_columns(
+            &header_spec,
+            input,
+            std::slice::from_ref(&spec.path_column),
+        )?;
         let dir = input.parent().unwrap_or(Path::new("."));
         let files: Vec<PathBuf> = cols[0].iter().map(|p| dir.join(p)).collect();
         for f in &files {
