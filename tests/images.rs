@@ -160,8 +160,14 @@ fn a_png_folder_trains_a_cnn_and_predict_reads_a_folder_of_files() {
         .unwrap()
         .unwrap()
         .path();
-    std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&same, std::fs::read(&same).unwrap()).unwrap();
+    let earlier = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&same)
+        .unwrap()
+        .set_modified(earlier)
+        .unwrap();
     let o = sb.kiln(&["eval", "digits-png", "--split", "test", "--json"]);
     assert_exit(&o, 0);
     assert_eq!(
@@ -217,7 +223,17 @@ fn broken_files_and_folders_get_one_clear_error_each() {
     let fake = train.join("4/notes.jpg");
     std::fs::write(&fake, "these are not pixels\n").unwrap();
     fails_naming("a text file named .jpg", "notes.jpg: not an image");
-    // Skipping such files trains, and the run record counts them.
+    // Skipping such files trains, and the run record counts them: the text file, and a PNG
+    // whose header reads but whose pixels do not (skip mode decodes every file).
+    let first = std::fs::read_dir(train.join("2"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let whole = std::fs::read(&first).unwrap();
+    let cut = train.join("2/cut.png");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
     let skip = sb.write(
         "skip.toml",
         &std::fs::read_to_string(&cfg).unwrap().replace(
@@ -231,11 +247,23 @@ fn broken_files_and_folders_get_one_clear_error_each() {
     let info = read_json(&dir.join("run.json"));
     assert_eq!(
         info["skipped_files"].as_array().map(Vec::len),
-        Some(1),
+        Some(2),
         "{info}"
     );
     std::fs::remove_dir_all(sb.registry()).unwrap();
     std::fs::remove_file(&fake).unwrap();
+    std::fs::remove_file(&cut).unwrap();
+    // A test file cut short stops the run before training: no run is left.
+    let held_out = std::fs::read_dir(pngs.join("test/1"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let kept = std::fs::read(&held_out).unwrap();
+    std::fs::write(&held_out, &kept[..kept.len() / 2]).unwrap();
+    fails_naming("a test file cut short", "cannot decode the image");
+    std::fs::write(&held_out, &kept).unwrap();
     // A PNG cut short: its header reads, its pixels do not.
     let victim = std::fs::read_dir(train.join("2"))
         .unwrap()

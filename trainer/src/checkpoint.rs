@@ -208,8 +208,8 @@ pub struct Restored {
 pub fn data_files(cfg: &RunConfig) -> Result<Vec<DataFile>, TrainError> {
     let spec = &cfg.data;
     let mut files = Vec::new();
-    // Image files: the index (each file's path, size, modification time and label) is hashed,
-    // not every image: a changed, added or removed file changes it.
+    // Image files: the index (each file's path, size, label and a hash of its first and last
+    // 4 KiB) is hashed, not every image: a changed, added or removed file changes it.
     if matches!(
         spec.format,
         crate::data::DataFormat::ImageFolder | crate::data::DataFormat::ImageCsv

@@ -250,7 +250,10 @@ fn explanations_section(
         body.push_str("<p>The run has no test or validation examples to explain.</p>");
         return Ok(());
     }
-    let image = matches!(loaded.mconf.input(), kiln_models::InputShape::Images { .. });
+    let image = matches!(
+        crate::explain::explained_input(loaded),
+        kiln_models::InputShape::Images { .. }
+    );
     let req = ImportanceRequest {
         split,
         metric: None,

@@ -1,10 +1,11 @@
 //! Folders of image files, as people store them: `root/<class>/*.png|jpg` (`image_folder`) or a
 //! CSV/TSV of relative paths and labels (`image_csv`), decoded while the model trains.
 //!
-//! - **Index**: the files are listed once (path, size, modification time, label) and their
-//!   headers checked, so a file that is not a PNG or JPEG is named before training starts. The
-//!   index hashes into the run's data fingerprint, so resuming or evaluating on a changed
-//!   folder is refused.
+//! - **Index**: the files are listed once per process (path, size, modification time, label,
+//!   a hash of their first and last 4 KiB) and their headers checked, so a file that is not a
+//!   PNG or JPEG is named before training starts. The index is saved with the run; all but the
+//!   modification times hash into the run's data fingerprint, so resuming or evaluating on a
+//!   changed folder is refused (a copy with new times is the same data).
 //! - **Decoding**: PNG (grey, RGB, with alpha, 8 or 16 bits) and JPEG by the `image` crate's
 //!   pure-Rust decoders, on the loader's worker threads: at most `workers x prefetch` decoded
 //!   batches are held, never the data set.
@@ -269,6 +270,19 @@ fn has_image_extension(p: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
+/// A name kiln can write in its index (a line per file, tab-separated): UTF-8, without tabs
+/// or line breaks.
+fn check_name(p: &Path) -> Result<(), DataError> {
+    match p.file_name().and_then(|n| n.to_str()) {
+        Some(n) if !n.contains(['\t', '\n', '\r']) => Ok(()),
+        Some(_) => Err(format_error(
+            p,
+            "a name with a tab or a line break: rename it",
+        )),
+        None => Err(format_error(p, "a name that is not UTF-8: rename it")),
+    }
+}
+
 /// Every image file under `dir` (recursively, each folder once however symbolic links lead
 /// back to it), sorted by path; hidden entries are ignored; a name that is not UTF-8 is an
 /// error naming it.
@@ -280,13 +294,22 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
         if !seen.insert(std::fs::canonicalize(&d).map_err(|e| io_error(&d, e))?) {
             continue;
         }
-        for entry in std::fs::read_dir(&d).map_err(|e| io_error(&d, e))? {
-            let p = entry.map_err(|e| io_error(&d, e))?.path();
-            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
-                return Err(format_error(&p, "a file name that is not UTF-8: rename it"));
-            };
-            if name.starts_with('.') {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&d)
+            .map_err(|e| io_error(&d, e))?
+            .map(|e| e.map(|e| e.path()).map_err(|e| io_error(&d, e)))
+            .collect::<Result<_, _>>()?;
+        // Sorted: which of two links to one folder is kept does not depend on the file system.
+        found.sort();
+        for p in found {
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+            if hidden {
                 continue;
+            }
+            let wanted = p.is_dir() || has_image_extension(&p);
+            if wanted {
+                check_name(&p)?;
             }
             if p.is_dir() {
                 stack.push(p);
@@ -310,13 +333,12 @@ pub fn index_folder(root: &Path, bad: BadImages) -> Result<Index, DataError> {
     let mut classes = Vec::new();
     for entry in std::fs::read_dir(root).map_err(|e| io_error(root, e))? {
         let p = entry.map_err(|e| io_error(root, e))?.path();
-        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
-            return Err(format_error(
-                &p,
-                "a folder name that is not UTF-8: rename it",
-            ));
-        };
-        if p.is_dir() && !name.starts_with('.') {
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        if p.is_dir() && !hidden {
+            check_name(&p)?;
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             classes.push(name.to_string());
         }
     }
@@ -410,6 +432,12 @@ fn entries(root: &Path, files: Vec<(PathBuf, String)>, bad: BadImages) -> Result
             let Some(rel) = rel.to_str() else {
                 return Err(format_error(path, "a path that is not UTF-8: rename it"));
             };
+            if rel.contains(['\t', '\n', '\r']) || label.contains(['\t', '\n', '\r']) {
+                return Err(format_error(
+                    path,
+                    "a path or label with a tab or a line break: kiln's index holds a line per file",
+                ));
+            }
             Ok(IndexEntry {
                 path: rel.to_string(),
                 bytes: meta.len(),
@@ -820,7 +848,35 @@ pub struct Indexed {
 }
 
 impl Indexed {
+    /// The index of the spec's files, read once per process: training, its fingerprint and an
+    /// evaluation's comparison see the same listing (and `bad_images = "skip"` decodes every
+    /// file once, not once per reader).
     pub fn read(spec: &DataSpec) -> Result<Indexed, DataError> {
+        use std::sync::{Mutex, OnceLock};
+        type Cache = Mutex<std::collections::HashMap<String, Indexed>>;
+        static READ: OnceLock<Cache> = OnceLock::new();
+        let key = format!(
+            "{:?}|{}|{:?}|{}|{:?}|{:?}",
+            spec.format,
+            spec.path.display(),
+            spec.test_path,
+            spec.path_column,
+            spec.label,
+            spec.bad_images
+        );
+        let cache = READ.get_or_init(Default::default);
+        if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(hit.clone());
+        }
+        let read = Self::read_uncached(spec)?;
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, read.clone());
+        Ok(read)
+    }
+
+    fn read_uncached(spec: &DataSpec) -> Result<Indexed, DataError> {
         let read = |p: &Path| match spec.format {
             super::DataFormat::ImageCsv => index_csv(spec, p, spec.bad_images),
             _ => index_folder(p, spec.bad_images),
@@ -989,14 +1045,16 @@ pub fn input_files(spec: &DataSpec, input: &Path) -> Result<Vec<PathBuf>, DataEr
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("tsv"));
-    if listed {
+    if listed && input.is_file() {
         let mut header_spec = spec.clone();
         header_spec.header = true;
         header_spec.skip_rows = 0;
-        header_spec.delimiter = Some(match input.extension().and_then(|e| e.to_str()) {
-            Some(e) if e.eq_ignore_ascii_case("tsv") => b'\t',
-            _ => b',',
-        });
+        // The training CSV's delimiter for a listing like it, else by the file's extension.
+        header_spec.delimiter = match (spec.format, input.extension().and_then(|e| e.to_str())) {
+            (super::DataFormat::ImageCsv, _) => spec.delimiter,
+            (_, Some(e)) if e.eq_ignore_ascii_case("tsv") => Some(b'\t'),
+            _ => Some(b','),
+        };
         let cols = super::table::read_columns(
             &header_spec,
             input,
@@ -1123,6 +1181,44 @@ mod tests {
                 .to_string()
                 .contains("not an image")
         );
+    }
+
+    #[test]
+    fn the_saved_index_says_what_changed_and_a_link_loop_is_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = |p: &Path, v: u8| {
+            image::GrayImage::from_raw(2, 2, vec![v; 4])
+                .unwrap()
+                .save(p)
+                .unwrap();
+        };
+        for class in ["a", "b"] {
+            std::fs::create_dir(dir.path().join(class)).unwrap();
+            for i in 0..3 {
+                png(&dir.path().join(format!("{class}/{i}.png")), i as u8);
+            }
+        }
+        // A link from a class folder to itself: each folder is read once.
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("a/loop")).unwrap();
+        let read = || Indexed {
+            main: index_folder(dir.path(), BadImages::Error).unwrap(),
+            test: None,
+        };
+        let before = read();
+        assert_eq!(before.main.entries.len(), 6, "{:?}", before.main.entries);
+        let saved = before.to_tsv();
+        assert_eq!(read().changes_since(&saved), None);
+        png(&dir.path().join("b/9.png"), 9);
+        std::fs::remove_file(dir.path().join("a/0.png")).unwrap();
+        png(&dir.path().join("b/1.png"), 200);
+        assert_eq!(
+            read().changes_since(&saved).unwrap(),
+            "1 added (train/b/9.png); 1 removed (train/a/0.png); 1 rewritten or relabelled (train/b/1.png)"
+        );
+        // The fingerprint ignores modification times, not contents.
+        let (a, _) = before.main.fingerprint();
+        let (b, _) = read().main.fingerprint();
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -49,6 +49,22 @@ impl ExplainError {
 
 /// The groups of a model's inputs: its original columns for rows, `patch` x `patch` squares
 /// for images.
+/// The shape explanations see: image files are images whatever the model reads them as (an
+/// MLP reads their pixels as rows).
+pub fn explained_input(run: &LoadedRun) -> InputShape {
+    match &run.pre.images {
+        Some(p) => {
+            let [channels, height, width] = p.shape();
+            InputShape::Images {
+                channels,
+                height,
+                width,
+            }
+        }
+        None => run.mconf.input(),
+    }
+}
+
 pub fn groups(pre: &Preprocessor, input: InputShape, patch: usize) -> Vec<Group> {
     if let InputShape::Images {
         channels,

@@ -48,7 +48,7 @@ pub fn importance(
         return Err(ExplainError::Input("--repeats must be at least 1".into()));
     }
     let data = super::split_rows(run, req.split)?;
-    let input = run.mconf.input();
+    let input = super::explained_input(run);
     let max = match (req.max_samples, input) {
         (Some(m), _) => m.max(1),
         (None, InputShape::Images { .. }) => IMAGE_SAMPLES,

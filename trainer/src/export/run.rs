@@ -200,7 +200,8 @@ fn gate_images(run: &LoadedRun, batch: Batch) -> Result<Vec<GateImages>, ExportE
     };
     // The first image again at another, not square, size: the graph's resize and crop are
     // checked whatever the files' sizes.
-    let (h2, w2) = (h + h / 2 + 1, w + 3);
+    let [s0, s1] = prep.size;
+    let (h2, w2) = (s0 + s0 / 2 + 1, s1 + 3);
     let other = crate::data::images::resize_crop(&raw[0], c, h, w, [h2, w2]);
     let encoded = prep.encode(other.clone(), h2, w2);
     let copies = match batch {
