@@ -54,36 +54,6 @@ fn within(mut c: Command, limit: Duration) -> (Output, Duration) {
     }
 }
 
-fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).expect("weights");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, t)| {
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name, v)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn max_abs_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
-    assert_eq!(
-        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
-        b.iter().map(|x| &x.0).collect::<Vec<_>>()
-    );
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f32::max)
-}
-
 fn final_weights_dir(registry: &Path) -> PathBuf {
     final_weights(registry)
         .parent()
@@ -144,8 +114,8 @@ fn two_ranks_train_the_weights_of_one_process_with_the_same_global_batch() {
     assert_eq!(versions(&two.registry(), "digits-mlp"), vec!["v1"]);
 
     let diff = max_abs_diff(
-        &weights(&final_weights(&one.registry())),
-        &weights(&final_weights(&two.registry())),
+        &tensors_f32(&final_weights(&one.registry())),
+        &tensors_f32(&final_weights(&two.registry())),
     );
     eprintln!("max abs difference, 1 process vs 2 ranks: {diff:e}");
     assert!(diff <= 1e-5, "weights differ by {diff}");
@@ -216,8 +186,8 @@ fn two_ranks_with_uneven_shares_train_the_weights_of_one_process_with_sgd() {
         stderr(&out)
     );
     let diff = max_abs_diff(
-        &weights(&final_weights(&one.registry())),
-        &weights(&final_weights(&two.registry())),
+        &tensors_f32(&final_weights(&one.registry())),
+        &tensors_f32(&final_weights(&two.registry())),
     );
     eprintln!("max abs difference, SGD, 1 process vs 2 ranks with uneven shares: {diff:e}");
     assert!(
@@ -407,8 +377,8 @@ fn stopped_or_killed_ranks_resume_to_the_uninterrupted_weights() {
     // README: the final weights equal an uninterrupted run's, to the bit (the CPU path is
     // deterministic, and the same weights give the same file).
     let diff = max_abs_diff(
-        &weights(&final_weights(&whole.registry())),
-        &weights(&final_weights(&reg)),
+        &tensors_f32(&final_weights(&whole.registry())),
+        &tensors_f32(&final_weights(&reg)),
     );
     assert_eq!(
         sha256_file(&final_weights(&reg)),

@@ -400,31 +400,10 @@ fn two_ranks_train_what_one_process_trains_with_augmentation() {
         .unwrap()
         .unwrap()
         .path();
-    let read = |p: &Path| -> Vec<(String, Vec<f32>)> {
-        let bytes = std::fs::read(p).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut v: Vec<(String, Vec<f32>)> = st
-            .tensors()
-            .into_iter()
-            .map(|(n, t)| {
-                (
-                    n,
-                    t.data()
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                )
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let (a, b) = (read(&one), read(&run.join("final/model.safetensors")));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs()))
-        .fold(0.0f32, f32::max);
+    let diff = max_abs_diff(
+        &tensors_f32(&one),
+        &tensors_f32(&run.join("final/model.safetensors")),
+    );
     eprintln!("max abs difference, 1 process vs 2 ranks: {diff:e}");
     assert!(diff <= 1e-4, "weights differ by {diff}");
 }

@@ -159,13 +159,6 @@ impl ImagePrep {
         [self.channels, self.size[0], self.size[1]]
     }
 
-    /// Decodes, resizes, crops and normalises one file: `channels x height x width` values.
-    pub fn load(&self, path: &Path) -> Result<Vec<f32>, DataError> {
-        let mut x = read_resized(path, self.channels, self.size)?;
-        self.normalise(&mut x);
-        Ok(x)
-    }
-
     /// Decoded pixels in [0, 1] of an `h x w` image as the model reads them: resized and
     /// cropped when not of the model's size, then normalised.
     pub fn encode(&self, x: Vec<f32>, h: usize, w: usize) -> Vec<f32> {
@@ -270,6 +263,12 @@ fn has_image_extension(p: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
+/// A name starting with a dot: not read (`.DS_Store`, `.git`, kiln's own `.complete`).
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+}
+
 /// A name kiln can write in its index (a line per file, tab-separated): UTF-8, without tabs
 /// or line breaks.
 fn check_name(p: &Path) -> Result<(), DataError> {
@@ -301,9 +300,7 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
         // Sorted: which of two links to one folder is kept does not depend on the file system.
         found.sort();
         for p in found {
-            let hidden = p
-                .file_name()
-                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+            let hidden = is_hidden(&p);
             if hidden {
                 continue;
             }
@@ -333,9 +330,7 @@ pub fn index_folder(root: &Path, bad: BadImages) -> Result<Index, DataError> {
     let mut classes = Vec::new();
     for entry in std::fs::read_dir(root).map_err(|e| io_error(root, e))? {
         let p = entry.map_err(|e| io_error(root, e))?.path();
-        let hidden = p
-            .file_name()
-            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        let hidden = is_hidden(&p);
         if p.is_dir() && !hidden {
             check_name(&p)?;
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();

@@ -464,7 +464,7 @@ pub fn run_tract(
     rows: usize,
     width: usize,
 ) -> Result<Vec<Vec<f32>>, String> {
-    run_tract_on(model_bytes, x.to_vec(), rows, width)
+    run_tract_on(model_bytes, x.to_vec(), &[rows, width])
 }
 
 /// Runs a token model with tract on `ids` (`rows` x `len`); returns each output, row-major.
@@ -477,8 +477,7 @@ pub fn run_tract_tokens(
     run_tract_on(
         model_bytes,
         ids.iter().map(|&i| i64::from(i)).collect(),
-        rows,
-        len,
+        &[rows, len],
     )
 }
 
@@ -488,50 +487,27 @@ pub fn run_tract_images(
     x: &[f32],
     shape: [usize; 4],
 ) -> Result<Vec<Vec<f32>>, String> {
-    use tract_onnx::prelude::*;
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &model_bytes[..])
-        .map_err(|e| format!("tract cannot read the model: {e}"))?
-        .with_input_fact(0, f32::fact(shape).into())
-        .map_err(|e| e.to_string())?
-        .into_optimized()
-        .map_err(|e| format!("tract cannot optimise the model: {e}"))?
-        .into_runnable()
-        .map_err(|e| e.to_string())?;
-    let input =
-        tract_ndarray::Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), x.to_vec())
-            .map_err(|e| e.to_string())?;
-    let out = model
-        .run(tvec!(Tensor::from(input).into()))
-        .map_err(|e| format!("tract failed to run the model: {e}"))?;
-    out.iter()
-        .map(|t| {
-            t.to_plain_array_view::<f32>()
-                .map(|v| v.iter().copied().collect())
-                .map_err(|e| e.to_string())
-        })
-        .collect()
+    run_tract_on(model_bytes, x.to_vec(), &shape)
 }
 
-/// Runs the graph on one `rows` x `width` input of `T`.
+/// Runs the graph on one input of `T` of `shape` (row-major `x`).
 fn run_tract_on<T: tract_onnx::prelude::Datum>(
     model_bytes: &[u8],
     x: Vec<T>,
-    rows: usize,
-    width: usize,
+    shape: &[usize],
 ) -> Result<Vec<Vec<f32>>, String> {
     use tract_onnx::prelude::*;
     let model = tract_onnx::onnx()
         .model_for_read(&mut &model_bytes[..])
         .map_err(|e| format!("tract cannot read the model: {e}"))?
-        .with_input_fact(0, T::fact([rows, width]).into())
+        .with_input_fact(0, T::fact(shape).into())
         .map_err(|e| e.to_string())?
         .into_optimized()
         .map_err(|e| format!("tract cannot optimise the model: {e}"))?
         .into_runnable()
         .map_err(|e| e.to_string())?;
-    let input =
-        tract_ndarray::Array2::from_shape_vec((rows, width), x).map_err(|e| e.to_string())?;
+    let input = tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(shape), x)
+        .map_err(|e| e.to_string())?;
     let out = model
         .run(tvec!(Tensor::from(input).into()))
         .map_err(|e| format!("tract failed to run the model: {e}"))?;
