@@ -30,8 +30,15 @@ trap 'git worktree remove --force "$work/src" >/dev/null 2>&1 || true; rm -rf "$
 
 echo "== building $commit (a worktree) and the working tree, features: $features"
 git worktree add --detach "$work/src" "$commit" >/dev/null
+# kiln's own crates hash the same from either tree, and the other tree's sources look older
+# than the artifacts: clean them before each build so that neither reuses the other's.
+own=(-p kiln -p kiln-trainer -p kiln-models)
+[ -d kernels ] && own+=(-p kiln-kernels)
+clean_own() { (cd "$1" && cargo clean --release --quiet "${own[@]}" 2>/dev/null || cargo clean --release --quiet -p kiln -p kiln-trainer -p kiln-models); }
+clean_own "$work/src"
 (cd "$work/src" && cargo build --release --quiet --bin kiln --features "$features")
 cp "$target/release/kiln" "$work/kiln-before"
+clean_own .
 cargo build --release --quiet --bin kiln --features "$features"
 cp "$target/release/kiln" "$work/kiln-after"
 
