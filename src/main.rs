@@ -10,6 +10,11 @@ mod signals;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: it reuses freed buffers where glibc unmapped and
+/// re-faulted them every training step (see Cargo.toml).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use kiln_trainer::config::ConfigError;
 use kiln_trainer::error::TrainError;
