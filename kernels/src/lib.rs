@@ -22,6 +22,7 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod max_pool2d;
 pub mod softmax;
+mod vmath;
 
 /// 0: not decided yet (read `KILN_KERNELS` on first use), 1: on, 2: off.
 static ENABLED: AtomicU8 = AtomicU8::new(0);

@@ -1,9 +1,10 @@
 //! Softmax over the last dimension for the CPU, with one fused backward.
 //!
 //! Under autodiff, burn 0.22.1 builds softmax from five tracked ops (max, subtract, exp, sum,
-//! divide), each with its own pass and buffers forward and backward. Here the forward is
-//! burn-flex's own fused softmax (the values are flex's) and the backward one pass per row:
-//! `dx = y (dy - Σ dy·y)`, rows over the rayon pool.
+//! divide), each with its own pass and buffers forward and backward, and flex's forward calls
+//! libm's scalar `expf`. Here the forward is one vectorised pass per row (kiln's branch-free
+//! `exp`, [`crate::vmath`]) and the backward another: `dx = y (dy - Σ dy·y)`, rows over the
+//! rayon pool. Sums run in 16 fixed lanes, so the values do not depend on the vector width.
 //!
 //! The reference is burn's own `softmax`: the tests compare values and gradients with it.
 
@@ -15,12 +16,12 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
+use crate::vmath::{exp, wide};
 use crate::{flex, host};
 
 #[backend_extension(Flex, Autodiff)]
@@ -39,9 +40,101 @@ pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     ))
 }
 
+/// Rows per task for rows of `n`: about 16k elements.
+fn rows_per_task(n: usize) -> usize {
+    (16384 / n).max(1)
+}
+
+/// The largest of `v` (NaN ignored here; it reaches the output through `exp` and the sum),
+/// in 16 lanes.
+#[inline(always)]
+fn max(v: &[f32]) -> f32 {
+    let bigger = |m: f32, x: f32| if x > m { x } else { m };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(c) {
+            *lane = bigger(*lane, x);
+        }
+    }
+    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &x| bigger(m, x))
+}
+
+/// `Σ v`, in 16 lanes added in a fixed order.
+#[inline(always)]
+fn sum(v: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(c) {
+            *lane += x;
+        }
+    }
+    let mut total = lanes.iter().fold(0.0, |s, &l| s + l);
+    for &x in rest {
+        total += x;
+    }
+    total
+}
+
+/// `Σ a·b`, in 16 lanes added in a fixed order.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (a, b) in ca.zip(cb) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += a * b;
+        }
+    }
+    let mut total = lanes.iter().fold(0.0, |s, &l| s + l);
+    for (&a, &b) in ra.iter().zip(rb) {
+        total += a * b;
+    }
+    total
+}
+
+wide! {
+    /// Softmax of each row of `n`: `e^(x - max) / Σ e^(x - max)`.
+    fn forward_rows(x: &[f32], y: &mut [f32], n: usize) {
+        for (x, y) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            let max = max(x);
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = exp(x - max);
+            }
+            let scale = 1.0 / sum(y);
+            for y in y.iter_mut() {
+                *y *= scale;
+            }
+        }
+    }
+}
+
+wide! {
+    /// `dx = y (dy - Σ dy·y)` for each row of `n`.
+    fn backward_rows(y: &[f32], dy: &[f32], dx: &mut [f32], n: usize) {
+        for ((dx, y), dy) in dx.chunks_exact_mut(n).zip(y.chunks_exact(n)).zip(dy.chunks_exact(n)) {
+            let dot = dot(y, dy);
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = y * (g - dot);
+            }
+        }
+    }
+}
+
 fn forward(x: FlexTensor) -> FlexTensor {
-    let last = x.shape().num_dims() - 1;
-    Flex::softmax(x, last)
+    let shape = x.shape().to_vec();
+    let n = shape[shape.len() - 1];
+    let x = host(&x);
+    let mut y = vec![0.0f32; x.len()];
+    let chunk = rows_per_task(n) * n;
+    y.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .for_each(|(y, x)| forward_rows(x, y, n));
+    flex(y, shape)
 }
 
 impl SoftmaxBackend for Flex {
@@ -53,22 +146,10 @@ impl SoftmaxBackend for Flex {
 /// `dx = y (dy - Σ dy·y)` per row of `n`.
 fn backward_values(y: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
     let mut dx = vec![0.0f32; y.len()];
-    // Rows per task: about 16k elements.
-    let rows = (16384 / n).max(1);
-    dx.par_chunks_mut(rows * n)
-        .zip(y.par_chunks(rows * n).zip(dy.par_chunks(rows * n)))
-        .for_each(|(dx, (y, dy))| {
-            for ((dx, y), dy) in dx
-                .chunks_exact_mut(n)
-                .zip(y.chunks_exact(n))
-                .zip(dy.chunks_exact(n))
-            {
-                let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                    *dx = y * (g - dot);
-                }
-            }
-        });
+    let chunk = rows_per_task(n) * n;
+    dx.par_chunks_mut(chunk)
+        .zip(y.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+        .for_each(|(dx, (y, dy))| backward_rows(y, dy, dx, n));
     dx
 }
 

@@ -51,6 +51,17 @@ fn check(shape: [usize; 4], causal: bool) {
         max_abs_diff(&dx, &rdx)
     );
     assert!(y.iter().all(|v| v.is_finite()));
+    // A masked position gets exactly 0.
+    let x = values(x0);
+    assert!(
+        x.iter()
+            .zip(&y)
+            .all(|(x, y)| *x != f32::NEG_INFINITY || *y == 0.0)
+    );
+    // Every row sums to 1.
+    for row in y.chunks(shape[3]) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
 }
 
 #[test]
