@@ -15,6 +15,7 @@ use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::nn::{LayerNormConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor};
+use kiln_kernels::attention::causal_attention;
 use kiln_kernels::conv2d::conv2d;
 use kiln_kernels::gelu::gelu;
 use kiln_kernels::layer_norm::layer_norm;
@@ -116,13 +117,32 @@ fn pool_rows(reps: usize) {
 }
 
 /// The transformer ops at the shapes of configs/shakespeare_char.toml (batch 12 x 64 positions,
-/// width 128, 4 heads): GELU on the 4x-wide MLP activation, softmax on the attention weights,
-/// layer norm on the residual stream.
+/// width 128, 4 heads): causal attention from the query/key/value projection, GELU on the
+/// 4x-wide MLP activation, softmax on the attention weights, layer norm on the residual stream.
 fn transformer_rows(reps: usize) {
     let device = Device::flex().autodiff();
     let random = |shape: [usize; 3]| {
         Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad()
     };
+    let qkv = random([12, 64, 384]);
+    let wy = Tensor::<3>::random([12, 64, 128], Distribution::Normal(0.0, 1.0), &device);
+    row(
+        "attention",
+        "[12, 64, 3 x 128], 4 heads, causal",
+        "forward+backward",
+        reps,
+        || {
+            let grads = (causal_attention(qkv.clone(), 4) * wy.clone())
+                .sum()
+                .backward();
+            std::hint::black_box(
+                qkv.grad(&grads)
+                    .expect("a gradient")
+                    .sum()
+                    .into_scalar::<f32>(),
+            );
+        },
+    );
     let x = random([12, 64, 512]);
     row("gelu", "[12, 64, 512]", "forward+backward", reps, || {
         let grads = gelu(x.clone()).sum().backward();

@@ -17,9 +17,11 @@ use burn::backend::DispatchDevice;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData};
 
+pub mod attention;
 pub mod conv2d;
 pub mod gelu;
 pub mod layer_norm;
+mod matmul;
 pub mod max_pool2d;
 pub mod softmax;
 mod vmath;

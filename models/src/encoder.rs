@@ -11,7 +11,8 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::gpt::{
-    Block, GptConfig, blocks, check_transformer, embedding, layer_norm, linear, sizes, token_sizes,
+    Block, GptConfig, Keys, blocks, check_transformer, embedding, layer_norm, linear, sizes,
+    token_sizes,
 };
 use crate::onnx::{Builder, LowerError};
 use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError};
@@ -161,7 +162,7 @@ impl Encoder {
             .drop
             .forward(self.wte.forward(ids) + self.wpe.forward(pos));
         for block in &self.blocks {
-            x = block.forward(x, Some(&mask), None);
+            x = block.forward(x, Keys::Masked(Some(&mask)), None);
         }
         let x = self.ln_f.forward(x);
         let [_, _, e] = x.dims();

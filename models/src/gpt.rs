@@ -14,6 +14,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Bool, Device, Int, Tensor};
+use kiln_kernels::attention::causal_attention;
 use kiln_kernels::gelu::gelu;
 use kiln_kernels::softmax::softmax_last;
 use serde::{Deserialize, Serialize};
@@ -317,15 +318,26 @@ pub struct Block {
     mlp: FeedForward,
 }
 
+/// Which keys each query may see.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Keys<'a> {
+    /// Its own position and those before it, with no cache: `mask` says so for burn's ops
+    /// (`[1, 1, t, t]`, `true` where hidden); kiln's fused attention needs no mask.
+    Causal(&'a Tensor<4, Bool>),
+    /// Those `mask` does not hide (`true` where hidden), `[1 or batch, 1, 1 or t, keys]`:
+    /// a causal mask after cached positions, or padding; every key when `None`.
+    Masked(Option<&'a Tensor<4, Bool>>),
+}
+
 impl Block {
     /// A pre-norm block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
     pub(crate) fn forward(
         &self,
         x: Tensor<3>,
-        mask: Option<&Tensor<4, Bool>>,
+        keys: Keys,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
-        let a = self.attn.forward(self.ln_1.forward(x.clone()), mask, cache);
+        let a = self.attn.forward(self.ln_1.forward(x.clone()), keys, cache);
         let x = x + a;
         let m = self.mlp.forward(self.ln_2.forward(x.clone()));
         x + m
@@ -408,19 +420,30 @@ impl KvCache {
 
 impl Attention {
     /// `[batch, t, n_embd]` -> `[batch, t, n_embd]`. With a cache, the `t` new positions follow
-    /// the cached ones and attend to them too; `mask` is `true` where a query may not look,
-    /// `[1 or batch, 1, 1 or t, positions]` (a causal mask, or padding), `None` when every
-    /// query may see every key.
+    /// the cached ones and attend to them too; `keys` says which keys each query may see.
+    ///
+    /// Causal attention without a cache or attention dropout takes kiln's fused kernel where it
+    /// applies (the CPU, `f32`: `kiln_kernels::attention`), burn's ops otherwise.
     pub(crate) fn forward(
         &self,
         x: Tensor<3>,
-        mask: Option<&Tensor<4, Bool>>,
+        keys: Keys,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let h = self.n_head;
         let d = c / h;
         let qkv = self.qkv.forward(x);
+        let mask = match keys {
+            Keys::Causal(mask) => {
+                if cache.is_none() && self.attn_drop.prob == 0.0 && kiln_kernels::applies(&qkv) {
+                    let y = causal_attention(qkv, h);
+                    return self.resid_drop.forward(self.proj.forward(y));
+                }
+                Some(mask)
+            }
+            Keys::Masked(mask) => mask,
+        };
         let heads = |i: usize| {
             qkv.clone()
                 .narrow(2, i * c, c)
@@ -491,9 +514,13 @@ impl Gpt {
             c.layers.resize(self.blocks.len(), None);
             c.len = keys;
         }
+        let keys = match (&mask, start) {
+            (Some(mask), 0) => Keys::Causal(mask),
+            _ => Keys::Masked(mask.as_ref()),
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(x, mask.as_ref(), slot);
+            x = block.forward(x, keys, slot);
         }
         let x = self.ln_f.forward(x);
         match &self.head {

@@ -8,6 +8,8 @@
 //! bit-reproducible (resume equals uninterrupted).
 
 use gemm::Parallelism;
+
+use crate::matmul::View;
 use rayon::prelude::*;
 
 /// Images whose weight-gradient contributions one task sums before the ordered reduction.
@@ -152,8 +154,8 @@ impl Geometry {
     }
 }
 
-/// `dst (m x n) = [dst +] lhs (m x k) · rhs (k x n)`, each operand given by its row and
-/// column strides.
+/// `dst (m x n) = [dst +] lhs (m x k) · rhs (k x n)`, `dst` contiguous, each operand given by
+/// its row and column strides.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     [m, n, k]: [usize; 3],
@@ -165,41 +167,16 @@ fn matmul(
     [rhs_rs, rhs_cs]: [usize; 2],
     parallelism: Parallelism,
 ) {
-    // O(1) checks that keep the unsafe call in bounds whatever the caller passed.
-    assert!(dst.len() >= m * n, "matmul: dst too short");
-    assert!(
-        m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs,
-        "matmul: lhs too short"
+    crate::matmul::matmul(
+        [m, n, k],
+        dst,
+        n,
+        accumulate,
+        View::new(lhs, lhs_rs, lhs_cs),
+        View::new(rhs, rhs_rs, rhs_cs),
+        1.0,
+        parallelism,
     );
-    assert!(
-        k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
-        "matmul: rhs too short"
-    );
-    // SAFETY: the slices cover every element the strides address (checked above), and `dst`
-    // is a distinct `&mut` borrow, so it does not alias the operands.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
 }
 
 /// Threads for the products when there are too few images to split over.

@@ -21,7 +21,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_e
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::vmath::{exp, wide};
+use crate::vmath::{dot, exp, max, sum, wide};
 use crate::{flex, host};
 
 #[backend_extension(Flex, Autodiff)]
@@ -43,58 +43,6 @@ pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Rows per task for rows of `n`: about 16k elements.
 fn rows_per_task(n: usize) -> usize {
     (16384 / n).max(1)
-}
-
-/// The largest of `v` (NaN ignored here; it reaches the output through `exp` and the sum),
-/// in 16 lanes.
-#[inline(always)]
-fn max(v: &[f32]) -> f32 {
-    let bigger = |m: f32, x: f32| if x > m { x } else { m };
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = v.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(c) {
-            *lane = bigger(*lane, x);
-        }
-    }
-    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &x| bigger(m, x))
-}
-
-/// `Σ v`, in 16 lanes added in a fixed order.
-#[inline(always)]
-fn sum(v: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let chunks = v.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(c) {
-            *lane += x;
-        }
-    }
-    let mut total = lanes.iter().fold(0.0, |s, &l| s + l);
-    for &x in rest {
-        total += x;
-    }
-    total
-}
-
-/// `Σ a·b`, in 16 lanes added in a fixed order.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (a, b) in ca.zip(cb) {
-        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
-            *lane += a * b;
-        }
-    }
-    let mut total = lanes.iter().fold(0.0, |s, &l| s + l);
-    for (&a, &b) in ra.iter().zip(rb) {
-        total += a * b;
-    }
-    total
 }
 
 wide! {

@@ -1,0 +1,81 @@
+//! One matrix product on host slices, every operand given by its row and column strides (the
+//! `gemm` crate), so kernels multiply views (a head's columns, a transpose) without copying.
+
+use gemm::Parallelism;
+
+/// A matrix inside a slice: element `(i, j)` at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    pub fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        View { data, rs, cs }
+    }
+
+    /// The same matrix transposed.
+    pub fn t(self) -> Self {
+        View {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `dst (m x n) = [dst +] scale · lhs (m x k) · rhs (k x n)`, `dst`'s rows `dst_rs` apart.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    scale: f32,
+    parallelism: Parallelism,
+) {
+    // O(1) checks that keep the unsafe call in bounds whatever the caller passed.
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n,
+        "matmul: dst too short"
+    );
+    assert!(n <= dst_rs || m <= 1, "matmul: dst rows overlap");
+    assert!(
+        m == 0 || k == 0 || lhs.data.len() > (m - 1) * lhs.rs + (k - 1) * lhs.cs,
+        "matmul: lhs too short"
+    );
+    assert!(
+        k == 0 || n == 0 || rhs.data.len() > (k - 1) * rhs.rs + (n - 1) * rhs.cs,
+        "matmul: rhs too short"
+    );
+    // SAFETY: the slices cover every element the strides address (checked above), the rows
+    // of `dst` do not overlap, and `dst` is a distinct `&mut` borrow, so it does not alias the
+    // operands.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
