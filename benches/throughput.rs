@@ -7,6 +7,12 @@
 //! Prints one JSON object per measurement: {"model", "impl", "samples_per_second", ...}.
 //! Models: MLP 784-256-128-10 at batch 128; CNN conv32-pool-conv64-pool-fc128-fc10 (3x3,
 //! padding 1) at batch 64.
+//!
+//! Both loops allocate with mimalloc, the allocator the `kiln` binary ships with.
+
+/// The `kiln` binary's allocator (src/main.rs), so that kiln's loop is timed as users run it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -38,18 +38,31 @@ pub(crate) fn matmul(
     scale: f32,
     parallelism: Parallelism,
 ) {
-    // O(1) checks that keep the unsafe call in bounds whatever the caller passed.
+    // O(1) checks that keep the unsafe call in bounds whatever the caller passed: the last
+    // element each operand addresses (without overflow) lies inside its slice, and every
+    // stride fits an `isize`.
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        (rows.checked_sub(1)?.checked_mul(rs)?).checked_add(cols.checked_sub(1)?.checked_mul(cs)?)
+    };
+    let fits = |len: usize, end: Option<usize>| end.is_some_and(|e| e < len);
+    let empty = m == 0 || n == 0;
     assert!(
-        m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n,
+        [dst_rs, lhs.rs, lhs.cs, rhs.rs, rhs.cs]
+            .iter()
+            .all(|&s| isize::try_from(s).is_ok()),
+        "matmul: stride too large"
+    );
+    assert!(
+        empty || fits(dst.len(), last(m, dst_rs, n, 1)),
         "matmul: dst too short"
     );
     assert!(n <= dst_rs || m <= 1, "matmul: dst rows overlap");
     assert!(
-        m == 0 || k == 0 || lhs.data.len() > (m - 1) * lhs.rs + (k - 1) * lhs.cs,
+        empty || k == 0 || fits(lhs.data.len(), last(m, lhs.rs, k, lhs.cs)),
         "matmul: lhs too short"
     );
     assert!(
-        k == 0 || n == 0 || rhs.data.len() > (k - 1) * rhs.rs + (n - 1) * rhs.cs,
+        empty || k == 0 || fits(rhs.data.len(), last(k, rhs.rs, n, rhs.cs)),
         "matmul: rhs too short"
     );
     // SAFETY: the slices cover every element the strides address (checked above), the rows

@@ -17,8 +17,9 @@
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 = LN2_HI + LN2_LO, LN2_HI with 12 trailing zero bits, so `n * LN2_HI` is exact.
-    const LN2_HI: f32 = 0.693_359_4;
+    // ln 2 = LN2_HI + LN2_LO; LN2_HI = 355/512 has 9 significant bits, so `n * LN2_HI` is
+    // exact for every `n` used here.
+    const LN2_HI: f32 = 355.0 / 512.0;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5 * 2^23 rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
@@ -46,7 +47,8 @@ pub(crate) fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
     const P: [f32; 6] = [
-        1.128_379_1,
+        // 2 / √π, erf's slope at 0 (the fit's own first coefficient, to rounding).
+        std::f32::consts::FRAC_2_SQRT_PI,
         0.189_910_98,
         0.052_666_11,
         0.003_741_297_4,

@@ -422,8 +422,9 @@ impl Attention {
     /// `[batch, t, n_embd]` -> `[batch, t, n_embd]`. With a cache, the `t` new positions follow
     /// the cached ones and attend to them too; `keys` says which keys each query may see.
     ///
-    /// Causal attention without a cache or attention dropout takes kiln's fused kernel where it
-    /// applies (the CPU, `f32`: `kiln_kernels::attention`), burn's ops otherwise.
+    /// Causal attention without a cache, and without dropout on the attention weights (none
+    /// configured, or not training), takes kiln's fused kernel where it applies (the CPU,
+    /// `f32`: `kiln_kernels::attention`), burn's ops otherwise.
     pub(crate) fn forward(
         &self,
         x: Tensor<3>,
@@ -436,7 +437,10 @@ impl Attention {
         let qkv = self.qkv.forward(x);
         let mask = match keys {
             Keys::Causal(mask) => {
-                if cache.is_none() && self.attn_drop.prob == 0.0 && kiln_kernels::applies(&qkv) {
+                if cache.is_none()
+                    && !dropout_active(&self.attn_drop, &qkv)
+                    && kiln_kernels::applies(&qkv)
+                {
                     let y = causal_attention(qkv, h);
                     return self.resid_drop.forward(self.proj.forward(y));
                 }
@@ -469,6 +473,12 @@ impl Attention {
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
         self.resid_drop.forward(self.proj.forward(y))
     }
+}
+
+/// Whether `drop` changes `x` (as `Dropout::forward` decides): training with autodiff and a
+/// probability above 0.
+fn dropout_active(drop: &Dropout, x: &Tensor<3>) -> bool {
+    drop.prob > 0.0 && drop.training.is_enabled() && x.device().is_autodiff()
 }
 
 impl FeedForward {

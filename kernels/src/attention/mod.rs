@@ -8,7 +8,8 @@
 //! At the sizes kiln trains on the CPU (64 positions, 32 channels per head) those copies cost
 //! more than the arithmetic. Here ([`cpu`]) each head's products read the projection in place
 //! through strides and write the output's columns directly, with the causal softmax and its
-//! gradient in between, keeping only the attention weights for the backward pass.
+//! gradient in between; the backward pass keeps the projection (shared, not copied) and the
+//! attention weights.
 //!
 //! The reference is [`reference`], the burn composition the GPT used before: the tests compare
 //! the output and the projection's gradient with it.
@@ -92,14 +93,17 @@ fn shape_of(qkv: &FlexTensor, heads: usize) -> Shape {
     }
 }
 
-/// How many times the kernel's forward pass ran: the tests check that the op takes it.
 #[cfg(test)]
-static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    /// How many times the kernel's forward pass ran on this thread: the tests check that the
+    /// op takes it (per thread, as tests run in parallel).
+    static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// The output and the attention weights.
 fn forward(qkv: &FlexTensor, heads: usize) -> (FlexTensor, Vec<f32>) {
     #[cfg(test)]
-    CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    CALLS.with(|c| c.set(c.get() + 1));
     let s = shape_of(qkv, heads);
     let (y, p) = cpu::forward(&s, &host(qkv));
     (flex(y, vec![s.batch, s.t, s.heads * s.d]), p)

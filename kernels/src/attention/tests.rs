@@ -2,8 +2,6 @@
 //! odd sizes, one head to many, one channel per head, batch 1 and one position; and results
 //! that do not depend on the thread count or on the other rows of the batch.
 
-use std::sync::atomic::Ordering;
-
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{CALLS, causal_attention, reference};
@@ -12,9 +10,13 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().expect("f32 values")
 }
 
-/// Largest difference relative to the largest reference value.
+/// Largest difference relative to the largest reference value (both must be finite).
 fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
+    assert!(
+        got.iter().chain(want).all(|v| v.is_finite()),
+        "a value is not finite"
+    );
     let scale = want.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
     got.iter()
         .zip(want)
@@ -22,19 +24,31 @@ fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
         / scale
 }
 
-/// `(output, gradient of qkv)` for a loss weighting the output by a fixed pattern.
-fn run(qkv0: &Tensor<3>, heads: usize, kernel: bool) -> (Vec<f32>, Vec<f32>) {
+/// The kernel's forward passes on this thread (the forward runs on the caller's thread).
+fn calls() -> usize {
+    CALLS.with(|c| c.get())
+}
+
+/// A random weight per output element of `qkv`'s attention (so the gradient differs at every
+/// position, row and channel).
+fn weights(qkv: &Tensor<3>) -> Tensor<3> {
+    let [b, t, c3] = qkv.dims();
+    Tensor::<3>::random(
+        [b, t, c3 / 3],
+        Distribution::Normal(0.0, 1.0),
+        &qkv.device(),
+    )
+}
+
+/// `(output, gradient of qkv)` for the loss `Σ w ⊙ attention(qkv)`.
+fn run(qkv0: &Tensor<3>, w: &Tensor<3>, heads: usize, kernel: bool) -> (Vec<f32>, Vec<f32>) {
     let qkv = qkv0.clone().require_grad();
     let y = if kernel {
         causal_attention(qkv.clone(), heads)
     } else {
         reference(qkv.clone(), heads)
     };
-    let w = Tensor::<3>::ones(y.dims(), &qkv0.device())
-        .cumsum(2)
-        .div_scalar(7.0)
-        .sin();
-    let grads = (y.clone() * w).sum().backward();
+    let grads = (y.clone() * w.clone()).sum().backward();
     (
         values(y.inner()),
         values(qkv.grad(&grads).expect("a gradient")),
@@ -44,13 +58,11 @@ fn run(qkv0: &Tensor<3>, heads: usize, kernel: bool) -> (Vec<f32>, Vec<f32>) {
 fn check(batch: usize, t: usize, c: usize, heads: usize) {
     let device = Device::flex().autodiff();
     let qkv = Tensor::<3>::random([batch, t, 3 * c], Distribution::Normal(0.0, 1.5), &device);
-    let before = CALLS.load(Ordering::Relaxed);
-    let (y, dx) = run(&qkv, heads, true);
-    assert!(
-        CALLS.load(Ordering::Relaxed) > before,
-        "the kernel did not run"
-    );
-    let (ry, rdx) = run(&qkv, heads, false);
+    let w = weights(&qkv);
+    let before = calls();
+    let (y, dx) = run(&qkv, &w, heads, true);
+    assert_eq!(calls(), before + 1, "the kernel did not run");
+    let (ry, rdx) = run(&qkv, &w, heads, false);
     let shape = (batch, t, c, heads);
     assert!(
         rel_diff(&y, &ry) < 1e-5,
@@ -78,15 +90,17 @@ fn outputs_and_gradients_match_burns() {
 fn results_do_not_depend_on_threads_or_on_the_rest_of_the_batch() {
     let device = Device::flex().autodiff();
     let qkv = Tensor::<3>::random([5, 11, 3 * 12], Distribution::Normal(0.0, 1.0), &device);
-    let all = run(&qkv, 3, true);
+    let w = weights(&qkv);
+    let all = run(&qkv, &w, 3, true);
     let one_thread = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .expect("a pool")
-        .install(|| run(&qkv, 3, true));
+        .install(|| run(&qkv, &w, 3, true));
     assert_eq!(all, one_thread);
     // Row 2 alone gives row 2's values, to the bit.
-    let alone = run(&qkv.clone().narrow(0, 2, 1), 3, true);
+    let row = |t: &Tensor<3>| t.clone().narrow(0, 2, 1);
+    let alone = run(&row(&qkv), &row(&w), 3, true);
     let per = |v: &[f32], n: usize| v[2 * n..3 * n].to_vec();
     assert_eq!(alone.0, per(&all.0, 11 * 12));
     assert_eq!(alone.1, per(&all.1, 11 * 36));
@@ -99,9 +113,9 @@ fn the_forward_pass_without_autodiff_matches_burns() {
         Distribution::Normal(0.0, 1.0),
         &Device::flex(),
     );
-    let (y, r) = (
-        values(causal_attention(qkv.clone(), 4)),
-        values(reference(qkv, 4)),
-    );
+    let before = calls();
+    let y = values(causal_attention(qkv.clone(), 4));
+    assert_eq!(calls(), before + 1, "the kernel did not run");
+    let r = values(reference(qkv, 4));
     assert!(rel_diff(&y, &r) < 1e-5);
 }

@@ -11,6 +11,10 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().chain(b).all(|v| v.is_finite()),
+        "a value is not finite"
+    );
     a.iter()
         .zip(b)
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
