@@ -10,6 +10,11 @@
 
 use std::time::Instant;
 
+/// The `kiln` binary's allocator (src/main.rs): the kernels and burn's ops are timed with the
+/// allocator they run with in training.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::MaxPool2dConfig;
