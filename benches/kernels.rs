@@ -3,7 +3,8 @@
 //!
 //!   cargo bench --bench kernels -- [--reps N] [--threads T] [--ceiling]
 //!
-//! `--ceiling` prints only the machine's matrix-multiply rate (see [`ceiling`]);
+//! `--ceiling` prints only the machine's matrix-multiply rate (see [`ceiling`]); the GPU
+//! kernels run on the first WGPU device when there is one (see [`gpu_rows`]);
 //! `KILN_BENCH_ONLY=gelu` (a kernel's name) times that kernel alone.
 //!
 //! One JSON line per row: `{"kernel", "shape", "reference_ms", "kernel_ms", "speedup", "pass"}`.
@@ -199,6 +200,41 @@ fn transformer_rows(reps: usize) {
     );
 }
 
+/// The GPU kernels on the first WGPU device, if there is one (on a CPU-only machine, Mesa's
+/// lavapipe: a ratio against burn's unfused ops there, not a GPU speed).
+fn gpu_rows(reps: usize) {
+    let Some(device) = Device::enumerate(burn::tensor::DeviceType::Wgpu)
+        .into_vec()
+        .into_iter()
+        .next()
+    else {
+        println!(
+            "{}",
+            serde_json::json!({"skipped": "gpu rows: no WGPU device"})
+        );
+        return;
+    };
+    let device = device.autodiff();
+    // The GPT's attention weights (a unit per row), and rows of 1,000 (a work group per row).
+    for (shape, name) in [
+        ([12, 4, 64, 64], "[12, 4, 64, 64], last dim"),
+        ([4, 2, 32, 1000], "[4, 2, 32, 1000], last dim"),
+    ] {
+        let a = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let w = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        row("softmax (wgpu)", name, "forward+backward", reps, || {
+            let grads = (softmax_last(a.clone()) * w.clone()).sum().backward();
+            // Reading the result waits for the device.
+            std::hint::black_box(
+                a.grad(&grads)
+                    .expect("a gradient")
+                    .sum()
+                    .into_scalar::<f32>(),
+            );
+        });
+    }
+}
+
 /// GFLOP/s of the gemm crate (flex's matrix product) on a large square `f32` product with all
 /// the pool's threads: the ceiling the other figures are read against.
 fn ceiling() {
@@ -251,4 +287,5 @@ fn main() {
     conv_rows(reps);
     pool_rows(reps);
     transformer_rows(reps);
+    gpu_rows(reps);
 }

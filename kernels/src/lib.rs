@@ -57,6 +57,30 @@ pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
     enabled() && on_cpu(x) && x.dtype() == burn::tensor::DType::F32
 }
 
+/// The gate of the GPU kernels: kernels switched on, and `x` an `f32` tensor on one of burn's
+/// CubeCL backends (WGPU, CUDA) in a build with one.
+pub fn applies_gpu<const D: usize>(x: &Tensor<D>) -> bool {
+    enabled() && on_gpu(x) && x.dtype() == burn::tensor::DType::F32
+}
+
+/// Whether `x` lives on a CubeCL backend (WGPU, CUDA), with or without autodiff.
+pub fn on_gpu<const D: usize>(x: &Tensor<D>) -> bool {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        match x.device().as_dispatch() {
+            DispatchDevice::Cube(_) => true,
+            DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Cube(_)),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = x;
+        false
+    }
+}
+
 /// Whether `x` lives on burn's CPU backend (Flex), with or without autodiff.
 pub fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     // Other arms exist only in builds with a GPU backend.

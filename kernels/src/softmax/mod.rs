@@ -6,8 +6,14 @@
 //! `exp`, [`crate::vmath`]) and the backward another: `dx = y (dy - Σ dy·y)`, rows over the
 //! rayon pool. Sums run in 16 fixed lanes, so the values do not depend on the vector width.
 //!
-//! The reference is burn's own `softmax`: the tests compare values and gradients with it.
+//! On burn's GPU backends (WGPU, CUDA) the same two passes are CubeCL kernels ([`gpu`]), one
+//! work group per row.
+//!
+//! The reference is burn's own `softmax`: the tests compare values and gradients with it, on
+//! the CPU and on a WGPU device (Mesa's lavapipe in CI).
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod gpu;
 #[cfg(test)]
 mod tests;
 
@@ -24,15 +30,22 @@ use rayon::prelude::*;
 use crate::vmath::{dot, exp, max, sum, wide};
 use crate::{flex, host};
 
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
 pub trait SoftmaxBackend: Backend {
     fn kiln_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// Softmax over the last dimension, through kiln's kernel on the CPU (`f32`, kernels on) and
-/// burn's `softmax` elsewhere.
+/// The backward step of [`SoftmaxBackend::kiln_softmax_last`] on a backend without autodiff:
+/// `dx = y (dy - Σ dy·y)` per row, from the output `y`.
+pub trait SoftmaxGrad: Backend {
+    fn softmax_last_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Softmax over the last dimension, through kiln's kernels on the CPU and on the GPU backends
+/// (`f32`, kernels on) and burn's `softmax` elsewhere.
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !crate::applies(&x) || x.dims()[D - 1] == 0 {
+    let usable = crate::applies(&x) || crate::applies_gpu(&x);
+    if !usable || x.dims()[D - 1] == 0 {
         return burn::tensor::activation::softmax(x, D - 1);
     }
     Tensor::from_dispatch(<Dispatch as SoftmaxBackend>::kiln_softmax_last(
@@ -101,27 +114,32 @@ fn backward_values(y: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
     dx
 }
 
+impl SoftmaxGrad for Flex {
+    fn softmax_last_backward(y: FlexTensor, dy: FlexTensor) -> FlexTensor {
+        let shape = y.shape();
+        let n = shape[shape.num_dims() - 1];
+        let dx = backward_values(&host(&y), &host(&dy), n);
+        flex(dx, shape.to_vec())
+    }
+}
+
 #[derive(Debug)]
 struct SoftmaxBackward;
 
-impl Backward<Flex, 1> for SoftmaxBackward {
+impl<B: SoftmaxGrad> Backward<B, 1> for SoftmaxBackward {
     /// The output.
-    type State = FlexTensor;
+    type State = FloatTensor<B>;
 
-    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<FloatTensor<B>, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
+        let dy = grads.consume::<B>(&ops.node);
         if let Some(node) = node {
-            let y = ops.state;
-            let shape = y.shape();
-            let n = shape[shape.num_dims() - 1];
-            let dx = backward_values(&host(&y), &host(&dy), n);
-            grads.register::<Flex>(node.id, flex(dx, shape.to_vec()));
+            grads.register::<B>(node.id, B::softmax_last_backward(ops.state, dy));
         }
     }
 }
 
-impl<C: CheckpointStrategy> SoftmaxBackend for Autodiff<Flex, C> {
+impl<B: SoftmaxBackend + SoftmaxGrad, C: CheckpointStrategy> SoftmaxBackend for Autodiff<B, C> {
     fn kiln_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match SoftmaxBackward
             .prepare::<C>([x.node()])
@@ -129,10 +147,10 @@ impl<C: CheckpointStrategy> SoftmaxBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = forward(x.into_primitive());
+                let y = B::kiln_softmax_last(x.into_primitive());
                 prep.finish(y.clone(), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(B::kiln_softmax_last(x.into_primitive())),
         }
     }
 }

@@ -21,7 +21,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn check(shape: [usize; 4], causal: bool) {
-    let device = Device::flex().autodiff();
+    check_on(&Device::flex().autodiff(), shape, causal);
+}
+
+fn check_on(device: &Device, shape: [usize; 4], causal: bool) {
+    let device = device.clone();
     let mut x0 = Tensor::<4>::random(shape, Distribution::Normal(0.0, 2.0), &device);
     if causal {
         let [_, _, t, k] = shape;
@@ -30,6 +34,9 @@ fn check(shape: [usize; 4], causal: bool) {
             .expand(shape);
         x0 = x0.mask_fill(mask, f32::NEG_INFINITY);
     }
+    // A random weight per element, so that the gradient differs everywhere (a softmax's rows
+    // sum to 1: a weight constant along a row would give a zero gradient).
+    let w = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
     let run = |kernel: bool| {
         let x = x0.clone().require_grad();
         let y = if kernel {
@@ -37,11 +44,7 @@ fn check(shape: [usize; 4], causal: bool) {
         } else {
             burn::tensor::activation::softmax(x.clone(), 3)
         };
-        let w = Tensor::<4>::ones(y.dims(), &device)
-            .cumsum(3)
-            .div_scalar(3.0)
-            .cos();
-        let grads = (y.clone() * w).sum().backward();
+        let grads = (y.clone() * w.clone()).sum().backward();
         (
             values(y.inner()),
             values(x.grad(&grads).expect("a gradient")),
@@ -74,4 +77,42 @@ fn values_and_gradients_match_burns() {
     check([2, 3, 5, 7], false);
     check([1, 1, 1, 1], false);
     check([3, 2, 9, 9], true);
+}
+
+/// The first WGPU device (Mesa's lavapipe in CI), or `None` when there is none; under CI a
+/// missing device fails the test.
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Option<Device> {
+    let found = Device::enumerate(burn::tensor::DeviceType::Wgpu)
+        .into_vec()
+        .into_iter()
+        .next();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide a WGPU device (Mesa's lavapipe: mesa-vulkan-drivers)"
+        );
+        eprintln!("SKIPPED: no WGPU device (install mesa-vulkan-drivers for lavapipe)");
+    }
+    found
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn on_wgpu_the_cubecl_kernels_match_burns() {
+    let Some(device) = wgpu_device() else {
+        return;
+    };
+    let before = super::gpu::calls();
+    let device = device.autodiff();
+    check_on(&device, [12, 4, 64, 64], true);
+    check_on(&device, [2, 3, 5, 7], false);
+    check_on(&device, [1, 1, 1, 1], false);
+    check_on(&device, [3, 2, 9, 9], true);
+    // Rows longer than a work group (units stride over them), and not a power of two.
+    check_on(&device, [2, 1, 3, 1000], false);
+    assert!(
+        super::gpu::calls() >= 5,
+        "the GPU kernel did not run ({before} before)"
+    );
 }
