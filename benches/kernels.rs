@@ -202,6 +202,7 @@ fn transformer_rows(reps: usize) {
 
 /// The GPU kernels on the first WGPU device, if there is one (on a CPU-only machine, Mesa's
 /// lavapipe: a ratio against burn's unfused ops there, not a GPU speed).
+#[cfg(feature = "wgpu")]
 fn gpu_rows(reps: usize) {
     let Some(device) = Device::enumerate(burn::tensor::DeviceType::Wgpu)
         .into_vec()
@@ -287,5 +288,6 @@ fn main() {
     conv_rows(reps);
     pool_rows(reps);
     transformer_rows(reps);
+    #[cfg(feature = "wgpu")]
     gpu_rows(reps);
 }

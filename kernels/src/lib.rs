@@ -58,12 +58,13 @@ pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
 }
 
 /// The gate of the GPU kernels: kernels switched on, and `x` an `f32` tensor on one of burn's
-/// CubeCL backends (WGPU, CUDA) in a build with one.
+/// CubeCL devices (WGPU or CUDA, the runtimes kiln builds) in a build with one.
 pub fn applies_gpu<const D: usize>(x: &Tensor<D>) -> bool {
     enabled() && on_gpu(x) && x.dtype() == burn::tensor::DType::F32
 }
 
-/// Whether `x` lives on a CubeCL backend (WGPU, CUDA), with or without autodiff.
+/// Whether `x` lives on a CubeCL device (any of burn's cubecl runtimes: kiln builds WGPU and
+/// CUDA), with or without autodiff.
 pub fn on_gpu<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     {

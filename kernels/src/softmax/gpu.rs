@@ -79,7 +79,8 @@ fn block(tensor: &CubeTensor, n: usize) -> u32 {
     1 << (31 - want.leading_zeros())
 }
 
-/// Cubes for `rows` rows, one each, as a 2-D grid (each side at most 65,535).
+/// Cubes for `rows` rows, one each, as a 2-D grid (each side at most 65,535, the limit WGPU
+/// guarantees); cubes past the last row compute nothing.
 fn grid(rows: usize) -> CubeCount {
     let x = rows.min(65_535) as u32;
     let y = rows.div_ceil(65_535) as u32;
@@ -241,6 +242,12 @@ pub(super) fn forward(x: CubeTensor) -> CubeTensor {
 }
 
 pub(super) fn backward(y: CubeTensor, dy: CubeTensor) -> CubeTensor {
+    debug_assert_eq!(
+        y.meta.shape(),
+        dy.meta.shape(),
+        "softmax backward: dy's shape"
+    );
+    debug_assert_eq!(y.dtype, dy.dtype, "softmax backward: dy's dtype");
     let (y, dy) = (into_contiguous(y), into_contiguous(dy));
     let (shape, n, rows) = rows_of(&y);
     let dx = empty_device_contiguous_dtype(y.client.clone(), y.device.clone(), shape, y.dtype);

@@ -104,15 +104,29 @@ fn on_wgpu_the_cubecl_kernels_match_burns() {
         return;
     };
     let before = super::gpu::calls();
-    let device = device.autodiff();
-    check_on(&device, [12, 4, 64, 64], true);
-    check_on(&device, [2, 3, 5, 7], false);
-    check_on(&device, [1, 1, 1, 1], false);
-    check_on(&device, [3, 2, 9, 9], true);
-    // Rows longer than a work group (units stride over them), and not a power of two.
-    check_on(&device, [2, 1, 3, 1000], false);
+    let ad = device.clone().autodiff();
+    check_on(&ad, [12, 4, 64, 64], true);
+    check_on(&ad, [2, 3, 5, 7], false);
+    check_on(&ad, [1, 1, 1, 1], false);
+    check_on(&ad, [3, 2, 9, 9], true);
+    // Both sides of the switch from a thread per row to a work group per row.
+    check_on(&ad, [1, 2, 3, 128], false);
+    check_on(&ad, [1, 2, 3, 129], false);
+    // Rows longer than a work group (units stride over them), and not a power of two, causal.
+    check_on(&ad, [2, 1, 3, 1000], false);
+    check_on(&ad, [1, 1, 300, 300], true);
+    // More rows than one side of the grid (65,535): the second grid dimension.
+    check_on(&ad, [1, 1, 70_000, 129], false);
     assert!(
-        super::gpu::calls() >= 5,
-        "the GPU kernel did not run ({before} before)"
+        super::gpu::calls() - before >= 9,
+        "the GPU kernel did not run"
     );
+    // Without autodiff, and on a transposed (strided) tensor.
+    let x = Tensor::<4>::random([2, 3, 40, 33], Distribution::Normal(0.0, 2.0), &device)
+        .swap_dims(2, 3);
+    let (got, want) = (
+        values(softmax_last(x.clone())),
+        values(burn::tensor::activation::softmax(x, 3)),
+    );
+    assert!(max_abs_diff(&got, &want) < 1e-6);
 }
