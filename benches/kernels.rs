@@ -115,11 +115,27 @@ fn pool_rows(reps: usize) {
             std::hint::black_box(max_pool2d(&pool, xv.clone()).sum().into_scalar::<f32>());
         });
         row("max_pool2d", name, "forward+backward", reps, || {
-            let grads = max_pool2d(&pool, x.clone()).sum().backward();
-            let dx = x.grad(&grads).expect("an input gradient");
-            std::hint::black_box(dx.sum().into_scalar::<f32>());
+            read_grad(max_pool2d(&pool, x.clone()).sum(), &x);
         });
     }
+}
+
+/// Backpropagates `loss` and reads the sum of `x`'s gradient (reading waits for the device).
+fn read_grad<const D: usize>(loss: Tensor<1>, x: &Tensor<D>) {
+    let grads = loss.backward();
+    let dx = x.grad(&grads).expect("an input gradient");
+    std::hint::black_box(dx.sum().into_scalar::<f32>());
+}
+
+/// One row of softmax over the last dimension of `shape`, forward and backward, on `device`
+/// (with autodiff), weighted so that the gradient is not zero (a softmax's rows sum to 1).
+fn softmax_row(kernel: &str, device: &Device, shape: [usize; 4], reps: usize) {
+    let a = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device).require_grad();
+    let w = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let name = format!("{shape:?}, last dim");
+    row(kernel, &name, "forward+backward", reps, || {
+        read_grad((softmax_last(a.clone()) * w.clone()).sum(), &a);
+    });
 }
 
 /// The transformer ops at the shapes of configs/shakespeare_char.toml (batch 12 x 64 positions,
@@ -132,52 +148,15 @@ fn transformer_rows(reps: usize) {
     };
     let qkv = random([12, 64, 384]);
     let wy = Tensor::<3>::random([12, 64, 128], Distribution::Normal(0.0, 1.0), &device);
-    row(
-        "attention",
-        "[12, 64, 3 x 128], 4 heads, causal",
-        "forward+backward",
-        reps,
-        || {
-            let grads = (causal_attention(qkv.clone(), 4) * wy.clone())
-                .sum()
-                .backward();
-            std::hint::black_box(
-                qkv.grad(&grads)
-                    .expect("a gradient")
-                    .sum()
-                    .into_scalar::<f32>(),
-            );
-        },
-    );
+    let name = "[12, 64, 3 x 128], 4 heads, causal";
+    row("attention", name, "forward+backward", reps, || {
+        read_grad((causal_attention(qkv.clone(), 4) * wy.clone()).sum(), &qkv);
+    });
     let x = random([12, 64, 512]);
     row("gelu", "[12, 64, 512]", "forward+backward", reps, || {
-        let grads = gelu(x.clone()).sum().backward();
-        std::hint::black_box(
-            x.grad(&grads)
-                .expect("a gradient")
-                .sum()
-                .into_scalar::<f32>(),
-        );
+        read_grad(gelu(x.clone()).sum(), &x);
     });
-    let a = Tensor::<4>::random([12, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device)
-        .require_grad();
-    let w = Tensor::<4>::random([12, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
-    row(
-        "softmax",
-        "[12, 4, 64, 64], last dim",
-        "forward+backward",
-        reps,
-        || {
-            // Weighted so that the gradient is not zero (a softmax's rows sum to 1).
-            let grads = (softmax_last(a.clone()) * w.clone()).sum().backward();
-            std::hint::black_box(
-                a.grad(&grads)
-                    .expect("a gradient")
-                    .sum()
-                    .into_scalar::<f32>(),
-            );
-        },
-    );
+    softmax_row("softmax", &device, [12, 4, 64, 64], reps);
     let ln = LayerNormConfig::new(128).init(&device);
     let r = random([12, 64, 128]);
     let w3 = Tensor::<3>::random([12, 64, 128], Distribution::Normal(0.0, 1.0), &device);
@@ -187,15 +166,7 @@ fn transformer_rows(reps: usize) {
         "forward+backward",
         reps,
         || {
-            let grads = (layer_norm(&ln, r.clone(), 1e-5) * w3.clone())
-                .sum()
-                .backward();
-            std::hint::black_box(
-                r.grad(&grads)
-                    .expect("a gradient")
-                    .sum()
-                    .into_scalar::<f32>(),
-            );
+            read_grad((layer_norm(&ln, r.clone(), 1e-5) * w3.clone()).sum(), &r);
         },
     );
 }
@@ -215,24 +186,9 @@ fn gpu_rows(reps: usize) {
         );
         return;
     };
-    let device = device.autodiff();
     // The GPT's attention weights (a unit per row), and rows of 1,000 (a work group per row).
-    for (shape, name) in [
-        ([12, 4, 64, 64], "[12, 4, 64, 64], last dim"),
-        ([4, 2, 32, 1000], "[4, 2, 32, 1000], last dim"),
-    ] {
-        let a = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let w = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        row("softmax (wgpu)", name, "forward+backward", reps, || {
-            let grads = (softmax_last(a.clone()) * w.clone()).sum().backward();
-            // Reading the result waits for the device.
-            std::hint::black_box(
-                a.grad(&grads)
-                    .expect("a gradient")
-                    .sum()
-                    .into_scalar::<f32>(),
-            );
-        });
+    for shape in [[12, 4, 64, 64], [4, 2, 32, 1000]] {
+        softmax_row("softmax (wgpu)", &device.clone().autodiff(), shape, reps);
     }
 }
 

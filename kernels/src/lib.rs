@@ -24,6 +24,8 @@ pub mod layer_norm;
 mod matmul;
 pub mod max_pool2d;
 pub mod softmax;
+#[cfg(test)]
+mod testing;
 mod vmath;
 
 /// 0: not decided yet (read `KILN_KERNELS` on first use), 1: on, 2: off.

@@ -5,10 +5,7 @@
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{CALLS, causal_attention, reference};
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().expect("f32 values")
-}
+use crate::testing::values;
 
 /// Largest difference relative to the largest reference value (both must be finite).
 fn rel_diff(got: &[f32], want: &[f32]) -> f32 {

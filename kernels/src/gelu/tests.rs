@@ -5,10 +5,7 @@
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::gelu;
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().expect("f32 values")
-}
+use crate::testing::values;
 
 fn check<const D: usize>(shape: [usize; D]) {
     let device = Device::flex().autodiff();

@@ -7,12 +7,9 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::layer_norm;
+use crate::testing::values;
 
 const EPS: f64 = 1e-5;
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().expect("f32 values")
-}
 
 /// Largest absolute difference, relative to the reference's largest magnitude.
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {

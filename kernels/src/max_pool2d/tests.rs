@@ -5,10 +5,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::max_pool2d;
-
-fn values(t: Tensor<4>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().expect("f32 values")
-}
+use crate::testing::values;
 
 /// Runs the kernel and burn on the same input, returning (kernel, burn) for y and dx.
 fn compare(shape: [usize; 4], pool: &MaxPool2d) -> [(Vec<f32>, Vec<f32>); 2] {

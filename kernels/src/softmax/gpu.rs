@@ -87,6 +87,32 @@ fn grid(rows: usize) -> CubeCount {
     CubeCount::Static(x, y, 1)
 }
 
+/// The maximum (`max`) or the sum of every unit's `value` in the cube, returned to all units:
+/// a tree over shared memory `s` (one slot per unit; the cube's size a power of two). Every
+/// unit must call it, as it holds barriers.
+#[cube]
+fn cube_reduce<F: Float>(s: &mut Shared<[F]>, value: F, #[comptime] max: bool) -> F {
+    let t = UNIT_POS_X as usize;
+    s[t] = value;
+    sync_cube();
+    let mut k = CUBE_DIM_X as usize / 2;
+    while k > 0 {
+        if t < k {
+            if max {
+                s[t] = F::max(s[t], s[t + k]);
+            } else {
+                s[t] = s[t] + s[t + k];
+            }
+        }
+        sync_cube();
+        k /= 2;
+    }
+    let total = s[0];
+    // Before `s` is written again.
+    sync_cube();
+    total
+}
+
 #[cube(launch)]
 fn softmax_forward_kernel<F: Float>(
     x: &Tensor<F>,
@@ -95,13 +121,11 @@ fn softmax_forward_kernel<F: Float>(
     #[define(F)] _dtype: ElemType,
 ) {
     let n = x.shape(x.rank() - 1);
-    let rows = x.len() / n;
     let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
-    let b = CUBE_DIM_X as usize;
-    let t = UNIT_POS_X as usize;
+    let (b, t) = (CUBE_DIM_X as usize, UNIT_POS_X as usize);
     let mut s = Shared::new_slice(comptime!(block as usize));
     // Every unit takes part in every barrier; a cube past the last row computes nothing.
-    let active = row < rows;
+    let active = row < x.len() / n;
     let base = row * n;
     let mut m = F::min_value();
     let mut i = t;
@@ -109,18 +133,7 @@ fn softmax_forward_kernel<F: Float>(
         m = F::max(m, x[base + i]);
         i += b;
     }
-    s[t] = m;
-    sync_cube();
-    let mut k = b / 2;
-    while k > 0 {
-        if t < k {
-            s[t] = F::max(s[t], s[t + k]);
-        }
-        sync_cube();
-        k /= 2;
-    }
-    let m = s[0];
-    sync_cube();
+    let m = cube_reduce::<F>(&mut s, m, true);
     let mut acc = F::new(0.0);
     i = t;
     while i < n && active {
@@ -129,17 +142,7 @@ fn softmax_forward_kernel<F: Float>(
         acc += e;
         i += b;
     }
-    s[t] = acc;
-    sync_cube();
-    k = b / 2;
-    while k > 0 {
-        if t < k {
-            s[t] = s[t] + s[t + k];
-        }
-        sync_cube();
-        k /= 2;
-    }
-    let inv = F::new(1.0) / s[0];
+    let inv = F::new(1.0) / cube_reduce::<F>(&mut s, acc, false);
     i = t;
     while i < n && active {
         y[base + i] *= inv;
@@ -156,12 +159,10 @@ fn softmax_backward_kernel<F: Float>(
     #[define(F)] _dtype: ElemType,
 ) {
     let n = y.shape(y.rank() - 1);
-    let rows = y.len() / n;
     let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
-    let b = CUBE_DIM_X as usize;
-    let t = UNIT_POS_X as usize;
+    let (b, t) = (CUBE_DIM_X as usize, UNIT_POS_X as usize);
     let mut s = Shared::new_slice(comptime!(block as usize));
-    let active = row < rows;
+    let active = row < y.len() / n;
     let base = row * n;
     let mut acc = F::new(0.0);
     let mut i = t;
@@ -169,17 +170,7 @@ fn softmax_backward_kernel<F: Float>(
         acc += y[base + i] * dy[base + i];
         i += b;
     }
-    s[t] = acc;
-    sync_cube();
-    let mut k = b / 2;
-    while k > 0 {
-        if t < k {
-            s[t] = s[t] + s[t + k];
-        }
-        sync_cube();
-        k /= 2;
-    }
-    let dot = s[0];
+    let dot = cube_reduce::<F>(&mut s, acc, false);
     i = t;
     while i < n && active {
         dx[base + i] = y[base + i] * (dy[base + i] - dot);

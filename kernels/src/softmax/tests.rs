@@ -4,10 +4,7 @@
 use burn::tensor::{Bool, Device, Distribution, Tensor};
 
 use super::softmax_last;
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().expect("f32 values")
-}
+use crate::testing::values;
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
