@@ -11,6 +11,7 @@ and checks that both give the same text. Also times the shipped 64-position mode
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import tempfile
 
 
 def kiln(*args):
-    out = subprocess.run(["cargo", "run", "--release", "-q", "--features", "mpi", "--", *args],
+    out = subprocess.run(["cargo", "run", "--release", "-q", "--features", os.environ.get("KILN_FEATURES", "mpi"), "--", *args],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 
