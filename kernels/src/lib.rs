@@ -68,7 +68,7 @@ pub fn applies_gpu<const D: usize>(x: &Tensor<D>) -> bool {
 /// Whether `x` lives on a CubeCL device (any of burn's cubecl runtimes: kiln builds WGPU and
 /// CUDA), with or without autodiff.
 pub fn on_gpu<const D: usize>(x: &Tensor<D>) -> bool {
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    #[cfg(feature = "gpu")]
     {
         match x.device().as_dispatch() {
             DispatchDevice::Cube(_) => true,
@@ -77,7 +77,7 @@ pub fn on_gpu<const D: usize>(x: &Tensor<D>) -> bool {
             _ => false,
         }
     }
-    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    #[cfg(not(feature = "gpu"))]
     {
         let _ = x;
         false

@@ -12,7 +12,7 @@
 //! The reference is burn's own `softmax`: the tests compare values and gradients with it, on
 //! the CPU and on a WGPU device (Mesa's lavapipe in CI).
 
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[cfg(feature = "gpu")]
 mod gpu;
 #[cfg(test)]
 mod tests;
@@ -30,14 +30,24 @@ use rayon::prelude::*;
 use crate::vmath::{dot, exp, max, sum, wide};
 use crate::{flex, host};
 
-#[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
+// With burn's fusion (on in GPU builds) a GPU tensor is a `Fusion<CubeBackend>`: the kernel is
+// recorded as one opaque operation of the lazy stream, its output shaped like its input.
+#[backend_extension(
+    Flex,
+    Cube: cfg(feature = "gpu"),
+    Fusion: cfg(feature = "gpu"),
+    Autodiff
+)]
 pub trait SoftmaxBackend: Backend {
+    #[fusion(dtype = x, shape = x)]
     fn kiln_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// The backward step of [`SoftmaxBackend::kiln_softmax_last`] on a backend without autodiff:
 /// `dx = y (dy - Σ dy·y)` per row, from the output `y`.
+#[backend_extension(Flex, Cube: cfg(feature = "gpu"), Fusion: cfg(feature = "gpu"))]
 pub trait SoftmaxGrad: Backend {
+    #[fusion(dtype = y, shape = y)]
     fn softmax_last_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
