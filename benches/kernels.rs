@@ -1,10 +1,11 @@
 //! Each of kiln's kernels against its reference (burn's own path), in one run, at the shapes of
 //! the shipped models: milliseconds forward, and forward + backward, with the ratio.
 //!
-//!   cargo bench --bench kernels -- [--reps N] [--threads T] [--ceiling]
+//!   cargo bench --bench kernels -- [--reps N] [--threads T] [--ceiling | --gpu]
 //!
 //! `--ceiling` prints only the machine's matrix-multiply rate (see [`ceiling`]); the GPU
-//! kernels run on the first WGPU device when there is one (see [`gpu_rows`]);
+//! kernels run on the first WGPU device when there is one (see [`gpu_rows`]; `--gpu` runs only
+//! them);
 //! `KILN_BENCH_ONLY=gelu` (a kernel's name) times that kernel alone.
 //!
 //! One JSON line per row: `{"kernel", "shape", "reference_ms", "kernel_ms", "speedup", "pass"}`.
@@ -171,8 +172,9 @@ fn transformer_rows(reps: usize) {
     );
 }
 
-/// The GPU kernels on the first WGPU device, if there is one (on a CPU-only machine, Mesa's
-/// lavapipe: a ratio against burn's unfused ops there, not a GPU speed).
+/// The GPU kernels on the first WGPU device, if there is one, against burn's ops (fused by
+/// burn's fusion, on in GPU builds). On a CPU-only machine the device is Mesa's lavapipe: a
+/// ratio there, not a GPU speed.
 #[cfg(feature = "wgpu")]
 fn gpu_rows(reps: usize) {
     let Some(device) = Device::enumerate(burn::tensor::DeviceType::Wgpu)
@@ -239,6 +241,11 @@ fn main() {
     kiln_trainer::backend::init_threads(arg(&args, "--threads", 2));
     if args.iter().any(|a| a == "--ceiling") {
         ceiling();
+        return;
+    }
+    #[cfg(feature = "wgpu")]
+    if args.iter().any(|a| a == "--gpu") {
+        gpu_rows(reps);
         return;
     }
     conv_rows(reps);
