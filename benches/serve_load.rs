@@ -7,6 +7,7 @@
 //!
 //! KILN_BENCH_PYTHON: a Python with fastapi, uvicorn, onnxruntime and numpy (default
 //! ~/.cache/kiln/bench-venv/bin/python). KILN_LOAD_SECONDS: seconds per level (default 5).
+//! KILN_LOAD_MODELS: the models to load (comma-separated; default both).
 //! Closed-loop clients, each with a keep-alive connection (ureq agent); bounded in time.
 
 use std::io::{BufRead, BufReader};
@@ -316,10 +317,15 @@ fn main() {
     );
     println!("| model | server | clients | requests/s | p50 ms | p99 ms | errors |");
     println!("|---|---|---:|---:|---:|---:|---:|");
+    // KILN_LOAD_MODELS=mnist-cnn: one model alone (to profile it).
+    let only = std::env::var("KILN_LOAD_MODELS").unwrap_or_default();
     for (model, bodies) in [
         ("adult-income", adult_bodies()),
         ("mnist-cnn", mnist_bodies()),
     ] {
+        if !only.is_empty() && !only.split(',').any(|m| m == model) {
+            continue;
+        }
         let file = onnx(model);
         let (kiln_proc, kiln_url) = start_kiln(reg, model);
         let port = if model == "mnist-cnn" { 18_766 } else { 18_765 };
