@@ -87,6 +87,12 @@ fn grid(rows: usize) -> CubeCount {
     CubeCount::Static(x, y, 1)
 }
 
+/// The row of this cube in a [`grid`] launch.
+#[cube]
+fn grid_row() -> usize {
+    CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize
+}
+
 /// The maximum (`max`) or the sum of every unit's `value` in the cube, returned to all units:
 /// a tree over shared memory `s` (one slot per unit; the cube's size a power of two). Every
 /// unit must call it, as it holds barriers.
@@ -121,7 +127,7 @@ fn softmax_forward_kernel<F: Float>(
     #[define(F)] _dtype: ElemType,
 ) {
     let n = x.shape(x.rank() - 1);
-    let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let row = grid_row();
     let (b, t) = (CUBE_DIM_X as usize, UNIT_POS_X as usize);
     let mut s = Shared::new_slice(comptime!(block as usize));
     // Every unit takes part in every barrier; a cube past the last row computes nothing.
@@ -159,7 +165,7 @@ fn softmax_backward_kernel<F: Float>(
     #[define(F)] _dtype: ElemType,
 ) {
     let n = y.shape(y.rank() - 1);
-    let row = CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize;
+    let row = grid_row();
     let (b, t) = (CUBE_DIM_X as usize, UNIT_POS_X as usize);
     let mut s = Shared::new_slice(comptime!(block as usize));
     let active = row < y.len() / n;

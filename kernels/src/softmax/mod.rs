@@ -6,8 +6,8 @@
 //! `exp`, [`crate::vmath`]) and the backward another: `dx = y (dy - Σ dy·y)`, rows over the
 //! rayon pool. Sums run in 16 fixed lanes, so the values do not depend on the vector width.
 //!
-//! On burn's GPU backends (WGPU, CUDA) the same two passes are CubeCL kernels ([`gpu`]), one
-//! work group per row.
+//! On burn's GPU backends (WGPU, CUDA) the same two passes are CubeCL kernels ([`gpu`]): a GPU
+//! thread per row up to 128 elements, a work group per longer row.
 //!
 //! The reference is burn's own `softmax`: the tests compare values and gradients with it, on
 //! the CPU and on a WGPU device (Mesa's lavapipe in CI).
