@@ -8,6 +8,9 @@
 //! KILN_BENCH_PYTHON: a Python with fastapi, uvicorn, onnxruntime and numpy (default
 //! ~/.cache/kiln/bench-venv/bin/python). KILN_LOAD_SECONDS: seconds per level (default 5).
 //! KILN_LOAD_MODELS: the models to load (comma-separated; default both).
+//! KILN_LOAD_BASELINE: another kiln binary (an earlier build), served and measured in the same
+//! run as "kiln serve (baseline)": a change to the server is judged against the build before
+//! it, on the same machine at the same time. KILN_SERVE_ARGS: flags added to `kiln serve`.
 //! Closed-loop clients, each with a keep-alive connection (ureq agent); bounded in time.
 
 use std::io::{BufRead, BufReader};
@@ -45,9 +48,11 @@ fn kiln(registry: &Path, args: &[&str]) {
     );
 }
 
-fn start_kiln(registry: &Path, model: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+fn start_kiln(bin: &str, registry: &Path, model: &str) -> (Proc, String) {
+    let extra = std::env::var("KILN_SERVE_ARGS").unwrap_or_default();
+    let mut child = Command::new(bin)
         .args(["serve", model, "--port", "0"])
+        .args(extra.split_whitespace())
         .process_group(0)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("KILN_REGISTRY", registry)
@@ -327,14 +332,20 @@ fn main() {
             continue;
         }
         let file = onnx(model);
-        let (kiln_proc, kiln_url) = start_kiln(reg, model);
+        let mut servers = vec![(
+            "kiln serve",
+            start_kiln(env!("CARGO_BIN_EXE_kiln"), reg, model),
+        )];
+        if let Ok(bin) = std::env::var("KILN_LOAD_BASELINE") {
+            servers.push(("kiln serve (baseline)", start_kiln(&bin, reg, model)));
+        }
         let port = if model == "mnist-cnn" { 18_766 } else { 18_765 };
-        let (anchor_proc, anchor_url) = start_anchor(&python, &file, port, 2);
+        servers.push((
+            "FastAPI + onnxruntime",
+            start_anchor(&python, &file, port, 2),
+        ));
         for concurrency in [1, 8, 32] {
-            for (name, url) in [
-                ("kiln serve", &kiln_url),
-                ("FastAPI + onnxruntime", &anchor_url),
-            ] {
+            for (name, (_, url)) in &servers {
                 let l = load(url, &bodies, concurrency, seconds);
                 println!(
                     "| {model} | {name} | {} | {:.0} | {:.2} | {:.2} | {} |",
@@ -342,7 +353,6 @@ fn main() {
                 );
             }
         }
-        drop(kiln_proc);
-        drop(anchor_proc);
+        drop(servers);
     }
 }

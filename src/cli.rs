@@ -478,6 +478,13 @@ pub struct ServeArgs {
     /// Requests waiting per model, at most; one more is answered 503 at once.
     #[arg(long, default_value_t = 1024)]
     pub queue: usize,
+    /// Batcher instances per model, each with its own copy of the model (weights shared):
+    /// while one computes a batch, the next gathers one (default: 2 with 2 CPUs or more).
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// CPU threads per instance (default: the CPUs shared between the instances).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Require `Authorization: Bearer TOKEN` (health checks excepted); also $KILN_SERVE_TOKEN.
     #[arg(long)]
     pub token: Option<String>,

@@ -247,36 +247,95 @@ fn predict_and_v2_infer_answer_as_kiln_predict_on_the_adult_and_mnist_test_files
     .unwrap();
     let pixels = &bytes[16..];
     assert_eq!(pixels.len(), want.len() * 784);
-    let server = serve(&sb, &[&id]);
-    for (c, chunk) in pixels.chunks(784 * 1000).enumerate() {
-        let n = chunk.len() / 784;
-        let rows: Vec<Vec<u8>> = chunk.chunks(784).map(<[u8]>::to_vec).collect();
+    // Three batcher instances of one thread, each chunk a request of its own, all at once:
+    // every instance answers as `kiln predict` does.
+    let server = serve(&sb, &[&id, "--instances", "3", "--threads", "1"]);
+    std::thread::scope(|scope| {
+        for (c, chunk) in pixels.chunks(784 * 1000).enumerate() {
+            let (server, want, id) = (&server, &want, &id);
+            scope.spawn(move || {
+                let n = chunk.len() / 784;
+                let rows: Vec<Vec<u8>> = chunk.chunks(784).map(<[u8]>::to_vec).collect();
+                let (code, _, body) = post(
+                    &format!("{}/predict", server.url),
+                    &json!({"rows": rows}).to_string(),
+                    None,
+                );
+                assert_eq!(code, 200, "{body}");
+                let request = json!({"inputs": [{"name": "features", "shape": [n, 784], "datatype": "FP32", "data": chunk}]});
+                let (code, _, v2) = post(
+                    &format!("{}/v2/models/{id}/infer", server.url),
+                    &request.to_string(),
+                    None,
+                );
+                assert_eq!(code, 200, "{v2}");
+                let probs = v2["outputs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|o| o["name"] == "probabilities")
+                    .unwrap();
+                let probs = as_f32(&probs["data"]);
+                for (i, p) in body["predictions"].as_array().unwrap().iter().enumerate() {
+                    let (class, expected) = &want[c * 1000 + i];
+                    assert_eq!(p["prediction"].as_str().unwrap(), class);
+                    assert_eq!(&as_f32(&p["probabilities"]), expected);
+                    assert_eq!(&probs[i * 10..i * 10 + 10], &expected[..]);
+                }
+            });
+        }
+    });
+    // `instances` is read as `rows`; a bad image is a 400 naming the row and the pixel.
+    let image = |i: usize| pixels[i * 784..(i + 1) * 784].to_vec();
+    let (code, _, body) = post(
+        &format!("{}/predict", server.url),
+        &json!({"instances": [image(0), image(1)]}).to_string(),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["predictions"][1]["prediction"].as_str().unwrap(),
+        want[1].0
+    );
+    let mut text = json!(image(2));
+    text[5] = json!("dark");
+    let mut huge = json!(image(2));
+    huge[7] = json!(1e300);
+    for (rows, names) in [
+        (
+            json!([image(0), image(1)[..700].to_vec()]),
+            "rows[1]: 700 values",
+        ),
+        (json!([image(0), text]), "rows[1][5]"),
+        (json!([huge]), "rows[0][7]"),
+        (json!([]), "empty"),
+    ] {
         let (code, _, body) = post(
             &format!("{}/predict", server.url),
-            &json!({"rows": rows}).to_string(),
+            &json!({ "rows": rows }).to_string(),
             None,
         );
-        assert_eq!(code, 200, "{body}");
-        let request = json!({"inputs": [{"name": "features", "shape": [n, 784], "datatype": "FP32", "data": chunk}]});
-        let (code, _, v2) = post(
+        assert_eq!(code, 400, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(names),
+            "{names}: {body}"
+        );
+    }
+    // The same through v2 `infer`: a pixel no 32-bit float holds, or one missing (null).
+    for (bad, names) in [(json!(1e300), "feature 7"), (Value::Null, "feature 7")] {
+        let mut data = json!(image(3));
+        data[7] = bad;
+        let request = json!({"inputs": [{"name": "features", "shape": [1, 784], "datatype": "FP32", "data": data}]});
+        let (code, _, body) = post(
             &format!("{}/v2/models/{id}/infer", server.url),
             &request.to_string(),
             None,
         );
-        assert_eq!(code, 200, "{v2}");
-        let probs = v2["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["name"] == "probabilities")
-            .unwrap();
-        let probs = as_f32(&probs["data"]);
-        for (i, p) in body["predictions"].as_array().unwrap().iter().enumerate() {
-            let (class, expected) = &want[c * 1000 + i];
-            assert_eq!(p["prediction"].as_str().unwrap(), class);
-            assert_eq!(&as_f32(&p["probabilities"]), expected);
-            assert_eq!(&probs[i * 10..i * 10 + 10], &expected[..]);
-        }
+        assert_eq!(code, 400, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(names),
+            "{names}: {body}"
+        );
     }
 }
 
@@ -350,6 +409,16 @@ fn malformed_requests_get_a_4xx_naming_the_field_and_a_full_queue_503() {
         &sb,
         &["adult", "--token", "s3cret", "--body-limit", "200000"],
     );
+    // Flags out of range are a usage error before anything loads.
+    for flags in [
+        ["--instances", "0"],
+        ["--threads", "0"],
+        ["--instances", "65"],
+    ] {
+        let o = sb.kiln(&[&["serve", "adult"][..], &flags[..]].concat());
+        assert_exit(&o, 2);
+        assert!(stderr(&o).contains(flags[0]), "{}", stderr(&o));
+    }
     let predict = format!("{}/predict", server.url);
     let ok_row = json!({"age": 39, "workclass": "State-gov", "education": "Bachelors", "education-num": 13,
         "marital-status": "Never-married", "occupation": "Adm-clerical", "relationship": "Not-in-family",

@@ -15,11 +15,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             args.host
         ))
     })?;
-    if args.max_batch == 0 || args.queue == 0 || args.body_limit == 0 {
-        return Err(
-            Usage("--max-batch, --queue and --body-limit must be at least 1".into()).into(),
-        );
+    for (flag, value) in [
+        ("--max-batch", Some(args.max_batch)),
+        ("--queue", Some(args.queue)),
+        ("--body-limit", Some(args.body_limit)),
+        ("--instances", args.instances),
+        ("--threads", args.threads),
+    ] {
+        if value == Some(0) {
+            return Err(Usage(format!("{flag} 0: at least 1")).into());
+        }
     }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let instances = args
+        .instances
+        .unwrap_or_else(|| BatchOptions::auto_instances(cpus));
+    if instances > 64 {
+        return Err(Usage(format!("--instances {instances}: at most 64")).into());
+    }
+    if let Some(t) = args.threads.filter(|&t| t > 1024) {
+        return Err(Usage(format!("--threads {t}: at most 1024")).into());
+    }
+    let threads = args.threads.unwrap_or((cpus / instances).max(1));
     if !(args.max_wait_ms >= 0.0 && args.max_wait_ms <= 10_000.0) {
         return Err(Usage(format!("--max-wait-ms {}: 0 to 10000", args.max_wait_ms)).into());
     }
@@ -38,6 +55,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             max_batch: args.max_batch,
             max_wait: Duration::from_secs_f64(args.max_wait_ms / 1e3),
             queue: args.queue,
+            instances,
+            threads,
         },
         token: args
             .token

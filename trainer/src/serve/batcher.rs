@@ -1,9 +1,16 @@
-//! The dynamic batcher: one thread per served model takes queued requests, up to
-//! `max_batch` rows or what arrives within `max_wait` of the first, runs one forward pass per
-//! model version among them, and answers each request with its rows.
+//! The dynamic batcher: each served model has `instances` worker threads (Triton's model
+//! instances) sharing its queue. A free instance takes queued requests, up to `max_batch` rows
+//! or what arrives within `max_wait` of the first, runs one forward pass per model version
+//! among them on its own copy of the model (the weights are shared), and answers each request
+//! with its rows. While one instance computes, the next gathers a batch.
+//!
+//! Each instance runs inside its own rayon pool of `threads` threads, so the CPU backend's
+//! parallel loops stay on that instance's threads: two one-thread instances on two cores hand
+//! no operation to another thread, where one two-thread instance would wake a second thread
+//! for every operation of a small batch.
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Version;
@@ -20,6 +27,18 @@ pub struct BatchOptions {
     pub max_wait: Duration,
     /// Requests waiting, at most; one more is answered 503.
     pub queue: usize,
+    /// Worker threads per model, each with its own copy of the model.
+    pub instances: usize,
+    /// CPU threads each instance computes with.
+    pub threads: usize,
+}
+
+impl BatchOptions {
+    /// Two instances when there are two CPUs or more (one computes while the other gathers
+    /// the next batch); they share the CPUs.
+    pub fn auto_instances(cpus: usize) -> usize {
+        cpus.clamp(1, 2)
+    }
 }
 
 /// A request's rows, preprocessed for `version`, and where its answer goes.
@@ -37,56 +56,87 @@ pub struct Answer {
     pub classes: Vec<usize>,
 }
 
-/// Starts the batcher of `model`; it ends when every sender of `rx` is gone.
+/// Starts the batcher of `model`: `opts.instances` threads; they end when every sender of
+/// `rx` is gone.
 pub fn start(
-    model: String,
+    model: &str,
     rx: Receiver<Job>,
     opts: BatchOptions,
-    metrics: Arc<Metrics>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(format!("kiln-batcher-{model}"))
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let deadline = Instant::now() + opts.max_wait;
-                let mut rows = first.data.len();
-                let mut jobs = vec![first];
-                while rows < opts.max_batch {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(j) => {
-                            rows += j.data.len();
-                            jobs.push(j);
-                        }
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                metrics
-                    .queue_depth
-                    .fetch_sub(jobs.len() as i64, std::sync::atomic::Ordering::Relaxed);
-                // One forward pass per version (an alias moved while these waited).
-                while !jobs.is_empty() {
-                    let v = Arc::clone(&jobs[0].version);
-                    let (same, rest): (Vec<Job>, Vec<Job>) =
-                        jobs.into_iter().partition(|j| Arc::ptr_eq(&j.version, &v));
-                    jobs = rest;
-                    metrics.batch(&model, same.iter().map(|j| j.data.len()).sum());
-                    // A panic in a forward pass (a backend out of memory) answers its jobs
-                    // 503 (their reply senders are dropped) and the batcher goes on.
-                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&v, same)));
-                    if ran.is_err() {
-                        eprintln!("kiln serve: a forward pass of {model} failed; its requests were answered 503");
-                    }
-                }
-            }
+    metrics: &Arc<Metrics>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let rx = Arc::new(Mutex::new(rx));
+    (0..opts.instances.max(1))
+        .map(|k| {
+            let (model, rx, metrics) = (model.to_string(), Arc::clone(&rx), Arc::clone(metrics));
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(opts.threads.max(1))
+                .thread_name(move |t| format!("kiln-serve-{k}.{t}"))
+                .build()
+                .map_err(std::io::Error::other)?;
+            std::thread::Builder::new()
+                .name(format!("kiln-batcher-{model}-{k}"))
+                .spawn(move || pool.install(|| instance(k, &model, &rx, opts, &metrics)))
         })
-        .expect("a thread for the batcher")
+        .collect()
 }
 
-/// One forward pass over the jobs' rows, then each job's share of the answer.
-fn run(v: &Version, jobs: Vec<Job>) {
-    let run = v
-        .run
+/// Instance `k`'s loop: a batch off the queue, its forward passes, again.
+fn instance(
+    k: usize,
+    model: &str,
+    rx: &Mutex<Receiver<Job>>,
+    opts: BatchOptions,
+    metrics: &Metrics,
+) {
+    while let Some(mut jobs) = next_batch(rx, opts) {
+        metrics
+            .queue_depth
+            .fetch_sub(jobs.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        // One forward pass per version (an alias moved while these waited).
+        while !jobs.is_empty() {
+            let v = Arc::clone(&jobs[0].version);
+            let (same, rest): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| Arc::ptr_eq(&j.version, &v));
+            jobs = rest;
+            metrics.batch(model, same.iter().map(|j| j.data.len()).sum());
+            // A panic in a forward pass (a backend out of memory) answers its jobs 503 (their
+            // reply senders are dropped) and the instance goes on.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&v, k, same)));
+            if ran.is_err() {
+                eprintln!(
+                    "kiln serve: a forward pass of {model} failed; its requests were answered 503"
+                );
+            }
+        }
+    }
+}
+
+/// The next batch: the first request to come, then up to `max_batch` rows of those queued or
+/// arriving within `max_wait`. The queue is this instance's until then. `None`: the server
+/// is closing.
+fn next_batch(rx: &Mutex<Receiver<Job>>, opts: BatchOptions) -> Option<Vec<Job>> {
+    let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let first = rx.recv().ok()?;
+    let deadline = Instant::now() + opts.max_wait;
+    let mut rows = first.data.len();
+    let mut jobs = vec![first];
+    while rows < opts.max_batch {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(j) => {
+                rows += j.data.len();
+                jobs.push(j);
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(jobs)
+}
+
+/// One forward pass over the jobs' rows on instance `k`'s model, then each job's share of
+/// the answer.
+fn run(v: &Version, k: usize, jobs: Vec<Job>) {
+    let model = v.models[k % v.models.len()]
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tables: Vec<&crate::data::Dataset> = jobs.iter().filter_map(|j| j.data.table()).collect();
@@ -117,7 +167,7 @@ fn run(v: &Version, jobs: Vec<Job>) {
                 classes: Vec::new(),
             };
         };
-        let batch = batch.upload(run.mconf.input(), &run.device);
+        let batch = batch.upload(v.input, &v.device);
         let Some(x) = batch.input else {
             return Answer {
                 predictions: Vec::new(),
@@ -125,11 +175,11 @@ fn run(v: &Version, jobs: Vec<Job>) {
                 classes: Vec::new(),
             };
         };
-        let out = run.model.forward(x);
-        let predictions = run.task.predictions(out.clone());
-        let names = run.task.output_names();
-        let values = run.task.output_values(out);
-        let classes = match run.task.class_names() {
+        let out = model.forward(x);
+        let predictions = v.task.predictions(out.clone());
+        let names = v.task.output_names();
+        let values = v.task.output_values(out);
+        let classes = match v.task.class_names() {
             Some(names) => predictions
                 .iter()
                 .map(|p| {

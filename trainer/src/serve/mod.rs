@@ -1,13 +1,13 @@
 //! `kiln serve`: registry models over HTTP, on tokio (waiting on the network is the work;
-//! the number crunching is a batcher thread per model).
+//! the number crunching is on each model's batcher instances, threads of their own).
 //!
 //! - The Open Inference Protocol (KServe v2 / Triton REST): `/v2/health/{live,ready}`, `/v2`,
 //!   `/v2/models/{name}`, `/v2/models/{name}/ready`, `/v2/models/{name}/infer`; and
 //!   `/predict` (`/v2/models/{name}/predict`): rows as the data file has them, answered as
 //!   `kiln predict` answers ([`protocol`]).
 //! - Dynamic batching: requests wait in a bounded queue (a full one answers 503 at once);
-//!   the batcher takes up to `max_batch` rows or waits `max_wait` for more, runs one forward
-//!   pass and answers each request ([`batcher`]).
+//!   a free batcher instance takes up to `max_batch` rows or waits `max_wait` for more, runs
+//!   one forward pass and answers each request ([`batcher`]).
 //! - Language models: `/v2/models/{name}/generate` and `/generate_stream` (server-sent events,
 //!   a piece of text as each token comes), as Triton's generate extension ([`generation`]).
 //! - `/metrics` in Prometheus' text format ([`metrics`]), the served version in a header of
@@ -89,9 +89,16 @@ pub enum ServeError {
 /// One version of a model, loaded: what requests are encoded with and the batcher runs.
 pub struct Version {
     pub label: String,
+    /// The run as loaded (a language model's generations run on it).
     pub run: Mutex<LoadedRun>,
     /// Read without the model's lock: the request side's view.
     pub schema: Schema,
+    /// A copy of the model per batcher instance; burn's tensors count references, so the
+    /// copies share one set of weights.
+    pub models: Vec<Mutex<kiln_models::Model>>,
+    pub task: Arc<dyn crate::task::Task>,
+    pub input: kiln_models::InputShape,
+    pub device: burn::tensor::Device,
 }
 
 /// What encoding a request needs, outside the model's lock.
@@ -125,6 +132,8 @@ struct App {
     token: Option<String>,
     window: usize,
     allow_unseen: bool,
+    /// Batcher instances per model (a reloaded version gets a model copy for each).
+    instances: usize,
 }
 
 fn load(registry: &Registry, reference: &str) -> Result<(Entry, LoadedRun), ServeError> {
@@ -133,7 +142,7 @@ fn load(registry: &Registry, reference: &str) -> Result<(Entry, LoadedRun), Serv
     Ok((entry, run))
 }
 
-fn version(entry: &Entry, run: LoadedRun) -> Version {
+fn version(entry: &Entry, run: LoadedRun, instances: usize) -> Version {
     let name = served_name(entry);
     let metadata = protocol::metadata(&name, &entry.label, &run);
     let reference = drift::profile_of(&run).ok();
@@ -151,6 +160,12 @@ fn version(entry: &Entry, run: LoadedRun) -> Version {
                 crate::data::preprocess::TargetEncoding::NextToken
             ),
         },
+        models: (0..instances.max(1))
+            .map(|_| Mutex::new(run.model.clone()))
+            .collect(),
+        task: Arc::clone(&run.task),
+        input: run.mconf.input(),
+        device: run.device.clone(),
         run: Mutex::new(run),
     }
 }
@@ -175,7 +190,7 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
     let mut workers = Vec::new();
     for reference in &opts.models {
         let (entry, run) = load(&registry, reference)?;
-        let v = Arc::new(version(&entry, run));
+        let v = Arc::new(version(&entry, run, opts.batch.instances));
         let name = served_name(&entry);
         if slots.iter().any(|s: &Slot| s.name == name) {
             return Err(ServeError::Refused(format!(
@@ -183,12 +198,7 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
             )));
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(opts.batch.queue.max(1));
-        workers.push(batcher::start(
-            name.clone(),
-            rx,
-            opts.batch,
-            Arc::clone(&metrics),
-        ));
+        workers.extend(batcher::start(&name, rx, opts.batch, &metrics)?);
         slots.push(Slot {
             name,
             reference: reference.clone(),
@@ -205,6 +215,7 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
         token: opts.token.clone().filter(|t| !t.is_empty()),
         window: opts.window,
         allow_unseen: opts.allow_unseen,
+        instances: opts.batch.instances,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -322,7 +333,7 @@ async fn refresh(app: &Arc<App>) {
                 return None;
             }
             match load(&app2.registry, &slot.reference) {
-                Ok((entry, run)) => Some(Arc::new(version(&entry, run))),
+                Ok((entry, run)) => Some(Arc::new(version(&entry, run, app2.instances))),
                 Err(e) => {
                     eprintln!(
                         "kiln serve: {} now names {}, which does not load: {e}",
@@ -586,15 +597,20 @@ async fn predict(app: Arc<App>, name: String, body: Bytes) -> Response {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
     let v = Arc::clone(&slot.current.read().expect("slot lock"));
-    if v.schema.generates {
-        return generates_text(&name);
-    }
-    let data = protocol::predict_rows(&v.schema, &body, app.allow_unseen);
+    let data = match protocol::pixel_rows(&v.schema, &body) {
+        Some(d) => Ok(d),
+        None => {
+            let body = match parse_body(&body) {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            if v.schema.generates {
+                return generates_text(&name);
+            }
+            protocol::predict_rows(&v.schema, &body, app.allow_unseen)
+        }
+    };
     let data = match data {
         Ok(d) => d,
         Err(protocol::Bad(m)) => return error(StatusCode::BAD_REQUEST, m),

@@ -67,11 +67,13 @@ pub fn predict_rows(schema: &Schema, body: &Value, allow_unseen: bool) -> Result
                 )));
             }
             for (j, v) in a.iter().enumerate() {
+                // Finite as the model reads it: 1e300 is no 32-bit float.
                 let v = v
                     .as_f64()
+                    .map(|v| v as f32)
                     .filter(|v| v.is_finite())
                     .ok_or_else(|| Bad(format!("rows[{i}][{j}]: not a finite number")))?;
-                x.push(v as f32);
+                x.push(v);
             }
         }
         return encode(pre, &x, rows.len()).map(Split::Table);
@@ -119,6 +121,34 @@ pub fn predict_rows(schema: &Schema, body: &Value, allow_unseen: bool) -> Result
     })
 }
 
+/// `/predict`'s body for an image (or raw feature vector) model read straight into numbers,
+/// without building a JSON tree: the common request, made cheaper. `None` when the model
+/// reads something else or the body is wrong in any way; [`predict_rows`] then reads it and
+/// names the fault. The numbers are read as [`predict_rows`] reads them (as f64, then f32).
+pub fn pixel_rows(schema: &Schema, body: &[u8]) -> Option<Split> {
+    #[derive(serde::Deserialize)]
+    struct Rows {
+        #[serde(alias = "instances")]
+        rows: Vec<Vec<f64>>,
+    }
+    let pre = &schema.pre;
+    if !pre.columns.is_empty() || pre.text.is_some() {
+        return None;
+    }
+    let Rows { rows } = serde_json::from_slice(body).ok()?;
+    if rows.is_empty() || rows.len() > MAX_ROWS {
+        return None;
+    }
+    let mut x = Vec::with_capacity(rows.len() * pre.n_features);
+    for r in &rows {
+        if r.len() != pre.n_features || !r.iter().all(|&v| (v as f32).is_finite()) {
+            return None;
+        }
+        x.extend(r.iter().map(|&v| v as f32));
+    }
+    encode(pre, &x, rows.len()).ok().map(Split::Table)
+}
+
 /// A category the training data never had is refused, naming the column and the value.
 fn check_categories(pre: &Preprocessor, cells: &[Vec<String>]) -> Result<(), Bad> {
     for (j, c) in pre.columns.iter().enumerate() {
@@ -162,7 +192,10 @@ pub fn encode(pre: &Preprocessor, x: &[f32], n: usize) -> Result<Dataset, Bad> {
             continue;
         }
         if pre.columns.is_empty() {
-            for (o, &v) in dst.iter_mut().zip(src) {
+            for (j, (o, &v)) in dst.iter_mut().zip(src).enumerate() {
+                if !v.is_finite() {
+                    return Err(Bad(format!("row {i}, feature {j}: not a finite number")));
+                }
                 *o = pre.encode_value(v as f64, 0.0, 1.0);
             }
             continue;
