@@ -482,7 +482,8 @@ pub struct ServeArgs {
     /// while one computes a batch, the next gathers one (default: 2 with 2 CPUs or more).
     #[arg(long)]
     pub instances: Option<usize>,
-    /// CPU threads per instance (default: the CPUs shared between the instances).
+    /// CPU threads per instance (default: the CPUs divided among the instances; given alone,
+    /// the instances stay at their default).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Require `Authorization: Bearer TOKEN` (health checks excepted); also $KILN_SERVE_TOKEN.

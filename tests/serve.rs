@@ -321,8 +321,22 @@ fn predict_and_v2_infer_answer_as_kiln_predict_on_the_adult_and_mnist_test_files
             "{names}: {body}"
         );
     }
+    // A body is an object: the rows alone (an array of images) are refused.
+    let (code, _, body) = post(
+        &format!("{}/predict", server.url),
+        &json!([[image(0)]]).to_string(),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("{\"rows\""),
+        "{body}"
+    );
     // The same through v2 `infer`: a pixel no 32-bit float holds, or one missing (null).
-    for (bad, names) in [(json!(1e300), "feature 7"), (Value::Null, "feature 7")] {
+    for (bad, names) in [
+        (json!(1e300), "feature 7: not a finite"),
+        (Value::Null, "feature 7: missing"),
+    ] {
         let mut data = json!(image(3));
         data[7] = bad;
         let request = json!({"inputs": [{"name": "features", "shape": [1, 784], "datatype": "FP32", "data": data}]});
@@ -414,6 +428,7 @@ fn malformed_requests_get_a_4xx_naming_the_field_and_a_full_queue_503() {
         ["--instances", "0"],
         ["--threads", "0"],
         ["--instances", "65"],
+        ["--threads", "2000"],
     ] {
         let o = sb.kiln(&[&["serve", "adult"][..], &flags[..]].concat());
         assert_exit(&o, 2);

@@ -33,10 +33,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     if instances > 64 {
         return Err(Usage(format!("--instances {instances}: at most 64")).into());
     }
-    if let Some(t) = args.threads.filter(|&t| t > 1024) {
-        return Err(Usage(format!("--threads {t}: at most 1024")).into());
-    }
     let threads = args.threads.unwrap_or((cpus / instances).max(1));
+    if instances * threads > 1024 {
+        return Err(Usage(format!(
+            "--instances {instances} x --threads {threads}: at most 1024 threads per model"
+        ))
+        .into());
+    }
     if !(args.max_wait_ms >= 0.0 && args.max_wait_ms <= 10_000.0) {
         return Err(Usage(format!("--max-wait-ms {}: 0 to 10000", args.max_wait_ms)).into());
     }

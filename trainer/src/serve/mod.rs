@@ -598,7 +598,12 @@ async fn predict(app: Arc<App>, name: String, body: Bytes) -> Response {
         Err(r) => return *r,
     };
     let v = Arc::clone(&slot.current.read().expect("slot lock"));
-    let data = match protocol::pixel_rows(&v.schema, &body) {
+    let fast = if v.schema.generates {
+        None
+    } else {
+        protocol::pixel_rows(&v.schema, &body)
+    };
+    let data = match fast {
         Some(d) => Ok(d),
         None => {
             let body = match parse_body(&body) {

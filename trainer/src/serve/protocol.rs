@@ -135,6 +135,10 @@ pub fn pixel_rows(schema: &Schema, body: &[u8]) -> Option<Split> {
     if !pre.columns.is_empty() || pre.text.is_some() {
         return None;
     }
+    // serde would also read a struct from an array (`[[...]]`): only an object is a body.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
     let Rows { rows } = serde_json::from_slice(body).ok()?;
     if rows.is_empty() || rows.len() > MAX_ROWS {
         return None;
@@ -193,8 +197,15 @@ pub fn encode(pre: &Preprocessor, x: &[f32], n: usize) -> Result<Dataset, Bad> {
         }
         if pre.columns.is_empty() {
             for (j, (o, &v)) in dst.iter_mut().zip(src).enumerate() {
+                if v.is_nan() {
+                    return Err(Bad(format!(
+                        "row {i}, feature {j}: missing (null), and the model reads every feature"
+                    )));
+                }
                 if !v.is_finite() {
-                    return Err(Bad(format!("row {i}, feature {j}: not a finite number")));
+                    return Err(Bad(format!(
+                        "row {i}, feature {j}: not a finite 32-bit number"
+                    )));
                 }
                 *o = pre.encode_value(v as f64, 0.0, 1.0);
             }
@@ -312,7 +323,8 @@ pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Val
                 out.push(x.as_f64().unwrap_or(f64::NAN) as f32);
                 Ok(())
             }
-            // JSON has no NaN: null marks a missing value.
+            // JSON has no NaN: null marks a missing value (imputed where the model was
+            // trained with imputation, refused where it reads every feature).
             Value::Null => {
                 out.push(f32::NAN);
                 Ok(())
