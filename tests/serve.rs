@@ -74,6 +74,14 @@ fn post(url: &str, body: &str, token: Option<&str>) -> (u16, Option<String>, Val
     )
 }
 
+/// POSTs `body` and checks the answer is a 400 whose error says `says`.
+fn refused(url: &str, body: &str, token: Option<&str>, says: &str) {
+    let (code, _, answer) = post(url, body, token);
+    assert_eq!(code, 400, "{body} -> {answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains(says), "{says}: {answer}");
+}
+
 fn get(url: &str) -> (u16, String) {
     match ureq::get(url).call() {
         Ok(r) => (r.status(), r.into_string().unwrap()),
@@ -310,28 +318,12 @@ fn predict_and_v2_infer_answer_as_kiln_predict_on_the_adult_and_mnist_test_files
         (json!([huge]), "rows[0][7]"),
         (json!([]), "empty"),
     ] {
-        let (code, _, body) = post(
-            &format!("{}/predict", server.url),
-            &json!({ "rows": rows }).to_string(),
-            None,
-        );
-        assert_eq!(code, 400, "{body}");
-        assert!(
-            body["error"].as_str().unwrap().contains(names),
-            "{names}: {body}"
-        );
+        let body = json!({ "rows": rows }).to_string();
+        refused(&format!("{}/predict", server.url), &body, None, names);
     }
     // A body is an object: the rows alone (an array of images) are refused.
-    let (code, _, body) = post(
-        &format!("{}/predict", server.url),
-        &json!([[image(0)]]).to_string(),
-        None,
-    );
-    assert_eq!(code, 400, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("{\"rows\""),
-        "{body}"
-    );
+    let body = json!([[image(0)]]).to_string();
+    refused(&format!("{}/predict", server.url), &body, None, "{\"rows\"");
     // The same through v2 `infer`: a pixel no 32-bit float holds, or one missing (null).
     for (bad, names) in [
         (json!(1e300), "feature 7: not a finite"),
@@ -340,16 +332,8 @@ fn predict_and_v2_infer_answer_as_kiln_predict_on_the_adult_and_mnist_test_files
         let mut data = json!(image(3));
         data[7] = bad;
         let request = json!({"inputs": [{"name": "features", "shape": [1, 784], "datatype": "FP32", "data": data}]});
-        let (code, _, body) = post(
-            &format!("{}/v2/models/{id}/infer", server.url),
-            &request.to_string(),
-            None,
-        );
-        assert_eq!(code, 400, "{body}");
-        assert!(
-            body["error"].as_str().unwrap().contains(names),
-            "{names}: {body}"
-        );
+        let url = format!("{}/v2/models/{id}/infer", server.url);
+        refused(&url, &request.to_string(), None, names);
     }
 }
 
@@ -519,12 +503,7 @@ fn malformed_requests_get_a_4xx_naming_the_field_and_a_full_queue_503() {
             "shape",
         ),
     ] {
-        let (got, _, answer) = post(&infer, &body.to_string(), t);
-        assert_eq!(got, 400, "{answer}");
-        assert!(
-            answer["error"].as_str().unwrap().contains(names),
-            "{names}: {answer}"
-        );
+        refused(&infer, &body.to_string(), t, names);
     }
     // Nothing in a request reaches the filesystem: a model name is a name.
     let (got, _, _) = post(
@@ -1052,14 +1031,6 @@ fn an_image_folder_model_is_served_from_pixels_as_kiln_predict_answers_on_the_fi
         assert!(diff < 1e-5, "image {i}: {got:?} vs {expected:?}");
     }
     // A wrong number of pixels is a 400 naming the row.
-    let (code, _, body) = post(
-        &format!("{}/predict", server.url),
-        &json!({ "rows": [[0.0, 1.0]] }).to_string(),
-        None,
-    );
-    assert_eq!(code, 400, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("rows[0]"),
-        "{body}"
-    );
+    let body = json!({ "rows": [[0.0, 1.0]] }).to_string();
+    refused(&format!("{}/predict", server.url), &body, None, "rows[0]");
 }

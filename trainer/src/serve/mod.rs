@@ -96,6 +96,8 @@ pub struct Version {
     /// A copy of the model per batcher instance; burn's tensors count references, so the
     /// copies share one set of weights.
     pub models: Vec<Mutex<kiln_models::Model>>,
+    /// The run's task, input shape and device, copied out of `run` so that the instances
+    /// read them without taking its lock.
     pub task: Arc<dyn crate::task::Task>,
     pub input: kiln_models::InputShape,
     pub device: burn::tensor::Device,
