@@ -67,4 +67,6 @@ if __name__ == "__main__":
 
     port = sys.argv[3]
     workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-    uvicorn.run("serve_anchor:app", host="127.0.0.1", port=int(port), workers=workers, log_level="warning", app_dir=os.path.dirname(os.path.abspath(__file__)))
+    # "info" for the line each worker prints when ready, which the benchmark waits for; no
+    # access log (a line per request would be measured too).
+    uvicorn.run("serve_anchor:app", host="127.0.0.1", port=int(port), workers=workers, log_level="info", access_log=False, app_dir=os.path.dirname(os.path.abspath(__file__)))

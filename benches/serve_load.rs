@@ -72,7 +72,7 @@ fn start_kiln(bin: &str, registry: &Path, model: &str) -> (Proc, String) {
 }
 
 fn start_anchor(python: &str, onnx: &Path, port: u16, workers: usize) -> (Proc, String) {
-    let child = Command::new(python)
+    let mut child = Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/serve_anchor.py"))
         .arg(onnx)
         .arg(onnx.with_extension("json"))
@@ -80,9 +80,24 @@ fn start_anchor(python: &str, onnx: &Path, port: u16, workers: usize) -> (Proc, 
         .arg(workers.to_string())
         .process_group(0)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Ready when every worker says so: one that is still importing numpy and onnxruntime
+    // would take CPU from whichever server is measured first.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Application startup complete") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    for _ in 0..workers {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the anchor's workers did not start");
+    }
     let url = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
     while ureq::post(&format!("{url}/predict"))
@@ -339,7 +354,12 @@ fn main() {
         if let Ok(bin) = std::env::var("KILN_LOAD_BASELINE") {
             servers.push(("kiln serve (baseline)", start_kiln(&bin, reg, model)));
         }
-        let port = if model == "mnist-cnn" { 18_766 } else { 18_765 };
+        // A port nobody listens on (an anchor left over from a killed run would answer on a
+        // fixed one, and be measured instead).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
         servers.push((
             "FastAPI + onnxruntime",
             start_anchor(&python, &file, port, 2),

@@ -19,11 +19,14 @@ use burn::tensor::{Tensor, TensorData};
 
 pub mod attention;
 pub mod conv2d;
+pub mod conv_block;
 pub mod gelu;
 pub mod layer_norm;
+pub mod linear;
 mod matmul;
 pub mod max_pool2d;
 pub mod softmax;
+mod unit;
 #[cfg(test)]
 mod testing;
 mod vmath;
@@ -82,6 +85,13 @@ pub fn on_gpu<const D: usize>(x: &Tensor<D>) -> bool {
         let _ = x;
         false
     }
+}
+
+/// Whether `x` lives on burn's CPU backend (Flex) without autodiff: where the inference-only
+/// kernels (`conv_block`, `linear`) may run. Each checks its input and its weights, since a
+/// training batch can sit on the plain device while the weights it meets are tracked.
+pub fn on_plain_cpu<const D: usize>(x: &Tensor<D>) -> bool {
+    matches!(x.device().as_dispatch(), DispatchDevice::Flex(_))
 }
 
 /// Whether `x` lives on burn's CPU backend (Flex), with or without autodiff.

@@ -305,14 +305,23 @@ impl Cnn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = x;
         for block in &self.blocks {
-            x = kiln_kernels::conv2d::conv2d(&block.conv, x);
-            if let Some(norm) = &block.norm {
-                x = norm.forward(x);
-            }
-            x = self.activation.forward(x);
-            if let Some(pool) = &block.pool {
-                x = kiln_kernels::max_pool2d::max_pool2d(pool, x);
-            }
+            x = match (&block.norm, self.activation) {
+                // One op (fused at inference on the CPU, op by op elsewhere).
+                (None, Activation::Relu) => {
+                    kiln_kernels::conv_block::conv_relu_pool(&block.conv, block.pool.as_ref(), x)
+                }
+                (norm, activation) => {
+                    x = kiln_kernels::conv2d::conv2d(&block.conv, x);
+                    if let Some(norm) = norm {
+                        x = norm.forward(x);
+                    }
+                    x = activation.forward(x);
+                    match &block.pool {
+                        Some(pool) => kiln_kernels::max_pool2d::max_pool2d(pool, x),
+                        None => x,
+                    }
+                }
+            };
             x = block.dropout.forward(x);
         }
         self.head.forward(x.flatten(1, 3))

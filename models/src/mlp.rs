@@ -229,7 +229,7 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let mut x = x;
         for layer in &self.hidden {
-            x = layer.linear.forward(x);
+            x = kiln_kernels::linear::linear(&layer.linear, x);
             x = match &layer.norm {
                 None => x,
                 Some(NormLayer::Batch(bn)) => bn.forward(x),
@@ -237,7 +237,7 @@ impl Mlp {
             };
             x = self.dropout.forward(self.activation.forward(x));
         }
-        self.output.forward(x)
+        kiln_kernels::linear::linear(&self.output, x)
     }
 }
 

@@ -1,0 +1,107 @@
+//! The fused block against the op-by-op path (kiln's convolution, ReLU, kiln's pooling): the
+//! MNIST CNN's blocks, odd sizes, asymmetric and no padding, no pool, a channel count the tile
+//! does not divide; and an image's answer is the same alone or in any batch.
+
+use std::sync::atomic::Ordering;
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{Device, Distribution, Tensor};
+
+use super::{CALLS, conv_relu_pool, cpu, op_by_op};
+use crate::testing::values;
+
+fn conv(c_in: usize, c_out: usize, kernel: [usize; 2], padding: PaddingConfig2d) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], kernel)
+        .with_padding(padding)
+        .init(&Device::flex())
+}
+
+fn input(shape: [usize; 4]) -> Tensor<4> {
+    Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex())
+}
+
+/// The fused kernel ran (once more than before) and agrees with the op-by-op path to float
+/// rounding: the two add the same products in different orders.
+fn check(shape: [usize; 4], conv: &Conv2d, pool: Option<&MaxPool2d>) {
+    assert!(cpu::available(), "this CPU has no fused multiply-add: nothing to test");
+    let x = input(shape);
+    let before = CALLS.load(Ordering::Relaxed);
+    let y = conv_relu_pool(conv, pool, x.clone());
+    assert!(CALLS.load(Ordering::Relaxed) > before, "{shape:?}: the fused kernel did not run");
+    let want = op_by_op(conv, pool, x);
+    assert_eq!(y.dims(), want.dims(), "{shape:?}: shape");
+    let (y, want) = (values(y), values(want));
+    let worst = y
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "{shape:?}: off by {worst:e}");
+    // ReLU and pooling happened: no negative value, and some zeros.
+    assert!(y.iter().all(|&v| v >= 0.0), "{shape:?}: a negative output");
+}
+
+#[test]
+fn the_mnist_cnn_blocks_match_op_by_op() {
+    let same = PaddingConfig2d::Explicit(1, 1, 1, 1);
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    check([3, 1, 28, 28], &conv(1, 32, [3, 3], same.clone()), Some(&pool));
+    check([2, 32, 14, 14], &conv(32, 64, [3, 3], same), Some(&pool));
+}
+
+#[test]
+fn odd_sizes_paddings_and_pools_match_op_by_op() {
+    let pool3 = MaxPool2dConfig::new([3, 3]).with_strides([3, 3]).init();
+    let pool_wide = MaxPool2dConfig::new([1, 2]).with_strides([1, 2]).init();
+    // 5x5 kernel, "same" padding, a 3x3 pool that drops the last row and column (floor).
+    check(
+        [2, 3, 11, 13],
+        &conv(3, 6, [5, 5], PaddingConfig2d::Explicit(2, 2, 2, 2)),
+        Some(&pool3),
+    );
+    // No padding, no pool, a channel count the tile does not divide.
+    check([1, 2, 9, 7], &conv(2, 7, [3, 3], PaddingConfig2d::Valid), None);
+    // Asymmetric padding (top 2, left 0, bottom 1, right 3), a non-square kernel and pool.
+    check(
+        [2, 4, 6, 10],
+        &conv(4, 5, [3, 1], PaddingConfig2d::Explicit(2, 0, 1, 3)),
+        Some(&pool_wide),
+    );
+    // One pixel, one channel: a 1x1 convolution.
+    check([3, 1, 1, 1], &conv(1, 3, [1, 1], PaddingConfig2d::Valid), None);
+}
+
+#[test]
+fn an_image_gets_the_same_answer_alone_or_in_a_batch() {
+    let same = PaddingConfig2d::Explicit(1, 1, 1, 1);
+    let block = conv(32, 64, [3, 3], same);
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    let x = input([5, 32, 14, 14]);
+    let all = values(conv_relu_pool(&block, Some(&pool), x.clone()));
+    let per = all.len() / 5;
+    for i in 0..5 {
+        let alone = values(conv_relu_pool(&block, Some(&pool), x.clone().narrow(0, i, 1)));
+        assert_eq!(alone, all[i * per..(i + 1) * per], "image {i}: not bit-identical");
+    }
+}
+
+#[test]
+fn autodiff_weights_take_the_op_by_op_path() {
+    let device = Device::flex().autodiff();
+    let block = Conv2dConfig::new([2, 3], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    // A training step: the batch on the autodiff device, or (as kiln's loop uploads it) on
+    // the plain CPU device while the weights are tracked. Either way training gets the
+    // op-by-op path's values exactly, and its gradients.
+    for x_device in [device.clone(), Device::flex()] {
+        let x = Tensor::<4>::random([2, 2, 6, 6], Distribution::Normal(0.0, 1.0), &x_device);
+        let y = conv_relu_pool(&block, Some(&pool), x.clone());
+        assert_eq!(values(y.clone()), values(op_by_op(&block, Some(&pool), x)));
+        let grads = y.sum().backward();
+        assert!(block.weight.grad(&grads).is_some(), "no weight gradient");
+    }
+}
