@@ -25,10 +25,15 @@ struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // The whole process group: uvicorn's workers are children of its parent process.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0.id())])
-            .status();
+        // The whole process group (uvicorn's workers are children of its parent process), and
+        // only the group the child leads: never this process's own, nor a pid 0 or 1.
+        let pid = self.0.id() as libc::pid_t;
+        // SAFETY: getpgid and killpg take plain integers and touch no memory of ours.
+        unsafe {
+            if pid > 1 && libc::getpgid(pid) == pid {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -42,3 +42,21 @@ pub(crate) fn unit() -> Option<Unit> {
         None
     }
 }
+
+/// Every unit this CPU runs, the plain build included (`Native`: on x86-64 its `mul_add` is a
+/// call into libm, slow but rounded once like the instruction): the tests check that all give
+/// the same values.
+#[cfg(test)]
+pub(crate) fn all() -> Vec<Unit> {
+    let mut units = vec![Unit::Native];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            units.push(Unit::Avx512);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            units.push(Unit::Avx2);
+        }
+    }
+    units
+}

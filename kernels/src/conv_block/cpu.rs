@@ -385,7 +385,17 @@ thread_local! {
 /// `maxpool(relu(conv(x, weight) + bias))` for a batch; `None` where this CPU has no fused
 /// multiply-add in hardware.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Option<Vec<f32>> {
-    let unit = unit()?;
+    Some(forward_on(unit()?, g, x, weight, bias))
+}
+
+/// [`forward`] on `unit` (the tests run every unit this CPU has).
+pub(crate) fn forward_on(
+    unit: Unit,
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+) -> Vec<f32> {
     assert!(g.is_valid(), "conv block: invalid geometry {g:?}");
     let image = g.c_in * g.height * g.width;
     assert_eq!(x.len(), g.batch * image, "conv block: input size");
@@ -398,5 +408,5 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Option<
     y.par_chunks_mut(out).zip(x.par_chunks(image)).for_each(|(y_n, x_n)| {
         SCRATCH.with_borrow_mut(|s| image_on(unit, g, x_n, &offs, weight, bias, s, y_n))
     });
-    Some(y)
+    y
 }

@@ -206,19 +206,23 @@ fn block_on(unit: Unit, s: &Shape, x: &[f32], w: &[f32], bias: &[f32], y: &mut [
 
 /// `x · w + bias`; `None` where this CPU has no fused multiply-add in hardware.
 pub fn forward(s: &Shape, x: &[f32], w: &[f32], bias: &[f32]) -> Option<Vec<f32>> {
-    let unit = unit()?;
+    Some(forward_on(unit()?, s, x, w, bias))
+}
+
+/// [`forward`] on `unit` (the tests run every unit this CPU has).
+pub(crate) fn forward_on(unit: Unit, s: &Shape, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), s.n * s.d_in, "linear: input size");
     assert_eq!(w.len(), s.d_in * s.d_out, "linear: weight size");
     assert_eq!(bias.len(), s.d_out, "linear: bias size");
     let mut y = vec![0.0f32; s.n * s.d_out];
     if y.is_empty() {
-        return Some(y);
+        return y;
     }
     if s.d_in == 0 {
         for row in y.chunks_exact_mut(s.d_out) {
             row.copy_from_slice(bias);
         }
-        return Some(y);
+        return y;
     }
     if s.n <= ROWS_PER_TASK {
         block_on(unit, s, x, w, bias, &mut y);
@@ -227,5 +231,5 @@ pub fn forward(s: &Shape, x: &[f32], w: &[f32], bias: &[f32]) -> Option<Vec<f32>
             .zip(x.par_chunks(ROWS_PER_TASK * s.d_in))
             .for_each(|(y, x)| block_on(unit, s, x, w, bias, y));
     }
-    Some(y)
+    y
 }

@@ -1,7 +1,8 @@
 //! The kernel against burn's `Linear::forward`: the MNIST CNN's head, widths that leave
 //! columns past the last vector, batches that leave rows past the last tile, many rows (the
 //! parallel path), dense inputs and inputs after a ReLU (the zeros the kernel skips); and a
-//! row's answer is the same alone or in any batch, whatever zeros its neighbours have.
+//! row's answer is the same alone or in any batch, whatever zeros its neighbours have; and every
+//! vector unit this CPU has (AVX-512, AVX2, the plain build) gives the same values to the bit.
 
 use std::sync::atomic::Ordering;
 
@@ -98,5 +99,28 @@ fn autodiff_weights_take_burns_path() {
         assert_eq!(values(y.clone()), values(l.forward(x)));
         let grads = y.sum().backward();
         assert!(l.weight.grad(&grads).is_some(), "no weight gradient");
+    }
+}
+
+#[test]
+fn every_vector_unit_gives_the_same_values() {
+    // Rows and columns that leave remainders for every tile shape, and zeros to skip.
+    let s = cpu::Shape {
+        n: 7,
+        d_in: 50,
+        d_out: 133,
+    };
+    let x = values(sparse_input(7, 50));
+    let w = values(input(50, 133));
+    let bias = values(input(1, 133));
+    let units = crate::unit::all();
+    let first = cpu::forward_on(units[0], &s, &x, &w, &bias);
+    for &unit in &units[1..] {
+        assert_eq!(
+            cpu::forward_on(unit, &s, &x, &w, &bias),
+            first,
+            "{unit:?} differs from {:?}",
+            units[0]
+        );
     }
 }
