@@ -25,10 +25,12 @@ pub fn available() -> bool {
 pub(crate) fn unit() -> Option<Unit> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        // The AVX-512 build also enables FMA: a CPU (or a VM) that hides FMA gets none.
+        let fma = std::is_x86_feature_detected!("fma");
+        if std::is_x86_feature_detected!("avx512f") && fma {
             return Some(Unit::Avx512);
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("avx2") && fma {
             return Some(Unit::Avx2);
         }
         None
@@ -51,7 +53,7 @@ pub(crate) fn all() -> Vec<Unit> {
     let mut units = vec![Unit::Native];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
             units.push(Unit::Avx512);
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

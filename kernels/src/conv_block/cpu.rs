@@ -56,8 +56,10 @@ impl Geometry {
         [oh / self.pool[0], ow / self.pool[1]]
     }
 
+    /// Every size at least 1, the kernel inside the padded image, a pool no larger than the
+    /// convolution's output, and every buffer's length an `isize` (padding is only numbers,
+    /// so huge values must not wrap the lengths the kernel's reads are checked against).
     pub fn is_valid(&self) -> bool {
-        let [t, b, l, r] = self.padding;
         let sizes = [
             self.batch,
             self.c_in,
@@ -69,11 +71,37 @@ impl Geometry {
             self.pool[0],
             self.pool[1],
         ];
-        sizes.iter().all(|&s| s >= 1)
-            && self.height + t + b >= self.kernel[0]
-            && self.width + l + r >= self.kernel[1]
-            && self.conv_hw()[0] >= self.pool[0]
-            && self.conv_hw()[1] >= self.pool[1]
+        sizes.iter().all(|&s| s >= 1) && self.lengths().is_some()
+    }
+
+    /// The padded buffer's and the grid's lengths, checked: `None` when a size overflows, the
+    /// kernel does not fit in the padded image, or the pool does not fit in the output.
+    fn lengths(&self) -> Option<(usize, usize)> {
+        let [t, b, l, r] = self.padding;
+        let [kh, kw] = self.kernel;
+        let hp = self.height.checked_add(t)?.checked_add(b)?;
+        let wp = self.width.checked_add(l)?.checked_add(r)?;
+        if hp < kh || wp < kw || hp + 1 - kh < self.pool[0] || wp + 1 - kw < self.pool[1] {
+            return None;
+        }
+        let plane = hp.checked_mul(wp)?;
+        let grid = (hp + 1 - kh).checked_mul(wp)?.div_ceil(L).checked_mul(L)?;
+        let reach = (kh - 1).checked_mul(wp)?.checked_add(kw - 1)?;
+        let padded = (self.c_in - 1)
+            .checked_mul(plane)?
+            .checked_add(grid)?
+            .checked_add(reach)?;
+        let z = self.c_out.checked_mul(grid)?;
+        let io = self
+            .batch
+            .checked_mul(self.c_in.max(self.c_out))?
+            .checked_mul(self.height.max(1).checked_mul(self.width)?.max(plane))?;
+        let weights = self.c_out.checked_mul(self.c_in)?.checked_mul(kh)?.checked_mul(kw)?;
+        let limit = isize::MAX as usize / 4;
+        [padded, z, io, weights]
+            .iter()
+            .all(|&n| n <= limit)
+            .then_some((padded, z))
     }
 
     /// Width of the padded grid's rows.

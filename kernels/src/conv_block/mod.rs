@@ -50,10 +50,12 @@ pub trait ConvBlockBackend: Backend {
 pub fn conv_relu_pool(conv: &Conv2d, pool: Option<&MaxPool2d>, x: Tensor<4>) -> Tensor<4> {
     match fused_geometry(conv, pool, &x) {
         Some(g) => {
+            // The weight, then the bias, as everywhere (see `fused_geometry`).
+            let weight = conv.weight.val();
             let bias = conv.bias.as_ref().expect("checked by fused_geometry").val();
             Tensor::from_dispatch(<Dispatch as ConvBlockBackend>::kiln_conv_relu_pool(
                 x.into_dispatch(),
-                conv.weight.val().into_dispatch(),
+                weight.into_dispatch(),
                 bias.into_dispatch(),
                 g.padding,
                 g.pool,

@@ -40,7 +40,7 @@ fn check(shape: [usize; 4], conv: &Conv2d, pool: Option<&MaxPool2d>) {
         .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "{shape:?}: off by {worst:e}");
-    // ReLU and pooling happened: no negative value, and some zeros.
+    // The ReLU happened: no negative value.
     assert!(y.iter().all(|&v| v >= 0.0), "{shape:?}: a negative output");
 }
 
@@ -56,7 +56,8 @@ fn the_mnist_cnn_blocks_match_op_by_op() {
 fn odd_sizes_paddings_and_pools_match_op_by_op() {
     let pool3 = MaxPool2dConfig::new([3, 3]).with_strides([3, 3]).init();
     let pool_wide = MaxPool2dConfig::new([1, 2]).with_strides([1, 2]).init();
-    // 5x5 kernel, "same" padding, a 3x3 pool that drops the last row and column (floor).
+    // 5x5 kernel, "same" padding, a 3x3 pool that drops the rows and columns left over
+    // (floor: 2 of the 11 rows, 1 of the 13 columns).
     check(
         [2, 3, 11, 13],
         &conv(3, 6, [5, 5], PaddingConfig2d::Explicit(2, 2, 2, 2)),
@@ -133,4 +134,28 @@ fn every_vector_unit_gives_the_same_values() {
             units[0]
         );
     }
+}
+
+#[test]
+fn wide_paddings_match_op_by_op_and_sizes_that_overflow_are_refused() {
+    // A kernel larger than the image, and padding wider than it (top 3, left 4, bottom 3,
+    // right 4 around 3x4 pixels).
+    check(
+        [2, 2, 3, 4],
+        &conv(2, 3, [5, 5], PaddingConfig2d::Explicit(3, 4, 3, 4)),
+        None,
+    );
+    // Padding is only numbers: one near usize::MAX must not wrap the buffer lengths the
+    // kernel's reads are checked against.
+    let huge = cpu::Geometry {
+        batch: 1,
+        c_in: 1,
+        height: 1,
+        width: 1,
+        c_out: 2,
+        kernel: [2, 17],
+        padding: [0, 1, 0, usize::MAX / 2],
+        pool: [1, usize::MAX / 2 - 15],
+    };
+    assert!(!huge.is_valid(), "a geometry whose sizes overflow passed");
 }

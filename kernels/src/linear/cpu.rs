@@ -10,8 +10,8 @@
 //! the head's 1.6 MB. Columns past the last whole vector take a scalar loop in the same order.
 //!
 //! Skipping a zero input changes nothing for finite weights (`0 * w` adds zero) but the sign
-//! of an exactly zero sum; a zero input meeting an infinite weight adds nothing here, where a
-//! plain product would give NaN.
+//! of an exactly zero sum; a zero input meeting an infinite or NaN weight adds nothing here,
+//! where a plain product would give NaN.
 
 use std::ops::Range;
 
