@@ -113,12 +113,20 @@ fn run(reps: usize) {
         (
             "conv1 + ReLU + pool",
             us!(block(&net.c1, &x)),
-            us!(conv_block::conv_relu_pool(&net.c1, Some(&net.pool), x.clone())),
+            us!(conv_block::conv_relu_pool(
+                &net.c1,
+                Some(&net.pool),
+                x.clone()
+            )),
         ),
         (
             "conv2 + ReLU + pool",
             us!(block(&net.c2, &p1)),
-            us!(conv_block::conv_relu_pool(&net.c2, Some(&net.pool), p1.clone())),
+            us!(conv_block::conv_relu_pool(
+                &net.c2,
+                Some(&net.pool),
+                p1.clone()
+            )),
         ),
         (
             "fc1 (3136 -> 128)",

@@ -26,9 +26,9 @@ pub mod linear;
 mod matmul;
 pub mod max_pool2d;
 pub mod softmax;
-mod unit;
 #[cfg(test)]
 mod testing;
+mod unit;
 mod vmath;
 
 /// 0: not decided yet (read `KILN_KERNELS` on first use), 1: on, 2: off.

@@ -20,8 +20,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::unit::{Unit, unit};
 pub use crate::unit::available;
+use crate::unit::{Unit, unit};
 
 /// Lanes per vector of outputs.
 const L: usize = 16;
@@ -96,7 +96,11 @@ impl Geometry {
             .batch
             .checked_mul(self.c_in.max(self.c_out))?
             .checked_mul(self.height.max(1).checked_mul(self.width)?.max(plane))?;
-        let weights = self.c_out.checked_mul(self.c_in)?.checked_mul(kh)?.checked_mul(kw)?;
+        let weights = self
+            .c_out
+            .checked_mul(self.c_in)?
+            .checked_mul(kh)?
+            .checked_mul(kw)?;
         let limit = isize::MAX as usize / 4;
         [padded, z, io, weights]
             .iter()
@@ -248,7 +252,11 @@ unsafe fn tile<const R: usize, const V: usize>(
         }
         for v in 0..V {
             // SAFETY: in bounds by the caller's contract; unaligned loads are allowed.
-            let xv: [f32; L] = unsafe { base.add(q + off + v * L).cast::<[f32; L]>().read_unaligned() };
+            let xv: [f32; L] = unsafe {
+                base.add(q + off + v * L)
+                    .cast::<[f32; L]>()
+                    .read_unaligned()
+            };
             for r in 0..R {
                 for l in 0..L {
                     acc[r][v][l] = wr[r].mul_add(xv[l], acc[r][v][l]);
@@ -433,8 +441,10 @@ pub(crate) fn forward_on(
     let out = g.c_out * oh * ow;
     let mut y = vec![0.0f32; g.batch * out];
     let offs = g.offsets();
-    y.par_chunks_mut(out).zip(x.par_chunks(image)).for_each(|(y_n, x_n)| {
-        SCRATCH.with_borrow_mut(|s| image_on(unit, g, x_n, &offs, weight, bias, s, y_n))
-    });
+    y.par_chunks_mut(out)
+        .zip(x.par_chunks(image))
+        .for_each(|(y_n, x_n)| {
+            SCRATCH.with_borrow_mut(|s| image_on(unit, g, x_n, &offs, weight, bias, s, y_n))
+        });
     y
 }

@@ -5,9 +5,9 @@
 
 use std::sync::atomic::Ordering;
 
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{CALLS, conv_relu_pool, cpu, op_by_op};
@@ -26,11 +26,17 @@ fn input(shape: [usize; 4]) -> Tensor<4> {
 /// The fused kernel ran (once more than before) and agrees with the op-by-op path to float
 /// rounding: the two add the same products in different orders.
 fn check(shape: [usize; 4], conv: &Conv2d, pool: Option<&MaxPool2d>) {
-    assert!(cpu::available(), "this CPU has no fused multiply-add: nothing to test");
+    assert!(
+        cpu::available(),
+        "this CPU has no fused multiply-add: nothing to test"
+    );
     let x = input(shape);
     let before = CALLS.load(Ordering::Relaxed);
     let y = conv_relu_pool(conv, pool, x.clone());
-    assert!(CALLS.load(Ordering::Relaxed) > before, "{shape:?}: the fused kernel did not run");
+    assert!(
+        CALLS.load(Ordering::Relaxed) > before,
+        "{shape:?}: the fused kernel did not run"
+    );
     let want = op_by_op(conv, pool, x);
     assert_eq!(y.dims(), want.dims(), "{shape:?}: shape");
     let (y, want) = (values(y), values(want));
@@ -48,7 +54,11 @@ fn check(shape: [usize; 4], conv: &Conv2d, pool: Option<&MaxPool2d>) {
 fn the_mnist_cnn_blocks_match_op_by_op() {
     let same = PaddingConfig2d::Explicit(1, 1, 1, 1);
     let pool = MaxPool2dConfig::new([2, 2]).init();
-    check([3, 1, 28, 28], &conv(1, 32, [3, 3], same.clone()), Some(&pool));
+    check(
+        [3, 1, 28, 28],
+        &conv(1, 32, [3, 3], same.clone()),
+        Some(&pool),
+    );
     check([2, 32, 14, 14], &conv(32, 64, [3, 3], same), Some(&pool));
 }
 
@@ -64,7 +74,11 @@ fn odd_sizes_paddings_and_pools_match_op_by_op() {
         Some(&pool3),
     );
     // No padding, no pool, a channel count the tile does not divide.
-    check([1, 2, 9, 7], &conv(2, 7, [3, 3], PaddingConfig2d::Valid), None);
+    check(
+        [1, 2, 9, 7],
+        &conv(2, 7, [3, 3], PaddingConfig2d::Valid),
+        None,
+    );
     // Asymmetric padding (top 2, left 0, bottom 1, right 3), a non-square kernel and pool.
     check(
         [2, 4, 6, 10],
@@ -72,7 +86,11 @@ fn odd_sizes_paddings_and_pools_match_op_by_op() {
         Some(&pool_wide),
     );
     // One pixel, one channel: a 1x1 convolution.
-    check([3, 1, 1, 1], &conv(1, 3, [1, 1], PaddingConfig2d::Valid), None);
+    check(
+        [3, 1, 1, 1],
+        &conv(1, 3, [1, 1], PaddingConfig2d::Valid),
+        None,
+    );
 }
 
 #[test]
@@ -84,8 +102,16 @@ fn an_image_gets_the_same_answer_alone_or_in_a_batch() {
     let all = values(conv_relu_pool(&block, Some(&pool), x.clone()));
     let per = all.len() / 5;
     for i in 0..5 {
-        let alone = values(conv_relu_pool(&block, Some(&pool), x.clone().narrow(0, i, 1)));
-        assert_eq!(alone, all[i * per..(i + 1) * per], "image {i}: not bit-identical");
+        let alone = values(conv_relu_pool(
+            &block,
+            Some(&pool),
+            x.clone().narrow(0, i, 1),
+        ));
+        assert_eq!(
+            alone,
+            all[i * per..(i + 1) * per],
+            "image {i}: not bit-identical"
+        );
     }
 }
 

@@ -17,8 +17,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::unit::{Unit, unit};
 pub use crate::unit::available;
+use crate::unit::{Unit, unit};
 
 /// Lanes per vector of columns.
 const L: usize = 16;
@@ -70,8 +70,11 @@ unsafe fn tile<const R: usize, const V: usize>(
         for v in 0..V {
             // SAFETY: `i * d_out + c + (v + 1) * L <= d_in * d_out`, inside `w`; unaligned
             // loads are allowed.
-            let wv: [f32; L] =
-                unsafe { wp.add(i * s.d_out + c + v * L).cast::<[f32; L]>().read_unaligned() };
+            let wv: [f32; L] = unsafe {
+                wp.add(i * s.d_out + c + v * L)
+                    .cast::<[f32; L]>()
+                    .read_unaligned()
+            };
             for r in 0..R {
                 let skip = R > 1 && xr[r] == 0.0;
                 for l in 0..L {

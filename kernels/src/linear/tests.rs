@@ -35,11 +35,17 @@ fn check(n: usize, d_in: usize, d_out: usize) {
 }
 
 fn check_on(n: usize, d_in: usize, d_out: usize, x: Tensor<2>) {
-    assert!(cpu::available(), "this CPU has no fused multiply-add: nothing to test");
+    assert!(
+        cpu::available(),
+        "this CPU has no fused multiply-add: nothing to test"
+    );
     let l = layer(d_in, d_out);
     let before = CALLS.load(Ordering::Relaxed);
     let y = linear(&l, x.clone());
-    assert!(CALLS.load(Ordering::Relaxed) > before, "{n}x{d_in}->{d_out}: the kernel did not run");
+    assert!(
+        CALLS.load(Ordering::Relaxed) > before,
+        "{n}x{d_in}->{d_out}: the kernel did not run"
+    );
     let want = l.forward(x);
     assert_eq!(y.dims(), want.dims());
     let (y, want) = (values(y), values(want));
@@ -83,7 +89,11 @@ fn a_row_gets_the_same_answer_alone_or_in_a_batch() {
     let all = values(linear(&l, x.clone()));
     for i in [0, 3, 4, 16, 36] {
         let alone = values(linear(&l, x.clone().narrow(0, i, 1)));
-        assert_eq!(alone, all[i * 70..(i + 1) * 70], "row {i}: not bit-identical");
+        assert_eq!(
+            alone,
+            all[i * 70..(i + 1) * 70],
+            "row {i}: not bit-identical"
+        );
     }
 }
 
