@@ -177,6 +177,16 @@ fn predict_csv(sb: &Sandbox, model: &str, input: &Path) -> Vec<(String, Vec<f32>
         .collect()
 }
 
+/// The output called `name` of a v2 `infer` answer.
+fn v2_output<'a>(answer: &'a Value, name: &str) -> &'a Value {
+    answer["outputs"]
+        .as_array()
+        .expect("a v2 answer has outputs")
+        .iter()
+        .find(|o| o["name"] == name)
+        .unwrap_or_else(|| panic!("no output {name} in {answer}"))
+}
+
 fn as_f32(v: &Value) -> Vec<f32> {
     v.as_array()
         .unwrap()
@@ -216,12 +226,7 @@ fn predict_and_v2_infer_answer_as_kiln_predict_on_the_adult_and_mnist_test_files
         );
         assert_eq!(code, 200, "{v2}");
         assert_eq!(v2["id"], "t");
-        let probs = v2["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["name"] == "probabilities")
-            .unwrap();
+        let probs = v2_output(&v2, "probabilities");
         assert_eq!(probs["shape"], json!([chunk.len(), 2]));
         let probs = as_f32(&probs["data"]);
         for (i, p) in body["predictions"].as_array().unwrap().iter().enumerate() {
@@ -277,12 +282,7 @@ fn predict_and_v2_infer_answer_as_kiln_predict_on_the_adult_and_mnist_test_files
                     None,
                 );
                 assert_eq!(code, 200, "{v2}");
-                let probs = v2["outputs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|o| o["name"] == "probabilities")
-                    .unwrap();
+                let probs = v2_output(&v2, "probabilities");
                 let probs = as_f32(&probs["data"]);
                 for (i, p) in body["predictions"].as_array().unwrap().iter().enumerate() {
                     let (class, expected) = &want[c * 1000 + i];
@@ -367,12 +367,7 @@ fn a_request_body_from_the_kserve_documentation_works_unchanged() {
     assert_eq!(code, 200, "{v2}");
     assert_eq!(version.as_deref(), Some("iris/v1"));
     assert_eq!(v2["model_name"], "iris");
-    let probs = v2["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["name"] == "probabilities")
-        .unwrap();
+    let probs = v2_output(&v2, "probabilities");
     assert_eq!(probs["shape"], json!([2, 3]));
     let rows = json!({"rows": [
         {"c0": 6.8, "c1": 2.8, "c2": 4.8, "c3": 1.4},

@@ -71,18 +71,18 @@ impl Geometry {
             self.pool[0],
             self.pool[1],
         ];
-        sizes.iter().all(|&s| s >= 1) && self.lengths().is_some()
+        sizes.iter().all(|&s| s >= 1) && self.lengths_fit() == Some(true)
     }
 
-    /// The padded buffer's and the grid's lengths, checked: `None` when a size overflows, the
-    /// kernel does not fit in the padded image, or the pool does not fit in the output.
-    fn lengths(&self) -> Option<(usize, usize)> {
+    /// Whether the kernel fits in the padded image, the pool in the output, and every buffer
+    /// length in an `isize`; `None` when computing a length overflows.
+    fn lengths_fit(&self) -> Option<bool> {
         let [t, b, l, r] = self.padding;
         let [kh, kw] = self.kernel;
         let hp = self.height.checked_add(t)?.checked_add(b)?;
         let wp = self.width.checked_add(l)?.checked_add(r)?;
         if hp < kh || wp < kw || hp + 1 - kh < self.pool[0] || wp + 1 - kw < self.pool[1] {
-            return None;
+            return Some(false);
         }
         let plane = hp.checked_mul(wp)?;
         let grid = (hp + 1 - kh).checked_mul(wp)?.div_ceil(L).checked_mul(L)?;
@@ -102,10 +102,7 @@ impl Geometry {
             .checked_mul(kh)?
             .checked_mul(kw)?;
         let limit = isize::MAX as usize / 4;
-        [padded, z, io, weights]
-            .iter()
-            .all(|&n| n <= limit)
-            .then_some((padded, z))
+        Some([padded, z, io, weights].iter().all(|&n| n <= limit))
     }
 
     /// Width of the padded grid's rows.

@@ -48,11 +48,8 @@ pub trait ConvBlockBackend: Backend {
 /// whose stride is its window, a CPU with fused multiply-add, and kernels switched on) and op
 /// by op otherwise.
 pub fn conv_relu_pool(conv: &Conv2d, pool: Option<&MaxPool2d>, x: Tensor<4>) -> Tensor<4> {
-    match fused_geometry(conv, pool, &x) {
-        Some(g) => {
-            // The weight, then the bias, as everywhere (see `fused_geometry`).
-            let weight = conv.weight.val();
-            let bias = conv.bias.as_ref().expect("checked by fused_geometry").val();
+    match fused(conv, pool, &x) {
+        Some((g, weight, bias)) => {
             Tensor::from_dispatch(<Dispatch as ConvBlockBackend>::kiln_conv_relu_pool(
                 x.into_dispatch(),
                 weight.into_dispatch(),
@@ -74,8 +71,12 @@ pub fn op_by_op(conv: &Conv2d, pool: Option<&MaxPool2d>, x: Tensor<4>) -> Tensor
     }
 }
 
-/// The block's geometry when the fused kernel applies to it.
-fn fused_geometry(conv: &Conv2d, pool: Option<&MaxPool2d>, x: &Tensor<4>) -> Option<Geometry> {
+/// The block's geometry, weight and bias when the fused kernel applies to it.
+fn fused(
+    conv: &Conv2d,
+    pool: Option<&MaxPool2d>,
+    x: &Tensor<4>,
+) -> Option<(Geometry, Tensor<4>, Tensor<1>)> {
     if !(crate::enabled() && crate::on_plain_cpu(x) && x.dtype() == DType::F32 && cpu::available())
     {
         return None;
@@ -103,18 +104,9 @@ fn fused_geometry(conv: &Conv2d, pool: Option<&MaxPool2d>, x: &Tensor<4>) -> Opt
     // model's initial weights).
     let weight = conv.weight.val();
     let bias = conv.bias.as_ref()?.val();
-    let [batch, c_in, height, width] = x.dims();
-    let [c_out, w_in, kh, kw] = weight.dims();
-    let g = Geometry {
-        batch,
-        c_in,
-        height,
-        width,
-        c_out,
-        kernel: [kh, kw],
-        padding,
-        pool,
-    };
+    let [_, c_in, _, _] = x.dims();
+    let [c_out, w_in, _, _] = weight.dims();
+    let g = geometry(x.dims(), weight.dims(), padding, pool);
     // Weights under autodiff (a training step, whose batch may sit on the plain device) keep
     // the op-by-op path and their gradients.
     let fits = crate::on_plain_cpu(&weight)
@@ -127,7 +119,22 @@ fn fused_geometry(conv: &Conv2d, pool: Option<&MaxPool2d>, x: &Tensor<4>) -> Opt
         && bias.dims() == [c_out]
         && bias.dtype() == DType::F32
         && g.is_valid();
-    fits.then_some(g)
+    fits.then_some((g, weight, bias))
+}
+
+fn geometry(x: [usize; 4], weight: [usize; 4], padding: [usize; 4], pool: [usize; 2]) -> Geometry {
+    let [batch, c_in, height, width] = x;
+    let [c_out, _, kh, kw] = weight;
+    Geometry {
+        batch,
+        c_in,
+        height,
+        width,
+        c_out,
+        kernel: [kh, kw],
+        padding,
+        pool,
+    }
 }
 
 /// How many times the fused kernel ran: the tests check that `conv_relu_pool` takes it.
@@ -144,21 +151,15 @@ impl ConvBlockBackend for Flex {
     ) -> FlexTensor {
         #[cfg(test)]
         CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let [batch, c_in, height, width] = x.shape().dims::<4>();
-        let [c_out, _, kh, kw] = weight.shape().dims::<4>();
-        let g = Geometry {
-            batch,
-            c_in,
-            height,
-            width,
-            c_out,
-            kernel: [kh, kw],
+        let g = geometry(
+            x.shape().dims::<4>(),
+            weight.shape().dims::<4>(),
             padding,
             pool,
-        };
+        );
         let y = cpu::forward(&g, &host(&x), &host(&weight), &host(&bias))
             .expect("the caller checked that the CPU runs the kernel");
         let [oh, ow] = g.out_hw();
-        flex(y, vec![batch, c_out, oh, ow])
+        flex(y, vec![g.batch, g.c_out, oh, ow])
     }
 }

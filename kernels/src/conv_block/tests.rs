@@ -11,7 +11,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{CALLS, conv_relu_pool, cpu, op_by_op};
-use crate::testing::values;
+use crate::testing::{same_on_every_unit, values};
 
 fn conv(c_in: usize, c_out: usize, kernel: [usize; 2], padding: PaddingConfig2d) -> Conv2d {
     Conv2dConfig::new([c_in, c_out], kernel)
@@ -150,16 +150,7 @@ fn every_vector_unit_gives_the_same_values() {
     let x = values(input([2, 3, 9, 11]));
     let weight = values(input([7, 3, 3, 3]));
     let bias = values(input([1, 1, 1, 7]));
-    let units = crate::unit::all();
-    let first = cpu::forward_on(units[0], &g, &x, &weight, &bias);
-    for &unit in &units[1..] {
-        assert_eq!(
-            cpu::forward_on(unit, &g, &x, &weight, &bias),
-            first,
-            "{unit:?} differs from {:?}",
-            units[0]
-        );
-    }
+    same_on_every_unit(|unit| cpu::forward_on(unit, &g, &x, &weight, &bias));
 }
 
 #[test]

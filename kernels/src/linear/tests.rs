@@ -11,7 +11,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{CALLS, cpu, linear};
-use crate::testing::values;
+use crate::testing::{same_on_every_unit, values};
 
 fn layer(d_in: usize, d_out: usize) -> Linear {
     LinearConfig::new(d_in, d_out).init(&Device::flex())
@@ -123,14 +123,5 @@ fn every_vector_unit_gives_the_same_values() {
     let x = values(sparse_input(7, 50));
     let w = values(input(50, 133));
     let bias = values(input(1, 133));
-    let units = crate::unit::all();
-    let first = cpu::forward_on(units[0], &s, &x, &w, &bias);
-    for &unit in &units[1..] {
-        assert_eq!(
-            cpu::forward_on(unit, &s, &x, &w, &bias),
-            first,
-            "{unit:?} differs from {:?}",
-            units[0]
-        );
-    }
+    same_on_every_unit(|unit| cpu::forward_on(unit, &s, &x, &w, &bias));
 }
