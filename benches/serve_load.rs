@@ -8,9 +8,11 @@
 //! KILN_BENCH_PYTHON: a Python with fastapi, uvicorn, onnxruntime and numpy (default
 //! ~/.cache/kiln/bench-venv/bin/python). KILN_LOAD_SECONDS: seconds per level (default 5).
 //! KILN_LOAD_MODELS: the models to load (comma-separated; default both).
-//! KILN_LOAD_BASELINE: another kiln binary (an earlier build), served and measured in the same
-//! run as "kiln serve (baseline)": a change to the server is judged against the build before
-//! it, on the same machine at the same time. KILN_SERVE_ARGS: flags added to `kiln serve`.
+//! KILN_LOAD_BASELINE: another kiln binary (an earlier build), or several, comma-separated,
+//! served and measured in the same run as "kiln serve (baseline)": a change to the server is
+//! judged against the build before it, on the same machine at the same time.
+//! KILN_SERVE_ARGS: flags added to `kiln serve`. KILN_LOAD_URL: load a server already running
+//! (a kiln serve of an MNIST model under `perf`, say) instead of starting any.
 //! Closed-loop clients, each with a keep-alive connection (ureq agent); bounded in time.
 
 use std::io::{BufRead, BufReader};
@@ -307,6 +309,18 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5.0);
+    // KILN_LOAD_URL=http://127.0.0.1:PORT: one server already running (under a profiler),
+    // loaded with MNIST images at each level; nothing is started.
+    if let Ok(url) = std::env::var("KILN_LOAD_URL") {
+        for concurrency in [1, 8, 32] {
+            let l = load(&url, &mnist_bodies(), concurrency, seconds);
+            println!(
+                "{url}: {} clients, {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                l.concurrency, l.rps, l.p50_ms, l.p99_ms, l.errors
+            );
+        }
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let registry: PathBuf = dir.path().join("registry");
     let reg = registry.as_path();
@@ -353,11 +367,17 @@ fn main() {
         }
         let file = onnx(model);
         let mut servers = vec![(
-            "kiln serve",
+            "kiln serve".to_string(),
             start_kiln(env!("CARGO_BIN_EXE_kiln"), reg, model),
         )];
-        if let Ok(bin) = std::env::var("KILN_LOAD_BASELINE") {
-            servers.push(("kiln serve (baseline)", start_kiln(&bin, reg, model)));
+        let baselines = std::env::var("KILN_LOAD_BASELINE").unwrap_or_default();
+        let baselines: Vec<&str> = baselines.split(',').filter(|b| !b.is_empty()).collect();
+        for bin in &baselines {
+            let name = match baselines.len() {
+                1 => "kiln serve (baseline)".to_string(),
+                _ => format!("kiln serve (baseline {bin})"),
+            };
+            servers.push((name, start_kiln(bin, reg, model)));
         }
         // A port nobody listens on (an anchor left over from a killed run would answer on a
         // fixed one, and be measured instead).
@@ -366,9 +386,14 @@ fn main() {
             .map(|a| a.port())
             .unwrap();
         servers.push((
-            "FastAPI + onnxruntime",
+            "FastAPI + onnxruntime".to_string(),
             start_anchor(&python, &file, port, 2),
         ));
+        // Steady state: each server's first requests (page faults, lazily built state, a
+        // cold cache) are not measured.
+        for (_, (_, url)) in &servers {
+            load(url, &bodies, 8, 1.0);
+        }
         for concurrency in [1, 8, 32] {
             for (name, (_, url)) in &servers {
                 let l = load(url, &bodies, concurrency, seconds);

@@ -486,6 +486,10 @@ pub struct ServeArgs {
     /// the instances stay at their default).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Threads for HTTP and JSON (the async runtime's; forward passes run on the instances'
+    /// threads) (default: half the CPUs, at least 1).
+    #[arg(long)]
+    pub http_threads: Option<usize>,
     /// Require `Authorization: Bearer TOKEN` (health checks excepted); also $KILN_SERVE_TOKEN.
     #[arg(long)]
     pub token: Option<String>,

@@ -394,6 +394,65 @@ fn a_request_body_from_the_kserve_documentation_works_unchanged() {
     assert_eq!((code, live.contains("true")), (200, true));
 }
 
+/// The value of the sample `name` (labels included) in a `/metrics` text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+#[test]
+fn requests_arriving_within_max_wait_share_a_forward_pass_and_answer_as_alone() {
+    let sb = Sandbox::new();
+    let config = sb.write(
+        "iris.toml",
+        &format!(
+            "name = \"iris\"\nseed = 1\n[data]\npath = \"{}/data/sklearn/iris.csv\"\nskip_rows = 1\n[model]\nhidden = [16]\n[train]\nepochs = 5\nbatch_size = 16\n",
+            root().display()
+        ),
+    );
+    assert_exit(&sb.kiln(&["train", config.to_str().unwrap(), "--quiet"]), 0);
+    let rows: Vec<Value> = (0..8)
+        .map(|k| json!({"rows": [{"c0": 4.5 + 0.3 * k as f64, "c1": 3.0, "c2": 1.0 + 0.6 * k as f64, "c3": 0.2 * k as f64}]}))
+        .collect();
+    // Alone: one instance, no wait.
+    let alone: Vec<Value> = {
+        let server = serve(&sb, &["iris", "--instances", "1"]);
+        rows.iter()
+            .map(|r| post(&format!("{}/predict", server.url), &r.to_string(), None).2)
+            .collect()
+    };
+    // Together: one instance that waits up to 2 s for up to 8 rows; eight requests at once.
+    let server = serve(
+        &sb,
+        &["iris", "--instances", "1", "--max-wait-ms", "2000", "--max-batch", "8"],
+    );
+    let together: Vec<Value> = std::thread::scope(|scope| {
+        let calls: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let url = format!("{}/predict", server.url);
+                scope.spawn(move || post(&url, &r.to_string(), None))
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| {
+                let (code, _, body) = c.join().unwrap();
+                assert_eq!(code, 200, "{body}");
+                body
+            })
+            .collect()
+    });
+    assert_eq!(together, alone, "a row's answer does not depend on its batch");
+    let (_, text) = get(&format!("{}/metrics", server.url));
+    let passes = metric(&text, "kiln_batch_rows_count{model=\"iris\"}");
+    assert_eq!(metric(&text, "kiln_batch_rows_sum{model=\"iris\"}"), 8.0);
+    // The eight arrive within the wait: fewer passes than requests (one, unless a client
+    // thread started late).
+    assert!(passes < 8.0, "{passes} forward passes for 8 requests:\n{text}");
+}
+
 #[test]
 fn malformed_requests_get_a_4xx_naming_the_field_and_a_full_queue_503() {
     let sb = Sandbox::new();
@@ -408,6 +467,8 @@ fn malformed_requests_get_a_4xx_naming_the_field_and_a_full_queue_503() {
         ["--threads", "0"],
         ["--instances", "65"],
         ["--threads", "2000"],
+        ["--http-threads", "0"],
+        ["--http-threads", "2000"],
     ] {
         let o = sb.kiln(&[&["serve", "adult"][..], &flags[..]].concat());
         assert_exit(&o, 2);

@@ -21,6 +21,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         ("--body-limit", Some(args.body_limit)),
         ("--instances", args.instances),
         ("--threads", args.threads),
+        ("--http-threads", args.http_threads),
     ] {
         if value == Some(0) {
             return Err(Usage(format!("{flag} 0: at least 1")).into());
@@ -39,6 +40,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             "--instances {instances} x --threads {threads}: at most 1024 threads per model"
         ))
         .into());
+    }
+    let http_threads = args.http_threads.unwrap_or((cpus / 2).max(1));
+    if http_threads > 1024 {
+        return Err(Usage(format!("--http-threads {http_threads}: at most 1024")).into());
     }
     if !(args.max_wait_ms >= 0.0 && args.max_wait_ms <= 10_000.0) {
         return Err(Usage(format!("--max-wait-ms {}: 0 to 10000", args.max_wait_ms)).into());
@@ -61,6 +66,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             instances,
             threads,
         },
+        http_threads,
         token: args
             .token
             .clone()

@@ -9,12 +9,12 @@
 //! no operation to another thread, where one two-thread instance would wake a second thread
 //! for every operation of a small batch.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::Version;
 use super::metrics::Metrics;
+use super::queue::Queue;
 use crate::data::{Source, Split};
 use crate::task::Prediction;
 
@@ -56,15 +56,14 @@ pub struct Answer {
     pub classes: Vec<usize>,
 }
 
-/// Starts the batcher of `model`: `opts.instances` threads; they end when every sender of
-/// `rx` is gone.
+/// Starts the batcher of `model`: `opts.instances` threads; they end when the queue is
+/// closed and empty.
 pub fn start(
     model: &str,
-    rx: Receiver<Job>,
+    rx: &Arc<Queue<Job>>,
     opts: BatchOptions,
     metrics: &Arc<Metrics>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let rx = Arc::new(Mutex::new(rx));
     (0..opts.instances.max(1))
         .map(|k| {
             let (model, rx, metrics) = (model.to_string(), Arc::clone(&rx), Arc::clone(metrics));
@@ -84,11 +83,11 @@ pub fn start(
 fn instance(
     k: usize,
     model: &str,
-    rx: &Mutex<Receiver<Job>>,
+    rx: &Queue<Job>,
     opts: BatchOptions,
     metrics: &Metrics,
 ) {
-    while let Some(mut jobs) = next_batch(rx, opts) {
+    while let Some(mut jobs) = rx.next_batch(opts.max_batch, opts.max_wait, |j| j.data.len()) {
         metrics
             .queue_depth
             .fetch_sub(jobs.len() as i64, std::sync::atomic::Ordering::Relaxed);
@@ -109,28 +108,6 @@ fn instance(
             }
         }
     }
-}
-
-/// The next batch: the first request to come, then up to `max_batch` rows of those queued or
-/// arriving within `max_wait`. The queue is this instance's until then. `None`: the server
-/// is closing.
-fn next_batch(rx: &Mutex<Receiver<Job>>, opts: BatchOptions) -> Option<Vec<Job>> {
-    let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let first = rx.recv().ok()?;
-    let deadline = Instant::now() + opts.max_wait;
-    let mut rows = first.data.len();
-    let mut jobs = vec![first];
-    while rows < opts.max_batch {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(j) => {
-                rows += j.data.len();
-                jobs.push(j);
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    Some(jobs)
 }
 
 /// One forward pass over the jobs' rows on instance `k`'s model, then each job's share of

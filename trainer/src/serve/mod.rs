@@ -18,6 +18,7 @@ mod batcher;
 mod generation;
 pub mod metrics;
 pub mod protocol;
+mod queue;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct Options {
     pub registry: PathBuf,
     pub addr: SocketAddr,
     pub batch: BatchOptions,
+    /// The async runtime's threads (HTTP, JSON, encoding rows; never a forward pass).
+    pub http_threads: usize,
     /// `Authorization: Bearer <token>` required on everything but the health checks.
     pub token: Option<String>,
     /// Largest request body, bytes.
@@ -120,7 +123,7 @@ struct Slot {
     name: String,
     reference: String,
     current: RwLock<Arc<Version>>,
-    queue: std::sync::mpsc::SyncSender<batcher::Job>,
+    queue: queue::Sender<batcher::Job>,
     /// Places in line for a language model's generations (one runs at a time).
     generations: Arc<tokio::sync::Semaphore>,
     /// Served rows (preprocessed) and predicted classes, newest last.
@@ -199,8 +202,8 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
                 "{name} is named twice: one version per model name"
             )));
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(opts.batch.queue.max(1));
-        workers.extend(batcher::start(&name, rx, opts.batch, &metrics)?);
+        let (tx, rx) = queue::bounded(opts.batch.queue);
+        workers.extend(batcher::start(&name, &rx, opts.batch, &metrics)?);
         slots.push(Slot {
             name,
             reference: reference.clone(),
@@ -220,7 +223,7 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
         instances: opts.batch.instances,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(opts.http_threads.max(1))
         .enable_all()
         .build()?;
     let on_ready = opts.on_ready.take();
@@ -533,11 +536,11 @@ async fn run_batch(
         reply: tx,
     };
     app.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = slot.queue.try_send(job) {
+    if let Err((_, refused)) = slot.queue.push(job) {
         app.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        let why = match e {
-            std::sync::mpsc::TrySendError::Full(_) => "the queue is full: retry later",
-            std::sync::mpsc::TrySendError::Disconnected(_) => "the server is shutting down",
+        let why = match refused {
+            queue::Refused::Full => "the queue is full: retry later",
+            queue::Refused::Closed => "the server is shutting down",
         };
         let mut r = error(StatusCode::SERVICE_UNAVAILABLE, why);
         r.headers_mut()
