@@ -425,7 +425,15 @@ fn requests_arriving_within_max_wait_share_a_forward_pass_and_answer_as_alone() 
     // Together: one instance that waits up to 2 s for up to 8 rows; eight requests at once.
     let server = serve(
         &sb,
-        &["iris", "--instances", "1", "--max-wait-ms", "2000", "--max-batch", "8"],
+        &[
+            "iris",
+            "--instances",
+            "1",
+            "--max-wait-ms",
+            "2000",
+            "--max-batch",
+            "8",
+        ],
     );
     let together: Vec<Value> = std::thread::scope(|scope| {
         let calls: Vec<_> = rows
@@ -444,13 +452,19 @@ fn requests_arriving_within_max_wait_share_a_forward_pass_and_answer_as_alone() 
             })
             .collect()
     });
-    assert_eq!(together, alone, "a row's answer does not depend on its batch");
+    assert_eq!(
+        together, alone,
+        "a row's answer does not depend on its batch"
+    );
     let (_, text) = get(&format!("{}/metrics", server.url));
     let passes = metric(&text, "kiln_batch_rows_count{model=\"iris\"}");
     assert_eq!(metric(&text, "kiln_batch_rows_sum{model=\"iris\"}"), 8.0);
     // The eight arrive within the wait: fewer passes than requests (one, unless a client
     // thread started late).
-    assert!(passes < 8.0, "{passes} forward passes for 8 requests:\n{text}");
+    assert!(
+        passes < 8.0,
+        "{passes} forward passes for 8 requests:\n{text}"
+    );
 }
 
 #[test]

@@ -66,7 +66,7 @@ pub fn start(
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     (0..opts.instances.max(1))
         .map(|k| {
-            let (model, rx, metrics) = (model.to_string(), Arc::clone(&rx), Arc::clone(metrics));
+            let (model, rx, metrics) = (model.to_string(), Arc::clone(rx), Arc::clone(metrics));
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(opts.threads.max(1))
                 .thread_name(move |t| format!("kiln-serve-{k}.{t}"))
@@ -80,13 +80,7 @@ pub fn start(
 }
 
 /// Instance `k`'s loop: a batch off the queue, its forward passes, again.
-fn instance(
-    k: usize,
-    model: &str,
-    rx: &Queue<Job>,
-    opts: BatchOptions,
-    metrics: &Metrics,
-) {
+fn instance(k: usize, model: &str, rx: &Queue<Job>, opts: BatchOptions, metrics: &Metrics) {
     while let Some(mut jobs) = rx.next_batch(opts.max_batch, opts.max_wait, |j| j.data.len()) {
         metrics
             .queue_depth
