@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::Version;
 use super::metrics::Metrics;
-use super::queue::Queue;
+use super::queue::Receiver;
 use crate::data::{Source, Split};
 use crate::task::Prediction;
 
@@ -60,13 +60,13 @@ pub struct Answer {
 /// closed and empty.
 pub fn start(
     model: &str,
-    rx: &Arc<Queue<Job>>,
+    rx: Receiver<Job>,
     opts: BatchOptions,
     metrics: &Arc<Metrics>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     (0..opts.instances.max(1))
         .map(|k| {
-            let (model, rx, metrics) = (model.to_string(), Arc::clone(rx), Arc::clone(metrics));
+            let (model, rx, metrics) = (model.to_string(), rx.clone(), Arc::clone(metrics));
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(opts.threads.max(1))
                 .thread_name(move |t| format!("kiln-serve-{k}.{t}"))
@@ -80,7 +80,7 @@ pub fn start(
 }
 
 /// Instance `k`'s loop: a batch off the queue, its forward passes, again.
-fn instance(k: usize, model: &str, rx: &Queue<Job>, opts: BatchOptions, metrics: &Metrics) {
+fn instance(k: usize, model: &str, rx: &Receiver<Job>, opts: BatchOptions, metrics: &Metrics) {
     while let Some(mut jobs) = rx.next_batch(opts.max_batch, opts.max_wait, |j| j.data.len()) {
         metrics
             .queue_depth

@@ -203,7 +203,7 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
             )));
         }
         let (tx, rx) = queue::bounded(opts.batch.queue);
-        workers.extend(batcher::start(&name, &rx, opts.batch, &metrics)?);
+        workers.extend(batcher::start(&name, rx, opts.batch, &metrics)?);
         slots.push(Slot {
             name,
             reference: reference.clone(),
@@ -540,7 +540,7 @@ async fn run_batch(
         app.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         let why = match refused {
             queue::Refused::Full => "the queue is full: retry later",
-            queue::Refused::Closed => "the server is shutting down",
+            queue::Refused::Stopped => "the model's worker stopped",
         };
         let mut r = error(StatusCode::SERVICE_UNAVAILABLE, why);
         r.headers_mut()
