@@ -1,12 +1,11 @@
 //! A model's bounded request queue, shared by its batcher instances.
 //!
-//! Each request wakes at most one idle instance, the one idle for the shortest time (its
-//! caches still hold the weights), and an instance sleeps only while it has nothing to do.
-//! A `Mutex<Receiver>` shared by the instances (what this replaces) cost one more thread
-//! switch per request when the server is quiet (the instance that took a request woke the
-//! next one to wait on the lock, which then slept again in the receive), and took turns
-//! between the instances, so each request found the weights in the other core's cache. On a
-//! VM each switch costs tens of microseconds.
+//! Each request wakes at most one idle instance, the one idle for the shortest time (when
+//! the server is quiet, one instance answers everything, on caches it keeps warm), and an
+//! instance sleeps only while it has nothing to do. A `Mutex<Receiver>` shared by the
+//! instances (what this replaces) cost one more thread switch per request when the server is
+//! quiet: the instance that took a request woke the next one to wait on the lock, which then
+//! slept again in the receive. On a VM each switch costs tens of microseconds.
 //!
 //! With a `max_wait`, the instance gathering a batch has the queue to itself until its batch
 //! is full or its wait is over (the others wait their turn), as with the lock before.
