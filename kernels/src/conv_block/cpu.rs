@@ -20,6 +20,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::winograd;
 pub use crate::unit::available;
 use crate::unit::{Unit, unit};
 
@@ -106,12 +107,12 @@ impl Geometry {
     }
 
     /// Width of the padded grid's rows.
-    fn wp(&self) -> usize {
+    pub(super) fn wp(&self) -> usize {
         self.width + self.padding[2] + self.padding[3]
     }
 
     /// Elements of one padded input plane.
-    fn plane(&self) -> usize {
+    pub(super) fn plane(&self) -> usize {
         (self.height + self.padding[0] + self.padding[1]) * self.wp()
     }
 
@@ -438,10 +439,18 @@ pub(crate) fn forward_on(
     let out = g.c_out * oh * ow;
     let mut y = vec![0.0f32; g.batch * out];
     let offs = g.offsets();
+    // Winograd where it suits the block (an image with a value that is not finite takes the
+    // direct kernel).
+    let u = winograd::prepare(g, weight, bias);
     y.par_chunks_mut(out)
         .zip(x.par_chunks(image))
         .for_each(|(y_n, x_n)| {
-            SCRATCH.with_borrow_mut(|s| image_on(unit, g, x_n, &offs, weight, bias, s, y_n))
+            let done = u
+                .as_deref()
+                .is_some_and(|u| winograd::image_on(unit, g, x_n, u, bias, y_n));
+            if !done {
+                SCRATCH.with_borrow_mut(|s| image_on(unit, g, x_n, &offs, weight, bias, s, y_n))
+            }
         });
     y
 }

@@ -5,7 +5,8 @@
 //! arithmetic: an im2col copy and a matrix product packed afresh for every image (the first
 //! convolution's product only 9 deep), a full-size activation written and read back by the
 //! ReLU and again by the pool. Here each output is a vector of fused multiply-adds straight
-//! from the padded image, pooled while it is still in cache.
+//! from the padded image, pooled while it is still in cache; a block with a 3x3 kernel, a
+//! 2x2 pool and channels in whole vectors of 16 takes Winograd's F(2x2, 3x3) ([`winograd`]).
 //!
 //! Inference only: the op applies on the CPU backend without autodiff (evaluation,
 //! `kiln predict`, `kiln serve`); training keeps the op-by-op path and its gradients, so
@@ -16,6 +17,7 @@
 pub mod cpu;
 #[cfg(test)]
 mod tests;
+mod winograd;
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;

@@ -10,7 +10,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use super::{CALLS, conv_relu_pool, cpu, op_by_op};
+use super::{CALLS, conv_relu_pool, cpu, op_by_op, winograd};
 use crate::testing::{same_on_every_unit, values};
 
 fn conv(c_in: usize, c_out: usize, kernel: [usize; 2], padding: PaddingConfig2d) -> Conv2d {
@@ -59,7 +59,49 @@ fn the_mnist_cnn_blocks_match_op_by_op() {
         &conv(1, 32, [3, 3], same.clone()),
         Some(&pool),
     );
+    // The second block (32 -> 64 channels) takes Winograd's transform.
+    let before = winograd::IMAGES.load(Ordering::Relaxed);
     check([2, 32, 14, 14], &conv(32, 64, [3, 3], same), Some(&pool));
+    assert!(winograd::IMAGES.load(Ordering::Relaxed) >= before + 2);
+}
+
+#[test]
+fn winograd_matches_op_by_op_on_odd_sizes_and_leaves_images_not_finite_to_the_direct_kernel() {
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    // Odd sizes (the pool drops the last row and column), asymmetric padding (top 2, left 0,
+    // bottom 1, right 1), channels in one and in several vectors.
+    check(
+        [2, 16, 7, 9],
+        &conv(16, 32, [3, 3], PaddingConfig2d::Explicit(2, 0, 1, 1)),
+        Some(&pool),
+    );
+    check(
+        [1, 48, 5, 6],
+        &conv(48, 16, [3, 3], PaddingConfig2d::Valid),
+        Some(&pool),
+    );
+    // Image 1 holds a NaN, image 2 an infinity: those two take the direct kernel, whose NaN
+    // and infinities are the op-by-op path's; image 0 takes Winograd.
+    let block = conv(16, 16, [3, 3], PaddingConfig2d::Explicit(1, 1, 1, 1));
+    let mut x = values(input([3, 16, 6, 6]));
+    let image = 16 * 6 * 6;
+    x[image + 7] = f32::NAN;
+    x[2 * image + 40] = f32::INFINITY;
+    let x = Tensor::<4>::from_data(
+        burn::tensor::TensorData::new(x, [3, 16, 6, 6]),
+        &Device::flex(),
+    );
+    let before = winograd::IMAGES.load(Ordering::Relaxed);
+    let y = values(conv_relu_pool(&block, Some(&pool), x.clone()));
+    assert!(winograd::IMAGES.load(Ordering::Relaxed) > before);
+    let want = values(op_by_op(&block, Some(&pool), x));
+    assert!(y.iter().any(|v| v.is_nan()) && y.iter().any(|v| v.is_infinite()));
+    for (a, b) in y.iter().zip(&want) {
+        assert!(
+            (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() / b.abs().max(1.0) < 1e-5,
+            "{a} vs {b}"
+        );
+    }
 }
 
 #[test]
@@ -150,6 +192,21 @@ fn every_vector_unit_gives_the_same_values() {
     let x = values(input([2, 3, 9, 11]));
     let weight = values(input([7, 3, 3, 3]));
     let bias = values(input([1, 1, 1, 7]));
+    same_on_every_unit(|unit| cpu::forward_on(unit, &g, &x, &weight, &bias));
+    // A block Winograd's transform computes, with tiles and vectors left over.
+    let g = cpu::Geometry {
+        batch: 2,
+        c_in: 32,
+        height: 9,
+        width: 11,
+        c_out: 48,
+        kernel: [3, 3],
+        padding: [1, 1, 1, 1],
+        pool: [2, 2],
+    };
+    let x = values(input([2, 32, 9, 11]));
+    let weight = values(input([48, 32, 3, 3]));
+    let bias = values(input([1, 1, 1, 48]));
     same_on_every_unit(|unit| cpu::forward_on(unit, &g, &x, &weight, &bias));
 }
 
