@@ -60,9 +60,9 @@ fn the_mnist_cnn_blocks_match_op_by_op() {
         Some(&pool),
     );
     // The second block (32 -> 64 channels) takes Winograd's transform.
-    let before = winograd::IMAGES.load(Ordering::Relaxed);
+    let before = winograd::images([32, 64, 14, 14]);
     check([2, 32, 14, 14], &conv(32, 64, [3, 3], same), Some(&pool));
-    assert!(winograd::IMAGES.load(Ordering::Relaxed) >= before + 2);
+    assert!(winograd::images([32, 64, 14, 14]) >= before + 2);
 }
 
 #[test]
@@ -91,9 +91,10 @@ fn winograd_matches_op_by_op_on_odd_sizes_and_leaves_images_not_finite_to_the_di
         burn::tensor::TensorData::new(x, [3, 16, 6, 6]),
         &Device::flex(),
     );
-    let before = winograd::IMAGES.load(Ordering::Relaxed);
+    let before = winograd::images([16, 16, 6, 6]);
     let y = values(conv_relu_pool(&block, Some(&pool), x.clone()));
-    assert!(winograd::IMAGES.load(Ordering::Relaxed) > before);
+    // No other test has this shape.
+    assert_eq!(winograd::images([16, 16, 6, 6]), before + 1);
     let want = values(op_by_op(&block, Some(&pool), x));
     assert!(y.iter().any(|v| v.is_nan()) && y.iter().any(|v| v.is_infinite()));
     for (a, b) in y.iter().zip(&want) {
@@ -232,4 +233,114 @@ fn wide_paddings_match_op_by_op_and_sizes_that_overflow_are_refused() {
         pool: [1, usize::MAX / 2 - 15],
     };
     assert!(!huge.is_valid(), "a geometry whose sizes overflow passed");
+}
+
+/// Convolution, bias, ReLU and a 2x2 floor pool, one output at a time in f64: the reference
+/// for weights laid out as the kernel takes them.
+fn reference(g: &cpu::Geometry, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+    let [t, _, l, _] = g.padding;
+    let [oh, ow] = g.out_hw();
+    let at = |n: usize, c: usize, yy: isize, xx: isize| -> f64 {
+        let (yy, xx) = (yy - t as isize, xx - l as isize);
+        if yy < 0 || xx < 0 || yy >= g.height as isize || xx >= g.width as isize {
+            return 0.0;
+        }
+        f64::from(x[((n * g.c_in + c) * g.height + yy as usize) * g.width + xx as usize])
+    };
+    let mut y = Vec::new();
+    for n in 0..g.batch {
+        for o in 0..g.c_out {
+            for py in 0..oh {
+                for px in 0..ow {
+                    let mut m = f64::NEG_INFINITY;
+                    for (cy, cx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let (oy, ox) = (2 * py + cy, 2 * px + cx);
+                        let mut z = f64::from(b[o]);
+                        for c in 0..g.c_in {
+                            for i in 0..3 {
+                                for j in 0..3 {
+                                    let wv = f64::from(w[((o * g.c_in + c) * 3 + i) * 3 + j]);
+                                    z += wv * at(n, c, (oy + i) as isize, (ox + j) as isize);
+                                }
+                            }
+                        }
+                        m = m.max(z);
+                    }
+                    y.push(m.max(0.0) as f32);
+                }
+            }
+        }
+    }
+    y
+}
+
+fn close_to(y: &[f32], want: &[f32], what: &str) {
+    assert_eq!(y.len(), want.len(), "{what}: size");
+    for (k, (a, b)) in y.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() / b.abs().max(1.0) < 1e-5,
+            "{what}, output {k}: {a} vs {b}"
+        );
+    }
+}
+
+#[test]
+fn an_overflow_inside_winograd_falls_back_to_the_direct_kernel() {
+    // Finite inputs whose transform overflows: 2e38 - (-2e38) is infinite in float, and the
+    // weights that would multiply it are zero (infinity x 0: NaN in one of a tile's four
+    // outputs). The block's answer is the direct kernel's: 5, the centre tap's pixel.
+    let g = cpu::Geometry {
+        batch: 1,
+        c_in: 16,
+        height: 4,
+        width: 4,
+        c_out: 16,
+        kernel: [3, 3],
+        padding: [0, 0, 0, 0],
+        pool: [2, 2],
+    };
+    let mut x = vec![0.0f32; 16 * 16];
+    x[0] = 2e38;
+    x[2] = -2e38;
+    x[5] = 5.0;
+    let mut w = vec![0.0f32; 16 * 16 * 9];
+    w[4] = 1.0;
+    let b = vec![0.0f32; 16];
+    let before = winograd::images([16, 16, 4, 4]);
+    let y = cpu::forward(&g, &x, &w, &b).expect("an FMA CPU");
+    assert_eq!(
+        winograd::images([16, 16, 4, 4]),
+        before,
+        "counted only when it answers"
+    );
+    assert_eq!(y[0], 5.0);
+    assert!(y[1..].iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn the_same_weights_split_into_other_channels_are_other_weights() {
+    // 16 -> 32 and 32 -> 16 channels: the same 4,608 numbers, transformed apart.
+    let w = values(input([1, 1, 1, 16 * 32 * 9]));
+    let b = values(input([1, 1, 1, 32]));
+    for [c_in, c_out] in [[16, 32], [32, 16], [16, 32]] {
+        let g = cpu::Geometry {
+            batch: 2,
+            c_in,
+            height: 6,
+            width: 5,
+            c_out,
+            kernel: [3, 3],
+            padding: [1, 1, 1, 1],
+            pool: [2, 2],
+        };
+        let x = values(input([2, c_in, 6, 5]));
+        let before = winograd::images([c_in, c_out, 6, 5]);
+        let y = cpu::forward(&g, &x, &w, &b[..c_out]).expect("an FMA CPU");
+        assert!(winograd::images([c_in, c_out, 6, 5]) >= before + 2);
+        close_to(
+            &y,
+            &reference(&g, &x, &w, &b[..c_out]),
+            &format!("{c_in} -> {c_out}"),
+        );
+    }
 }

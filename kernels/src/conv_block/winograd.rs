@@ -61,6 +61,8 @@ fn transform_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
 /// A weight tensor this thread transformed, with its raw bits (a server calls once per
 /// request with the same weights; transforming them takes longer than the products).
 struct Cached {
+    /// `[c_in, c_out]`: the same numbers split into other channels are other weights.
+    channels: [usize; 2],
     raw: Vec<f32>,
     u: Arc<[f32]>,
 }
@@ -81,9 +83,20 @@ thread_local! {
     static CACHE: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Images computed here: the tests check which blocks take this path.
+/// Images computed here, by `[c_in, c_out, height, width]`: the tests check which blocks
+/// and images take this path.
 #[cfg(test)]
-pub(super) static IMAGES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub(super) static IMAGES: std::sync::Mutex<Vec<([usize; 4], usize)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How many images of this shape were computed here.
+#[cfg(test)]
+pub(super) fn images(shape: [usize; 4]) -> usize {
+    let log = IMAGES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    log.iter().find(|(s, _)| *s == shape).map_or(0, |(_, n)| *n)
+}
 
 /// At most this many weight tensors stay transformed per thread.
 const CACHED: usize = 4;
@@ -109,7 +122,11 @@ pub(super) fn prepare(g: &Geometry, weight: &[f32], bias: &[f32]) -> Option<Arc<
         return None;
     }
     CACHE.with_borrow_mut(|cache| {
-        if let Some(c) = cache.iter().find(|c| same_bits(&c.raw, weight)) {
+        let channels = [g.c_in, g.c_out];
+        if let Some(c) = cache
+            .iter()
+            .find(|c| c.channels == channels && same_bits(&c.raw, weight))
+        {
             return Some(Arc::clone(&c.u));
         }
         if !finite(weight) {
@@ -120,6 +137,7 @@ pub(super) fn prepare(g: &Geometry, weight: &[f32], bias: &[f32]) -> Option<Arc<
         }
         let u: Arc<[f32]> = transform_weights(g, weight).into();
         cache.push(Cached {
+            channels,
             raw: weight.to_vec(),
             u: Arc::clone(&u),
         });
@@ -262,7 +280,7 @@ fn products<const RT: usize, const VO: usize>(g: &Geometry, v: &[f32], u: &[f32]
 
 /// `Aᵀ M A` of every tile, `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`, plus the bias, then the max
 /// of the tile's four outputs and the ReLU, into `y` (`c_out` planes). False if an output is
-/// NaN (an overflow the direct kernel would have kept infinite).
+/// not finite (an overflow, which the direct kernel may not have had).
 #[inline(always)]
 fn output_transform(g: &Geometry, m: &[f32], bias: &[f32], y: &mut [f32]) -> bool {
     let [oh, ow] = g.out_hw();
@@ -294,9 +312,11 @@ fn output_transform(g: &Geometry, m: &[f32], bias: &[f32], y: &mut [f32]) -> boo
                 let y01 = a[1][l] - a[2][l] - a[3][l] + b;
                 let y10 = c[0][l] + c[1][l] + c[2][l] + b;
                 let y11 = c[1][l] - c[2][l] - c[3][l] + b;
-                let q = max(max(y00, y01), max(y10, y11));
-                bad |= u32::from(q.is_nan());
-                p[l] = max(q, 0.0);
+                // An infinity or a NaN in any of the four (an overflow in the transforms
+                // reaches at least one): the direct kernel redoes the image.
+                let finite = y00.is_finite() & y01.is_finite() & y10.is_finite() & y11.is_finite();
+                bad |= u32::from(!finite);
+                p[l] = max(max(max(y00, y01), max(y10, y11)), 0.0);
             }
             nan |= bad != 0;
             for (l, &v) in p.iter().enumerate() {
@@ -321,8 +341,6 @@ fn image<const RT: usize, const VO: usize>(
     if !finite(x) {
         return false;
     }
-    #[cfg(test)]
-    IMAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Scratch { xh, v, m } = s;
     let [oh, ow] = g.out_hw();
     let (ci, wp, tiles) = (g.c_in, g.wp(), oh * ow);
@@ -345,7 +363,19 @@ fn image<const RT: usize, const VO: usize>(
     m.resize(tiles * 16 * g.c_out, 0.0);
     input_transform(g, xh, v);
     products::<RT, VO>(g, v, u, m);
-    output_transform(g, m, bias, y)
+    let answered = output_transform(g, m, bias, y);
+    #[cfg(test)]
+    if answered {
+        let shape = [g.c_in, g.c_out, g.height, g.width];
+        let mut log = IMAGES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match log.iter_mut().find(|(s, _)| *s == shape) {
+            Some((_, n)) => *n += 1,
+            None => log.push((shape, 1)),
+        }
+    }
+    answered
 }
 
 /// [`image`] compiled for `unit`, on this thread's buffers, with the weights [`prepare`]
