@@ -312,8 +312,9 @@ fn main() {
     // KILN_LOAD_URL=http://127.0.0.1:PORT: one server already running (under a profiler),
     // loaded with MNIST images at each level; nothing is started.
     if let Ok(url) = std::env::var("KILN_LOAD_URL") {
+        let bodies = mnist_bodies();
         for concurrency in [1, 8, 32] {
-            let l = load(&url, &mnist_bodies(), concurrency, seconds);
+            let l = load(&url, &bodies, concurrency, seconds);
             println!(
                 "{url}: {} clients, {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
                 l.concurrency, l.rps, l.p50_ms, l.p99_ms, l.errors

@@ -240,40 +240,53 @@ unsafe fn product_tile<const RT: usize, const VO: usize>(
     }
 }
 
-/// Every product: tiles of `RT` tiles times `VO` vectors of output channels, then the rest one
-/// tile or one vector at a time.
+/// The products of `R` tiles from `t` for every output channel: `VO` vectors at a time, then
+/// the vectors left one at a time.
+///
+/// # Safety
+/// `t + R <= tiles`, and the buffers are as [`products`] asserts.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_row<const R: usize, const VO: usize>(
+    v: &[f32],
+    u: &[f32],
+    m: &mut [f32],
+    xi: usize,
+    t: usize,
+    tiles: usize,
+    ci: usize,
+    co: usize,
+) {
+    let mut o = 0;
+    // SAFETY (each call): every vector ends at or before `c_out`; the rest by the contract.
+    while o + VO * L <= co {
+        unsafe { product_tile::<R, VO>(v, u, m, xi, t, o, tiles, ci, co) };
+        o += VO * L;
+    }
+    while o < co {
+        unsafe { product_tile::<R, 1>(v, u, m, xi, t, o, tiles, ci, co) };
+        o += L;
+    }
+}
+
+/// Every product: `RT` tiles at a time, then the tiles left one at a time.
 #[inline(always)]
 fn products<const RT: usize, const VO: usize>(g: &Geometry, v: &[f32], u: &[f32], m: &mut [f32]) {
     let [oh, ow] = g.out_hw();
     let (tiles, ci, co) = (oh * ow, g.c_in, g.c_out);
     assert!(v.len() >= 16 * tiles * ci && u.len() >= 16 * ci * co && m.len() >= tiles * 16 * co);
-    // SAFETY (each call): every tile ends at or before `tiles` and every vector at or before
-    // `c_out`, and the buffers are as long as asserted.
     for xi in 0..16 {
         let mut t = 0;
-        while t + RT <= tiles {
-            let mut o = 0;
-            while o + VO * L <= co {
-                unsafe { product_tile::<RT, VO>(v, u, m, xi, t, o, tiles, ci, co) };
-                o += VO * L;
-            }
-            while o < co {
-                unsafe { product_tile::<RT, 1>(v, u, m, xi, t, o, tiles, ci, co) };
-                o += L;
-            }
-            t += RT;
-        }
+        // SAFETY (each call): every row of tiles ends at or before `tiles`, and the buffers are
+        // as long as asserted.
         while t < tiles {
-            let mut o = 0;
-            while o + VO * L <= co {
-                unsafe { product_tile::<1, VO>(v, u, m, xi, t, o, tiles, ci, co) };
-                o += VO * L;
+            if t + RT <= tiles {
+                unsafe { tile_row::<RT, VO>(v, u, m, xi, t, tiles, ci, co) };
+                t += RT;
+            } else {
+                unsafe { tile_row::<1, VO>(v, u, m, xi, t, tiles, ci, co) };
+                t += 1;
             }
-            while o < co {
-                unsafe { product_tile::<1, 1>(v, u, m, xi, t, o, tiles, ci, co) };
-                o += L;
-            }
-            t += 1;
         }
     }
 }

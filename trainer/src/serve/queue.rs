@@ -235,6 +235,13 @@ mod tests {
         }
     }
 
+    /// Until an instance gathers a batch.
+    fn until_gathering(q: &Receiver<u32>) {
+        while q.0.lock().gatherer.is_none() {
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn refuses_past_capacity_and_after_closing() {
         let (tx, q) = bounded::<u32>(2);
@@ -320,9 +327,7 @@ mod tests {
         let (tx, q) = bounded::<u32>(8);
         let gatherer = instance(&q, 3, Duration::from_secs(30));
         tx.push(1).unwrap();
-        while q.0.lock().gatherer.is_none() {
-            std::thread::yield_now();
-        }
+        until_gathering(&q);
         // Another instance, free now, waits its turn rather than take requests 2 and 3.
         let other = instance(&q, 8, Duration::ZERO);
         until_idle(&q, 1);
@@ -340,9 +345,7 @@ mod tests {
         let (tx, q) = bounded::<u32>(8);
         let gatherer = instance(&q, 4, Duration::from_secs(30));
         tx.push(1).unwrap();
-        while q.0.lock().gatherer.is_none() {
-            std::thread::yield_now();
-        }
+        until_gathering(&q);
         let others: Vec<_> = (0..2).map(|_| instance(&q, 4, Duration::ZERO)).collect();
         until_idle(&q, 2);
         tx.push(2).unwrap();
