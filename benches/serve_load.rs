@@ -13,7 +13,7 @@
 //! judged against the build before it, on the same machine at the same time.
 //! KILN_SERVE_ARGS: flags added to `kiln serve`. KILN_LOAD_URL: load a server already running
 //! (a kiln serve of an MNIST model under `perf`, say) instead of starting any.
-//! Closed-loop clients, each with a keep-alive connection (ureq agent); bounded in time.
+//! Closed-loop clients, each with a keep-alive connection of its own; bounded in time.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -108,8 +108,8 @@ fn start_anchor(python: &str, onnx: &Path, port: u16, workers: usize) -> (Proc, 
     let url = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
     while ureq::post(&format!("{url}/predict"))
-        .send_string("{}")
-        .is_err_and(|e| matches!(e, ureq::Error::Transport(_)))
+        .send("{}")
+        .is_err_and(|e| matches!(e, ureq::Error::Io(_) | ureq::Error::ConnectionFailed))
     {
         assert!(
             start.elapsed() < Duration::from_secs(60),

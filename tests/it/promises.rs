@@ -1,17 +1,15 @@
-//! What the README promises a user, each checked end to end through the `kiln` binary: config
+//! What the book promises a user, each checked end to end through the `kiln` binary: config
 //! and data errors that must be clear (not a crash), retention and `restore_best` on a real run,
 //! the registry's clean-up and refusals, and a checkpoint write error.
 //!
 //! These tests train real models: run them with `cargo test --release`.
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// The one `error:` line of a refused command, which must mention every word of `says`.
@@ -29,7 +27,7 @@ fn one_error_line(o: &std::process::Output, says: &[&str]) -> String {
     errors[0].clone()
 }
 
-/// README, "Exit codes": a config error is one `error:` line and exit code 2, never a crash.
+/// The book, "Exit codes": a config error is one `error:` line and exit code 2, never a crash.
 /// A hidden layer of four billion units would need terabytes for its weights alone: kiln must
 /// say so before allocating anything (not abort with exit code 134 when the allocation
 /// fails), and leave no run behind.
@@ -67,7 +65,7 @@ fn a_batch_larger_than_the_data_is_full_batch_training() {
     );
 }
 
-/// README, "Configs": files are checked for existence before any work starts; a folder given
+/// The book, "Configs": files are checked for existence before any work starts; a folder given
 /// as the data file is named as one (not "no such file", which would send the user looking
 /// for a missing path).
 #[test]
@@ -123,7 +121,7 @@ fn small_table(label_first: bool, numeric_labels: bool) -> Vec<String> {
 
 const BOM: &str = "\u{feff}";
 
-/// README, "Configs" (`data.header`, `data.label` by name): a CSV saved by a spreadsheet
+/// The book, "Configs" (`data.header`, `data.label` by name): a CSV saved by a spreadsheet
 /// program often starts with a UTF-8 byte-order mark. The first column's name must not carry
 /// it, so `data.label = "kind"` finds the column; and without a header, the first cell after
 /// the mark is the number it reads as.
@@ -216,7 +214,7 @@ fn overfitting_config(sb: &Sandbox, train: &str) -> PathBuf {
     )
 }
 
-/// README, config reference, `train.restore_best`: "keep and evaluate the best weights by
+/// The book, config reference, `train.restore_best`: "keep and evaluate the best weights by
 /// `monitor`, not the last", and the model registered is that one.
 #[test]
 fn restore_best_keeps_the_best_weights_and_without_it_the_last() {
@@ -294,7 +292,7 @@ fn written_checkpoints(steps: u64, epochs: u64, every: u64) -> BTreeSet<u64> {
         .collect()
 }
 
-/// README, "The model registry", retention: each run keeps its newest `train.keep_last`
+/// The book, "The model registry", retention: each run keeps its newest `train.keep_last`
 /// checkpoints and the `train.keep_best` with the best monitored value, and nothing else.
 #[test]
 fn retention_keeps_the_newest_and_the_best_checkpoints() {
@@ -364,7 +362,7 @@ fn dead_pid() -> u32 {
     pid
 }
 
-/// README, "The model registry", retention and commands: `kiln registry gc` removes unfinished
+/// The book, "The model registry", retention and commands: `kiln registry gc` removes unfinished
 /// writes of dead processes and, in runs not training now, checkpoints beyond retention and
 /// damaged ones a resume set aside; `--dry-run` lists what it would remove and changes nothing.
 #[test]
@@ -461,7 +459,7 @@ fn gc_dry_run_lists_what_gc_then_removes() {
     assert!(json(&o)["damaged"].as_array().unwrap().is_empty());
 }
 
-/// README, "The model registry", commands: `rm MODEL` of a version is refused while an alias
+/// The book, "The model registry", commands: `rm MODEL` of a version is refused while an alias
 /// set by `tag` points at it (changing nothing), and with `--force` removes it and the alias.
 #[test]
 fn rm_of_a_tagged_version_needs_force_and_drops_the_alias() {
@@ -503,7 +501,7 @@ fn rm_of_a_tagged_version_needs_force_and_drops_the_alias() {
     assert_exit(&o, 0);
 }
 
-/// README, "The model registry", commands: `rm` of a run is refused while it trains, and the
+/// The book, "The model registry", commands: `rm` of a run is refused while it trains, and the
 /// run is left as it was; once it no longer trains, it can be removed.
 #[test]
 fn rm_of_a_run_that_is_training_is_refused() {
@@ -559,7 +557,7 @@ fn rm_of_a_run_that_is_training_is_refused() {
     assert!(!run_dir.exists(), "rm of a stopped run left its folder");
 }
 
-/// README, "The model registry", checkpoints in the background: "a write error stops training
+/// The book, "The model registry", checkpoints in the background: "a write error stops training
 /// with the error". The registry's `.tmp` (where every entry is written before its rename)
 /// becomes a file under the running training, so its next checkpoint cannot be written, even
 /// by root; the run must end with exit code 1, an error naming the path, and be marked failed.

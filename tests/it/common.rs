@@ -1,5 +1,4 @@
 //! Helpers shared by the end-to-end tests: a sandbox registry, the `kiln` binary, outputs.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

@@ -2,13 +2,11 @@
 //! builder script, real JPEG photographs (scikit-learn's two samples), broken files, exact
 //! resume with augmentation, two ranks under MPI, and the exported ResNet in onnxruntime.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// The first `limit` images of each MNIST split as `OUT/{train,test}/<digit>/*.png`, written by
 /// `scripts/build_mnist_png.py`.

@@ -1,16 +1,15 @@
 //! Devices end to end: `kiln devices`, `--device` errors, and training on a real WGPU device.
 //!
-//! The WGPU tests need the `wgpu` feature and a Vulkan driver. CI installs Mesa's lavapipe (a
-//! Vulkan device on the CPU) and runs them with `--features wgpu`; elsewhere, without an
-//! adapter, they say they were skipped. With `cuda` compiled in and no GPU (CI), the tests check
-//! what the CUDA build says and refuses; the `gpu_` tests need a CUDA GPU and are ignored unless
-//! asked for (`scripts/test -- gpu_ -- --ignored`), when a missing GPU fails them.
-
-mod common;
+//! The WGPU tests need the `wgpu` feature (a default one) and a Vulkan driver. CI installs Mesa's
+//! lavapipe (a Vulkan device on the CPU); elsewhere, without an adapter, they say they were
+//! skipped. With `cuda` compiled in and no GPU (CI's CUDA step, scripts/test-cuda), the tests
+//! check what the CUDA build says and refuses; the `gpu_` tests need a CUDA GPU and are ignored
+//! unless asked for (`KILN_FEATURES=cuda,nccl,mpi scripts/test -- gpu_ -- --ignored`), when a
+//! missing GPU fails them.
 
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn devices(sb: &Sandbox) -> Value {
@@ -258,7 +257,8 @@ fn trains_as_the_cpu_does(sb: &Sandbox, device: &str, tol: f64) -> Value {
 }
 
 /// Fails unless this build has CUDA and the machine a GPU: the `gpu_` tests are ignored by
-/// default and run on request (`scripts/test -- gpu_ -- --ignored`), so a missing GPU is a failure, not a skip.
+/// default and run on request (`KILN_FEATURES=cuda,nccl,mpi scripts/test -- gpu_ -- --ignored`),
+/// so a missing GPU is a failure, not a skip.
 fn require_cuda_gpu(sb: &Sandbox) {
     if !cfg!(feature = "cuda") {
         panic!("the gpu_ tests need a build with --features cuda");
@@ -270,7 +270,7 @@ fn require_cuda_gpu(sb: &Sandbox) {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: on a GPU machine, `scripts/test -- gpu_ -- --ignored`"]
+#[ignore = "needs an NVIDIA GPU: on a GPU machine, `KILN_FEATURES=cuda,nccl,mpi scripts/test -- gpu_ -- --ignored`"]
 fn gpu_cuda_trains_the_digits_mlp_as_the_cpu_does() {
     let sb = Sandbox::new();
     require_cuda_gpu(&sb);
@@ -284,7 +284,7 @@ fn gpu_cuda_trains_the_digits_mlp_as_the_cpu_does() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: on a GPU machine, `scripts/test -- gpu_ -- --ignored`"]
+#[ignore = "needs an NVIDIA GPU: on a GPU machine, `KILN_FEATURES=cuda,nccl,mpi scripts/test -- gpu_ -- --ignored`"]
 fn gpu_cuda_mixed_precision_tracks_f32() {
     let sb = Sandbox::new();
     require_cuda_gpu(&sb);
@@ -536,7 +536,7 @@ fn interrupted_run(sb: &Sandbox, cfg: &str, total_steps: u64) -> std::path::Path
     panic!("five trainings all ran to their end before the test could interrupt them");
 }
 
-/// README, "Backends and features": `--device` with `--resume` continues a run on another
+/// The book, "Backends and features": `--device` with `--resume` continues a run on another
 /// device; a device that cannot be used is one line, exit code 1, before anything about the
 /// run changes ("No GPU, no driver, an index out of range, a backend not compiled in: each is
 /// one line saying which and how to fix it, exit code 1").

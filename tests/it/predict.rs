@@ -1,10 +1,8 @@
 //! `kiln predict` end to end: a model over a data file, with or without its label column.
 
-mod common;
-
 use std::io::Read;
 
-use common::*;
+use crate::common::*;
 
 fn csv_predictions(text: &str) -> Vec<(String, String)> {
     text.lines()

@@ -1,11 +1,9 @@
 //! `kiln drift`: the training profile saved with a table model, scores checked against numpy
 //! and scipy, and what a shifted batch and an unshifted one get.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// `adult-test.csv` with every age 10 years more and every `Private` workclass `Self-emp-inc`.

@@ -1,12 +1,10 @@
 //! `kiln explain`, `kiln fairness` and the report's sections, end to end through the binary,
 //! checked against scikit-learn, fairlearn and exact Shapley values (tests/explain_check.py).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn python_check(python: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Value {

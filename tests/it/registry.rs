@@ -3,13 +3,11 @@
 //!
 //! These tests train real models: run them with `cargo test --release`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn train_json(sb: &Sandbox, args: &[&str]) -> Value {
@@ -306,7 +304,7 @@ fn sigkill_twenty_times_then_resume_ends_bit_identical() {
     assert_intact(&sb);
 }
 
-/// README, "The model registry" (crash safety): the registry lock makes version numbers and
+/// The book, "The model registry" (crash safety): the registry lock makes version numbers and
 /// aliases safe with concurrent writers; `latest` and `best` move by themselves.
 #[test]
 fn two_trainings_into_one_registry_at_once() {
@@ -737,7 +735,7 @@ fn init_from_records_lineage_and_checks_the_architecture() {
         "--init-from did not start from the trained weights: first loss {tuned}, fresh {fresh}, v1 ended at {v1_end}"
     );
     // Another architecture: a clear error naming a tensor that differs and both its shapes
-    // (README, "The command line": "a mismatch names the tensor and both shapes"), and no run
+    // (the book, "The command line": "a mismatch names the tensor and both shapes"), and no run
     // left behind.
     let runs_before = run_dirs(&sb);
     let other = digits_config_with(&sb, "\nhidden = [16]", SMALL);

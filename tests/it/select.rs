@@ -3,13 +3,11 @@
 //! before any trial, a grid enumerated exactly, SIGKILL then `--resume` equal to an
 //! uninterrupted sweep, two workers never running one trial).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[test]

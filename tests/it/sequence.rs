@@ -5,11 +5,9 @@
 //!
 //! These tests train real models: run them with `cargo test --release`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A tiny GPT on one play of the shipped corpus (165 kB): 2 layers of width 32, blocks of 32
@@ -113,7 +111,7 @@ fn a_tiny_gpt_follows_its_golden_loss_curve() {
     assert_eq!(json(&o)["metrics"], first["metrics"]["valid"]);
 }
 
-/// README, "The model registry": a language model resumes exactly too. The run is killed
+/// The book, "The model registry": a language model resumes exactly too. The run is killed
 /// (SIGKILL) once a checkpoint is on disk; resumed, it ends with the weights of a run never
 /// interrupted: the blocks a step draws, the dropout masks and the optimizer state all come back.
 #[test]
@@ -338,7 +336,7 @@ fn the_shakespeare_config_smoke_trains_and_generates() {
     assert_eq!(text.chars().count(), 6 + 20 + 1, "{text:?}");
 }
 
-/// README, "Export": a GPT exports with a dynamic batch and sequence, passes kiln's parity gate
+/// The book, "Export": a GPT exports with a dynamic batch and sequence, passes kiln's parity gate
 /// in tract, and onnxruntime, reading the held-out text itself, scores it as `kiln eval` does
 /// and generates the same greedy text as `kiln generate` (the window sliding past 32
 /// positions: the graph runs every length up to the block).
@@ -411,7 +409,7 @@ fn an_exported_gpt_scores_and_generates_in_onnxruntime_as_kiln_does() {
     );
 }
 
-/// README, "Text classification": the genre config trains (smoke), `kiln predict` reads the
+/// The book, "Text classification": the genre config trains (smoke), `kiln predict` reads the
 /// TSV's text column, the export passes the gate, and onnxruntime, tokenizing the file itself,
 /// gives kiln's probabilities for every row, a text alone as in a padded batch.
 #[test]
@@ -499,7 +497,7 @@ fn a_text_classifier_predicts_and_exports_with_the_same_answers() {
     }
 }
 
-/// README, "Sequence models": a byte-level BPE trained by kiln on the training text, saved with
+/// The book, "Sequence models": a byte-level BPE trained by kiln on the training text, saved with
 /// the run; the same tokenizer given back as a `tokenizer.json` reads the corpus into the same
 /// tokens (the same first loss); generation streams whole characters and the cache changes
 /// nothing.

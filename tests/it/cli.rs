@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// The run configs under `dir` (sweep files, in `configs/sweeps/`, are not run configs).
 fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -418,7 +417,7 @@ fn a_mid_epoch_checkpoint_holds_batch_norms_statistics_of_its_step() {
 }
 
 /// Ctrl-C during training, then `--resume`: the same metrics and final weights as a run that
-/// was never interrupted (README, "Exact resume").
+/// was never interrupted (the book, "Exact resume").
 fn interrupted_and_resumed_equals_uninterrupted(model: &str) {
     let sb = Sandbox::new();
     let cfg = digits_config_with(
@@ -481,7 +480,7 @@ fn interrupted_and_resumed_equals_uninterrupted(model: &str) {
         resumed["metrics"], full["metrics"],
         "resumed and uninterrupted runs end equal"
     );
-    // And with the same weights, to the bit (README, "Exact resume").
+    // And with the same weights, to the bit (the book, "Exact resume").
     let weights = |run: &Value| {
         sha256_file(&Path::new(run["run_dir"].as_str().unwrap()).join("final/model.safetensors"))
     };
@@ -525,12 +524,12 @@ fn schema_paths(root: &Value, node: &Value, prefix: &str, out: &mut Vec<String>)
 }
 
 #[test]
-fn readme_documents_every_config_field() {
+fn the_book_documents_every_config_field() {
     let sb = Sandbox::new();
     let schema: Value = serde_json::from_str(&stdout(&sb.kiln(&["schema"]))).unwrap();
     let mut paths = Vec::new();
     schema_paths(&schema, &schema, "", &mut paths);
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let guide = std::fs::read_to_string(root().join("docs/src/configs.md")).unwrap();
     let sections = [
         "data",
         "model",
@@ -547,11 +546,11 @@ fn readme_documents_every_config_field() {
     let missing: Vec<&String> = paths
         .iter()
         .filter(|p| !sections.contains(&p.as_str()))
-        .filter(|p| !readme.contains(&format!("| `{p}` |")))
+        .filter(|p| !guide.contains(&format!("| `{p}` |")))
         .collect();
     assert!(
         missing.is_empty(),
-        "README's config reference lacks: {missing:?}"
+        "the config chapter (docs/src/configs.md) lacks: {missing:?}"
     );
 }
 
@@ -960,7 +959,7 @@ fn resume_refuses_a_completed_run_and_smoke() {
     assert_exit(&o, 2);
 }
 
-/// README, "The command line": a killed process (no Ctrl-C) resumes from its newest intact
+/// The book, "The command line": a killed process (no Ctrl-C) resumes from its newest intact
 /// checkpoint (the end of the last epoch, or the last `train.checkpoint_every` step) and ends
 /// with the final weights of an uninterrupted run.
 #[test]

@@ -1,11 +1,9 @@
 //! ONNX export end to end: every shipped model exports and passes the tract parity gate, the
 //! file describes itself, a planted mismatch fails the gate, bad input leaves nothing behind.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use kiln_trainer::export::proto::{DimensionValue, ModelProto};
 use prost::Message;
 use serde_json::Value;
@@ -337,7 +335,7 @@ fn table_with_missing_values() -> String {
     text
 }
 
-/// README, "Export to ONNX": the numeric preprocessing, imputation of missing values included,
+/// The book, "Export to ONNX": the numeric preprocessing, imputation of missing values included,
 /// is in the graph, so a serving system feeds NaN for a missing value; "a test feeds the graph a
 /// NaN for an imputed column and checks it against kiln's output for the imputed value". kiln's
 /// output comes from `kiln predict` on a CSV row with the missing marker.
@@ -447,7 +445,7 @@ fn plant_nan(file: &Path, tensor: &str) {
     std::fs::write(file, &bytes).unwrap();
 }
 
-/// README, "Export to ONNX", parity gate: when it fails, "the export fails with the report and
+/// The book, "Export to ONNX", parity gate: when it fails, "the export fails with the report and
 /// nothing is written": neither the requested file, nor its JSON beside it, nor a temporary
 /// file, nor an entry under `<registry>/exports/`. The mismatch is planted through the registry
 /// a user has: a NaN in a version's weights (its manifest updated to match, so the registry

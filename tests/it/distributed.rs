@@ -3,13 +3,11 @@
 //! Needs a build with `--features mpi` and Open MPI's `mpirun` (CI installs Debian's
 //! openmpi-bin); without the feature these tests are ignored and say why.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// `mpirun -np N` (Open MPI) running `kiln ARGS` in the repository root. Several programs
 /// (MPMD, `A : B`) when `ranks` has more than one entry.
@@ -137,7 +135,7 @@ fn two_ranks_train_the_weights_of_one_process_with_the_same_global_batch() {
     assert_exit(&two.kiln(&["registry", "verify"]), 0);
 }
 
-/// README, "Multi-GPU and multi-node", batch size: gradients are weighted by each rank's share
+/// The book, "Multi-GPU and multi-node", batch size: gradients are weighted by each rank's share
 /// (the last batch of an epoch may be uneven), so N ranks compute the gradient of the same
 /// global-batch mean loss as one process. Plain SGD without momentum makes the update
 /// proportional to the gradient itself (AdamW's would hide a constant factor), and the training
@@ -374,7 +372,7 @@ fn stopped_or_killed_ranks_resume_to_the_uninterrupted_weights() {
     let (out, _) = within(mpirun(&sb, &[resume, resume]), Duration::from_secs(600));
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
-    // README: the final weights equal an uninterrupted run's, to the bit (the CPU path is
+    // The book: the final weights equal an uninterrupted run's, to the bit (the CPU path is
     // deterministic, and the same weights give the same file).
     let diff = max_abs_diff(
         &tensors_f32(&final_weights(&whole.registry())),
@@ -420,7 +418,7 @@ fn batch_norm_statistics_agree_across_ranks() {
     assert!((a - b).abs() < 1e-5, "loss {a} alone, {b} in the run");
 }
 
-/// README, "Multi-GPU and multi-node", a rank that hangs: any collective that waits longer than
+/// The book, "Multi-GPU and multi-node", a rank that hangs: any collective that waits longer than
 /// `distributed.timeout_s` ends its rank with a message naming what it waited for.
 #[test]
 #[cfg_attr(not(feature = "mpi"), ignore = "needs a build with --features mpi")]
