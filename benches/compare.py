@@ -2,7 +2,7 @@
 
     python benches/compare.py [--rounds 3] [--steps 200] [--threads 2]
 
-Needs a Python with torch and numpy (see README, "Benchmarks"). The machine is shared and
+Needs a Python with torch and numpy (see the book, "Benchmarks"). The machine is shared and
 noisy, so each round runs every implementation once, back to back, and the table reports
 medians over rounds: only numbers from one run are compared.
 """
@@ -12,6 +12,7 @@ import os
 import statistics
 import subprocess
 import sys
+import kiln_features
 
 
 def forward_flop(model):
@@ -43,9 +44,9 @@ def main():
     a = p.parse_args()
     models = a.models.split(",")
     env = dict(os.environ)
-    # The feature set of the build already made ($KILN_FEATURES, as scripts/same-weights.sh),
-    # so that benchmarking does not rebuild burn with other features.
-    features = ["--features", env["KILN_FEATURES"]] if env.get("KILN_FEATURES") else []
+    # The feature set of the test build (scripts/features; $KILN_FEATURES overrides it), so that
+    # benchmarking does not rebuild burn with other features.
+    features = kiln_features.cargo_args()
     subprocess.run(["cargo", "bench", "--bench", "throughput", "--no-run", *features], check=True, env=env)
     rates = {}
     ceiling = []

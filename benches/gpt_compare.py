@@ -5,7 +5,7 @@
 Each round trains `configs/shakespeare_char.toml` with kiln (release build, `--threads`) and
 the same model in plain eager PyTorch (`benches/gpt_pytorch.py`), back to back, and reports the
 validation loss after `--steps` steps and the training tokens/s of each (kiln: the median of
-its logged windows; PyTorch: step time only). Needs a Python with torch (see README,
+its logged windows; PyTorch: step time only). Needs a Python with torch (see the book,
 "Benchmarks"). Prints a Markdown table; the rounds' numbers go to stderr.
 """
 import argparse
@@ -15,13 +15,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import kiln_features
 
 
 def kiln(steps, threads):
     with tempfile.TemporaryDirectory() as reg:
         out = subprocess.run(
-            # $KILN_FEATURES: the feature set of the build already made (as benches/compare.py).
-            ["cargo", "run", "--release", "-q", "--features", os.environ.get("KILN_FEATURES", "mpi"), "--", "train",
+            # The test build's feature set (scripts/features), as benches/compare.py.
+            ["cargo", "run", "--release", "-q", *kiln_features.cargo_args(), "--", "train",
              "configs/shakespeare_char.toml", "--json", "--quiet", "--registry", reg,
              "--set", f"train.max_steps={steps}", "--set", f"runtime.threads={threads}",
              "--set", "train.log_every=50"],

@@ -16,10 +16,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import kiln_features
 
 
 def kiln(*args):
-    out = subprocess.run(["cargo", "run", "--release", "-q", "--features", os.environ.get("KILN_FEATURES", "mpi"), "--", *args],
+    out = subprocess.run(["cargo", "run", "--release", "-q", *kiln_features.cargo_args(), "--", *args],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 

@@ -2,7 +2,7 @@
 
     python3 benches/gpu_check.py --kiln PATH [--out DIR] [--only STEP,...]
 
-Run by `scripts/gpu-check.sh` from the pack that `scripts/gpu-pack.sh` makes (see README,
+Run by `scripts/gpu-check.sh` from the pack that `scripts/gpu-pack.sh` makes (see the book,
 "CUDA"), in the pack's folder (it reads configs/ and data/ from there). Each step has its own
 time limit, and the results are written as they come (DIR/gpu-check.json and .md), so a slow
 or failing step costs only itself:

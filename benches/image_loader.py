@@ -9,7 +9,7 @@ run, alternating, on the same PNG files with the same transforms and worker coun
 
 Needs data/mnist_png (scripts/build_mnist_png.py) and a Python with torch, torchvision and
 Pillow (`BENCH_PYTHON`, default the bench venv). kiln's side is `cargo bench --bench
-image_loader` built with `KILN_FEATURES` (default cuda,nccl,mpi, the tests' build).
+image_loader` built with the test build's features (scripts/features; `KILN_FEATURES` overrides them).
 """
 import argparse
 import json
@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import kiln_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,7 @@ def torch_side(workers, images, batch):
 
 def kiln_side(workers, images, features):
     out = subprocess.run(
-        ["cargo", "bench", "--quiet", "--bench", "image_loader", "--features", features, "--",
+        ["cargo", "bench", "--quiet", "--bench", "image_loader", *features, "--",
          "configs/mnist_png_resnet.toml", "--workers", str(workers), "--images", str(images)],
         cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -67,10 +68,10 @@ def main():
     if a.torch_child is not None:
         print(json.dumps(torch_side(a.torch_child, a.images, 128)))
         return
-    features = os.environ.get("KILN_FEATURES", "cuda,nccl,mpi")
+    features = kiln_features.cargo_args()
     py = os.environ.get("BENCH_PYTHON", os.path.expanduser("~/.cache/kiln/bench-venv/bin/python"))
-    subprocess.run(["cargo", "bench", "--no-run", "--quiet", "--bench", "image_loader",
-                    "--features", features], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "bench", "--no-run", "--quiet", "--bench", "image_loader", *features],
+                   cwd=ROOT, check=True)
     results = {}
     for r in range(a.rounds):
         for w in a.workers:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packs what the GPU check needs into one archive for a machine with an NVIDIA GPU but no
-# network (or no Rust): a stripped release kiln built with `--features cuda,nccl`, the configs,
+# network (or no Rust): a stripped release kiln built with scripts/features' GPU_PACK set
+# (`cuda,nccl`: that machine has no MPI), the configs,
 # the data they read, and the check's scripts. Build here, carry the archive there, run
 #
 #   tar xJf kiln-gpu.tar.xz && cd kiln-gpu && scripts/gpu-check.sh       (on the GPU machine)
@@ -12,7 +13,7 @@
 # scripts/gpu-check.sh` in the checkout.
 #
 # Builds with the same target folder as everything else (CARGO_TARGET_DIR, default
-# ~/.cache/kiln/target), after scripts/llvm-bundle.sh (instant when LLVM is there already; if it
+# ./target, as cargo's), after scripts/llvm-bundle.sh (instant when LLVM is there already; if it
 # cannot install, cargo tries GitHub). The archive must stay under 64 MiB (what one call to a
 # lent GPU machine carries); the script says its size and fails above that.
 set -euo pipefail
@@ -23,14 +24,16 @@ if [ "${1:-}" = "--binary" ]; then
   shift
 fi
 out="${1:-gpu-pack}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 limit=$((64 * 1024 * 1024))
 
 scripts/llvm-bundle.sh || echo "gpu-pack: no LLVM bundle installed (above); cargo will try to download LLVM"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-echo "== cargo build --release --features cuda,nccl --bin kiln"
-cargo build --release --features cuda,nccl --bin kiln
+. scripts/features
+features="${KILN_FEATURES-$KILN_FEATURES_GPU_PACK}"
+echo "== cargo build --release --features $features --bin kiln"
+cargo build --release --features "$features" --bin kiln
 
 if [ "$binary_only" = 1 ]; then
   mkdir -p "$out"

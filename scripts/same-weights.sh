@@ -8,7 +8,8 @@
 #
 # --quick trains the digits MLP only (seconds); the full check adds one epoch of the MNIST CNN
 # (about a minute on 2 cores). Both builds share the cargo target folder ($CARGO_TARGET_DIR,
-# default ./target) and the feature set ($KILN_FEATURES, default wgpu), so burn is built once.
+# default ./target) and the test build's feature set (scripts/features; $KILN_FEATURES
+# overrides it), so burn is built once, and not again after `scripts/test`.
 # Run it on an idle machine or not: training is deterministic, only the time changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,8 @@ for a in "$@"; do
     *) commit="$a" ;;
   esac
 done
-features="${KILN_FEATURES:-wgpu}"
+. scripts/features
+features="${KILN_FEATURES-$KILN_FEATURES_TEST}"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TARGET_DIR="$target"
 work="$(mktemp -d)"
@@ -36,10 +38,10 @@ own=(-p kiln -p kiln-trainer -p kiln-models)
 [ -d kernels ] && own+=(-p kiln-kernels)
 clean_own() { (cd "$1" && cargo clean --release --quiet "${own[@]}" 2>/dev/null || cargo clean --release --quiet -p kiln -p kiln-trainer -p kiln-models); }
 clean_own "$work/src"
-(cd "$work/src" && cargo build --release --quiet --bin kiln --features "$features")
+(cd "$work/src" && cargo build --release --quiet --bin kiln ${features:+--features "$features"})
 cp "$target/release/kiln" "$work/kiln-before"
 clean_own .
-cargo build --release --quiet --bin kiln --features "$features"
+cargo build --release --quiet --bin kiln ${features:+--features "$features"}
 cp "$target/release/kiln" "$work/kiln-after"
 
 cases=("configs/digits_mlp.toml")
