@@ -1,6 +1,6 @@
 //! Where the CNN benchmark's time goes on burn's CPU backend: each layer of
 //! conv32-pool-conv64-pool-fc128-fc10 at batch 64, forward alone and forward + backward.
-//! `benches/cnn_ops.py` measures the same in PyTorch, for the README's explanation.
+//! `benches/cnn_ops.py` measures the same in PyTorch, for the book's explanation.
 //!
 //!   cargo bench --bench cnn_ops -- [--reps N] [--threads T]
 

@@ -2,7 +2,7 @@
 //! second by kiln's loader threads, as `kiln train` drives them (one epoch of the training
 //! split of a config, in its shuffled order). `benches/image_loader.py` runs this and
 //! PyTorch's `DataLoader` over torchvision's `ImageFolder` with the same transforms, alternating,
-//! and prints the ratio the README quotes.
+//! and prints the ratio the book quotes.
 //!
 //!   cargo bench --bench image_loader -- CONFIG [--workers W] [--images N] [--prefetch P]
 //!

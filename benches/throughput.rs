@@ -1,6 +1,6 @@
 //! Training throughput on MNIST, f32, Adam: `kiln train`'s loop against a bare hand-written burn
 //! loop on the same model and data. `benches/compare.py` runs this and PyTorch interleaved and
-//! prints the ratios the README quotes.
+//! prints the ratios the book quotes.
 //!
 //!   cargo bench --bench throughput -- [mlp|cnn|all] [--steps N] [--threads T]
 //!

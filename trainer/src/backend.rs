@@ -289,7 +289,7 @@ pub fn choose(spec: DeviceSpec) -> Result<Chosen, BackendError> {
             if !cfg!(feature = "cuda") {
                 return Err(BackendError::NotCompiled(
                     "cuda",
-                    " (the build downloads an LLVM bundle once: it needs internet access, see README)",
+                    " (the build downloads an LLVM bundle once: it needs internet access, see docs/src/gpus-and-clusters.md)",
                 ));
             }
             pick(spec, "cuda", i)?

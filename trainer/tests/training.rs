@@ -129,7 +129,7 @@ fn max_abs_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) 
         .fold(0.0, f32::max)
 }
 
-/// README, config reference, `train.grad_accum`: forward/backward passes per optimizer step,
+/// The book, config reference, `train.grad_accum`: forward/backward passes per optimizer step,
 /// gradients averaged, so `grad_accum` micro-batches of `batch_size` train as one batch of
 /// `batch_size x grad_accum`. Plain SGD without momentum (its update is the gradient times
 /// the rate; AdamW's is unchanged when every gradient is scaled by a constant, which would

@@ -415,7 +415,7 @@ pub enum ScheduleKind {
 }
 
 /// Where and how the work runs.
-/// Data-parallel training, when a launcher (mpirun, srun) starts several ranks (see README,
+/// Data-parallel training, when a launcher (mpirun, srun) starts several ranks (see the book,
 /// "Multi-GPU and multi-node"). `train.batch_size` is per rank: the global batch is
 /// `batch_size` times the number of ranks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
