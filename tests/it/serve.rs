@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1118,4 +1118,142 @@ fn an_image_folder_model_is_served_from_pixels_as_kiln_predict_answers_on_the_fi
     // A wrong number of pixels is a 400 naming the row.
     let body = json!({ "rows": [[0.0, 1.0]] }).to_string();
     refused(&format!("{}/predict", server.url), &body, None, "rows[0]");
+}
+
+/// NVIDIA's own client (tritonclient.http, tests/triton_client.py) works unchanged: binary
+/// tensors and JSON, with and without a version, its config, statistics, async and gzip
+/// requests, every answer equal to `kiln predict`'s.
+#[test]
+fn triton_s_http_client_works_unchanged_and_answers_as_kiln_predict() {
+    let Some(python) = python_with("tritonclient.http") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    assert_exit(
+        &sb.kiln(&[
+            "train",
+            "configs/digits_mlp.toml",
+            "--quiet",
+            "--set",
+            "train.epochs=2",
+        ]),
+        0,
+    );
+    let data = root().join("data/sklearn/digits.csv.gz");
+    let want: Vec<Vec<f32>> = predict_csv(&sb, "digits-mlp", &data)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let expected = sb.path().join("expected.json");
+    std::fs::write(&expected, serde_json::to_string(&want).unwrap()).unwrap();
+    let server = serve(&sb, &["digits-mlp"]);
+    let o = Command::new(python)
+        .arg(root().join("tests/triton_client.py"))
+        .arg(server.url.trim_start_matches("http://"))
+        .args(["digits-mlp", "1"])
+        .arg(&data)
+        .arg(&expected)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let report: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(report["rows"], want.len());
+    assert_eq!(report["passed"].as_array().unwrap().len(), 8, "{report}");
+}
+
+/// The versioned routes answer for `N`, `vN` and the registry label, and name the served
+/// version when asked for another; infer takes the binary tensor extension, hand-made here.
+#[test]
+fn versioned_routes_and_binary_tensors_follow_the_protocol() {
+    let sb = Sandbox::new();
+    assert_exit(
+        &sb.kiln(&[
+            "train",
+            "configs/digits_mlp.toml",
+            "--quiet",
+            "--set",
+            "train.epochs=1",
+        ]),
+        0,
+    );
+    let server = serve(&sb, &["digits-mlp"]);
+    let base = format!("{}/v2/models/digits-mlp", server.url);
+    let (code, meta) = get(&base);
+    assert_eq!(code, 200);
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["versions"], json!(["1"]));
+    for v in ["1", "v1", "digits-mlp%2Fv1"] {
+        for route in ["", "/ready", "/config", "/stats"] {
+            let (code, body) = get(&format!("{base}/versions/{v}{route}"));
+            assert_eq!(code, 200, "{v}{route}: {body}");
+        }
+    }
+    let (code, body) = get(&format!("{base}/versions/2/ready"));
+    assert_eq!(code, 404);
+    assert!(
+        body.contains("serves version 1 (digits-mlp/v1), not version 2"),
+        "{body}"
+    );
+
+    // One row of zeros, FP64, as raw little-endian bytes after the JSON header.
+    let head = json!({
+        "inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP64",
+                    "parameters": {"binary_data_size": 64 * 8}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}],
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend(std::iter::repeat_n(0u8, 64 * 8));
+    let send = |body: &[u8], length: usize| {
+        client()
+            .post(&format!("{base}/versions/1/infer"))
+            .header("Inference-Header-Content-Length", &length.to_string())
+            .send(body)
+            .unwrap()
+    };
+    let mut r = send(&body, head.len());
+    assert_eq!(r.status(), 200);
+    let split: usize = header(&r, "Inference-Header-Content-Length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let raw = r.body_mut().read_to_vec().unwrap();
+    let answer: Value = serde_json::from_slice(&raw[..split]).unwrap();
+    assert_eq!(answer["model_version"], "1");
+    let out = &answer["outputs"][0];
+    assert_eq!(out["parameters"]["binary_data_size"], 40, "{answer}");
+    let probs: Vec<f32> = raw[split..]
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(probs.len(), 10);
+    assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{probs:?}");
+    // The same row in JSON gives the same numbers.
+    let (code, _, json_answer) = post(
+        &format!("{base}/infer"),
+        &json!({"inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32",
+                            "data": vec![0.0; 64]}]})
+        .to_string(),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        as_f32(&v2_output(&json_answer, "probabilities")["data"]),
+        probs
+    );
+    // Sizes that do not add up are 400s that say so.
+    let r = send(&body[..body.len() - 8], head.len());
+    assert_eq!(r.status(), 400);
+    let r = send(&body, body.len() + 1);
+    assert_eq!(r.status(), 400);
+    let mut extra = body.clone();
+    extra.extend([0u8; 4]);
+    assert_eq!(send(&extra, head.len()).status(), 400);
+    // A body in an encoding kiln does not read is a 415, not a JSON error.
+    let r = client()
+        .post(&format!("{base}/infer"))
+        .header("Content-Encoding", "br")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(r.status(), 415);
 }

@@ -44,6 +44,8 @@ impl BatchOptions {
 /// A request's rows, preprocessed for `version`, and where its answer goes.
 pub struct Job {
     pub version: Arc<Version>,
+    /// When the request was queued (its wait is counted in the model's statistics).
+    pub queued_at: std::time::Instant,
     pub data: Split,
     pub reply: tokio::sync::oneshot::Sender<Answer>,
 }
@@ -85,6 +87,9 @@ fn instance(k: usize, model: &str, rx: &Receiver<Job>, opts: BatchOptions, metri
         metrics
             .queue_depth
             .fetch_sub(jobs.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        for j in &jobs {
+            metrics.queued(model, j.queued_at.elapsed().as_secs_f64());
+        }
         // One forward pass per version (an alias moved while these waited).
         while !jobs.is_empty() {
             let v = Arc::clone(&jobs[0].version);
@@ -94,7 +99,9 @@ fn instance(k: usize, model: &str, rx: &Receiver<Job>, opts: BatchOptions, metri
             metrics.batch(model, same.iter().map(|j| j.data.len()).sum());
             // A panic in a forward pass (a backend out of memory) answers its jobs 503 (their
             // reply senders are dropped) and the instance goes on.
+            let started = std::time::Instant::now();
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&v, k, same)));
+            metrics.computed(model, started.elapsed().as_secs_f64());
             if ran.is_err() {
                 eprintln!(
                     "kiln serve: a forward pass of {model} failed; its requests were answered 503"

@@ -2,7 +2,8 @@
 //! the number crunching is on each model's batcher instances, threads of their own).
 //!
 //! - The Open Inference Protocol (KServe v2 / Triton REST): `/v2/health/{live,ready}`, `/v2`,
-//!   `/v2/models/{name}`, `/v2/models/{name}/ready`, `/v2/models/{name}/infer`; and
+//!   `/v2/models/{name}[/versions/{v}]` and its `/ready`, `/infer`, `/config`, `/stats`, with
+//!   Triton's binary tensor data and compressed bodies ([`triton`]); and
 //!   `/predict` (`/v2/models/{name}/predict`): rows as the data file has them, answered as
 //!   `kiln predict` answers ([`protocol`]).
 //! - Dynamic batching: requests wait in a bounded queue (a full one answers 503 at once);
@@ -19,6 +20,7 @@ mod generation;
 pub mod metrics;
 pub mod protocol;
 mod queue;
+mod triton;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -139,6 +141,10 @@ struct App {
     allow_unseen: bool,
     /// Batcher instances per model (a reloaded version gets a model copy for each).
     instances: usize,
+    /// Largest request body, bytes, decoded (a compressed body is decoded up to this).
+    body_limit: usize,
+    /// Rows per forward pass, at most (Triton's `max_batch_size`).
+    max_batch: usize,
 }
 
 fn load(registry: &Registry, reference: &str) -> Result<(Entry, LoadedRun), ServeError> {
@@ -221,6 +227,8 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
         window: opts.window,
         allow_unseen: opts.allow_unseen,
         instances: opts.batch.instances,
+        body_limit: opts.body_limit,
+        max_batch: opts.batch.max_batch,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.http_threads.max(1))
@@ -262,11 +270,30 @@ async fn run_server(
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_at),
+        )
         .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_at),
+        )
         .route("/v2/models/{name}/infer", post(infer))
         .route(
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_version),
+        )
+        .route("/v2/models/{name}/config", get(model_config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(model_config_at),
+        )
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(model_stats_at),
         )
         .route("/v2/models/{name}/predict", post(predict_named))
         .route(
@@ -280,6 +307,10 @@ async fn run_server(
         .route("/predict", post(predict_default))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            decode_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             track,
@@ -491,24 +522,173 @@ fn slot<'a>(app: &'a App, name: &str) -> Result<&'a Slot, Answer> {
     })
 }
 
-async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    match slot(&app, &name) {
-        Ok(s) => {
-            let v = Arc::clone(&s.current.read().expect("slot lock"));
-            json_response(&v.schema.metadata, Some(&v.label))
+/// The slot serving `name` and its version now, checked against the version a URL or body
+/// asks for (`N`, `vN` or the registry label): 404 naming the served one when it differs.
+fn served<'a>(
+    app: &'a App,
+    name: &str,
+    asked: Option<&str>,
+) -> Result<(&'a Slot, Arc<Version>), Answer> {
+    let s = slot(app, name)?;
+    let v = Arc::clone(&s.current.read().expect("slot lock"));
+    match asked {
+        Some(want) if !want.is_empty() && !triton::names_version(want, &v.label) => {
+            Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "{name} serves version {} ({}), not version {want}",
+                    triton::version_string(&v.label),
+                    v.label
+                ),
+            )))
         }
+        _ => Ok((s, v)),
+    }
+}
+
+fn metadata_of(app: &App, name: &str, asked: Option<&str>) -> Response {
+    match served(app, name, asked) {
+        Ok((_, v)) => json_response(&v.schema.metadata, Some(&v.label)),
+        Err(r) => *r,
+    }
+}
+
+async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    metadata_of(&app, &name, None)
+}
+
+async fn model_metadata_at(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    metadata_of(&app, &name, Some(&version))
+}
+
+fn ready_of(app: &App, name: &str, asked: Option<&str>) -> Response {
+    match served(app, name, asked) {
+        Ok((_, v)) => json_response(&json!({"name": name, "ready": true}), Some(&v.label)),
         Err(r) => *r,
     }
 }
 
 async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    match slot(&app, &name) {
-        Ok(s) => {
-            let v = Arc::clone(&s.current.read().expect("slot lock"));
-            json_response(&json!({"name": name, "ready": true}), Some(&v.label))
+    ready_of(&app, &name, None)
+}
+
+async fn model_ready_at(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    ready_of(&app, &name, Some(&version))
+}
+
+/// Triton's model configuration (`tritonclient`'s `get_model_config`).
+fn config_of(app: &App, name: &str, asked: Option<&str>) -> Response {
+    match served(app, name, asked) {
+        Ok((_, v)) => {
+            let gpu = v.device != crate::backend::cpu();
+            let config = triton::config(&v.schema.metadata, app.max_batch, app.instances, gpu);
+            json_response(&config, Some(&v.label))
         }
         Err(r) => *r,
     }
+}
+
+async fn model_config(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    config_of(&app, &name, None)
+}
+
+async fn model_config_at(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    config_of(&app, &name, Some(&version))
+}
+
+/// Triton's statistics of the named model, or of every model.
+fn stats_of(app: &App, name: Option<&str>, asked: Option<&str>) -> Response {
+    let tally = |t: metrics::Tally| json!({"count": t.count, "ns": t.ns});
+    let mut stats = Vec::new();
+    for s in &app.slots {
+        if name.is_some_and(|n| n != s.name) {
+            continue;
+        }
+        let v = match served(app, &s.name, asked) {
+            Ok((_, v)) => v,
+            Err(r) => return *r,
+        };
+        let m = app.metrics.model_stats(&s.name);
+        stats.push(json!({
+            "name": s.name,
+            "version": triton::version_string(&v.label),
+            "last_inference": m.last_inference_ms,
+            "inference_count": m.inference_count,
+            "execution_count": m.execution_count,
+            "inference_stats": {
+                "success": tally(m.success),
+                "fail": tally(m.fail),
+                "queue": tally(m.queue),
+                "compute_infer": tally(m.compute_infer),
+            },
+        }));
+    }
+    if let (Some(n), true) = (name, stats.is_empty()) {
+        return match slot(app, n) {
+            Err(r) => *r,
+            Ok(_) => error(StatusCode::NOT_FOUND, format!("no statistics of {n}")),
+        };
+    }
+    json_response(&json!({"model_stats": stats}), None)
+}
+
+async fn all_stats(State(app): State<Arc<App>>) -> Response {
+    stats_of(&app, None, None)
+}
+
+async fn model_stats(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    stats_of(&app, Some(&name), None)
+}
+
+async fn model_stats_at(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    stats_of(&app, Some(&name), Some(&version))
+}
+
+/// Decodes a `Content-Encoding: gzip` or `deflate` body before any handler reads it (up to
+/// the body limit, decoded); another encoding is a 415.
+async fn decode_body(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let Some(encoding) = req.headers().get(header::CONTENT_ENCODING).cloned() else {
+        return next.run(req).await;
+    };
+    let encoding = encoding.to_str().unwrap_or("(not text)").to_string();
+    let (mut parts, body) = req.into_parts();
+    let Ok(raw) = axum::body::to_bytes(body, app.body_limit).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over the limit of {} bytes", app.body_limit),
+        );
+    };
+    let decoded = match tokio::task::spawn_blocking({
+        let limit = app.body_limit;
+        move || triton::decompress(&encoding, &raw, limit)
+    })
+    .await
+    {
+        Ok(Ok(d)) => d,
+        Ok(Err((code, message))) => return error(code, message),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "decoding the body failed",
+            );
+        }
+    };
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    next.run(Request::from_parts(parts, axum::body::Body::from(decoded)))
+        .await
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, Answer> {
@@ -532,6 +712,7 @@ async fn run_batch(
     let d = data.table().map_or(0, |t| t.d);
     let job = batcher::Job {
         version: Arc::clone(&v),
+        queued_at: Instant::now(),
         data,
         reply: tx,
     };
@@ -640,41 +821,43 @@ async fn predict(app: Arc<App>, name: String, body: Bytes) -> Response {
     )
 }
 
-async fn infer(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bytes) -> Response {
-    infer_as(app, name, None, body).await
+async fn infer(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    infer_as(app, name, None, &headers, body).await
 }
 
 async fn infer_version(
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    infer_as(app, name, Some(version), body).await
+    infer_as(app, name, Some(version), &headers, body).await
 }
 
-async fn infer_as(app: Arc<App>, name: String, version: Option<String>, body: Bytes) -> Response {
-    let slot = match slot(&app, &name) {
-        Ok(s) => s,
+async fn infer_as(
+    app: Arc<App>,
+    name: String,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (slot, v) = match served(&app, &name, version.as_deref()) {
+        Ok(found) => found,
         Err(r) => return *r,
     };
-    let body = match parse_body(&body) {
+    let triton::Body { json: body, binary } = match triton::split_body(headers, body) {
         Ok(b) => b,
-        Err(r) => return *r,
+        Err(protocol::Bad(m)) => return error(StatusCode::BAD_REQUEST, m),
     };
-    let v = Arc::clone(&slot.current.read().expect("slot lock"));
-    if let Some(want) = version
-        && want != v.label
-        && !v.label.ends_with(&format!("/v{want}"))
-    {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("{name} serves {}, not version {want}", v.label),
-        );
-    }
     if v.schema.generates {
         return generates_text(&name);
     }
-    let parsed = protocol::infer_rows(&v.schema.pre, &body);
+    let parsed = protocol::infer_rows(&v.schema.pre, &body, binary);
     let (data, id) = match parsed {
         Ok(p) => p,
         Err(protocol::Bad(m)) => return error(StatusCode::BAD_REQUEST, m),
@@ -700,19 +883,35 @@ async fn infer_as(app: Arc<App>, name: String, version: Option<String>, body: By
         Err(r) => return *r,
     };
     let n = answer.predictions.len();
-    let outputs: Vec<Value> = answer
-        .outputs
-        .iter()
-        .filter(|(o, _)| wanted.as_ref().is_none_or(|w| w.contains(o)))
-        .map(|(o, values)| {
-            json!({"name": o, "datatype": "FP32", "shape": [n, values.len() / n.max(1)], "data": values})
-        })
-        .collect();
-    let mut out = json!({"model_name": name, "model_version": v.label, "outputs": outputs});
+    let mut binary = Vec::new();
+    let mut outputs = Vec::new();
+    for (o, values) in answer.outputs {
+        if wanted.as_ref().is_some_and(|w| !w.contains(&o)) {
+            continue;
+        }
+        let shape = json!([n, values.len() / n.max(1)]);
+        if triton::wants_binary(&body, &o) {
+            let size = 4 * values.len();
+            outputs.push(json!({"name": o, "datatype": "FP32", "shape": shape,
+                                "parameters": {"binary_data_size": size}}));
+            binary.push(values);
+        } else {
+            outputs.push(json!({"name": o, "datatype": "FP32", "shape": shape, "data": values}));
+        }
+    }
+    let mut out = json!({
+        "model_name": name,
+        "model_version": triton::version_string(&v.label),
+        "outputs": outputs,
+    });
     if let Some(id) = id {
         out["id"] = id;
     }
-    json_response(&out, Some(&v.label))
+    let mut r = triton::answer(out, binary);
+    if let Ok(label) = HeaderValue::from_str(&v.label) {
+        r.headers_mut().insert(VERSION_HEADER, label);
+    }
+    r
 }
 
 /// A per-example request to a language model.

@@ -262,9 +262,14 @@ pub fn encode(pre: &Preprocessor, x: &[f32], n: usize) -> Result<Dataset, Bad> {
     })
 }
 
-/// The v2 `infer` request's input: one FP32 tensor `[n, features]` (any name; `data` flat or
-/// nested, row-major).
-pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Value>), Bad> {
+/// The v2 `infer` request's input: one numeric tensor `[n, features]` (any name), its `data` in
+/// the JSON (flat or nested, row-major) or, with the binary data extension, `binary_data_size`
+/// bytes of `binary` (what followed the JSON header).
+pub fn infer_rows(
+    pre: &Preprocessor,
+    body: &Value,
+    mut binary: axum::body::Bytes,
+) -> Result<(Split, Option<Value>), Bad> {
     if pre.text.is_some() {
         return Err(Bad(
             "a text model reads text: POST /predict with {\"rows\": [{\"text\": ...}]}".into(),
@@ -283,10 +288,19 @@ pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Val
         )));
     };
     let datatype = input.get("datatype").and_then(Value::as_str).unwrap_or("");
-    if !matches!(
-        datatype,
-        "FP32" | "FP64" | "FP16" | "INT32" | "INT64" | "UINT8"
-    ) {
+    let raw = super::triton::take_binary(input, 0, &mut binary)?;
+    if !binary.is_empty() {
+        return Err(Bad(format!(
+            "{} bytes of binary data follow the inputs' binary_data_size",
+            binary.len()
+        )));
+    }
+    if raw.is_none()
+        && !matches!(
+            datatype,
+            "FP32" | "FP64" | "FP16" | "INT32" | "INT64" | "UINT8"
+        )
+    {
         return Err(Bad(format!(
             "inputs[0].datatype {datatype:?}: the model reads numbers (FP32)"
         )));
@@ -315,7 +329,12 @@ pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Val
         return Err(Bad(format!("{n} rows: at most {MAX_ROWS} per request")));
     }
     // Sized by what arrives, not by what the shape claims.
-    let mut flat = Vec::new();
+    let from_binary = raw.is_some();
+    let mut flat = match raw {
+        Some(bytes) => super::triton::decode(datatype, &bytes)
+            .map_err(|Bad(m)| Bad(format!("inputs[0]: {m}")))?,
+        None => Vec::new(),
+    };
     fn walk(v: &Value, out: &mut Vec<f32>) -> Result<(), String> {
         match v {
             Value::Array(a) => a.iter().try_for_each(|x| walk(x, out)),
@@ -332,10 +351,12 @@ pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Val
             other => Err(format!("not a number: {other}")),
         }
     }
-    let data = input
-        .get("data")
-        .ok_or_else(|| Bad("inputs[0].data is missing".into()))?;
-    walk(data, &mut flat).map_err(|e| Bad(format!("inputs[0].data: {e}")))?;
+    if !from_binary {
+        let data = input
+            .get("data")
+            .ok_or_else(|| Bad("inputs[0].data is missing".into()))?;
+        walk(data, &mut flat).map_err(|e| Bad(format!("inputs[0].data: {e}")))?;
+    }
     if flat.len() != n * d {
         return Err(Bad(format!(
             "inputs[0].data has {} values; shape {shape:?} needs {}",
@@ -347,8 +368,10 @@ pub fn infer_rows(pre: &Preprocessor, body: &Value) -> Result<(Split, Option<Val
     Ok((Split::Table(ds), body.get("id").cloned()))
 }
 
-/// The v2 model metadata.
+/// The v2 model metadata; `version` is the registry label (`NAME/vN`), listed as the protocol's
+/// plain version string (`N`).
 pub fn metadata(name: &str, version: &str, run: &crate::eval::LoadedRun) -> Value {
+    let version = super::triton::version_string(version);
     if matches!(
         run.pre.target,
         crate::data::preprocess::TargetEncoding::NextToken
