@@ -259,7 +259,24 @@ fn sigkill_twenty_times_then_resume_ends_bit_identical() {
             };
             id = Some(run_dir.file_name().unwrap().to_str().unwrap().to_string());
         }
-        std::thread::sleep(Duration::from_millis(60 + rng.below(240)));
+        if kills % 2 == 0 {
+            // A random while: kills land wherever the session happens to be.
+            std::thread::sleep(Duration::from_millis(60 + rng.below(240)));
+        } else {
+            // The moment a checkpoint write of this session is seen in progress (it takes a
+            // few milliseconds, fsyncs included): a kill in mid-write, by event, not by luck.
+            let started = Instant::now();
+            while !writes_in_progress(&sb).iter().any(|e| !before.contains(e)) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "session {kills} started no checkpoint write in a minute"
+                );
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
         if let Some(status) = child.try_wait().unwrap() {
             panic!("session {kills} ended before the kill ({status}); make the run longer");
         }

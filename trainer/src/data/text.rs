@@ -279,6 +279,16 @@ pub fn corpus_files(pattern: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(files)
 }
 
+/// The corpus as bytes, for the byte tokenizer: its files in order, each read whole (gzip
+/// too), joined as they are. Any bytes: binary data and Latin-1 text are corpora too.
+pub fn read_corpus_bytes(pattern: &Path) -> Result<Vec<u8>, DataError> {
+    let mut bytes = Vec::new();
+    for f in corpus_files(pattern)? {
+        bytes.extend(super::read_bytes(&f)?);
+    }
+    Ok(bytes)
+}
+
 /// The corpus as one text: its files in order, each read whole (gzip too), joined as they are.
 pub fn read_corpus(pattern: &Path) -> Result<String, DataError> {
     let mut text = String::new();
@@ -544,7 +554,19 @@ pub struct TextSplits {
 /// run's tokenizer.
 pub fn prepare(spec: &DataSpec, fitted: Option<&Tokenizer>) -> Result<TextSplits, DataError> {
     let shown = spec.path.display().to_string();
-    let text = read_corpus(&spec.path)?;
+    let byte_level = match fitted {
+        Some(t) => matches!(t, Tokenizer::Bytes),
+        None => spec.tokenizer_file.is_none() && spec.tokenizer == TokenizerKind::Byte,
+    };
+    // UTF-8 text splits by characters whatever the tokenizer; other bytes, by bytes.
+    let text = if byte_level {
+        match String::from_utf8(read_corpus_bytes(&spec.path)?) {
+            Ok(text) => text,
+            Err(e) => return prepare_bytes(spec, shown, e.into_bytes()),
+        }
+    } else {
+        read_corpus(&spec.path)?
+    };
     if text.is_empty() {
         return Err(DataError::Format {
             path: shown,
@@ -580,6 +602,31 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Tokenizer>) -> Result<TextSplits
         tokenizer.encode(valid).map_err(fail)?,
         tokenizer.encode(test).map_err(fail)?,
     );
+    into_blocks(spec, shown, tokenizer, [train, valid, test])
+}
+
+/// A corpus of bytes that are not UTF-8 (binary data, Latin-1 text) read by the byte tokenizer:
+/// split by position in bytes, each byte a token (as [`Tokenizer::Bytes`] encodes a text).
+fn prepare_bytes(spec: &DataSpec, shown: String, bytes: Vec<u8>) -> Result<TextSplits, DataError> {
+    let n = bytes.len();
+    let n_test = (n as f64 * spec.test_fraction).round() as usize;
+    let n_valid = ((n as f64 * spec.valid_fraction).round() as usize).min(n - n_test.min(n));
+    let n_train = n.saturating_sub(n_test + n_valid);
+    let tokens = |part: &[u8]| part.iter().map(|&b| u32::from(b)).collect::<Vec<u32>>();
+    let (train, rest) = bytes.split_at(n_train);
+    let (valid, test) = rest.split_at(n_valid.min(rest.len()));
+    let parts = [tokens(train), tokens(valid), tokens(test)];
+    into_blocks(spec, shown, Tokenizer::Bytes, parts)
+}
+
+/// The tokenized splits as blocks of `data.block_size`, refused when training holds no more
+/// than one block.
+fn into_blocks(
+    spec: &DataSpec,
+    shown: String,
+    tokenizer: Tokenizer,
+    [train, valid, test]: [Vec<u32>; 3],
+) -> Result<TextSplits, DataError> {
     let block = spec.block_size;
     if train.len() <= block {
         return Err(DataError::Format {
