@@ -137,6 +137,12 @@ pub fn parse_overrides(set: &[String]) -> anyhow::Result<Vec<Override>> {
 
 /// Reads and validates a config file with its overrides.
 pub fn load_config(path: &Path, overrides: &[Override]) -> anyhow::Result<RunConfig> {
+    if path.exists() && !path.is_file() && !path.is_dir() {
+        return usage(format!(
+            "{}: not a regular file (a named pipe, socket or device): a config is a file",
+            path.display()
+        ));
+    }
     if !path.is_file() {
         return usage(format!("{}: no such config file", path.display()));
     }

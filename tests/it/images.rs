@@ -531,3 +531,57 @@ fn jpeg_photographs_decode_in_colour_as_pillow_reads_them() {
         "three distinct channels: {kiln:?}"
     );
 }
+
+/// A named pipe where kiln expects a file (an image in a class folder, a CSV, the config
+/// itself) is one line of error, at once: nothing opens a file that could block forever.
+#[test]
+fn a_named_pipe_among_the_data_is_refused_and_never_hangs() {
+    let sb = Sandbox::new();
+    let fifo = |path: &Path| {
+        let o = Command::new("mkfifo").arg(path).output().unwrap();
+        assert!(o.status.success(), "mkfifo: {}", stderr(&o));
+    };
+    let run = |args: &[&str], what: &str| {
+        let child = sb
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = wait_with_deadline(child, Duration::from_secs(60), what);
+        assert!(!o.status.success(), "{what}: {}", stdout(&o));
+        let e = error_lines(&o);
+        assert_eq!(e.len(), 1, "{what}: {e:?}");
+        assert!(e[0].contains("not a regular file"), "{what}: {e:?}");
+        assert!(!stderr(&o).contains("panicked"), "{what}");
+        e[0].clone()
+    };
+    let root = mnist_png(&sb, 40);
+    fifo(&root.join("train/3/zz-pipe.png"));
+    let cfg = config(&sb, &root, CNN, 1, "");
+    let e = run(
+        &["train", cfg.to_str().unwrap(), "--quiet"],
+        "a pipe among images",
+    );
+    assert!(e.contains("zz-pipe.png"), "{e}");
+
+    let csv = sb.path().join("table.csv");
+    fifo(&csv);
+    let e = run(
+        &[
+            "train",
+            "configs/breast_cancer.toml",
+            "--quiet",
+            "--set",
+            &format!("data.path={:?}", csv.to_str().unwrap()),
+        ],
+        "a pipe as the data file",
+    );
+    assert!(e.contains("table.csv"), "{e}");
+
+    let toml = sb.path().join("pipe.toml");
+    fifo(&toml);
+    let e = run(&["train", toml.to_str().unwrap()], "a pipe as the config");
+    assert!(e.contains("pipe.toml"), "{e}");
+    assert!(no_runs(&sb), "a refused input left a run behind");
+}

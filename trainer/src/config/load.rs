@@ -51,9 +51,14 @@ impl Override {
 /// each with its line (or its `--set`) and a suggestion when one is close.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<(FileConfig, Table), ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::single(Problem::new(&origin, None, format!("cannot read: {e}")))
-    })?;
+    let text = crate::data::open_regular(path)
+        .and_then(|mut f| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f, &mut text).map(|_| text)
+        })
+        .map_err(|e| {
+            ConfigError::single(Problem::new(&origin, None, format!("cannot read: {e}")))
+        })?;
     parse(&origin, &text, overrides)
 }
 

@@ -138,6 +138,10 @@ impl Checker<'_> {
             self.bad(format!(
                 "`data.{key}` = {v:?}: is a directory; give the data file in it"
             ));
+        } else if data_files && path.exists() && !path.is_file() {
+            self.bad(format!(
+                "`data.{key}` = {v:?}: not a regular file (a named pipe, socket or device): kiln reads files"
+            ));
         } else if data_files && !path.is_file() {
             self.bad(format!("`data.{key}` = {v:?}: no such file"));
         }

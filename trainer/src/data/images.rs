@@ -311,6 +311,14 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
             if p.is_dir() {
                 stack.push(p);
             } else if has_image_extension(&p) {
+                // A pipe, socket or device named like an image is no image: opening one
+                // could block for ever.
+                if !p.is_file() {
+                    return Err(format_error(
+                        &p,
+                        "not a regular file (a named pipe, socket or device): remove it",
+                    ));
+                }
                 out.push(p);
             }
         }
@@ -390,7 +398,7 @@ pub fn index_csv(spec: &DataSpec, csv: &Path, bad: BadImages) -> Result<Index, D
 /// sha256 of a file's first and last 4 KiB (of all of it when it is smaller than 8 KiB).
 fn content_sample(path: &Path, len: u64) -> std::io::Result<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
+    let mut f = super::open_regular(path)?;
     let mut h = Sha256::new();
     if len > 8192 {
         let mut buf = vec![0u8; 4096];
@@ -467,7 +475,7 @@ fn entries(root: &Path, files: Vec<(PathBuf, String)>, bad: BadImages) -> Result
 pub fn header(path: &Path) -> Result<(image::ImageFormat, u32, u32), DataError> {
     use std::io::Read;
     let mut magic = [0u8; 8];
-    let n = std::fs::File::open(path)
+    let n = super::open_regular(path)
         .and_then(|f| f.take(8).read(&mut magic))
         .map_err(|e| io_error(path, e))?;
     let png = n == 8 && magic == *b"\x89PNG\r\n\x1a\n";

@@ -441,6 +441,29 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
     }
 }
 
+/// Opens a file to read, refusing what is not a regular file: a named pipe, a socket or a
+/// device would block a read forever or never end. The open itself does not block (a pipe
+/// with no writer would hold a plain open forever).
+pub fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        if kind.is_dir() {
+            "a folder, not a file"
+        } else {
+            "not a regular file (a named pipe, socket or device): kiln reads files"
+        },
+    ))
+}
+
 /// Reads a whole file, gunzipping it when it starts with gzip's magic bytes.
 pub fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
     read_prefix(path, u64::MAX)
@@ -451,7 +474,7 @@ pub fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
 pub fn read_prefix(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, DataError> {
     use std::io::{BufRead, BufReader, Read};
     let shown = || path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+    let file = open_regular(path).map_err(|source| DataError::Io {
         path: shown(),
         source,
     })?;
