@@ -573,17 +573,14 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Tokenizer>) -> Result<TextSplits
             message: "the corpus is empty: a language model needs text to read".into(),
         });
     }
-    let n = text.chars().count();
-    let n_test = (n as f64 * spec.test_fraction).round() as usize;
-    let n_valid = (n as f64 * spec.valid_fraction).round() as usize;
-    let n_train = n.saturating_sub(n_test + n_valid);
+    let (n_train, n_valid) = split_sizes(text.chars().count(), spec);
     let at = |chars: usize| {
         text.char_indices()
             .nth(chars)
             .map_or(text.len(), |(i, _)| i)
     };
     let (train, rest) = text.split_at(at(n_train));
-    let (valid, test) = rest.split_at(at(n_train + n_valid.min(n - n_train)) - train.len());
+    let (valid, test) = rest.split_at(at(n_train + n_valid) - train.len());
     let fail = |e: TokenizeError| DataError::Format {
         path: shown.clone(),
         message: e.to_string(),
@@ -608,15 +605,21 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Tokenizer>) -> Result<TextSplits
 /// A corpus of bytes that are not UTF-8 (binary data, Latin-1 text) read by the byte tokenizer:
 /// split by position in bytes, each byte a token (as [`Tokenizer::Bytes`] encodes a text).
 fn prepare_bytes(spec: &DataSpec, shown: String, bytes: Vec<u8>) -> Result<TextSplits, DataError> {
-    let n = bytes.len();
-    let n_test = (n as f64 * spec.test_fraction).round() as usize;
-    let n_valid = ((n as f64 * spec.valid_fraction).round() as usize).min(n - n_test.min(n));
-    let n_train = n.saturating_sub(n_test + n_valid);
+    let (n_train, n_valid) = split_sizes(bytes.len(), spec);
     let tokens = |part: &[u8]| part.iter().map(|&b| u32::from(b)).collect::<Vec<u32>>();
     let (train, rest) = bytes.split_at(n_train);
-    let (valid, test) = rest.split_at(n_valid.min(rest.len()));
+    let (valid, test) = rest.split_at(n_valid);
     let parts = [tokens(train), tokens(valid), tokens(test)];
     into_blocks(spec, shown, Tokenizer::Bytes, parts)
+}
+
+/// Of a corpus of `n` characters (or bytes), how many go to training and how many to
+/// validation, in that order; the test split has the rest.
+fn split_sizes(n: usize, spec: &DataSpec) -> (usize, usize) {
+    let n_test = (n as f64 * spec.test_fraction).round() as usize;
+    let n_valid = (n as f64 * spec.valid_fraction).round() as usize;
+    let n_train = n.saturating_sub(n_test + n_valid);
+    (n_train, n_valid.min(n - n_train))
 }
 
 /// The tokenized splits as blocks of `data.block_size`, refused when training holds no more

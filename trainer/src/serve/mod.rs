@@ -270,30 +270,24 @@ async fn run_server(
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{name}", get(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_at),
-        )
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route(
             "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready_at),
+            get(model_ready),
         )
         .route("/v2/models/{name}/infer", post(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer_version),
-        )
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/v2/models/{name}/config", get(model_config))
         .route(
             "/v2/models/{name}/versions/{version}/config",
-            get(model_config_at),
+            get(model_config),
         )
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{name}/stats", get(model_stats))
         .route(
             "/v2/models/{name}/versions/{version}/stats",
-            get(model_stats_at),
+            get(model_stats),
         )
         .route("/v2/models/{name}/predict", post(predict_named))
         .route(
@@ -522,6 +516,9 @@ fn slot<'a>(app: &'a App, name: &str) -> Result<&'a Slot, Answer> {
     })
 }
 
+/// A model route's parameters: `name`, and `version` on its versioned form.
+type Target = std::collections::HashMap<String, String>;
+
 /// The slot serving `name` and its version now, checked against the version a URL or body
 /// asks for (`N`, `vN` or the registry label): 404 naming the served one when it differs.
 fn served<'a>(
@@ -553,15 +550,8 @@ fn metadata_of(app: &App, name: &str, asked: Option<&str>) -> Response {
     }
 }
 
-async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    metadata_of(&app, &name, None)
-}
-
-async fn model_metadata_at(
-    State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    metadata_of(&app, &name, Some(&version))
+async fn model_metadata(State(app): State<Arc<App>>, Path(p): Path<Target>) -> Response {
+    metadata_of(&app, &p["name"], p.get("version").map(String::as_str))
 }
 
 fn ready_of(app: &App, name: &str, asked: Option<&str>) -> Response {
@@ -571,15 +561,8 @@ fn ready_of(app: &App, name: &str, asked: Option<&str>) -> Response {
     }
 }
 
-async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    ready_of(&app, &name, None)
-}
-
-async fn model_ready_at(
-    State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    ready_of(&app, &name, Some(&version))
+async fn model_ready(State(app): State<Arc<App>>, Path(p): Path<Target>) -> Response {
+    ready_of(&app, &p["name"], p.get("version").map(String::as_str))
 }
 
 /// Triton's model configuration (`tritonclient`'s `get_model_config`).
@@ -594,20 +577,16 @@ fn config_of(app: &App, name: &str, asked: Option<&str>) -> Response {
     }
 }
 
-async fn model_config(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    config_of(&app, &name, None)
-}
-
-async fn model_config_at(
-    State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    config_of(&app, &name, Some(&version))
+async fn model_config(State(app): State<Arc<App>>, Path(p): Path<Target>) -> Response {
+    config_of(&app, &p["name"], p.get("version").map(String::as_str))
 }
 
 /// Triton's statistics of the named model, or of every model.
 fn stats_of(app: &App, name: Option<&str>, asked: Option<&str>) -> Response {
     let tally = |t: metrics::Tally| json!({"count": t.count, "ns": t.ns});
+    if let Some(Err(r)) = name.map(|n| slot(app, n)) {
+        return *r;
+    }
     let mut stats = Vec::new();
     for s in &app.slots {
         if name.is_some_and(|n| n != s.name) {
@@ -632,12 +611,6 @@ fn stats_of(app: &App, name: Option<&str>, asked: Option<&str>) -> Response {
             },
         }));
     }
-    if let (Some(n), true) = (name, stats.is_empty()) {
-        return match slot(app, n) {
-            Err(r) => *r,
-            Ok(_) => error(StatusCode::NOT_FOUND, format!("no statistics of {n}")),
-        };
-    }
     json_response(&json!({"model_stats": stats}), None)
 }
 
@@ -645,15 +618,8 @@ async fn all_stats(State(app): State<Arc<App>>) -> Response {
     stats_of(&app, None, None)
 }
 
-async fn model_stats(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    stats_of(&app, Some(&name), None)
-}
-
-async fn model_stats_at(
-    State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    stats_of(&app, Some(&name), Some(&version))
+async fn model_stats(State(app): State<Arc<App>>, Path(p): Path<Target>) -> Response {
+    stats_of(&app, Some(&p["name"]), p.get("version").map(String::as_str))
 }
 
 /// Decodes a `Content-Encoding: gzip` or `deflate` body before any handler reads it (up to
@@ -823,34 +789,16 @@ async fn predict(app: Arc<App>, name: String, body: Bytes) -> Response {
 
 async fn infer(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    Path(p): Path<Target>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    infer_as(app, name, None, &headers, body).await
-}
-
-async fn infer_version(
-    State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    infer_as(app, name, Some(version), &headers, body).await
-}
-
-async fn infer_as(
-    app: Arc<App>,
-    name: String,
-    version: Option<String>,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (slot, v) = match served(&app, &name, version.as_deref()) {
+    let name = p["name"].clone();
+    let (slot, v) = match served(&app, &name, p.get("version").map(String::as_str)) {
         Ok(found) => found,
         Err(r) => return *r,
     };
-    let triton::Body { json: body, binary } = match triton::split_body(headers, body) {
+    let triton::Body { json: body, binary } = match triton::split_body(&headers, body) {
         Ok(b) => b,
         Err(protocol::Bad(m)) => return error(StatusCode::BAD_REQUEST, m),
     };

@@ -173,12 +173,7 @@ pub fn wants_binary(request: &Value, name: &str) -> bool {
 /// bytes (little-endian FP32), with the header's length in `Inference-Header-Content-Length`.
 pub fn answer(mut json: Value, binary: Vec<Vec<f32>>) -> Response {
     if binary.is_empty() {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            json.to_string(),
-        )
-            .into_response();
+        return super::json_response(&json, None);
     }
     let head = std::mem::take(&mut json).to_string();
     let mut body =
