@@ -6,8 +6,11 @@
 #
 #   scripts/same-weights.sh [COMMIT] [--quick]
 #
-# --quick trains the digits MLP only (seconds); the full check adds one epoch of the MNIST CNN
-# (about a minute on 2 cores). Both builds share the cargo target folder ($CARGO_TARGET_DIR,
+# --quick trains the digits MLP only (seconds); the full check adds one epoch of the MNIST CNN,
+# the GPT's first 200 steps on Shakespeare and the ResNet's smoke run on MNIST as PNG files
+# (data/mnist_png, which scripts/test writes): a few minutes on 2 cores.
+# KILN_SAME_WEIGHTS_KEEP=DIR keeps both binaries there (kiln-before, kiln-after), for a
+# benchmark of the two in one run. Both builds share the cargo target folder ($CARGO_TARGET_DIR,
 # default ./target) and the test build's feature set (scripts/features; $KILN_FEATURES
 # overrides it), so burn is built once, and not again after `scripts/test`.
 # Run it on an idle machine or not: training is deterministic, only the time changes.
@@ -44,8 +47,17 @@ clean_own .
 cargo build --release --quiet --bin kiln ${features:+--features "$features"}
 cp "$target/release/kiln" "$work/kiln-after"
 
+if [ -n "${KILN_SAME_WEIGHTS_KEEP:-}" ]; then
+  mkdir -p "$KILN_SAME_WEIGHTS_KEEP"
+  cp "$work/kiln-before" "$work/kiln-after" "$KILN_SAME_WEIGHTS_KEEP/"
+fi
+
 cases=("configs/digits_mlp.toml")
-[ "$quick" = 1 ] || cases+=("configs/mnist_cnn.toml --set train.epochs=1")
+[ "$quick" = 1 ] || cases+=(
+  "configs/mnist_cnn.toml --set train.epochs=1"
+  "configs/shakespeare_char.toml --set train.max_steps=200"
+  "configs/mnist_png_resnet.toml --smoke"
+)
 
 # Prints "<sha256 of the final weights> <metrics as canonical JSON>" for one training.
 train() {
@@ -67,9 +79,9 @@ for c in "${cases[@]}"; do
   # shellcheck disable=SC2086
   after="$(train "$work/kiln-after" "$work/reg-after" $c)"
   if [ "${before%% *}" = "${after%% *}" ] && [ "${before#* }" = "${after#* }" ]; then
-    printf 'same      %-45s weights sha256 %s, metrics identical\n' "$c" "${after:0:16}"
+    printf 'same      %-52s weights sha256 %s, metrics identical\n' "$c" "${after:0:16}"
   else
-    printf 'DIFFERENT %-45s\n  before: %s\n  after:  %s\n' "$c" "$before" "$after"
+    printf 'DIFFERENT %-52s\n  before: %s\n  after:  %s\n' "$c" "$before" "$after"
     status=1
   fi
 done

@@ -496,10 +496,22 @@ pub struct ServeArgs {
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub body_limit: usize,
+    /// Seconds a client has to send a request's headers; also how long a kept-alive
+    /// connection may idle. A stalled or idle connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds a client has to send a request's body once its headers are in; a stalled one
+    /// is answered 408 and closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub body_timeout: f64,
+    /// Connections open at once, at most; one more is answered 503 and closed (default: 4096,
+    /// or what the open-file limit allows, the soft limit raised to the hard one first).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Check the model references (aliases) this often, seconds; 0: only on SIGHUP.
     #[arg(long, default_value_t = 2.0)]
     pub poll: f64,
-    /// Served rows kept for the drift scores of /metrics.
+    /// Served rows kept for the drift scores of /metrics (0: no drift scores).
     #[arg(long, default_value_t = 1000)]
     pub drift_window: usize,
     /// Encode a category never seen in training as all zeros (as `kiln predict` does)

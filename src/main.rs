@@ -17,11 +17,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use kiln_trainer::config::ConfigError;
-use kiln_trainer::error::TrainError;
+use kiln_trainer::error::{TrainError, UserError};
 use kiln_trainer::eval::EvalError;
 use kiln_trainer::explain::ExplainError;
 use kiln_trainer::export::run::ExportError;
 use kiln_trainer::registry::RegistryError;
+use kiln_trainer::select::SelectError;
 
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away
@@ -44,41 +45,36 @@ fn main() -> ExitCode {
 }
 
 /// 2 for what the user wrote (a flag, a config, a name or reference that does not resolve, a
-/// model too large for the machine), 1 for everything else.
+/// model too large for the machine), 1 for everything else: each error type says which it is
+/// ([`UserError`]).
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    let usage = e.is::<cmd::Usage>()
-        || e.is::<ConfigError>()
-        || e.downcast_ref::<RegistryError>().is_some_and(is_reference)
-        || e.downcast_ref::<TrainError>()
-            .is_some_and(TrainError::is_config)
-        || matches!(e.downcast_ref::<ExportError>(), Some(ExportError::Registry(r)) if is_reference(r))
-        || e.downcast_ref::<kiln_trainer::select::SelectError>()
-            .is_some_and(kiln_trainer::select::SelectError::is_input)
-        || e.downcast_ref::<ExplainError>()
-            .is_some_and(ExplainError::is_input)
-        || e.downcast_ref::<EvalError>().is_some_and(|e| {
-            matches!(
-                e,
-                EvalError::LanguageModel { .. }
-                    | EvalError::NotLanguageModel { .. }
-                    | EvalError::EmptyPrompt
-                    | EvalError::Prompt(_)
-            )
-        });
-    if usage { 2 } else { 1 }
-}
-
-fn is_reference(e: &RegistryError) -> bool {
-    matches!(e, RegistryError::Name(_) | RegistryError::NotFound { .. })
+    fn usage<E: UserError + std::fmt::Display + std::fmt::Debug + Send + Sync + 'static>(
+        e: &anyhow::Error,
+    ) -> bool {
+        e.downcast_ref::<E>().is_some_and(E::is_usage)
+    }
+    let user = e.is::<cmd::Usage>()
+        || usage::<ConfigError>(e)
+        || usage::<RegistryError>(e)
+        || usage::<TrainError>(e)
+        || usage::<kiln_trainer::data::DataError>(e)
+        || usage::<ExportError>(e)
+        || usage::<SelectError>(e)
+        || usage::<ExplainError>(e)
+        || usage::<EvalError>(e);
+    if user { 2 } else { 1 }
 }
 
 /// `error: ` lines on stderr, in one write: ranks of a job share one terminal, and their lines
-/// must not interleave.
+/// must not interleave. A message's own line breaks separate its lines (a config's problems);
+/// names in messages have theirs escaped where the message is made (`kiln_trainer::shown`),
+/// and any other control character left is escaped here, so that nothing a file name holds
+/// can move the terminal's cursor or colour the output.
 pub fn print_error(prefix: &str, message: &str) {
     use std::io::Write;
     let text: String = message
         .lines()
-        .map(|l| format!("error: {prefix}{l}\n"))
+        .map(|l| format!("error: {prefix}{}\n", kiln_trainer::shown::name(l)))
         .collect();
     let _ = std::io::stderr().write_all(text.as_bytes());
 }

@@ -168,7 +168,10 @@ impl Architecture for CnnConfig {
                 "`model.kind` = \"cnn\" needs images: set `data.image_shape` = [channels, height, width]",
             ));
         };
-        let shrink: usize = s.conv.iter().map(|b| b.pool.max(1)).product();
+        let shrink = s
+            .conv
+            .iter()
+            .fold(1usize, |acc, b| acc.saturating_mul(b.pool.max(1)));
         if shrink > height.min(width) {
             return Err(SectionError::new(
                 "model.conv",

@@ -35,7 +35,7 @@ impl InputShape {
                 channels,
                 height,
                 width,
-            } => channels * height * width,
+            } => channels.saturating_mul(height).saturating_mul(width),
             InputShape::Tokens { len, .. } => len,
         }
     }

@@ -60,8 +60,8 @@ pub fn run(args: CvArgs) -> anyhow::Result<u8> {
         return Ok(130);
     }
     if let Some(out) = &args.output {
-        std::fs::write(out, kiln_trainer::html::cv_page(&record))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+        kiln_trainer::atomic::write(out, kiln_trainer::html::cv_page(&record).as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", kiln_trainer::shown::path(out)))?;
     }
     if args.json {
         println!(

@@ -22,10 +22,19 @@ pub fn run(
     registry: Option<PathBuf>,
 ) -> anyhow::Result<u8> {
     if !input.is_file() {
-        return usage(format!("{}: no such file", input.display()));
+        return usage(format!(
+            "{}: no such file",
+            kiln_trainer::shown::path(input)
+        ));
     }
-    if !(thresholds.psi > 0.0 && (0.0..=1.0).contains(&thresholds.ks) && thresholds.ks > 0.0) {
-        return Err(Usage("--psi must be above 0 and --ks in (0, 1]".into()).into());
+    if !(thresholds.psi > 0.0
+        && thresholds.psi.is_finite()
+        && (0.0..=1.0).contains(&thresholds.ks)
+        && thresholds.ks > 0.0)
+    {
+        return Err(
+            Usage("--psi must be a finite number above 0 and --ks in (0, 1]".into()).into(),
+        );
     }
     let (reg, entry) = resolve_model(&Registry::new(default_registry(registry)), reference)?;
     let model = LoadedRun::open_model(&reg, &entry)?;

@@ -11,7 +11,7 @@ use kiln_trainer::explain::reports::{self, ImportanceRequest, Method, RowsReport
 use kiln_trainer::registry::Registry;
 use kiln_trainer::{html, run as runs};
 
-use super::{Usage, default_registry, resolve_model};
+use super::{Usage, default_registry, resolve_model, within};
 use crate::cli::ExplainArgs;
 
 pub fn run(args: ExplainArgs, registry: Option<PathBuf>) -> anyhow::Result<u8> {
@@ -28,11 +28,13 @@ pub fn run(args: ExplainArgs, registry: Option<PathBuf>) -> anyhow::Result<u8> {
         )
         .into());
     }
-    if args.steps == 0 || args.budget < 2 || args.background == 0 || args.patch == 0 {
-        return Err(Usage(
-            "--steps, --background and --patch must be at least 1, --budget at least 2".into(),
-        )
-        .into());
+    within("--steps", args.steps, 1, attribution::MAX_STEPS)?;
+    within("--budget", args.budget, 2, attribution::MAX_BUDGET)?;
+    within("--background", args.background, 1, 1 << 20)?;
+    within("--patch", args.patch, 1, 1 << 16)?;
+    within("--repeats", args.repeats, 1, reports::MAX_REPEATS)?;
+    if let Some(m) = args.max_samples {
+        within("--max-samples", m, 2, usize::MAX)?;
     }
     let (reg, entry) = resolve_model(&Registry::new(default_registry(registry)), &args.model)?;
     let model = LoadedRun::open_entry(&reg, &entry)?;

@@ -59,7 +59,7 @@ pub fn run(args: FairnessArgs, registry: Option<PathBuf>) -> anyhow::Result<u8> 
         return Ok(0);
     }
     for v in &report.violations {
-        eprintln!("fairness limit broken: {v}");
+        eprintln!("fairness limit broken: {}", kiln_trainer::shown::name(v));
     }
     Ok(LIMIT_BROKEN)
 }

@@ -8,7 +8,7 @@ use kiln_trainer::eval::LoadedRun;
 use kiln_trainer::generate::{self, Sampling};
 use kiln_trainer::registry::Registry;
 
-use super::{default_registry, resolve_model, usage};
+use super::{default_registry, resolve_model, usage, within};
 use crate::cli::GenerateArgs;
 
 pub fn run(a: GenerateArgs, registry: Option<PathBuf>) -> anyhow::Result<u8> {
@@ -18,6 +18,12 @@ pub fn run(a: GenerateArgs, registry: Option<PathBuf>) -> anyhow::Result<u8> {
             a.temperature
         ));
     }
+    within(
+        "--max-new-tokens",
+        a.max_new_tokens,
+        1,
+        generate::MAX_NEW_TOKENS,
+    )?;
     if a.top_k == Some(0) {
         return usage("--top-k 0: keep at least 1 token");
     }

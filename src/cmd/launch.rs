@@ -23,23 +23,14 @@ pub fn run(devices: &str) -> anyhow::Result<u8> {
             "--devices {devices:?}: use cuda:all or cuda:N,M,... (one process per GPU); CPUs scale with mpirun -np N"
         ))
     })?;
+    let listed = listed_devices(devices, list)?;
     if !cfg!(feature = "nccl") {
         return usage(
             "--devices needs NCCL: build kiln with `--features cuda,nccl`, or launch with `mpirun -np N kiln train CONFIG --device cuda` on an MPI build",
         );
     }
     let found = kiln_trainer::backend::cuda_devices().len();
-    let chosen: Vec<usize> = if list == "all" {
-        (0..found).collect()
-    } else {
-        list.split(',')
-            .map(|i| {
-                i.trim()
-                    .parse::<usize>()
-                    .map_err(|_| Usage(format!("--devices {devices:?}: {i:?} is not a GPU index")))
-            })
-            .collect::<Result<_, _>>()?
-    };
+    let chosen: Vec<usize> = listed.unwrap_or_else(|| (0..found).collect());
     if found == 0 {
         anyhow::bail!("--devices: no CUDA GPU here (`kiln devices` lists what this build can use)");
     }
@@ -55,21 +46,7 @@ pub fn run(devices: &str) -> anyhow::Result<u8> {
         .map_err(|e| anyhow::anyhow!("--devices: no free local port: {e}"))?;
     let port = listener.local_addr()?.port();
     let exe = std::env::current_exe()?;
-    // The same command line without --devices; `--device cuda` means cuda:LOCAL_RANK among
-    // the visible GPUs.
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    let mut skip = false;
-    for a in std::env::args_os().skip(1) {
-        let text = a.to_string_lossy();
-        if skip {
-            skip = false;
-        } else if text == "--devices" {
-            skip = true;
-        } else if !text.starts_with("--devices=") {
-            args.push(a);
-        }
-    }
-    args.extend(["--device".into(), "cuda".into()]);
+    let args = rank_args();
     let visible: Vec<String> = chosen.iter().map(usize::to_string).collect();
     let world = chosen.len();
     // Ctrl-C reaches every process of the terminal: the ranks stop together and save; this
@@ -102,6 +79,54 @@ pub fn run(devices: &str) -> anyhow::Result<u8> {
         RANK_PIDS[rank.min(RANK_PIDS.len() - 1)].store(child.id() as i32, Ordering::SeqCst);
         children.push(child);
     }
+    Ok(supervise(children))
+}
+
+/// The GPU indices `--devices cuda:N,M,...` lists (`None` for `cuda:all`); an index that is
+/// not a number, or one listed twice, is a usage error.
+fn listed_devices(devices: &str, list: &str) -> anyhow::Result<Option<Vec<usize>>> {
+    if list == "all" {
+        return Ok(None);
+    }
+    let listed: Vec<usize> = list
+        .split(',')
+        .map(|i| {
+            i.trim()
+                .parse::<usize>()
+                .map_err(|_| Usage(format!("--devices {devices:?}: {i:?} is not a GPU index")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = listed.iter().find(|&&i| !seen.insert(i)) {
+        return usage(format!(
+            "--devices {devices:?}: cuda:{twice} is listed twice (one rank per GPU)"
+        ));
+    }
+    Ok(Some(listed))
+}
+
+/// The ranks' command line: this one without `--devices`, with `--device cuda` (cuda:LOCAL_RANK
+/// among the visible GPUs).
+fn rank_args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args_os().skip(1) {
+        let text = a.to_string_lossy();
+        if skip {
+            skip = false;
+        } else if text == "--devices" {
+            skip = true;
+        } else if !text.starts_with("--devices=") {
+            args.push(a);
+        }
+    }
+    args.extend(["--device".into(), "cuda".into()]);
+    args
+}
+
+/// Waits for every rank; when one fails, stops the others (as mpirun does). Returns the exit
+/// code: the first failure's, else 130 when the ranks stopped on request, else 0.
+fn supervise(children: Vec<std::process::Child>) -> u8 {
     let (mut failure, mut stopped) = (None::<u8>, false);
     let mut running: Vec<Option<std::process::Child>> = children.into_iter().map(Some).collect();
     while running.iter().any(Option::is_some) {
@@ -134,8 +159,7 @@ pub fn run(devices: &str) -> anyhow::Result<u8> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let code = failure.unwrap_or(if stopped { 130 } else { 0 });
-    Ok(code)
+    failure.unwrap_or(if stopped { 130 } else { 0 })
 }
 
 /// Hands `listener` to the child `command` starts (its descriptor stays open across `exec`,

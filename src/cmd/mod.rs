@@ -41,6 +41,21 @@ pub fn usage<T>(message: impl Into<String>) -> anyhow::Result<T> {
     Err(Usage(message.into()).into())
 }
 
+/// `Ok` when `value` lies in `lo..=hi`, else the usage error `FLAG VALUE: LO to HI` (a NaN
+/// is in no range).
+pub fn within<T: PartialOrd + std::fmt::Display>(
+    flag: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> anyhow::Result<()> {
+    if lo <= value && value <= hi {
+        Ok(())
+    } else {
+        usage(format!("{flag} {value}: {lo} to {hi}"))
+    }
+}
+
 /// Runs a command; `Ok` carries the exit code (a run that was interrupted, damage found).
 pub fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
@@ -140,11 +155,14 @@ pub fn load_config(path: &Path, overrides: &[Override]) -> anyhow::Result<RunCon
     if path.exists() && !path.is_file() && !path.is_dir() {
         return usage(format!(
             "{}: not a regular file (a named pipe, socket or device): a config is a file",
-            path.display()
+            kiln_trainer::shown::path(path)
         ));
     }
     if !path.is_file() {
-        return usage(format!("{}: no such config file", path.display()));
+        return usage(format!(
+            "{}: no such config file",
+            kiln_trainer::shown::path(path)
+        ));
     }
     let (file, _) = config::load(path, overrides)?;
     Ok(config::validate(

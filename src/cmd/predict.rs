@@ -18,7 +18,10 @@ pub fn run(
     let model = eval::LoadedRun::open_model(&reg, &entry)?;
     let folder_ok = model.pre.images.is_some() && input.is_dir();
     if !input.is_file() && !folder_ok {
-        return usage(format!("{}: no such file", input.display()));
+        return usage(format!(
+            "{}: no such file",
+            kiln_trainer::shown::path(input)
+        ));
     }
     let p = predict::predict_file(&model, input)?;
     let json = output.is_some_and(|o| o.extension().is_some_and(|e| e == "json"));

@@ -13,7 +13,8 @@ pub fn run(
 ) -> anyhow::Result<u8> {
     let registry = default_registry(registry);
     let write = |page: String| {
-        std::fs::write(output, page).map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))
+        kiln_trainer::atomic::write(output, page.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", kiln_trainer::shown::path(output)))
     };
     // A cross-validation or a sweep has a page of its own.
     if let Some(cv) = cv_of(&registry, reference) {

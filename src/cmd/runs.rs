@@ -17,7 +17,10 @@ pub fn run(command: RunsCommand, registry: Option<PathBuf>) -> anyhow::Result<u8
                 run::list(&registry)?.into_iter().map(|(_, r)| r).collect();
             runs.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
             for (path, e) in run::unreadable(&registry) {
-                eprintln!("warning: skipping {}: {e}", path.display());
+                eprintln!(
+                    "warning: skipping {}: {e}",
+                    kiln_trainer::shown::path(&path)
+                );
             }
             if json {
                 println!("{}", serde_json::to_string(&runs).expect("runs are JSON"));
@@ -103,7 +106,7 @@ fn config_json(dir: &Path) -> anyhow::Result<serde_json::Value> {
     let path = dir.join(layout::CONFIG);
     let text = std::fs::read_to_string(&path).map_err(run::io(&path))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| run::RunError::Parse {
-        path: path.display().to_string(),
+        path: kiln_trainer::shown::path(&path),
         message: e.to_string(),
     })?;
     Ok(serde_json::to_value(table).expect("TOML is JSON"))

@@ -5,7 +5,7 @@ use kiln_trainer::select::summary;
 use kiln_trainer::select::sweep;
 use kiln_trainer::select::worker::{self, WorkerOptions};
 
-use super::{Usage, default_registry, registry_flag};
+use super::{Usage, default_registry, registry_flag, within};
 use crate::cli::{SweepArgs, SweepCommand};
 use crate::signals::interrupt_flag;
 
@@ -15,8 +15,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<u8> {
         let (s, spec) = Sweep::open(&registry, id)?;
         let sum = summary::summarise(&s, &spec);
         if let Some(out) = output {
-            std::fs::write(out, summary::page(&sum))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            kiln_trainer::atomic::write(out, summary::page(&sum).as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", kiln_trainer::shown::path(out)))?;
         }
         if *json {
             println!(
@@ -28,9 +28,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    if args.parallel == 0 {
-        return Err(Usage("--parallel must be at least 1".into()).into());
-    }
+    within("--parallel", args.parallel, 1, 1024)?;
+    within("--threads", args.threads, 0, 1024)?;
     let (s, spec) = match (&args.file, args.resume.as_ref().or(args.worker.as_ref())) {
         (Some(file), None) => {
             let registry = args

@@ -67,15 +67,7 @@ fn train_one(
         devices: _,
         trial,
     } = args;
-    // A sweep's trial: its run id, its place in the sweep and its pruner.
-    let member = match trial
-        .as_deref()
-        .map(kiln_trainer::select::sweep::TrialContext::open)
-    {
-        Some(Ok(ctx)) => Some(ctx.member()),
-        Some(Err(e)) => return Err(Ranked::Agreed(e.into())),
-        None => None,
-    };
+    let member = trial_member(trial.as_deref())?;
     let loaded = load_for_training(
         config_path.as_deref(),
         &set,
@@ -117,6 +109,21 @@ fn train_one(
             _ => 0,
         });
     }
+    Ok(report_outcome(&outcome, json, &registry_flag))
+}
+
+/// A sweep's trial (`--trial DIR`): its run id, its place in the sweep and its pruner.
+fn trial_member(trial: Option<&Path>) -> Result<Option<train::Member>, Ranked> {
+    match trial.map(kiln_trainer::select::sweep::TrialContext::open) {
+        Some(Ok(ctx)) => Ok(Some(ctx.member())),
+        Some(Err(e)) => Err(Ranked::Agreed(e.into())),
+        None => Ok(None),
+    }
+}
+
+/// What the writing rank prints of a finished run (where to resume an interrupted one; a
+/// summary, or one line of JSON) and its exit code: 130 when interrupted, else 0.
+fn report_outcome(outcome: &train::Outcome, json: bool, registry_flag: &str) -> u8 {
     let info = &outcome.info;
     if info.status == run::Status::Interrupted {
         eprintln!(
@@ -160,11 +167,11 @@ fn train_one(
         );
         print!("{}", report::metrics_table(&info.metrics));
     }
-    Ok(if info.status == run::Status::Interrupted {
+    if info.status == run::Status::Interrupted {
         130
     } else {
         0
-    })
+    }
 }
 
 /// The config (from a file with overrides, or from the run being resumed) and the registry.

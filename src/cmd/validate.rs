@@ -11,11 +11,15 @@ pub fn run(paths: &[PathBuf], deep: bool, set: &[String]) -> anyhow::Result<u8> 
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            collect_tomls(p, &mut files).map_err(|e| Usage(format!("{}: {e}", p.display())))?;
+            collect_tomls(p, &mut files)
+                .map_err(|e| Usage(format!("{}: {e}", kiln_trainer::shown::path(p))))?;
         } else if p.is_file() {
             files.push(p.clone());
         } else {
-            return usage(format!("{}: no such file or folder", p.display()));
+            return usage(format!(
+                "{}: no such file or folder",
+                kiln_trainer::shown::path(p)
+            ));
         }
     }
     if files.is_empty() {
@@ -40,7 +44,7 @@ pub fn run(paths: &[PathBuf], deep: bool, set: &[String]) -> anyhow::Result<u8> 
         match load_config(f, &overrides) {
             Ok(cfg) if deep => match eval::deep_check(&cfg) {
                 Ok(summary) => println!("ok    {}  ({summary})", f.display()),
-                Err(e) => failed.push(format!("{}: {e}", f.display())),
+                Err(e) => failed.push(format!("{}: {e}", kiln_trainer::shown::path(f))),
             },
             Ok(_) => println!("ok    {}", f.display()),
             Err(e) => failed.push(e.to_string()),

@@ -459,11 +459,21 @@ fn interrupted_and_resumed_equals_uninterrupted(model: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    // Frozen while it is looked at, so that it cannot finish between the look and the
+    // interrupt: Ctrl-C lands in a run that is still training (SIGINT is delivered on SIGCONT).
+    freeze(child.id());
+    let finished = std::fs::read_dir(sb.registry().join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_str() != full["run_id"].as_str())
+        .any(|e| e.path().join("final").exists());
+    assert!(
+        !finished,
+        "training finished before it could be interrupted"
+    );
+    signal(child.id(), "INT");
+    signal(child.id(), "CONT");
     let o = child.wait_with_output().unwrap();
     assert_exit(&o, 130);
     let err = stderr(&o);

@@ -585,3 +585,96 @@ fn a_named_pipe_among_the_data_is_refused_and_never_hangs() {
     assert!(e.contains("pipe.toml"), "{e}");
     assert!(no_runs(&sb), "a refused input left a run behind");
 }
+
+/// A real PNG of `side` x `side` grey pixels, all black: a few hundred kB that decode to
+/// `side`² bytes (and four times that as floats). Written row by row, never held whole.
+fn black_png(path: &Path, side: u32) {
+    use std::io::Write;
+    let chunk = |out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&side.to_be_bytes());
+    ihdr.extend_from_slice(&side.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit grey, deflate, no filter, no interlace
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let row = vec![0u8; side as usize + 1]; // filter byte 0, then the pixels
+    for _ in 0..side {
+        z.write_all(&row).unwrap();
+    }
+    let idat = z.finish().unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &idat);
+    chunk(&mut png, b"IEND", &[]);
+    std::fs::write(path, png).unwrap();
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_by_its_header_before_a_pixel_is_decoded() {
+    let sb = Sandbox::new();
+    let root = mnist_png(&sb, 40);
+    // 20000 x 20000: 400 MB of pixels, 1.6 GB as floats, from a file of under a megabyte.
+    let bomb = root.join("train/3/bomb.png");
+    black_png(&bomb, 20_000);
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+    let cfg = config(&sb, &root, CNN, 1, "");
+    let run = |cfg: &Path, what: &str| {
+        let child = sb
+            .command(&["train", cfg.to_str().unwrap(), "--quiet"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // The peak resident memory, read while it runs.
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let watch = {
+            let peak = std::sync::Arc::clone(&peak);
+            std::thread::spawn(move || {
+                while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if let Some(kib) = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let o = wait_with_deadline(child, Duration::from_secs(120), what);
+        watch.join().unwrap();
+        let kib = peak.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(kib < 400 * 1024, "{what}: {kib} KiB resident at its peak");
+        o
+    };
+    let o = run(&cfg, "a bomb among the images");
+    assert_exit(&o, 1);
+    let e = error_lines(&o);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("bomb.png: 20000x20000 pixels, over the limit"),
+        "{e:?}"
+    );
+    assert!(no_runs(&sb), "a refused input left a run behind");
+    // With `bad_images = "skip"` the bomb is left out like any unreadable file, and the rest
+    // trains.
+    let skip = sb.write(
+        "skip.toml",
+        &std::fs::read_to_string(&cfg).unwrap().replace(
+            "image_size = [28, 28]",
+            "image_size = [28, 28]\nbad_images = \"skip\"",
+        ),
+    );
+    let o = run(&skip, "a bomb skipped");
+    assert_exit(&o, 0);
+}

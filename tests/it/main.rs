@@ -11,6 +11,7 @@ mod docs;
 mod drift;
 mod explain;
 mod export;
+mod hostile;
 mod images;
 mod predict;
 mod promises;

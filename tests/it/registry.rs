@@ -334,7 +334,8 @@ fn two_trainings_into_one_registry_at_once() {
     // The test holds the registry lock while the trainings run. Each one trains, commits its
     // final weights, then waits for the lock to register its version: once every run has its
     // `final/`, all the registrations are pending at once, and letting go makes them race.
-    // (kiln waits up to 60 s for the lock, so the test lets go well before.)
+    // (kiln waits up to KILN_REGISTRY_LOCK_WAIT for the lock: ten minutes here, past any
+    // deadline of the test's.)
     std::fs::create_dir_all(sb.registry()).unwrap();
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -354,6 +355,7 @@ fn two_trainings_into_one_registry_at_once() {
                 "--set",
                 &format!("seed={seed}"),
             ])
+            .env("KILN_REGISTRY_LOCK_WAIT", "600")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -362,7 +364,7 @@ fn two_trainings_into_one_registry_at_once() {
         .collect();
     wait_until(
         "all three runs to commit their final weights",
-        Duration::from_secs(40),
+        Duration::from_secs(300),
         || {
             for child in children.iter_mut() {
                 if let Some(status) = child.try_wait().unwrap() {

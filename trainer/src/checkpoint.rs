@@ -169,7 +169,7 @@ impl Saver {
         metrics: BTreeMap<String, f64>,
     ) -> Result<(), TrainError> {
         let dest = layout::checkpoint_dir(&self.run_dir, state.pos.step);
-        let files = state.encode(&format!("checkpoint {}", dest.display()))?;
+        let files = state.encode(&format!("checkpoint {}", crate::shown::path(&dest)))?;
         let mut manifest = self.base.clone();
         manifest.kind = Kind::Checkpoint;
         manifest.created = now();
@@ -248,7 +248,7 @@ pub fn data_files(cfg: &RunConfig) -> Result<Vec<DataFile>, TrainError> {
         if let Some(p) = path {
             let (sha256, bytes) =
                 crate::registry::store::hash_file(p).map_err(|source| TrainError::Io {
-                    path: p.display().to_string(),
+                    path: crate::shown::path(p),
                     source,
                 })?;
             files.push(DataFile {
@@ -295,7 +295,7 @@ pub fn restore(
                 skipped.push(format!(
                     "{e}{}",
                     if moved {
-                        format!(" (moved aside to {})", aside.display())
+                        format!(" (moved aside to {})", crate::shown::path(&aside))
                     } else {
                         String::new()
                     }
@@ -304,7 +304,7 @@ pub fn restore(
             }
             Err(e) => return Err(e.into()),
         };
-        let at = format!("checkpoint {}", dir.display());
+        let at = format!("checkpoint {}", crate::shown::path(&dir));
         let state = TrainState::decode(&loaded.files, &at, mconf, device, optimizer)?;
         return Ok(Restored {
             state,
@@ -322,7 +322,7 @@ pub fn restore(
         )
     };
     Err(ResumeError::NoCheckpoint {
-        path: run_dir.join(layout::CHECKPOINTS).display().to_string(),
+        path: crate::shown::path(&run_dir.join(layout::CHECKPOINTS)),
         why,
     }
     .into())

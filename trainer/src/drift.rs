@@ -505,13 +505,13 @@ pub fn profile_of(run: &crate::eval::LoadedRun) -> Result<Reference, DriftError>
     if !path.is_file() {
         return Err(DriftError::NoProfile {
             model: run.label.clone(),
-            file: path.display().to_string(),
+            file: crate::shown::path(&path),
         });
     }
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| DriftError::Profile(path.display().to_string(), e.to_string()))?;
+        .map_err(|e| DriftError::Profile(crate::shown::path(&path), e.to_string()))?;
     serde_json::from_str(&text)
-        .map_err(|e| DriftError::Profile(path.display().to_string(), e.to_string()))
+        .map_err(|e| DriftError::Profile(crate::shown::path(&path), e.to_string()))
 }
 
 /// Drift of the rows of `input` (read and preprocessed as the model's training data) from the
@@ -531,7 +531,9 @@ pub fn check_file(
         });
     };
     if lines.is_empty() {
-        return Err(DriftError::Empty { input: shown });
+        return Err(DriftError::Empty {
+            input: crate::shown::path(input),
+        });
     }
     compare(run, &reference, table, &shown, t)
 }
@@ -550,7 +552,7 @@ pub fn compare(
     })?;
     if values.len() != reference.columns.len() {
         return Err(DriftError::Profile(
-            run.dir.join(crate::layout::DRIFT).display().to_string(),
+            crate::shown::path(&run.dir.join(crate::layout::DRIFT)),
             format!(
                 "{} columns profiled, the model reads {}",
                 reference.columns.len(),

@@ -283,7 +283,7 @@ impl LoadedRun {
                 return Err(EvalError::ImagesChanged {
                     id: label.clone(),
                     path: path.clone(),
-                    what,
+                    what: crate::shown::name(&what).into_owned(),
                 });
             }
             same?;
@@ -401,7 +401,7 @@ fn same_data(
         let listed = |files: &[crate::registry::manifest::DataFile]| {
             files
                 .iter()
-                .map(|f| f.path.as_str())
+                .map(|f| crate::shown::name(&f.path))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -415,7 +415,7 @@ fn same_data(
         if a.sha256 != b.sha256 {
             return Err(EvalError::DataChanged {
                 id: label.to_string(),
-                path: b.path.clone(),
+                path: crate::shown::name(&b.path).into_owned(),
                 was: short(&a.sha256),
                 now: short(&b.sha256),
             });

@@ -22,6 +22,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::data::text::Tokenizer;
 use crate::eval::{EvalError, LoadedRun};
 
+/// `kiln generate --max-new-tokens` at most (a model's window slides along; a million tokens
+/// is far past any use and still bounded).
+pub const MAX_NEW_TOKENS: usize = 1_000_000;
+
 /// How tokens are drawn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
@@ -238,7 +242,7 @@ fn generate_ids(
     let mut start = ids.len().saturating_sub(block);
     let mut cache = KvCache::new();
     let mut cached_from = None;
-    let mut new = Vec::with_capacity(s.max_new_tokens);
+    let mut new = Vec::with_capacity(s.max_new_tokens.min(4096));
     for _ in 0..s.max_new_tokens {
         start = window_start(start, ids.len(), block);
         let logits = if s.cache {

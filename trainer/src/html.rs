@@ -341,14 +341,27 @@ pub fn write_report(run_dir: &Path, out: &Path, groups: &[String]) -> Result<(),
         .as_ref()
         .expect("a model opened from its run folder has the run's record");
     let curves = curves(run_dir).map_err(EvalError::from)?;
-    let get = |split: &str, metric: &str| {
-        curves
-            .get(&(split.to_string(), metric.to_string()))
-            .cloned()
-            .unwrap_or_default()
-    };
-    let colors = [BLUE, RED, GREEN, MAGENTA];
     let mut body = String::new();
+    summary_section(info, &mut body);
+    curves_section(info, &curves, &mut body);
+    let split = if !crate::data::Source::is_empty(&loaded.data.test) {
+        SplitName::Test
+    } else {
+        SplitName::Valid
+    };
+    evaluation_section(&loaded, info, split, &mut body)?;
+    explanations_section(&loaded, split, &mut body)?;
+    fairness_section(&loaded, split, groups, &mut body)?;
+    let config = std::fs::read_to_string(run_dir.join(layout::CONFIG)).unwrap_or_default();
+    let _ = write!(body, "<h2>Config</h2><pre>{}</pre>", escape(&config));
+    let html = page(&format!("kiln run {}", info.id), &body);
+    run::write_atomic(out, html.as_bytes()).map_err(EvalError::Run)?;
+    Ok(())
+}
+
+/// The report's heading (the run's id, model, status, steps, speed) and its table of final
+/// metrics per split.
+fn summary_section(info: &run::RunInfo, body: &mut String) {
     let _ = write!(
         body,
         "<h1>kiln run {}</h1><p>model <b>{}</b>, status <b>{:?}</b>, {} steps, {} epochs, {:.1} s, {:.0} samples/s, started {}</p>",
@@ -384,7 +397,20 @@ pub fn write_report(run_dir: &Path, out: &Path, groups: &[String]) -> Result<(),
             body.push_str("</tr>");
         }
     }
-    body.push_str("</table><h2>Curves</h2>");
+    body.push_str("</table>");
+}
+
+/// The report's curves: training and validation loss, the monitored validation metric (when
+/// it is not the loss) and the learning rate.
+fn curves_section(info: &run::RunInfo, curves: &Curves, body: &mut String) {
+    let get = |split: &str, metric: &str| {
+        curves
+            .get(&(split.to_string(), metric.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let colors = [BLUE, RED, GREEN, MAGENTA];
+    body.push_str("<h2>Curves</h2>");
     let loss = [
         Series {
             name: "train loss".into(),
@@ -420,11 +446,16 @@ pub fn write_report(run_dir: &Path, out: &Path, groups: &[String]) -> Result<(),
             color: colors[3],
         }],
     ));
-    let split = if !crate::data::Source::is_empty(&loaded.data.test) {
-        SplitName::Test
-    } else {
-        SplitName::Valid
-    };
+}
+
+/// The held-out split's chart: a classifier's confusion matrix (from the run's final
+/// metrics) or a regression's residuals; nothing for a language model.
+fn evaluation_section(
+    loaded: &LoadedRun,
+    info: &run::RunInfo,
+    split: SplitName,
+    body: &mut String,
+) -> Result<(), ExplainError> {
     let split_name = if split == SplitName::Test {
         "test"
     } else {
@@ -448,24 +479,6 @@ pub fn write_report(run_dir: &Path, out: &Path, groups: &[String]) -> Result<(),
         // Loss, perplexity and bits per token are in the metrics table above.
         Some(Metrics::LanguageModel(_)) | None => {}
     }
-    explanations_section(&loaded, split, &mut body)?;
-    fairness_section(&loaded, split, groups, &mut body)?;
-    let config = std::fs::read_to_string(run_dir.join(layout::CONFIG)).unwrap_or_default();
-    let _ = write!(body, "<h2>Config</h2><pre>{}</pre>", escape(&config));
-    let html = page(&format!("kiln run {}", info.id), &body);
-    let tmp = out.with_extension("html.tmp");
-    std::fs::write(&tmp, html).map_err(|e| {
-        EvalError::Run(run::RunError::Io {
-            path: tmp.display().to_string(),
-            source: e,
-        })
-    })?;
-    std::fs::rename(&tmp, out).map_err(|e| {
-        EvalError::Run(run::RunError::Io {
-            path: out.display().to_string(),
-            source: e,
-        })
-    })?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod amp;
+pub mod atomic;
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
@@ -39,6 +40,7 @@ pub mod report;
 pub mod run;
 pub mod select;
 pub mod serve;
+pub mod shown;
 pub mod state;
 pub mod suggest;
 pub mod task;

@@ -28,7 +28,9 @@ pub struct TooLarge {
 fn needed_for(batch: usize) -> String {
     let mut what = "weights, gradients, optimizer moments, the best weights".to_string();
     if batch > 0 {
-        what.push_str(&format!(" and the activations of a batch of {batch}"));
+        what.push_str(&format!(
+            " and the inputs and activations of a batch of {batch}"
+        ));
     }
     what
 }

@@ -24,14 +24,14 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", crate::shown::name(path))]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", crate::shown::name(path))]
     Parse { path: String, message: String },
-    #[error("no run {reference:?} in {registry}{hint}")]
+    #[error("no run {reference:?} in {}{hint}", crate::shown::name(registry))]
     NotFound {
         reference: String,
         registry: String,
@@ -130,14 +130,9 @@ pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees half.
+/// Replaces `path` with `bytes` whole ([`crate::atomic::write`]), so a reader never sees half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::atomic::write(path, bytes).map_err(io(path))
 }
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RunError> {

@@ -31,10 +31,6 @@ pub struct LoopState {
     pub batch: usize,
     /// Optimizer steps taken.
     pub step: usize,
-    /// Micro-batches accumulated towards the next step; always 0, since checkpoints are taken
-    /// between optimizer steps.
-    #[serde(default)]
-    pub micro_step: usize,
     pub best: Option<f64>,
     pub best_step: Option<usize>,
     /// The monitored metric at the latest validation (what retention ranks checkpoints by).

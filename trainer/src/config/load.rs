@@ -20,9 +20,12 @@ impl Override {
     /// Parses `a.b=c`. The value is read as TOML (`3e-4`, `true`, `[64, 32]`, `"x"`); anything
     /// that is not valid TOML is taken as a bare string, so `--set optim.name=adam` works.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let (key, value) = raw
-            .split_once('=')
-            .ok_or_else(|| format!("--set {raw}: expected KEY=VALUE, like optim.lr=3e-4"))?;
+        let (key, value) = raw.split_once('=').ok_or_else(|| {
+            format!(
+                "--set {}: expected KEY=VALUE, like optim.lr=3e-4",
+                crate::shown::name(raw)
+            )
+        })?;
         let path: Vec<String> = key
             .trim()
             .split('.')
@@ -30,8 +33,9 @@ impl Override {
             .collect();
         if path.iter().any(|p| p.is_empty()) {
             return Err(format!(
-                "--set {raw}: the key `{}` has an empty part",
-                key.trim()
+                "--set {}: the key `{}` has an empty part",
+                crate::shown::name(raw),
+                crate::shown::name(key.trim())
             ));
         }
         let text = value.trim();
@@ -50,7 +54,7 @@ impl Override {
 /// Reads `path`, applies `overrides` in order, and deserialises. Every unknown key is reported,
 /// each with its line (or its `--set`) and a suggestion when one is close.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<(FileConfig, Table), ConfigError> {
-    let origin = path.display().to_string();
+    let origin = crate::shown::path(path);
     let text = crate::data::open_regular(path)
         .and_then(|mut f| {
             let mut text = String::new();
@@ -119,7 +123,7 @@ pub fn parse(
     let schema = super::schema();
     for key in &unknown {
         let (o, line) = where_is(key);
-        let dotted = key.join(".");
+        let dotted = crate::shown::name(&key.join(".")).into_owned();
         let known = super::schema::known_keys(&schema, &key[..key.len() - 1]);
         let leaf = key.last().map(String::as_str).unwrap_or("");
         let msg = match crate::suggest::suggest(leaf, &known) {
@@ -156,7 +160,7 @@ pub fn parse(
             problems.push(Problem::new(
                 &o,
                 line,
-                format!("`{}`: {inner}", key.join(".")),
+                format!("`{}`: {inner}", crate::shown::name(&key.join("."))),
             ));
             Err(ConfigError { problems })
         }

@@ -38,9 +38,10 @@ impl Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origin = crate::shown::name(&self.origin);
         match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.origin, line, self.message),
-            None => write!(f, "{}: {}", self.origin, self.message),
+            Some(line) => write!(f, "{origin}:{line}: {}", self.message),
+            None => write!(f, "{origin}: {}", self.message),
         }
     }
 }
@@ -82,5 +83,5 @@ pub fn load_run_with(
     let path = run_dir.join(layout::CONFIG);
     let (file, _) = load(&path, &[])?;
     let name = file.name.clone().unwrap_or_else(|| "model".into());
-    validate_with(file, &path.display().to_string(), &name, data_files)
+    validate_with(file, &crate::shown::path(&path), &name, data_files)
 }

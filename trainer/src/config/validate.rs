@@ -8,6 +8,10 @@ use crate::amp::Precision;
 use crate::data;
 use kiln_models::{InputShape, ModelConfig, ModelKind};
 
+/// The largest vocabulary a tokenizer may be asked for: token ids are 32-bit, and the largest
+/// vocabularies in use are about 256k (Gemma's); four times that is a mistake, not a model.
+pub const MAX_VOCAB: usize = 1 << 20;
+
 const CLASSIFICATION_METRICS: &[&str] = &["loss", "accuracy", "f1", "precision", "recall", "auc"];
 const REGRESSION_METRICS: &[&str] = &["loss", "mse", "rmse", "mae", "r2"];
 const LANGUAGE_MODEL_METRICS: &[&str] = &["loss", "perplexity", "bits_per_token", "accuracy"];
@@ -172,9 +176,42 @@ impl Checker<'_> {
     fn data(&mut self, file: &FileConfig, data_files: bool) -> DataChecked {
         let d = &file.data;
         let n_before = self.problems.len();
+        let path = self.data_path(d, data_files);
+        self.text(file, data_files);
+        let labels_path = self.file("labels_path", &d.labels_path, data_files);
+        let test_path = self.test_path(d, data_files);
+        self.images(file);
+        let test_labels_path = self.file("test_labels_path", &d.test_labels_path, data_files);
+        let paths_ok = self.problems.len() == n_before;
+        self.data_pairings(d);
+        let delimiter = self.delimiter(d);
+        let test_frac = self.split(d);
+        if !d.impute_value.is_finite() {
+            self.bad("`data.impute_value` must be a finite number".into());
+        }
+        if let Some(s) = d.image_shape
+            && s.contains(&0)
+        {
+            self.bad(format!(
+                "`data.image_shape` = {s:?}: every size must be at least 1"
+            ));
+        }
+        DataChecked {
+            path,
+            labels_path,
+            test_path,
+            test_labels_path,
+            delimiter,
+            test_frac,
+            paths_ok,
+        }
+    }
+
+    /// `data.path`: a file, an image folder, or a text corpus (a file, folder or glob).
+    fn data_path(&mut self, d: &super::DataSection, data_files: bool) -> Option<PathBuf> {
         let text = d.format == DataFormat::Text;
         let folder = d.format == DataFormat::ImageFolder;
-        let path = if d.path.is_empty() {
+        if d.path.is_empty() {
             self.bad("`data.path` is required: the training data file".into());
             None
         } else if folder {
@@ -195,10 +232,13 @@ impl Checker<'_> {
             Some(path)
         } else {
             self.file("path", &Some(d.path.clone()), data_files)
-        };
-        self.text(file, data_files);
-        let labels_path = self.file("labels_path", &d.labels_path, data_files);
-        let test_path = match folder {
+        }
+    }
+
+    /// `data.test_path`: a folder of class folders for image folders, else a file.
+    fn test_path(&mut self, d: &super::DataSection, data_files: bool) -> Option<PathBuf> {
+        let folder = d.format == DataFormat::ImageFolder;
+        match folder {
             true => {
                 let p = d.test_path.as_ref().map(PathBuf::from);
                 if data_files && let Some(p) = p.as_ref().filter(|p| !p.is_dir()) {
@@ -210,10 +250,11 @@ impl Checker<'_> {
                 p
             }
             false => self.file("test_path", &d.test_path, data_files),
-        };
-        self.images(file);
-        let test_labels_path = self.file("test_labels_path", &d.test_labels_path, data_files);
-        let paths_ok = self.problems.len() == n_before;
+        }
+    }
+
+    /// Keys of `[data]` that go together or exclude each other.
+    fn data_pairings(&mut self, d: &super::DataSection) {
         if d.format == DataFormat::Idx && d.labels_path.is_none() {
             self.bad("`data.format` = \"idx\" needs `data.labels_path`, the IDX label file".into());
         }
@@ -243,7 +284,11 @@ impl Checker<'_> {
         if d.test_path.is_none() && d.test_labels_path.is_some() {
             self.bad("`data.test_labels_path` is set but `data.test_path` is not".into());
         }
-        let delimiter = match d.delimiter.as_deref() {
+    }
+
+    /// `data.delimiter` as a byte (`None`: runs of whitespace).
+    fn delimiter(&mut self, d: &super::DataSection) -> Option<u8> {
+        match d.delimiter.as_deref() {
             None => {
                 if d.path.ends_with(".tsv") || d.path.ends_with(".tsv.gz") {
                     Some(b'\t')
@@ -262,7 +307,12 @@ impl Checker<'_> {
             ));
                 Some(b',')
             }
-        };
+        }
+    }
+
+    /// `[data.split]`: the fractions and folds; returns the test fraction.
+    fn split(&mut self, d: &super::DataSection) -> f64 {
+        let text = d.format == DataFormat::Text;
         // A corpus is split by position: validation follows training, test comes last (none
         // unless asked for).
         let test_frac = d.split.test.unwrap_or(if d.test_path.is_some() || text {
@@ -311,25 +361,7 @@ impl Checker<'_> {
                 "`data.split.test` must be 0 when `data.test_path` gives the test split".into(),
             );
         }
-        if !d.impute_value.is_finite() {
-            self.bad("`data.impute_value` must be a finite number".into());
-        }
-        if let Some(s) = d.image_shape
-            && s.contains(&0)
-        {
-            self.bad(format!(
-                "`data.image_shape` = {s:?}: every size must be at least 1"
-            ));
-        }
-        DataChecked {
-            path,
-            labels_path,
-            test_path,
-            test_labels_path,
-            delimiter,
-            test_frac,
-            paths_ok,
-        }
+        test_frac
     }
 
     /// The image keys of `[data]`, and the pairing of image files with their task.
@@ -353,10 +385,11 @@ impl Checker<'_> {
                 );
             }
             if let Some(s) = d.image_size
-                && s.contains(&0)
+                && (s.contains(&0) || s[0].saturating_mul(s[1]) > data::images::MAX_PIXELS)
             {
                 self.bad(format!(
-                    "`data.image_size` = {s:?}: every size must be at least 1"
+                    "`data.image_size` = {s:?}: every size at least 1, at most {} pixels in all",
+                    data::images::MAX_PIXELS
                 ));
             }
             if let Some(c) = d.channels
@@ -459,8 +492,12 @@ impl Checker<'_> {
             );
         }
         use data::text::TokenizerKind as K;
-        if d.vocab_size.is_some_and(|v| v < 3) {
-            self.bad("`data.vocab_size` must be at least 3 (special tokens and one more)".into());
+        if let Some(v) = d.vocab_size
+            && !(3..=MAX_VOCAB).contains(&v)
+        {
+            self.bad(format!(
+                "`data.vocab_size` = {v}: 3 (special tokens and one more) to {MAX_VOCAB}"
+            ));
         }
         let sized = labeled || (text && d.tokenizer == Some(K::Bpe) && d.tokenizer_file.is_none());
         if d.vocab_size.is_some() && !sized {
@@ -493,7 +530,6 @@ impl Checker<'_> {
 
     /// `[model]`.
     fn model(&mut self, file: &FileConfig) {
-        let d = &file.data;
         // model: each kind checks its own keys; then, where the data's shape is known before
         // reading it (rows, or `data.image_shape`), the architecture is built as training will.
         let m = &file.model;
@@ -511,55 +547,69 @@ impl Checker<'_> {
         for e in model_problems {
             self.bad(e.to_string());
         }
-        let provisional = match (d.image_shape, d.format) {
-            (Some([channels, height, width]), _) => Some(InputShape::Images {
-                channels,
-                height,
-                width,
-            }),
-            (None, DataFormat::Csv) if d.text.is_some() => Some(InputShape::Tokens {
-                vocab: 1,
-                len: text_block(file),
-            }),
-            (None, DataFormat::Csv) => Some(InputShape::Rows { features: 1 }),
-            // IDX images: their shape is in the file's header, read at training time.
-            (None, DataFormat::Idx) => None,
-            (None, DataFormat::ImageFolder | DataFormat::ImageCsv) => {
-                d.image_size.map(|[height, width]| InputShape::Images {
-                    channels: d.channels.unwrap_or(1),
-                    height,
-                    width,
-                })
-            }
-            // The vocabulary is read with the corpus; the block must fit the position table.
-            (None, DataFormat::Text) => Some(InputShape::Tokens {
-                vocab: 1,
-                len: text_block(file),
-            }),
-        };
-        if let Some(input) = provisional.filter(|_| clean)
-            && let Err(e) = ModelConfig::from_section(m, input, 1)
-        {
-            self.bad(e.to_string());
+        if !clean {
+            return;
         }
-        // A size no machine here can hold is refused before any data is read; training checks
-        // again with the data's real sizes.
-        if clean
-            && let Err(e) = crate::memory::check_fits(
-                crate::memory::size_keys(m),
-                m.kind.min_params(m),
-                0,
-                0,
-                crate::memory::available_bytes(),
-            )
-        {
+        let mut sized = None;
+        if let Some(input) = provisional_input(file) {
+            match ModelConfig::from_section(m, input, 1) {
+                Ok(c) => sized = Some((c, input)),
+                Err(e) => self.bad(e.to_string()),
+            }
+        }
+        self.memory(file, sized.as_ref());
+    }
+
+    /// A size no machine here can hold is refused before any data is read (training checks
+    /// again with the data's real sizes): the model's weights and, where the config gives the
+    /// input's shape (`sized`), the batches the loader holds (`runtime.workers` x
+    /// (`runtime.prefetch` + 1), and the one training) and, on the CPU, their activations.
+    fn memory(&mut self, file: &FileConfig, sized: Option<&(ModelConfig, InputShape)>) {
+        let (d, m) = (&file.data, &file.model);
+        let (keys, params, per_example, batch) = match sized {
+            Some((c, input)) => {
+                let held = file
+                    .runtime
+                    .workers
+                    .saturating_mul(file.runtime.prefetch.saturating_add(1))
+                    .saturating_add(1) as u64;
+                // Input floats are held once (4 bytes), activations twice (value and
+                // gradient, the 8 bytes `check_fits` counts per activation).
+                let inputs = (input.numel() as u64).saturating_mul(held).div_ceil(2);
+                let activations = if file.backend.device.starts_with("cpu") {
+                    c.activations_per_example()
+                } else {
+                    0
+                };
+                let mut keys = crate::memory::size_keys(m);
+                if let Some(s) = d.image_size {
+                    keys.push_str(&format!(" for `data.image_size` = {s:?}"));
+                }
+                if let Some(v) = d.vocab_size {
+                    keys.push_str(&format!(" for `data.vocab_size` = {v}"));
+                }
+                (
+                    keys,
+                    c.num_params(),
+                    inputs.saturating_add(activations),
+                    file.train.batch_size,
+                )
+            }
+            None => (crate::memory::size_keys(m), m.kind.min_params(m), 0, 0),
+        };
+        if let Err(e) = crate::memory::check_fits(
+            keys,
+            params,
+            per_example,
+            batch,
+            crate::memory::available_bytes(),
+        ) {
             self.bad(e.to_string());
         }
     }
 
     /// `[train]`: the loop, the loss, the monitored metric.
     fn train(&mut self, file: &FileConfig) -> (LossKind, Monitor) {
-        let d = &file.data;
         let t = &file.train;
         let task = file.task;
         if t.epochs == 0 {
@@ -625,6 +675,13 @@ impl Checker<'_> {
         if t.log_every == 0 {
             self.bad("`train.log_every` must be at least 1".into());
         }
+        let monitor = self.monitor(file);
+        (loss, monitor)
+    }
+
+    /// `train.monitor` for the task, and what needs a validation split to watch it.
+    fn monitor(&mut self, file: &FileConfig) -> Monitor {
+        let (d, t, task) = (&file.data, &file.train, file.task);
         let allowed = match task {
             Task::Classification => CLASSIFICATION_METRICS,
             Task::Regression => REGRESSION_METRICS,
@@ -671,7 +728,7 @@ impl Checker<'_> {
                 self.bad("`train.early_stopping.min_delta` must be zero or positive".into());
             }
         }
-        (loss, monitor)
+        monitor
     }
 
     /// `[optim]`; returns the weight decay with its default resolved.
@@ -730,8 +787,11 @@ impl Checker<'_> {
                 s.min_lr
             ));
         }
-        if file.distributed.timeout_s == 0 {
-            self.bad("`distributed.timeout_s` must be at least 1 (seconds)".into());
+        if !(1..=604_800).contains(&file.distributed.timeout_s) {
+            self.bad(format!(
+                "`distributed.timeout_s` = {}: 1 to 604800 seconds (a week)",
+                file.distributed.timeout_s
+            ));
         }
     }
 
@@ -842,6 +902,47 @@ fn data_spec(file: &FileConfig, c: &DataChecked) -> data::DataSpec {
         bad_images: d.bad_images,
         path_column: d.path_column.clone(),
     }
+}
+
+/// The input's shape where the config gives it before any data is read (rows, or
+/// `data.image_shape`, `data.image_size`, a text block; a vocabulary the config sizes counts
+/// from the start); `None` where only the files tell (IDX headers).
+fn provisional_input(file: &FileConfig) -> Option<InputShape> {
+    let d = &file.data;
+    let input = match (d.image_shape, d.format) {
+        (Some([channels, height, width]), _) => Some(InputShape::Images {
+            channels,
+            height,
+            width,
+        }),
+        (None, DataFormat::Csv) if d.text.is_some() => Some(InputShape::Tokens {
+            vocab: 1,
+            len: text_block(file),
+        }),
+        (None, DataFormat::Csv) => Some(InputShape::Rows { features: 1 }),
+        // IDX images: their shape is in the file's header, read at training time.
+        (None, DataFormat::Idx) => None,
+        // A size refused by the data checks is not built on.
+        (None, DataFormat::ImageFolder | DataFormat::ImageCsv) => d
+            .image_size
+            .filter(|s| !s.contains(&0) && s[0].saturating_mul(s[1]) <= data::images::MAX_PIXELS)
+            .map(|[height, width]| InputShape::Images {
+                channels: d.channels.unwrap_or(1),
+                height,
+                width,
+            }),
+        // The vocabulary is read with the corpus; the block must fit the position table.
+        (None, DataFormat::Text) => Some(InputShape::Tokens {
+            vocab: 1,
+            len: text_block(file),
+        }),
+    };
+    input.map(|input| match (input, d.vocab_size) {
+        (InputShape::Tokens { len, .. }, Some(vocab)) if (3..=MAX_VOCAB).contains(&vocab) => {
+            InputShape::Tokens { vocab, len }
+        }
+        (input, _) => input,
+    })
 }
 
 /// Tokens per training block: `data.block_size`, else the model's position table.

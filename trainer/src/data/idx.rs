@@ -14,7 +14,7 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 /// Reads an IDX image file: `(count, rows, cols, pixels)`.
 pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), DataError> {
-    let shown = path.display().to_string();
+    let shown = crate::shown::path(path);
     let b = super::read_bytes(path)?;
     let fail = |m: String| DataError::Format {
         path: shown.clone(),
@@ -45,7 +45,7 @@ pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), DataEr
 
 /// Reads an IDX label file.
 pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    let shown = path.display().to_string();
+    let shown = crate::shown::path(path);
     let b = super::read_bytes(path)?;
     if b.len() < 8 || be_u32(&b, 0) != LABELS_MAGIC {
         return Err(DataError::Format {
@@ -72,11 +72,11 @@ fn read_pair(images: &Path, labels: &Path) -> Result<RawTable, DataError> {
     let l = read_labels(labels)?;
     if l.len() != n {
         return Err(DataError::Format {
-            path: labels.display().to_string(),
+            path: crate::shown::path(labels),
             message: format!(
                 "{} labels for the {n} images of {}",
                 l.len(),
-                images.display()
+                crate::shown::path(images)
             ),
         });
     }
@@ -88,7 +88,7 @@ fn read_pair(images: &Path, labels: &Path) -> Result<RawTable, DataError> {
 pub fn read_unlabelled(images: &Path) -> Result<RawTable, DataError> {
     let (n, r, c, pixels) = read_images(images)?;
     Ok(RawTable {
-        path: images.display().to_string(),
+        path: crate::shown::path(images),
         lines: (1..=n).collect(),
         names: vec![format!("{r}x{c}")],
         cells: Cells::Dense {
@@ -121,7 +121,7 @@ fn header_count(path: &Path, magic: u32, what: &str) -> Result<u32, String> {
     if b.len() < size as usize || be_u32(&b, 0) != magic {
         return Err(format!(
             "{}: not an IDX {what} file (magic {magic:#010x} expected)",
-            path.display()
+            crate::shown::path(path)
         ));
     }
     Ok(be_u32(&b, 4))
@@ -139,8 +139,8 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
         match (n_images, n_labels) {
             (Some(Ok(i)), Some(Ok(l))) if i != l => out.push(format!(
                 "{}: {l} labels for the {i} images of {}",
-                labels.expect("counted").display(),
-                images.expect("counted").display()
+                crate::shown::path(labels.expect("counted")),
+                crate::shown::path(images.expect("counted"))
             )),
             (i, l) => out.extend([i, l].into_iter().flatten().filter_map(Result::err)),
         }

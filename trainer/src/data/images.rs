@@ -37,6 +37,27 @@ pub const NORM_SAMPLE: usize = 2000;
 /// File extensions read from an image folder (any case).
 pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
 
+/// The most pixels an image file (or `data.image_size`) may have: Pillow's
+/// `MAX_IMAGE_PIXELS`, past which it warns of a decompression bomb (and refuses at twice as
+/// many). A PNG of a few kB can claim 20000x20000 pixels, 4.8 GB once decoded to floats;
+/// its header is refused before any pixel is decoded.
+pub const MAX_PIXELS: usize = 89_478_485;
+
+/// Refuses a `w x h` image over [`MAX_PIXELS`].
+fn check_pixels(path: &Path, w: u32, h: u32) -> Result<(), DataError> {
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > MAX_PIXELS as u64 {
+        return Err(format_error(
+            path,
+            format!(
+                "{w}x{h} pixels, over the limit of {MAX_PIXELS} (a decompression bomb?): \
+                 scale it down, or leave it out"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What to do with a file that is not a readable image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -245,14 +266,14 @@ impl Index {
 
 fn format_error(path: &Path, message: impl Into<String>) -> DataError {
     DataError::Format {
-        path: path.display().to_string(),
+        path: crate::shown::path(path),
         message: message.into(),
     }
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> DataError {
     DataError::Io {
-        path: path.display().to_string(),
+        path: crate::shown::path(path),
         source,
     }
 }
@@ -506,6 +527,7 @@ pub fn header(path: &Path) -> Result<(image::ImageFormat, u32, u32), DataError> 
     if w == 0 || h == 0 {
         return Err(format_error(path, format!("an empty {w}x{h} image")));
     }
+    check_pixels(path, w, h)?;
     Ok((format, w, h))
 }
 
@@ -530,11 +552,18 @@ pub fn channels_of(path: &Path) -> Result<usize, DataError> {
 /// by copying, RGB to grey with ITU-R 601's weights 0.299, 0.587, 0.114, as Pillow and
 /// torchvision), and its height and width.
 pub fn decode(path: &Path, channels: usize) -> Result<(Vec<f32>, usize, usize), DataError> {
-    let img = image::ImageReader::open(path)
+    use image::ImageDecoder;
+    let decoder = image::ImageReader::open(path)
         .map_err(|e| io_error(path, e))?
         .with_guessed_format()
         .map_err(|e| io_error(path, e))?
-        .decode()
+        .into_decoder()
+        .map_err(|e| format_error(path, format!("cannot decode the image: {e}")))?;
+    // The size is checked before a pixel is decoded (the file may have changed since its
+    // header was read).
+    let (w, h) = decoder.dimensions();
+    check_pixels(path, w, h)?;
+    let img = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| format_error(path, format!("cannot decode the image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let grey = matches!(
@@ -968,7 +997,7 @@ pub fn prepare(
 ) -> Result<super::Prepared, DataError> {
     let indexed = Indexed::read(spec)?;
     let raw = indexed.raw();
-    let parts = super::split::split(&raw, spec);
+    let parts = super::split::split(&raw, spec)?;
     let files = indexed.main.files();
     let pre = match fitted {
         Some(p) => p.clone(),

@@ -97,6 +97,10 @@ pub enum DataError {
         classes.len()
     )]
     ClassNames { names: usize, classes: Vec<String> },
+    #[error(
+        "{folds} folds of {rows} rows (those outside the test split): cross-validation takes at most one fold per row, or some folds validate on nothing"
+    )]
+    MoreFoldsThanRows { folds: usize, rows: usize },
 }
 
 /// One split held in memory, ready for the model: `x` is row-major `[n, d]` (rows, or images
@@ -291,7 +295,7 @@ pub fn split_columns(
 ) -> Result<Vec<Vec<String>>, DataError> {
     if spec.format != DataFormat::Csv || spec.text_column.is_some() {
         return Err(DataError::Format {
-            path: spec.path.display().to_string(),
+            path: crate::shown::path(&spec.path),
             message: format!(
                 "columns {columns:?}: per-column reports read delimited tables, not {} data",
                 match (spec.format, &spec.text_column) {
@@ -307,7 +311,7 @@ pub fn split_columns(
         return table::read_columns(spec, test, columns);
     }
     let values = table::read_columns(spec, &spec.path, columns)?;
-    let parts = split::split(&table::read_all(spec)?, spec);
+    let parts = split::split(&table::read_all(spec)?, spec)?;
     let rows = match split {
         SplitName::Train => parts.train,
         SplitName::Valid => parts.valid,
@@ -338,7 +342,7 @@ pub fn prepare(spec: &DataSpec, fitted: Option<&Preprocessor>) -> Result<Prepare
             });
         }
     };
-    let parts = split::split(&raw, spec);
+    let parts = split::split(&raw, spec)?;
     if let Some(column) = &spec.text_column {
         return labeled_text(spec, &raw, &parts, column, fitted);
     }
@@ -464,16 +468,30 @@ pub fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     ))
 }
 
-/// Reads a whole file, gunzipping it when it starts with gzip's magic bytes.
+/// Reads a whole file, gunzipping it when it starts with gzip's magic bytes. What it holds
+/// must fit in a quarter of the memory available (parsed, it takes more again): a gzip bomb
+/// (a few kB that decompress to many GB) is refused once it passes that, not read until the
+/// process is killed.
 pub fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
-    read_prefix(path, u64::MAX)
+    let limit = crate::memory::available_bytes().map_or(u64::MAX, |have| have / 4);
+    let bytes = read_prefix(path, limit.saturating_add(1))?;
+    if bytes.len() as u64 > limit {
+        return Err(DataError::Format {
+            path: crate::shown::path(path),
+            message: format!(
+                "holds more than {} (a quarter of the memory available) once decompressed",
+                crate::memory::human(limit)
+            ),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Reads at most `limit` bytes of a file's (gunzipped) content: enough to check a header
 /// without decompressing the whole file.
 pub fn read_prefix(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, DataError> {
     use std::io::{BufRead, BufReader, Read};
-    let shown = || path.display().to_string();
+    let shown = || crate::shown::path(path);
     let file = open_regular(path).map_err(|source| DataError::Io {
         path: shown(),
         source,

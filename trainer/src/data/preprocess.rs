@@ -139,7 +139,6 @@ impl Preprocessor {
     /// Fits on the rows `train` of `raw.main`.
     pub fn fit(raw: &RawData, train: &[usize], spec: &DataSpec) -> Result<Self, DataError> {
         let t = &raw.main;
-        let is_missing = |s: &str| spec.missing_values.iter().any(|m| m == s);
         let target = fit_target(raw, train, spec)?;
         let (columns, image, n_features) = match &t.cells {
             Cells::Dense {
@@ -147,126 +146,12 @@ impl Preprocessor {
                 d,
                 shape: file_shape,
             } => {
-                let shape = match spec.image_shape {
-                    Some([c, h, w]) if c * h * w == *d => [c, h, w],
-                    Some(s) => {
-                        return Err(DataError::Format {
-                            path: t.path.clone(),
-                            message: format!(
-                                "`data.image_shape` = {s:?} holds {} pixels but the images have {d} ({file_shape:?})",
-                                s.iter().product::<usize>()
-                            ),
-                        });
-                    }
-                    None => *file_shape,
-                };
-                let (mean, std) = if spec.standardize {
-                    mean_std(
-                        train
-                            .iter()
-                            .flat_map(|&r| x[r * d..(r + 1) * d].iter().map(|&v| v as f64)),
-                    )
-                } else {
-                    (0.0, 1.0)
-                };
-                (Vec::new(), Some(ImageNorm { shape, mean, std }), *d)
+                let image = fit_pixels(t, x, *d, *file_shape, train, spec)?;
+                (Vec::new(), Some(image), *d)
             }
             Cells::Text(rows) => {
-                let mut columns = Vec::new();
-                let mut width = 0;
-                for (j, name) in t.names.iter().enumerate() {
-                    let listed = spec.categorical.contains(name);
-                    let any_number = rows
-                        .iter()
-                        .any(|r| !is_missing(&r[j]) && r[j].parse::<f64>().is_ok());
-                    let train_values = train
-                        .iter()
-                        .map(|&i| rows[i][j].as_str())
-                        .filter(|s| !is_missing(s));
-                    if listed || !any_number {
-                        let mut cats: Vec<String> =
-                            train_values.clone().map(str::to_string).collect();
-                        cats.sort();
-                        cats.dedup();
-                        let fill = match spec.impute {
-                            Impute::Error => None,
-                            Impute::Constant => {
-                                cats.push(MISSING_CATEGORY.to_string());
-                                cats.sort();
-                                Some(MISSING_CATEGORY.to_string())
-                            }
-                            _ => most_frequent(train_values.map(str::to_string)),
-                        };
-                        width += cats.len();
-                        columns.push(Column::Categorical {
-                            name: name.clone(),
-                            categories: cats,
-                            fill,
-                        });
-                    } else {
-                        let mut values = Vec::with_capacity(train.len());
-                        for &i in train {
-                            let s = rows[i][j].as_str();
-                            if !is_missing(s) {
-                                values.push(parse_number(s, t, i, name)?);
-                            }
-                        }
-                        let fill = match spec.impute {
-                            Impute::Error => None,
-                            Impute::Constant => Some(spec.impute_value),
-                            Impute::Mean => Some(mean_std(values.iter().copied()).0),
-                            Impute::Median => Some(median(&values)),
-                            Impute::MostFrequent => {
-                                most_frequent(values.iter().map(|v| v.to_bits()))
-                                    .map(f64::from_bits)
-                            }
-                        };
-                        let missing = train.len() - values.len();
-                        let (mean, std) = if spec.standardize && spec.image_shape.is_none() {
-                            let f = fill.unwrap_or(0.0);
-                            mean_std(
-                                values
-                                    .iter()
-                                    .copied()
-                                    .chain(std::iter::repeat_n(f, missing)),
-                            )
-                        } else {
-                            (0.0, 1.0)
-                        };
-                        width += 1;
-                        columns.push(Column::Numeric {
-                            name: name.clone(),
-                            fill,
-                            mean,
-                            std,
-                        });
-                    }
-                }
-                let image = match spec.image_shape {
-                    Some(shape) if spec.standardize => {
-                        let mut all = Vec::new();
-                        for &i in train {
-                            for (j, c) in columns.iter().enumerate() {
-                                if let Column::Numeric { fill, .. } = c {
-                                    let s = rows[i][j].as_str();
-                                    all.push(if is_missing(s) {
-                                        fill.unwrap_or(0.0)
-                                    } else {
-                                        parse_number(s, t, i, c_name(c))?
-                                    });
-                                }
-                            }
-                        }
-                        let (mean, std) = mean_std(all.into_iter());
-                        Some(ImageNorm { shape, mean, std })
-                    }
-                    Some(shape) => Some(ImageNorm {
-                        shape,
-                        mean: 0.0,
-                        std: 1.0,
-                    }),
-                    None => None,
-                };
+                let (columns, width) = fit_columns(t, rows, train, spec)?;
+                let image = fit_table_image(t, rows, &columns, train, spec)?;
                 (columns, image, width)
             }
         };
@@ -418,6 +303,190 @@ impl Preprocessor {
     }
 }
 
+/// The normalisation of dense images (`x`, `d` pixels a row): their shape (`data.image_shape`
+/// when it holds `d` pixels, else the file's) and, when standardising, the mean and standard
+/// deviation of every training pixel.
+fn fit_pixels(
+    t: &RawTable,
+    x: &[f32],
+    d: usize,
+    file_shape: [usize; 3],
+    train: &[usize],
+    spec: &DataSpec,
+) -> Result<ImageNorm, DataError> {
+    let shape = match spec.image_shape {
+        Some([c, h, w]) if c * h * w == d => [c, h, w],
+        Some(s) => {
+            return Err(DataError::Format {
+                path: t.path.clone(),
+                message: format!(
+                    "`data.image_shape` = {s:?} holds {} pixels but the images have {d} ({file_shape:?})",
+                    s.iter().product::<usize>()
+                ),
+            });
+        }
+        None => file_shape,
+    };
+    let (mean, std) = if spec.standardize {
+        mean_std(
+            train
+                .iter()
+                .flat_map(|&r| x[r * d..(r + 1) * d].iter().map(|&v| v as f64)),
+        )
+    } else {
+        (0.0, 1.0)
+    };
+    Ok(ImageNorm { shape, mean, std })
+}
+
+/// Each column of a CSV table, in order: categorical when listed in `data.categorical` or
+/// when no value of it is a number, numeric otherwise; with the width of the encoded features.
+fn fit_columns(
+    t: &RawTable,
+    rows: &[Vec<String>],
+    train: &[usize],
+    spec: &DataSpec,
+) -> Result<(Vec<Column>, usize), DataError> {
+    let is_missing = |s: &str| spec.missing_values.iter().any(|m| m == s);
+    let mut columns = Vec::new();
+    let mut width = 0;
+    for (j, name) in t.names.iter().enumerate() {
+        let listed = spec.categorical.contains(name);
+        let any_number = rows
+            .iter()
+            .any(|r| !is_missing(&r[j]) && r[j].parse::<f64>().is_ok());
+        if listed || !any_number {
+            let (categories, fill) = fit_categories(rows, j, train, spec);
+            width += categories.len();
+            columns.push(Column::Categorical {
+                name: name.clone(),
+                categories,
+                fill,
+            });
+        } else {
+            let (fill, mean, std) = fit_numeric(t, rows, j, name, train, spec)?;
+            width += 1;
+            columns.push(Column::Numeric {
+                name: name.clone(),
+                fill,
+                mean,
+                std,
+            });
+        }
+    }
+    Ok((columns, width))
+}
+
+/// A categorical column `j`: its training categories, sorted (with `<missing>` when missing
+/// values are imputed as a constant), and the category a missing value becomes.
+fn fit_categories(
+    rows: &[Vec<String>],
+    j: usize,
+    train: &[usize],
+    spec: &DataSpec,
+) -> (Vec<String>, Option<String>) {
+    let is_missing = |s: &str| spec.missing_values.iter().any(|m| m == s);
+    let train_values = train
+        .iter()
+        .map(|&i| rows[i][j].as_str())
+        .filter(|s| !is_missing(s));
+    let mut cats: Vec<String> = train_values.clone().map(str::to_string).collect();
+    cats.sort();
+    cats.dedup();
+    let fill = match spec.impute {
+        Impute::Error => None,
+        Impute::Constant => {
+            cats.push(MISSING_CATEGORY.to_string());
+            cats.sort();
+            Some(MISSING_CATEGORY.to_string())
+        }
+        _ => most_frequent(train_values.map(str::to_string)),
+    };
+    (cats, fill)
+}
+
+/// A numeric column `j` (`name`): the value a missing one becomes, and the mean and standard
+/// deviation of its training values (missing ones counted as that value, or 0) when
+/// standardising a table that is not an image.
+fn fit_numeric(
+    t: &RawTable,
+    rows: &[Vec<String>],
+    j: usize,
+    name: &str,
+    train: &[usize],
+    spec: &DataSpec,
+) -> Result<(Option<f64>, f64, f64), DataError> {
+    let is_missing = |s: &str| spec.missing_values.iter().any(|m| m == s);
+    let mut values = Vec::with_capacity(train.len());
+    for &i in train {
+        let s = rows[i][j].as_str();
+        if !is_missing(s) {
+            values.push(parse_number(s, t, i, name)?);
+        }
+    }
+    let fill = match spec.impute {
+        Impute::Error => None,
+        Impute::Constant => Some(spec.impute_value),
+        Impute::Mean => Some(mean_std(values.iter().copied()).0),
+        Impute::Median => Some(median(&values)),
+        Impute::MostFrequent => {
+            most_frequent(values.iter().map(|v| v.to_bits())).map(f64::from_bits)
+        }
+    };
+    let missing = train.len() - values.len();
+    let (mean, std) = if spec.standardize && spec.image_shape.is_none() {
+        let f = fill.unwrap_or(0.0);
+        mean_std(
+            values
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(f, missing)),
+        )
+    } else {
+        (0.0, 1.0)
+    };
+    Ok((fill, mean, std))
+}
+
+/// The image normalisation of a CSV table of pixels (`data.image_shape` set): when
+/// standardising, the mean and standard deviation of every training pixel of the numeric
+/// columns (a missing one as its fill, or 0); `None` for a table that is not an image.
+fn fit_table_image(
+    t: &RawTable,
+    rows: &[Vec<String>],
+    columns: &[Column],
+    train: &[usize],
+    spec: &DataSpec,
+) -> Result<Option<ImageNorm>, DataError> {
+    let is_missing = |s: &str| spec.missing_values.iter().any(|m| m == s);
+    let image = match spec.image_shape {
+        Some(shape) if spec.standardize => {
+            let mut all = Vec::new();
+            for &i in train {
+                for (j, c) in columns.iter().enumerate() {
+                    if let Column::Numeric { fill, .. } = c {
+                        let s = rows[i][j].as_str();
+                        all.push(if is_missing(s) {
+                            fill.unwrap_or(0.0)
+                        } else {
+                            parse_number(s, t, i, c_name(c))?
+                        });
+                    }
+                }
+            }
+            let (mean, std) = mean_std(all.into_iter());
+            Some(ImageNorm { shape, mean, std })
+        }
+        Some(shape) => Some(ImageNorm {
+            shape,
+            mean: 0.0,
+            std: 1.0,
+        }),
+        None => None,
+    };
+    Ok(image)
+}
+
 fn c_name(c: &Column) -> &str {
     match c {
         Column::Numeric { name, .. } | Column::Categorical { name, .. } => name,
@@ -496,7 +565,8 @@ fn parse_number(s: &str, t: &RawTable, row: usize, column: &str) -> Result<f64, 
             path: t.path.clone(),
             line: t.lines.get(row).copied().unwrap_or(row + 1),
             message: format!(
-                "column `{column}`: {s:?} is not a number (list the column in data.categorical to one-hot encode it, or add the value to data.missing_values)"
+                "column `{}`: {s:?} is not a number (list the column in data.categorical to one-hot encode it, or add the value to data.missing_values)",
+                crate::shown::name(column)
             ),
         }),
     }
@@ -507,7 +577,8 @@ fn missing_error(t: &RawTable, row: usize, column: &str) -> DataError {
         path: t.path.clone(),
         line: t.lines.get(row).copied().unwrap_or(row + 1),
         message: format!(
-            "column `{column}`: missing value (set data.impute to mean, median, most_frequent or constant to fill it)"
+            "column `{}`: missing value (set data.impute to mean, median, most_frequent or constant to fill it)",
+            crate::shown::name(column)
         ),
     }
 }

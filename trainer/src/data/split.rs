@@ -6,8 +6,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::DataSpec;
 use super::table::RawData;
+use super::{DataError, DataSpec};
 
 /// Row indices of the training file per split, each in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +33,17 @@ pub struct Fold {
 /// deal going on from where the previous class stopped: folds are disjoint, cover every
 /// non-test row, differ in size by at most one and keep class proportions (within one row
 /// per class).
-pub fn split(raw: &RawData, spec: &DataSpec) -> Parts {
-    split_labels(&raw.main.labels, spec)
+///
+/// More folds than rows to deal is refused: some folds would validate on nothing.
+pub fn split(raw: &RawData, spec: &DataSpec) -> Result<Parts, DataError> {
+    let parts = split_labels(&raw.main.labels, spec);
+    if let Some(f) = spec.fold {
+        let rows = parts.train.len() + parts.valid.len();
+        if rows < f.k {
+            return Err(DataError::MoreFoldsThanRows { folds: f.k, rows });
+        }
+    }
+    Ok(parts)
 }
 
 /// [`split`] of rows with these labels.

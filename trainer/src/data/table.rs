@@ -146,9 +146,13 @@ pub fn read_columns(
     for column in columns {
         let Some(j) = names.iter().position(|n| n == column) else {
             let hint = crate::suggest::hint(column, &names);
+            let listed: Vec<_> = names.iter().map(|n| crate::shown::name(n)).collect();
             return Err(DataError::Format {
                 path: shown,
-                message: format!("no column {column:?}{hint} (columns: {})", names.join(", ")),
+                message: format!(
+                    "no column {column:?}{hint} (columns: {})",
+                    listed.join(", ")
+                ),
             });
         };
         index.push(j);
@@ -198,7 +202,7 @@ struct Lines {
 fn read_lines(spec: &DataSpec, path: &Path, max_rows: Option<usize>) -> Result<Lines, DataError> {
     let bytes = super::read_bytes(path)?;
     let text = String::from_utf8(bytes).map_err(|e| DataError::Format {
-        path: path.display().to_string(),
+        path: crate::shown::path(path),
         message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
     })?;
     // Spreadsheet programs often start UTF-8 files with a byte-order mark; it is not part of
@@ -265,7 +269,7 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
         Ok(l) => l,
         Err(e) => return vec![e.to_string()],
     };
-    let path = spec.path.display();
+    let path = crate::shown::path(&spec.path);
     let Some((_, first)) = lines.rows.first() else {
         return vec![format!("{path}: no data rows")];
     };
@@ -317,7 +321,7 @@ pub fn peek_problems(spec: &DataSpec) -> Vec<String> {
 
 /// A file's data rows, all of one width: `(path as shown, rows, width)`.
 fn read_rows(spec: &DataSpec, path: &Path) -> Result<(String, Lines, usize), DataError> {
-    let shown = path.display().to_string();
+    let shown = crate::shown::path(path);
     let lines = read_lines(spec, path, None)?;
     let Some((_, first)) = lines.rows.first() else {
         return Err(DataError::Format {
@@ -373,7 +377,7 @@ fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawT
     }
     if let Some(lp) = labels_path {
         let text = String::from_utf8(super::read_bytes(lp)?).map_err(|_| DataError::Format {
-            path: lp.display().to_string(),
+            path: crate::shown::path(lp),
             message: "not UTF-8 text".into(),
         })?;
         labels = text
@@ -383,7 +387,7 @@ fn read(spec: &DataSpec, path: &Path, labels_path: Option<&Path>) -> Result<RawT
             .collect();
         if labels.len() != cells.len() {
             return Err(DataError::Format {
-                path: lp.display().to_string(),
+                path: crate::shown::path(lp),
                 message: format!(
                     "{} targets for the {} rows of {shown}",
                     labels.len(),

@@ -158,7 +158,7 @@ impl Tokenizer {
 
     /// A Hugging Face `tokenizer.json` (checked by loading it).
     pub fn from_file(path: &Path) -> Result<Tokenizer, DataError> {
-        let shown = path.display().to_string();
+        let shown = crate::shown::path(path);
         let json = std::fs::read_to_string(path).map_err(|source| DataError::Io {
             path: shown.clone(),
             source,
@@ -247,7 +247,8 @@ impl Tokenizer {
 
 /// The corpus files `pattern` names: a file, every file of a folder, or a glob; in name order.
 pub fn corpus_files(pattern: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let shown = pattern.display().to_string();
+    let shown = crate::shown::path(pattern);
+    let glob_pattern = pattern.display().to_string();
     let mut files: Vec<PathBuf> = if pattern.is_dir() {
         std::fs::read_dir(pattern)
             .map_err(|source| DataError::Io {
@@ -257,8 +258,8 @@ pub fn corpus_files(pattern: &Path) -> Result<Vec<PathBuf>, DataError> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file())
             .collect()
-    } else if shown.contains(['*', '?', '[']) {
-        glob::glob(&shown)
+    } else if glob_pattern.contains(['*', '?', '[']) {
+        glob::glob(&glob_pattern)
             .map_err(|e| DataError::Format {
                 path: shown.clone(),
                 message: format!("not a valid glob: {e}"),
@@ -295,7 +296,7 @@ pub fn read_corpus(pattern: &Path) -> Result<String, DataError> {
     for f in corpus_files(pattern)? {
         let bytes = super::read_bytes(&f)?;
         let part = String::from_utf8(bytes).map_err(|e| DataError::Format {
-            path: f.display().to_string(),
+            path: crate::shown::path(&f),
             message: format!(
                 "not UTF-8 text (byte {}); use `data.tokenizer` = \"byte\" for binary data",
                 e.utf8_error().valid_up_to()
@@ -553,7 +554,7 @@ pub struct TextSplits {
 /// corpus's characters; BPE: the training text only) and tokenizes each part. `fitted` reuses a
 /// run's tokenizer.
 pub fn prepare(spec: &DataSpec, fitted: Option<&Tokenizer>) -> Result<TextSplits, DataError> {
-    let shown = spec.path.display().to_string();
+    let shown = crate::shown::path(&spec.path);
     let byte_level = match fitted {
         Some(t) => matches!(t, Tokenizer::Bytes),
         None => spec.tokenizer_file.is_none() && spec.tokenizer == TokenizerKind::Byte,

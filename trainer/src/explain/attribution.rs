@@ -35,6 +35,11 @@ pub struct Attribution {
     pub evaluations: usize,
 }
 
+/// `--steps` at most: Integrated Gradients' points on the path (refining doubles up to this).
+pub const MAX_STEPS: usize = 4096;
+/// `--budget` at most: KernelSHAP's coalitions (every coalition of up to 20 features).
+pub const MAX_BUDGET: usize = 1 << 20;
+
 /// How Integrated Gradients integrates.
 #[derive(Debug, Clone, Copy)]
 pub struct IgOptions {
@@ -50,7 +55,7 @@ impl Default for IgOptions {
     fn default() -> Self {
         Self {
             steps: 64,
-            max_steps: 4096,
+            max_steps: MAX_STEPS,
             tolerance: 0.01,
         }
     }

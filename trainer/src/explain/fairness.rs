@@ -218,7 +218,8 @@ pub fn check_column(name: &str, values: &[String]) -> Result<(), String> {
     distinct.dedup();
     if distinct.len() > MAX_GROUPS {
         return Err(format!(
-            "--group {name}: {} distinct values; a group column holds at most {MAX_GROUPS} (a category such as sex or race; bin a numeric column into ranges first)",
+            "--group {}: {} distinct values; a group column holds at most {MAX_GROUPS} (a category such as sex or race; bin a numeric column into ranges first)",
+            crate::shown::name(name),
             distinct.len()
         ));
     }

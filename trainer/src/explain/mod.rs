@@ -40,13 +40,6 @@ pub enum ExplainError {
     Input(String),
 }
 
-impl ExplainError {
-    /// Whether the request was at fault (exit code 2) rather than the model or its files.
-    pub fn is_input(&self) -> bool {
-        matches!(self, ExplainError::Input(_))
-    }
-}
-
 /// The groups of a model's inputs: its original columns for rows, `patch` x `patch` squares
 /// for images.
 /// The shape explanations see: image files are images whatever the model reads them as (an
@@ -315,7 +308,8 @@ mod tests {
         let e = parse_rows("0:18446744073709551615", 100, "test").unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");
         assert!(parse_rows("3:3", 10, "test").is_err());
-        assert!(parse_rows("a", 10, "test").unwrap_err().is_input());
+        use crate::error::UserError;
+        assert!(parse_rows("a", 10, "test").unwrap_err().is_usage());
     }
 
     #[test]

@@ -39,18 +39,37 @@ pub struct ImportanceRequest {
 /// Rows scored when permuting images, unless `--max-samples` says otherwise.
 pub const IMAGE_SAMPLES: usize = 1000;
 
+/// `--repeats` at most: each repeat is a pass over the rows per column.
+pub const MAX_REPEATS: usize = 1000;
+
 pub fn importance(
     run: &LoadedRun,
     req: &ImportanceRequest,
 ) -> Result<ImportanceReport, ExplainError> {
     super::check_explainable(run)?;
-    if req.repeats == 0 {
-        return Err(ExplainError::Input("--repeats must be at least 1".into()));
+    if !(1..=MAX_REPEATS).contains(&req.repeats) {
+        return Err(ExplainError::Input(format!(
+            "--repeats {}: 1 to {MAX_REPEATS}",
+            req.repeats
+        )));
+    }
+    // Shuffling a column of one row changes nothing: every importance would be 0.
+    if let Some(m) = req.max_samples.filter(|m| *m < 2) {
+        return Err(ExplainError::Input(format!(
+            "--max-samples {m}: at least 2 (shuffling one row changes nothing)"
+        )));
     }
     let data = super::split_rows(run, req.split)?;
+    if data.n < 2 {
+        return Err(ExplainError::Input(format!(
+            "--split {}: {} row; permutation importance shuffles at least 2",
+            split_name(req.split),
+            data.n
+        )));
+    }
     let input = super::explained_input(run);
     let max = match (req.max_samples, input) {
-        (Some(m), _) => m.max(1),
+        (Some(m), _) => m,
         (None, InputShape::Images { .. }) => IMAGE_SAMPLES,
         (None, _) => usize::MAX,
     };
@@ -178,19 +197,7 @@ pub fn attributions(run: &LoadedRun, req: &RowsRequest) -> Result<RowsReport, Ex
     let data = super::split_rows(run, req.split)?;
     let rows = super::parse_rows(&req.rows, data.n, split)?;
     let input = run.mconf.input();
-    let image = match (input, &run.pre.images) {
-        // Image files are images whatever the model reads them as (an MLP reads rows).
-        (_, Some(files)) => Some(files.shape()),
-        (
-            InputShape::Images {
-                channels,
-                height,
-                width,
-            },
-            None,
-        ) => Some([channels, height, width]),
-        _ => None,
-    };
+    let image = explained_image(run, input);
     let method = req.method.unwrap_or(match image {
         Some(_) => Method::Ig,
         None => Method::Both,
@@ -205,36 +212,9 @@ pub fn attributions(run: &LoadedRun, req: &RowsRequest) -> Result<RowsReport, Ex
         None => super::groups(&run.pre, input, 1),
     };
     let names = run.task.class_names().map(<[String]>::to_vec);
-    let class = match (&req.class, &names) {
-        (None, _) => None,
-        (Some(c), Some(names)) => match names.iter().position(|n| n == c) {
-            Some(i) => Some(i),
-            None => {
-                return Err(ExplainError::Input(format!(
-                    "--class {c:?}: no such class (classes: {})",
-                    names.join(", ")
-                )));
-            }
-        },
-        (Some(_), None) => {
-            return Err(ExplainError::Input(format!(
-                "--class: {} is a regression model; its prediction is explained",
-                run.label
-            )));
-        }
-    };
+    let class = requested_class(run, req, names.as_deref())?;
     let d = data.d;
-    let train = run.split(SplitName::Train)?;
-    let train = train
-        .as_ref()
-        .table()
-        .cloned()
-        .unwrap_or_else(|| Dataset::empty(d));
-    let baseline = match image {
-        Some(_) => super::encoded_zeros(&run.pre, d),
-        None => super::feature_means(&train),
-    };
-    let background = background(&train, req.background, req.seed);
+    let (baseline, background) = references(run, req, image, d)?;
     // The frozen autodiff model, built once for every row.
     let frozen = matches!(method, Method::Ig | Method::Both)
         .then(|| super::differentiable(run))
@@ -243,19 +223,8 @@ pub fn attributions(run: &LoadedRun, req: &RowsRequest) -> Result<RowsReport, Ex
     let mut pixels = Vec::new();
     for &r in &rows {
         let x = &data.x[r * d..(r + 1) * d];
-        let (probs, _) = outputs(run, x, d);
-        let predicted = probs
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i);
-        let (prediction, explained_class, index) = match &names {
-            Some(names) => {
-                let c = class.unwrap_or(predicted);
-                (names[predicted].clone().into(), Some(names[c].clone()), c)
-            }
-            None => (serde_json::json!(probs[0]), None, 0),
-        };
+        let (prediction, explained_class, index) =
+            row_prediction(run, x, d, names.as_deref(), class);
         let ig = frozen
             .as_ref()
             .map(|f| {
@@ -299,6 +268,98 @@ pub fn attributions(run: &LoadedRun, req: &RowsRequest) -> Result<RowsReport, Ex
         scale: super::output_scale(&run.pre),
         rows: out,
     })
+}
+
+/// The `[channels, height, width]` of the images explained, or `None` for a table model.
+fn explained_image(run: &LoadedRun, input: InputShape) -> Option<[usize; 3]> {
+    match (input, &run.pre.images) {
+        // Image files are images whatever the model reads them as (an MLP reads rows).
+        (_, Some(files)) => Some(files.shape()),
+        (
+            InputShape::Images {
+                channels,
+                height,
+                width,
+            },
+            None,
+        ) => Some([channels, height, width]),
+        _ => None,
+    }
+}
+
+/// The index of the class `--class` names among `names` (`None`: each row's predicted
+/// class); an error for a class the model does not have, or for a regression model.
+fn requested_class(
+    run: &LoadedRun,
+    req: &RowsRequest,
+    names: Option<&[String]>,
+) -> Result<Option<usize>, ExplainError> {
+    let class = match (&req.class, names) {
+        (None, _) => None,
+        (Some(c), Some(names)) => match names.iter().position(|n| n == c) {
+            Some(i) => Some(i),
+            None => {
+                return Err(ExplainError::Input(format!(
+                    "--class {c:?}: no such class (classes: {})",
+                    names.join(", ")
+                )));
+            }
+        },
+        (Some(_), None) => {
+            return Err(ExplainError::Input(format!(
+                "--class: {} is a regression model; its prediction is explained",
+                run.label
+            )));
+        }
+    };
+    Ok(class)
+}
+
+/// What the attributions are measured against, from the training split: IG's baseline
+/// (images: zeros as the model reads them; tables: the feature means) and KernelSHAP's
+/// background rows.
+fn references(
+    run: &LoadedRun,
+    req: &RowsRequest,
+    image: Option<[usize; 3]>,
+    d: usize,
+) -> Result<(Vec<f32>, Vec<f32>), ExplainError> {
+    let train = run.split(SplitName::Train)?;
+    let train = train
+        .as_ref()
+        .table()
+        .cloned()
+        .unwrap_or_else(|| Dataset::empty(d));
+    let baseline = match image {
+        Some(_) => super::encoded_zeros(&run.pre, d),
+        None => super::feature_means(&train),
+    };
+    let background = background(&train, req.background, req.seed);
+    Ok((baseline, background))
+}
+
+/// The model's prediction for the row `x` (a class name, or its output), the class explained
+/// (`class`, else the predicted one) and the index of the output whose attributions are kept.
+fn row_prediction(
+    run: &LoadedRun,
+    x: &[f32],
+    d: usize,
+    names: Option<&[String]>,
+    class: Option<usize>,
+) -> (serde_json::Value, Option<String>, usize) {
+    let (probs, _) = outputs(run, x, d);
+    let predicted = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    match names {
+        Some(names) => {
+            let c = class.unwrap_or(predicted);
+            (names[predicted].clone().into(), Some(names[c].clone()), c)
+        }
+        None => (serde_json::json!(probs[0]), None, 0),
+    }
 }
 
 /// At most `n` rows of `train` (a seeded draw, in order; all when there are fewer).
@@ -376,7 +437,10 @@ pub fn fairness(run: &LoadedRun, req: &FairnessRequest) -> Result<FairnessReport
     };
     for c in &req.columns {
         if req.columns.iter().filter(|x| *x == c).count() > 1 {
-            return Err(ExplainError::Input(format!("--group {c} is named twice")));
+            return Err(ExplainError::Input(format!(
+                "--group {} is named twice",
+                crate::shown::name(c)
+            )));
         }
     }
     let columns = crate::data::split_columns(&run.data_spec, req.split, &req.columns)

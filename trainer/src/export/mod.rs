@@ -37,6 +37,9 @@ pub enum Batch {
     Fixed(usize),
 }
 
+/// `--batch N` at most: the parity gate runs a batch of this many rows through both graphs.
+pub const MAX_FIXED_BATCH: usize = 65_536;
+
 impl std::str::FromStr for Batch {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -45,9 +48,11 @@ impl std::str::FromStr for Batch {
             n => n
                 .parse::<usize>()
                 .ok()
-                .filter(|&n| n > 0)
+                .filter(|&n| (1..=MAX_FIXED_BATCH).contains(&n))
                 .map(Self::Fixed)
-                .ok_or_else(|| format!("--batch {s:?}: use `dynamic` or a positive size")),
+                .ok_or_else(|| {
+                    format!("--batch {s:?}: use `dynamic` or a size from 1 to {MAX_FIXED_BATCH}")
+                }),
         }
     }
 }

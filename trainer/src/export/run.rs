@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{Batch, Parity, Sidecar};
 use crate::data::{Dataset, Features, Source, Split, Targets};
 use crate::eval::LoadedRun;
-use crate::registry::manifest::Kind;
+use crate::registry::manifest::{Kind, Manifest};
 use crate::registry::{Entry, Registry, RegistryError, store};
 
 /// Rows of the validation batch the gate runs (all of them when the split is smaller).
@@ -244,34 +244,13 @@ fn file_stem_label(label: &str, opts: &Options) -> String {
     format!("{safe}-opset{}-{batch}", opts.opset)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename: a failure
-/// leaves no partial file.
+/// Replaces `path` with `bytes` whole ([`crate::atomic::write`]): a failure leaves no partial
+/// file.
 fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let fail = |source: std::io::Error| ExportError::Io {
-        path: path.display().to_string(),
+    crate::atomic::write(path, bytes).map_err(|source| ExportError::Io {
+        path: crate::shown::path(path),
         source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map_or("export".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let result = (|| {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(fail)
+    })
 }
 
 /// Exports a registry entry to `output` (and its preprocessing JSON beside it) after the
@@ -282,12 +261,7 @@ pub fn export(
     output: &Path,
     opts: &Options,
 ) -> Result<Outcome, ExportError> {
-    if output.extension().is_some_and(|e| e == "json") {
-        return Err(ExportError::JsonOutput(output.display().to_string()));
-    }
-    if output.is_dir() {
-        return Err(ExportError::FolderOutput(output.display().to_string()));
-    }
+    check_output(output)?;
     let loaded = reg.load(entry)?;
     let manifest = loaded.manifest.clone();
     let weights = super::graph::read_weights(loaded.file(layout::WEIGHTS)?).map_err(|why| {
@@ -300,12 +274,61 @@ pub fn export(
     let names = run.task.output_names();
     let side: Sidecar = super::sidecar(&run.pre, &names);
     let side_json = serde_json::to_string_pretty(&side).expect("the sidecar is JSON");
+    let metadata = export_metadata(entry, &manifest, &run, &side, &names, &side_json);
+    let onnx = super::build(
+        &run.mconf,
+        &weights,
+        &run.pre,
+        run.task.as_ref(),
+        opts.opset,
+        opts.batch,
+        &metadata,
+    )?;
+    let parity = parity_gate(&run, &onnx, opts, &names)?;
+
+    // The registry first (a complete, verified entry), then the user's two files, each
+    // written to a temporary name and renamed: a failure leaves no partial file, and never
+    // removes a file the user had.
+    let registry_dir = store_export(reg, entry, manifest, opts, &onnx, &side_json, &parity)?;
+    let sidecar_path = output.with_extension("json");
+    write_whole(output, &onnx)?;
+    write_whole(&sidecar_path, side_json.as_bytes())?;
+    Ok(Outcome {
+        path: output.to_path_buf(),
+        sidecar: sidecar_path,
+        registry_dir,
+        parity,
+        label: entry.label.clone(),
+    })
+}
+
+/// Refuses an output named `.json` (the preprocessing JSON's own name) or naming a folder.
+fn check_output(output: &Path) -> Result<(), ExportError> {
+    if output.extension().is_some_and(|e| e == "json") {
+        return Err(ExportError::JsonOutput(crate::shown::path(output)));
+    }
+    if output.is_dir() {
+        return Err(ExportError::FolderOutput(crate::shown::path(output)));
+    }
+    Ok(())
+}
+
+/// The graph's metadata: kiln's version, the entry and its lineage, the input layout, the
+/// class names, the outputs and the preprocessing JSON.
+fn export_metadata(
+    entry: &Entry,
+    manifest: &Manifest,
+    run: &LoadedRun,
+    side: &Sidecar,
+    names: &[&str],
+    side_json: &str,
+) -> Vec<(String, String)> {
     let weights_sha = manifest
         .files
         .get(layout::WEIGHTS)
         .map(|f| f.sha256.clone())
         .unwrap_or_default();
-    let metadata = vec![
+    vec![
         (
             "kiln_version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
@@ -318,56 +341,55 @@ pub fn export(
         ),
         ("run_id".into(), manifest.run_id.clone()),
         ("weights_sha256".into(), weights_sha),
-        (
-            "input_layout".into(),
-            match &run.pre.text {
-                None if run.pre.images.is_some() => {
-                    let p = run.pre.images.as_ref().expect("checked");
-                    format!(
-                        "image: float32 [batch, {}, height, width], pixels 0-255 (16-bit files scaled to 0-255), any size: the graph resizes (bilinear) to cover {}x{}, crops the centre and standardises each channel",
-                        p.channels, p.size[0], p.size[1]
-                    )
-                }
-                Some(t) => format!(
-                    "input_ids: int64 [batch, sequence], sequence at most {}; token ids of `preprocessing.tokenizer` (vocabulary of {}); output logits float32 [batch, sequence, vocabulary]",
-                    run.mconf.input().numel(),
-                    t.vocab_size()
-                ),
-                None => format!(
-                    "features: float32 [batch, {}]; numeric columns in their own units (NaN when missing), categorical columns one-hot in the order of `preprocessing.columns`, image pixels as stored, row-major",
-                    run.pre.n_features
-                ),
-            },
-        ),
+        ("input_layout".into(), input_layout(run)),
         (
             "class_names".into(),
             serde_json::to_string(&side.class_names).expect("JSON"),
         ),
         ("outputs".into(), names.join(",")),
-        ("preprocessing".into(), side_json.clone()),
-    ];
-    let onnx = super::build(
-        &run.mconf,
-        &weights,
-        &run.pre,
-        run.task.as_ref(),
-        opts.opset,
-        opts.batch,
-        &metadata,
-    )?;
+        ("preprocessing".into(), side_json.to_string()),
+    ]
+}
 
-    // The gate: tract on the raw features (or the token ids) of a validation batch against
-    // kiln's outputs.
+/// What the graph's input is, in words: an image's, a token model's or a table's layout.
+fn input_layout(run: &LoadedRun) -> String {
+    match &run.pre.text {
+        None if run.pre.images.is_some() => {
+            let p = run.pre.images.as_ref().expect("checked");
+            format!(
+                "image: float32 [batch, {}, height, width], pixels 0-255 (16-bit files scaled to 0-255), any size: the graph resizes (bilinear) to cover {}x{}, crops the centre and standardises each channel",
+                p.channels, p.size[0], p.size[1]
+            )
+        }
+        Some(t) => format!(
+            "input_ids: int64 [batch, sequence], sequence at most {}; token ids of `preprocessing.tokenizer` (vocabulary of {}); output logits float32 [batch, sequence, vocabulary]",
+            run.mconf.input().numel(),
+            t.vocab_size()
+        ),
+        None => format!(
+            "features: float32 [batch, {}]; numeric columns in their own units (NaN when missing), categorical columns one-hot in the order of `preprocessing.columns`, image pixels as stored, row-major",
+            run.pre.n_features
+        ),
+    }
+}
+
+/// The gate: tract on the raw features (or the token ids, or the images) of a validation
+/// batch against kiln's outputs; the report, or an error when they disagree.
+fn parity_gate(
+    run: &LoadedRun,
+    onnx: &[u8],
+    opts: &Options,
+    names: &[&str],
+) -> Result<Parity, ExportError> {
     let (rows, got, expected, top1) = match &run.data.valid {
         Split::Text(_) | Split::Labeled(_) => {
-            let (batch, rows, len) = gate_blocks(&run, opts.batch)?;
+            let (batch, rows, len) = gate_blocks(run, opts.batch)?;
             let ids = match &batch.x {
                 Features::Tokens { ids, .. } => ids.clone(),
                 Features::Dense { .. } => unreachable!("text is read as token ids"),
             };
-            let expected = batch_outputs(&run, batch);
-            let got =
-                super::run_tract_tokens(&onnx, &ids, rows, len).map_err(ExportError::Tract)?;
+            let expected = batch_outputs(run, batch);
+            let got = super::run_tract_tokens(onnx, &ids, rows, len).map_err(ExportError::Tract)?;
             match run.task.class_names() {
                 // Every position's logits: `rows * len` rows of the vocabulary.
                 None => (rows * len, got, expected, Some((0, run.mconf.outputs()))),
@@ -375,40 +397,64 @@ pub fn export(
             }
         }
         Split::Images(_) => {
-            let (mut got, mut expected, mut rows) = (Vec::new(), Vec::new(), 0);
-            for g in gate_images(&run, opts.batch)? {
-                let out = super::run_tract_images(&onnx, &g.pixels, g.shape)
-                    .map_err(ExportError::Tract)?;
-                got.resize(out.len(), Vec::new());
-                expected.resize(g.expected.len(), Vec::new());
-                for (all, part) in got.iter_mut().zip(out) {
-                    all.extend(part);
-                }
-                for (all, part) in expected.iter_mut().zip(g.expected) {
-                    all.extend(part);
-                }
-                rows += g.shape[0];
-            }
+            let (got, expected, rows) = gate_image_outputs(run, onnx, opts.batch)?;
             let top1 = run.task.class_names().map(|c| (1, c.len()));
             (rows, got, expected, top1)
         }
         Split::Table(_) => {
-            let (x, rows) = gate_rows(&run, opts.batch)?;
+            let (x, rows) = gate_rows(run, opts.batch)?;
             let raw = super::raw_features(&run.pre, &x);
-            let expected = kiln_outputs(&run, &x, rows);
-            let got = super::run_tract(&onnx, &raw, rows, run.pre.n_features)
+            let expected = kiln_outputs(run, &x, rows);
+            let got = super::run_tract(onnx, &raw, rows, run.pre.n_features)
                 .map_err(ExportError::Tract)?;
             let top1 = run.task.class_names().map(|c| (1, c.len()));
             (rows, got, expected, top1)
         }
     };
     let (got, expected) = (run.task.parity_units(got), run.task.parity_units(expected));
-    let parity = super::compare(&names, &got, &expected, rows, top1);
+    let parity = super::compare(names, &got, &expected, rows, top1);
     if !parity.passed {
         return Err(ExportError::Parity { report: parity });
     }
+    Ok(parity)
+}
 
-    let parity_json = serde_json::to_vec_pretty(&parity).expect("the report is JSON");
+/// tract's and kiln's outputs on the gate's images ([`gate_images`]), each output's inputs
+/// concatenated in order; with the number of images.
+fn gate_image_outputs(
+    run: &LoadedRun,
+    onnx: &[u8],
+    batch: Batch,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>, usize), ExportError> {
+    let (mut got, mut expected, mut rows) = (Vec::new(), Vec::new(), 0);
+    for g in gate_images(run, batch)? {
+        let out = super::run_tract_images(onnx, &g.pixels, g.shape).map_err(ExportError::Tract)?;
+        got.resize(out.len(), Vec::new());
+        expected.resize(g.expected.len(), Vec::new());
+        for (all, part) in got.iter_mut().zip(out) {
+            all.extend(part);
+        }
+        for (all, part) in expected.iter_mut().zip(g.expected) {
+            all.extend(part);
+        }
+        rows += g.shape[0];
+    }
+    Ok((got, expected, rows))
+}
+
+/// Stores the export in the registry (`<registry>/exports/<label>-opset<n>-<batch>`): the
+/// graph, its preprocessing JSON and the parity report, as one complete entry, under the
+/// registry's lock; returns its folder.
+fn store_export(
+    reg: &Registry,
+    entry: &Entry,
+    manifest: Manifest,
+    opts: &Options,
+    onnx: &[u8],
+    side_json: &str,
+    parity: &Parity,
+) -> Result<PathBuf, ExportError> {
+    let parity_json = serde_json::to_vec_pretty(parity).expect("the report is JSON");
     let registry_dir = reg
         .root
         .join(layout::EXPORTS)
@@ -417,28 +463,16 @@ pub fn export(
     m.kind = Kind::Export;
     m.created = crate::checkpoint::now();
     let files = vec![
-        (layout::ONNX_FILE.to_string(), onnx.clone()),
+        (layout::ONNX_FILE.to_string(), onnx.to_vec()),
         (
             layout::SIDECAR_FILE.to_string(),
-            side_json.clone().into_bytes(),
+            side_json.as_bytes().to_vec(),
         ),
         (layout::PARITY_FILE.to_string(), parity_json),
     ];
-    // The registry first (a complete, verified entry), then the user's two files, each
-    // written to a temporary name and renamed: a failure leaves no partial file, and never
-    // removes a file the user had.
     {
         let _lock = reg.lock()?;
         store::blocking(store::commit_dir(&reg.root, &registry_dir, &files, m))?;
     }
-    let sidecar_path = output.with_extension("json");
-    write_whole(output, &onnx)?;
-    write_whole(&sidecar_path, side_json.as_bytes())?;
-    Ok(Outcome {
-        path: output.to_path_buf(),
-        sidecar: sidecar_path,
-        registry_dir,
-        parity,
-        label: entry.label.clone(),
-    })
+    Ok(registry_dir)
 }

@@ -35,34 +35,54 @@ use manifest::Manifest;
 use names::{NameError, Reference};
 use store::Damage;
 
-/// How long a command waits for another process holding the registry lock.
+/// How long a command waits for another process holding the registry lock, unless
+/// `KILN_REGISTRY_LOCK_WAIT` gives other seconds (a registry on a busy network file system).
 const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// [`LOCK_WAIT`], or `KILN_REGISTRY_LOCK_WAIT` seconds (0.1 to a day) when that is set.
+fn lock_wait() -> Duration {
+    std::env::var("KILN_REGISTRY_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| (0.1..=86_400.0).contains(s))
+        .map_or(LOCK_WAIT, Duration::from_secs_f64)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", crate::shown::name(path))]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: refused: {why}")]
+    #[error("{}: refused: {why}", crate::shown::name(path))]
     Unsafe { path: String, why: String },
-    #[error("{path}: {what} is locked by another kiln process")]
+    #[error(
+        "{}: {what} is locked by another kiln process",
+        crate::shown::name(path)
+    )]
     Locked { path: String, what: String },
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error("no model or run {reference:?} in {registry}{hint}")]
+    #[error(
+        "no model or run {reference:?} in {}{hint}",
+        crate::shown::name(registry)
+    )]
     NotFound {
         reference: String,
         registry: String,
         hint: String,
     },
-    #[error("{entry} is damaged: {}{}", problems[0].path, describe_more(problems))]
+    #[error(
+        "{entry} is damaged: {}{}",
+        crate::shown::name(&problems[0].path),
+        describe_more(problems)
+    )]
     Damaged {
         entry: String,
         problems: Vec<Damage>,
     },
-    #[error("{path}: unreadable: {source}")]
+    #[error("{}: unreadable: {source}", crate::shown::name(path))]
     Unreadable {
         path: String,
         source: serde_json::Error,
@@ -73,7 +93,7 @@ pub enum RegistryError {
 }
 
 fn describe_more(problems: &[Damage]) -> String {
-    let first = format!(": {}", problems[0].problem);
+    let first = format!(": {}", crate::shown::name(&problems[0].problem));
     match problems.len() {
         1 => first,
         n => format!(
@@ -192,7 +212,7 @@ impl Registry {
                 if format > u64::from(manifest::FORMAT) {
                     return Err(RegistryError::Refused(format!(
                         "{} is format {format}; this kiln reads format {} (upgrade kiln)",
-                        self.root.display(),
+                        crate::shown::path(&self.root),
                         manifest::FORMAT
                     )));
                 }
@@ -215,7 +235,7 @@ impl Registry {
 
     /// The registry lock: held while versions, aliases or deletions change anything.
     pub fn lock(&self) -> Result<store::Lock, RegistryError> {
-        store::Lock::acquire(&self.root.join(layout::LOCK), LOCK_WAIT, "the registry")
+        store::Lock::acquire(&self.root.join(layout::LOCK), lock_wait(), "the registry")
     }
 
     fn model_dir(&self, name: &str) -> PathBuf {
@@ -347,64 +367,18 @@ impl Registry {
     /// Resolves what a user wrote (`name`, `name@alias`, `name/vN`, a run id) to an entry.
     pub fn resolve(&self, text: &str) -> Result<Entry, RegistryError> {
         let reference = Reference::parse(text)?;
-        let version_entry = |name: &str, version: u32| -> Result<Entry, RegistryError> {
-            let dir = self.version_dir(name, version);
-            store::no_links(&self.root, &dir)?;
-            if !dir.is_dir() {
-                let known: Vec<String> = self
-                    .versions(name)
-                    .iter()
-                    .map(|v| format!("{name}/v{v}"))
-                    .collect();
-                return Err(self.not_found(text, &known));
-            }
-            Ok(Entry {
-                label: format!("{name}/v{version}"),
-                kind: EntryKind::Version {
-                    name: name.to_string(),
-                    version,
-                },
-                dir,
-            })
-        };
         match reference {
             Reference::Version { name, .. } if self.versions(&name).is_empty() => {
                 Err(self.not_found(text, &self.model_names()))
             }
-            Reference::Version { name, version } => version_entry(&name, version),
+            Reference::Version { name, version } => self.version_entry(text, &name, version),
             Reference::Alias { name, alias } => {
                 if self.versions(&name).is_empty() {
-                    // `<run id>@step-N`: one checkpoint of a run (how kiln labels them).
-                    let run = self.run_dir(&name);
-                    store::no_links(&self.root, &run)?;
-                    if run.join(layout::RUN).is_file() {
-                        let all = layout::checkpoints(&run);
-                        let found = all
-                            .iter()
-                            .find(|(s, _)| layout::checkpoint_name(*s) == alias);
-                        return match found {
-                            Some((step, dir)) => Ok(Entry {
-                                label: format!("{name}@{alias}"),
-                                kind: EntryKind::Checkpoint {
-                                    run: name,
-                                    step: *step,
-                                },
-                                dir: dir.clone(),
-                            }),
-                            None => {
-                                let known: Vec<String> = all
-                                    .iter()
-                                    .map(|(s, _)| format!("{name}@{}", layout::checkpoint_name(*s)))
-                                    .collect();
-                                Err(self.not_found(text, &known))
-                            }
-                        };
-                    }
-                    return Err(self.not_found(text, &self.model_names()));
+                    return self.run_checkpoint_entry(text, name, alias);
                 }
                 let aliases = self.aliases(&name)?;
                 match aliases.get(&alias) {
-                    Some(&v) => version_entry(&name, v),
+                    Some(&v) => self.version_entry(text, &name, v),
                     None => {
                         let known: Vec<String> =
                             aliases.keys().map(|a| format!("{name}@{a}")).collect();
@@ -412,42 +386,105 @@ impl Registry {
                     }
                 }
             }
-            Reference::Word(word) => {
-                if let Some(&v) = self.versions(&word).last() {
-                    return version_entry(&word, v);
-                }
-                let run = self.run_dir(&word);
-                store::no_links(&self.root, &run)?;
-                if run.join(layout::RUN).is_file() {
-                    let fin = run.join(layout::FINAL);
-                    if fin.is_dir() {
-                        return Ok(Entry {
-                            label: word.clone(),
-                            kind: EntryKind::Final { run: word },
-                            dir: fin,
-                        });
-                    }
-                    if let Some((step, dir)) = layout::checkpoints(&run).into_iter().next() {
-                        return Ok(Entry {
-                            label: format!("{word}@{}", layout::checkpoint_name(step)),
-                            kind: EntryKind::Checkpoint { run: word, step },
-                            dir,
-                        });
-                    }
-                    return Err(RegistryError::Refused(format!(
-                        "run {word} has neither a final model nor a checkpoint"
-                    )));
-                }
-                let mut known = self.model_names();
-                known.extend(
-                    crate::run::list(&self.root)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(_, r)| r.id),
-                );
-                Err(self.not_found(text, &known))
-            }
+            Reference::Word(word) => self.word_entry(text, word),
         }
+    }
+
+    /// Version `version` of model `name`, for [`Self::resolve`] of `text`; one that does not
+    /// exist is an error naming the versions that do.
+    fn version_entry(&self, text: &str, name: &str, version: u32) -> Result<Entry, RegistryError> {
+        let dir = self.version_dir(name, version);
+        store::no_links(&self.root, &dir)?;
+        if !dir.is_dir() {
+            let known: Vec<String> = self
+                .versions(name)
+                .iter()
+                .map(|v| format!("{name}/v{v}"))
+                .collect();
+            return Err(self.not_found(text, &known));
+        }
+        Ok(Entry {
+            label: format!("{name}/v{version}"),
+            kind: EntryKind::Version {
+                name: name.to_string(),
+                version,
+            },
+            dir,
+        })
+    }
+
+    /// `<run id>@step-N`, for [`Self::resolve`] of `text` when `name` is no model: one
+    /// checkpoint of a run (how kiln labels them).
+    fn run_checkpoint_entry(
+        &self,
+        text: &str,
+        name: String,
+        alias: String,
+    ) -> Result<Entry, RegistryError> {
+        let run = self.run_dir(&name);
+        store::no_links(&self.root, &run)?;
+        if run.join(layout::RUN).is_file() {
+            let all = layout::checkpoints(&run);
+            let found = all
+                .iter()
+                .find(|(s, _)| layout::checkpoint_name(*s) == alias);
+            return match found {
+                Some((step, dir)) => Ok(Entry {
+                    label: format!("{name}@{alias}"),
+                    kind: EntryKind::Checkpoint {
+                        run: name,
+                        step: *step,
+                    },
+                    dir: dir.clone(),
+                }),
+                None => {
+                    let known: Vec<String> = all
+                        .iter()
+                        .map(|(s, _)| format!("{name}@{}", layout::checkpoint_name(*s)))
+                        .collect();
+                    Err(self.not_found(text, &known))
+                }
+            };
+        }
+        Err(self.not_found(text, &self.model_names()))
+    }
+
+    /// A bare word, for [`Self::resolve`] of `text`: a model's latest version, else a run's
+    /// final model or its first checkpoint.
+    fn word_entry(&self, text: &str, word: String) -> Result<Entry, RegistryError> {
+        if let Some(&v) = self.versions(&word).last() {
+            return self.version_entry(text, &word, v);
+        }
+        let run = self.run_dir(&word);
+        store::no_links(&self.root, &run)?;
+        if run.join(layout::RUN).is_file() {
+            let fin = run.join(layout::FINAL);
+            if fin.is_dir() {
+                return Ok(Entry {
+                    label: word.clone(),
+                    kind: EntryKind::Final { run: word },
+                    dir: fin,
+                });
+            }
+            if let Some((step, dir)) = layout::checkpoints(&run).into_iter().next() {
+                return Ok(Entry {
+                    label: format!("{word}@{}", layout::checkpoint_name(step)),
+                    kind: EntryKind::Checkpoint { run: word, step },
+                    dir,
+                });
+            }
+            return Err(RegistryError::Refused(format!(
+                "run {word} has neither a final model nor a checkpoint"
+            )));
+        }
+        let mut known = self.model_names();
+        known.extend(
+            crate::run::list(&self.root)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, r)| r.id),
+        );
+        Err(self.not_found(text, &known))
     }
 
     /// Reads an entry, checking every file against the manifest. A damaged entry is an error

@@ -221,12 +221,7 @@ pub async fn replace_file(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), 
     tokio::fs::create_dir_all(tmp_parent)
         .await
         .map_err(io_err(tmp_parent))?;
-    write_synced(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await.map_err(io_err(path))?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent).await?;
-    }
-    Ok(())
+    crate::atomic::write_via(&tmp, path, bytes).map_err(io_err(path))
 }
 
 /// Runs registry I/O from synchronous code.
@@ -243,7 +238,7 @@ pub fn no_links(root: &Path, path: &Path) -> Result<(), RegistryError> {
     let Ok(rel) = path.strip_prefix(root) else {
         return Err(RegistryError::Unsafe {
             path: path.display().to_string(),
-            why: format!("outside the registry {}", root.display()),
+            why: format!("outside the registry {}", crate::shown::path(root)),
         });
     };
     let mut cur = root.to_path_buf();

@@ -97,7 +97,7 @@ impl CvRecord {
             let known: Vec<String> = list(registry).into_iter().map(|r| r.id).collect();
             return Err(SelectError::Input(format!(
                 "no cross-validation {id:?} in {}{}",
-                registry.display(),
+                crate::shown::path(registry),
                 crate::suggest::hint(id, &known)
             )));
         }
@@ -149,7 +149,7 @@ fn fold_config(record: &CvRecord, index: usize) -> Result<RunConfig, SelectError
     let (file, _) = config::load(path, &overrides)?;
     Ok(config::validate(
         file,
-        &path.display().to_string(),
+        &crate::shown::path(path),
         &config::default_name(path),
     )?)
 }
@@ -177,7 +177,7 @@ pub fn plan(
     if !config_path.is_file() {
         return Err(SelectError::Input(format!(
             "{}: no such config file",
-            config_path.display()
+            crate::shown::path(config_path)
         )));
     }
     let absolute = std::path::absolute(config_path).map_err(super::io(config_path))?;
@@ -233,18 +233,7 @@ pub fn run(
     quiet: bool,
     pruner: Option<Arc<dyn train::Pruning>>,
 ) -> Result<Ending, SelectError> {
-    // One process works on a CV at a time; one still stopping (a sweep worker's death) is
-    // waited for, and its last record read.
-    let dir = CvRecord::dir(registry, &record.id);
-    std::fs::create_dir_all(&dir).map_err(super::io(&dir))?;
-    let _held = crate::registry::store::Lock::acquire(
-        &dir.join(layout::LOCK),
-        std::time::Duration::from_secs(120),
-        &format!("cross-validation {}", record.id),
-    )?;
-    if let Ok(fresh) = CvRecord::load(registry, &record.id) {
-        *record = fresh;
-    }
+    let _held = hold(record, registry)?;
     record.status = Status::Running;
     record.save(registry)?;
     for i in 0..record.runs.len() {
@@ -254,63 +243,11 @@ pub fn run(
         if stop.load(Ordering::SeqCst) {
             return interrupted(record, registry);
         }
-        let runs_dir = layout::runs_dir(registry);
-        let dir = runs_dir.join(&record.runs[i].run_id);
-        let existing: Option<RunInfo> = run::read_json(&dir.join(layout::RUN)).ok();
-        let (cfg, resume) = match existing {
-            Some(info) if info.status == Status::Completed => {
-                finished(record, i, &info);
-                record.save(registry)?;
-                continue;
-            }
-            Some(_) if !layout::checkpoints(&dir).is_empty() => {
-                super::wait_for_run(&dir)?;
-                (config::load_run(&dir)?, Some(dir.clone()))
-            }
-            _ if dir.exists() => {
-                // Killed before its first checkpoint: train the fold again as a new run.
-                let f = &mut record.runs[i];
-                f.run_id = format!("{}-f{}-{}", record.id, f.index, f.attempts + 1);
-                (fold_config(record, i)?, None)
-            }
-            _ => (fold_config(record, i)?, None),
+        let Some((cfg, resume)) = fold_plan(record, registry, i)? else {
+            continue;
         };
-        let f = &mut record.runs[i];
-        f.attempts += 1;
-        f.status = Some(Status::Running);
-        let (run_id, index) = (f.run_id.clone(), f.index);
-        record.save(registry)?;
-        if !quiet {
-            eprintln!(
-                "== fold {} of {}{}: run {run_id}",
-                index % record.folds + 1,
-                record.folds,
-                if record.repeats > 1 {
-                    format!(", repeat {}", index / record.folds + 1)
-                } else {
-                    String::new()
-                }
-            );
-        }
-        let opts = train::Options {
-            registry: registry.to_path_buf(),
-            smoke: false,
-            quiet,
-            config_path: record.config_path.clone(),
-            resume,
-            stop: Arc::clone(stop),
-            init_from: None,
-            group: None,
-            member: Some(Member {
-                run_id,
-                of: Membership {
-                    kind: GroupKind::Cv,
-                    id: record.id.clone(),
-                    index,
-                },
-                pruner: pruner.clone(),
-            }),
-        };
+        start_fold(record, registry, i, quiet)?;
+        let opts = fold_options(record, i, registry, stop, quiet, &pruner, resume);
         let outcome = match train::train(&cfg, &opts) {
             Ok(o) => o,
             Err(e) => {
@@ -331,6 +268,116 @@ pub fn run(
     record.finished = Some(rfc3339_now());
     record.save(registry)?;
     Ok(Ending::Completed)
+}
+
+/// Takes the CV's lock and reads its last record: one process works on a CV at a time; one
+/// still stopping (a sweep worker's death) is waited for, and its last record read.
+fn hold(
+    record: &mut CvRecord,
+    registry: &Path,
+) -> Result<crate::registry::store::Lock, SelectError> {
+    let dir = CvRecord::dir(registry, &record.id);
+    std::fs::create_dir_all(&dir).map_err(super::io(&dir))?;
+    let held = crate::registry::store::Lock::acquire(
+        &dir.join(layout::LOCK),
+        std::time::Duration::from_secs(120),
+        &format!("cross-validation {}", record.id),
+    )?;
+    if let Ok(fresh) = CvRecord::load(registry, &record.id) {
+        *record = fresh;
+    }
+    Ok(held)
+}
+
+/// What fold `i` trains from: its config, and its run's folder when it resumes from a
+/// checkpoint. `None` when its run had completed: then it is recorded and the record saved.
+fn fold_plan(
+    record: &mut CvRecord,
+    registry: &Path,
+    i: usize,
+) -> Result<Option<(RunConfig, Option<PathBuf>)>, SelectError> {
+    let runs_dir = layout::runs_dir(registry);
+    let dir = runs_dir.join(&record.runs[i].run_id);
+    let existing: Option<RunInfo> = run::read_json(&dir.join(layout::RUN)).ok();
+    let plan = match existing {
+        Some(info) if info.status == Status::Completed => {
+            finished(record, i, &info);
+            record.save(registry)?;
+            return Ok(None);
+        }
+        Some(_) if !layout::checkpoints(&dir).is_empty() => {
+            super::wait_for_run(&dir)?;
+            (config::load_run(&dir)?, Some(dir.clone()))
+        }
+        _ if dir.exists() => {
+            // Killed before its first checkpoint: train the fold again as a new run.
+            let f = &mut record.runs[i];
+            f.run_id = format!("{}-f{}-{}", record.id, f.index, f.attempts + 1);
+            (fold_config(record, i)?, None)
+        }
+        _ => (fold_config(record, i)?, None),
+    };
+    Ok(Some(plan))
+}
+
+/// Counts an attempt of fold `i`, marks it running, saves the record and says which fold
+/// trains (unless `quiet`).
+fn start_fold(
+    record: &mut CvRecord,
+    registry: &Path,
+    i: usize,
+    quiet: bool,
+) -> Result<(), SelectError> {
+    let f = &mut record.runs[i];
+    f.attempts += 1;
+    f.status = Some(Status::Running);
+    let (run_id, index) = (f.run_id.clone(), f.index);
+    record.save(registry)?;
+    if !quiet {
+        eprintln!(
+            "== fold {} of {}{}: run {run_id}",
+            index % record.folds + 1,
+            record.folds,
+            if record.repeats > 1 {
+                format!(", repeat {}", index / record.folds + 1)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The training options of fold `i`: a member of this CV, resuming `resume` when given.
+fn fold_options(
+    record: &CvRecord,
+    i: usize,
+    registry: &Path,
+    stop: &Arc<AtomicBool>,
+    quiet: bool,
+    pruner: &Option<Arc<dyn train::Pruning>>,
+    resume: Option<PathBuf>,
+) -> train::Options {
+    let f = &record.runs[i];
+    train::Options {
+        registry: registry.to_path_buf(),
+        smoke: false,
+        quiet,
+        config_path: record.config_path.clone(),
+        resume,
+        stop: Arc::clone(stop),
+        init_from: None,
+        group: None,
+        member: Some(Member {
+            run_id: f.run_id.clone(),
+            of: Membership {
+                kind: GroupKind::Cv,
+                id: record.id.clone(),
+                index: f.index,
+            },
+            pruner: pruner.clone(),
+        }),
+    }
 }
 
 fn interrupted(record: &mut CvRecord, registry: &Path) -> Result<Ending, SelectError> {

@@ -46,20 +46,9 @@ pub enum SelectError {
     },
 }
 
-impl SelectError {
-    /// The user's input was wrong (exit code 2), not the machine or the data.
-    pub fn is_input(&self) -> bool {
-        match self {
-            SelectError::Input(_) | SelectError::Config(_) => true,
-            SelectError::Train(e) => e.is_config(),
-            _ => false,
-        }
-    }
-}
-
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SelectError + '_ {
     move |source| SelectError::Io {
-        path: path.display().to_string(),
+        path: crate::shown::path(path),
         source,
     }
 }

@@ -281,15 +281,7 @@ pub fn read(
     seed: Option<u64>,
     timeout: Option<&str>,
 ) -> Result<SweepSpec, SelectError> {
-    let text = std::fs::read_to_string(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
-    let file: SweepFile = toml::from_str(&text).map_err(|e| {
-        let msg = e.message().trim().to_string();
-        let line = e
-            .span()
-            .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
-            .unwrap_or_default();
-        bad(path, format!("{msg}{line}"))
-    })?;
+    let file = read_sweep_file(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let base = dir.join(&file.base);
     if !base.is_file() {
@@ -302,20 +294,7 @@ pub fn read(
             ),
         ));
     }
-    let metric = match file.metric.split_once('/') {
-        None => file.metric.clone(),
-        Some(("valid", m)) => m.to_string(),
-        Some((split, _)) => {
-            return Err(bad(
-                path,
-                format!(
-                    "metric = {:?}: a sweep selects on the validation split (`valid/{}`), never {split}",
-                    file.metric,
-                    file.metric.split_once('/').map_or("", |p| p.1)
-                ),
-            ));
-        }
-    };
+    let metric = validation_metric(path, &file.metric)?;
     let space = parse_space(path, &file.space)?;
     if space.is_empty() {
         return Err(bad(
@@ -327,41 +306,8 @@ pub fn read(
     if trials == 0 {
         return Err(bad(path, "trials must be at least 1"));
     }
-    let timeout = timeout.map(str::to_string).or(file.timeout.clone());
-    let timeout_seconds = match &timeout {
-        Some(t) => Some(
-            humantime::parse_duration(t)
-                .map_err(|e| {
-                    bad(
-                        path,
-                        format!("timeout = {t:?}: {e} (write \"30m\", \"2h\")"),
-                    )
-                })?
-                .as_secs_f64(),
-        ),
-        None => None,
-    };
-    if file.cv.is_some() && file.pruner != PrunerKind::None {
-        return Err(bad(
-            path,
-            "a cross-validated trial is not pruned: use pruner = \"none\" with cv",
-        ));
-    }
-    if file.cv.is_some_and(|k| k < 2) {
-        return Err(bad(path, "cv: cross-validation needs at least 2 folds"));
-    }
-    if file.pruning.reduction_factor < 2 || file.pruning.min_resource < 1 {
-        return Err(bad(
-            path,
-            "[pruning]: reduction_factor must be at least 2 and min_resource at least 1",
-        ));
-    }
-    if file.tpe.candidates == 0 {
-        return Err(bad(path, "[tpe] candidates must be at least 1"));
-    }
-    if file.sampler == SamplerKind::Grid {
-        super::sampler::grid_size(&space).map_err(|e| bad(path, e))?;
-    }
+    let timeout_seconds = sweep_timeout(path, timeout, &file)?;
+    check_settings(path, &file, &space)?;
     let set = file.set.clone();
     let (name, higher_is_better) =
         check_against_config(path, &base, &set, &space, &metric, file.cv)?;
@@ -393,128 +339,249 @@ pub fn read(
     })
 }
 
+/// The sweep file at `path`, read and parsed (a TOML error names its line).
+fn read_sweep_file(path: &Path) -> Result<SweepFile, SelectError> {
+    let text = std::fs::read_to_string(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
+    let file: SweepFile = toml::from_str(&text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let line = e
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+            .unwrap_or_default();
+        bad(path, format!("{msg}{line}"))
+    })?;
+    Ok(file)
+}
+
+/// The metric's name in the validation split: `metric` as written, or without its `valid/`;
+/// an error for another split.
+fn validation_metric(path: &Path, metric: &str) -> Result<String, SelectError> {
+    match metric.split_once('/') {
+        None => Ok(metric.to_string()),
+        Some(("valid", m)) => Ok(m.to_string()),
+        Some((split, _)) => Err(bad(
+            path,
+            format!(
+                "metric = {:?}: a sweep selects on the validation split (`valid/{}`), never {split}",
+                metric,
+                metric.split_once('/').map_or("", |p| p.1)
+            ),
+        )),
+    }
+}
+
+/// The wall time of the sweep in seconds: `timeout` from the command line, else the file's;
+/// an error for a duration that does not parse or is not positive.
+fn sweep_timeout(
+    path: &Path,
+    timeout: Option<&str>,
+    file: &SweepFile,
+) -> Result<Option<f64>, SelectError> {
+    let timeout = timeout.map(str::to_string).or(file.timeout.clone());
+    let timeout_seconds = match &timeout {
+        Some(t) => Some(
+            humantime::parse_duration(t)
+                .map_err(|e| {
+                    bad(
+                        path,
+                        format!("timeout = {t:?}: {e} (write \"30m\", \"2h\")"),
+                    )
+                })?
+                .as_secs_f64(),
+        ),
+        None => None,
+    };
+    if timeout_seconds.is_some_and(|t| t <= 0.0) {
+        return Err(bad(
+            path,
+            "timeout: a sweep needs some time (write \"30m\", \"2h\")",
+        ));
+    }
+    Ok(timeout_seconds)
+}
+
+/// Checks the file's cross-validation, pruner and TPE settings, and that a grid sweep's space
+/// is finite and small enough.
+fn check_settings(path: &Path, file: &SweepFile, space: &Space) -> Result<(), SelectError> {
+    if file.cv.is_some() && file.pruner != PrunerKind::None {
+        return Err(bad(
+            path,
+            "a cross-validated trial is not pruned: use pruner = \"none\" with cv",
+        ));
+    }
+    if file.cv.is_some_and(|k| !(2..=1000).contains(&k)) {
+        return Err(bad(path, "cv: cross-validation takes 2 to 1000 folds"));
+    }
+    if !(2..=100).contains(&file.pruning.reduction_factor)
+        || !(1..=1 << 20).contains(&file.pruning.min_resource)
+    {
+        return Err(bad(
+            path,
+            "[pruning]: reduction_factor 2 to 100 and min_resource 1 to 1048576",
+        ));
+    }
+    if !(1..=10_000).contains(&file.tpe.candidates) {
+        return Err(bad(path, "[tpe] candidates: 1 to 10000"));
+    }
+    if file.sampler == SamplerKind::Grid {
+        super::sampler::grid_size(space).map_err(|e| bad(path, e))?;
+    }
+    Ok(())
+}
+
 fn parse_space(path: &Path, table: &BTreeMap<String, Value>) -> Result<Space, SelectError> {
     let mut out = Vec::new();
     for (key, v) in table {
         let at = |m: String| bad(path, format!("[space] {key:?}: {m}"));
-        let Value::Table(t) = v else {
-            return Err(at(
-                "write a distribution: { uniform = [a, b] }, { log_uniform = [a, b] }, { int = [a, b] } or { choice = [...] }".into(),
-            ));
-        };
-        let kinds: Vec<&String> = t.keys().filter(|k| k.as_str() != "log").collect();
-        let [kind] = kinds.as_slice() else {
-            return Err(at(format!(
-                "one distribution per key, found {}",
-                if kinds.is_empty() {
-                    "none".to_string()
-                } else {
-                    kinds
-                        .iter()
-                        .map(|k| k.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            )));
-        };
-        let log = match t.get("log") {
-            None => false,
-            Some(Value::Boolean(b)) if kind.as_str() == "int" => *b,
-            Some(_) => {
-                return Err(at(
-                    "`log` goes with `int` only, as true or false (use log_uniform for reals)"
-                        .into(),
-                ));
-            }
-        };
-        let pair = |v: &Value| -> Result<(f64, f64), SelectError> {
-            match v {
-                Value::Array(a) if a.len() == 2 => {
-                    let num = |x: &Value| match x {
-                        Value::Float(f) => Some(*f),
-                        Value::Integer(i) => Some(*i as f64),
-                        _ => None,
-                    };
-                    match (num(&a[0]), num(&a[1])) {
-                        (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() => Ok((lo, hi)),
-                        _ => Err(at(format!("{kind} = {v}: two finite numbers, [low, high]"))),
-                    }
-                }
-                _ => Err(at(format!("{kind} = {v}: two numbers, [low, high]"))),
-            }
-        };
-        let value = &t[kind.as_str()];
-        let dist = match kind.as_str() {
-            "uniform" | "log_uniform" => {
-                let (low, high) = pair(value)?;
-                if low >= high {
-                    return Err(at(format!(
-                        "empty range [{low}, {high}]: low must be below high"
-                    )));
-                }
-                if !(high - low).is_finite() {
-                    return Err(at(format!(
-                        "[{low}, {high}]: the range is wider than a number holds"
-                    )));
-                }
-                if kind.as_str() == "log_uniform" {
-                    if low <= 0.0 {
-                        return Err(at(format!(
-                            "log_uniform = [{low}, {high}]: the log of a number at or below 0 is undefined; both ends must be positive"
-                        )));
-                    }
-                    Dist::LogUniform { low, high }
-                } else {
-                    Dist::Uniform { low, high }
-                }
-            }
-            "int" => {
-                let (low, high) = pair(value)?;
-                if low.fract() != 0.0 || high.fract() != 0.0 {
-                    return Err(at(format!("int = {value}: both ends must be integers")));
-                }
-                if low > high {
-                    return Err(at(format!(
-                        "empty range [{low}, {high}]: low must not be above high"
-                    )));
-                }
-                if log && low < 1.0 {
-                    return Err(at(format!(
-                        "int = {value} with log = true: the log of a number below 1 is not a scale; start at 1 or more"
-                    )));
-                }
-                Dist::Int {
-                    low: low as i64,
-                    high: high as i64,
-                    log,
-                }
-            }
-            "choice" => match value {
-                Value::Array(a)
-                    if a.iter()
-                        .any(|v| v.as_float().is_some_and(|f| !f.is_finite())) =>
-                {
-                    return Err(at(
-                        "choice: nan and inf are not values a trial can record".into()
-                    ));
-                }
-                Value::Array(a) if !a.is_empty() => Dist::Choice(a.clone()),
-                _ => return Err(at("choice = [...]: give at least one value".into())),
-            },
-            other => {
-                let known = ["uniform", "log_uniform", "int", "choice"].map(String::from);
-                return Err(at(format!(
-                    "unknown distribution `{other}`{}",
-                    crate::suggest::hint(other, &known)
-                )));
-            }
-        };
+        let dist = parse_dist(v, &at)?;
         out.push(Param {
             key: key.clone(),
             dist,
         });
     }
     Ok(out)
+}
+
+/// One key's distribution: a table of exactly one kind (`uniform`, `log_uniform`, `int`,
+/// `choice`), with `log` for `int` only; `at` makes an error naming the key.
+fn parse_dist(v: &Value, at: &dyn Fn(String) -> SelectError) -> Result<Dist, SelectError> {
+    let Value::Table(t) = v else {
+        return Err(at(
+            "write a distribution: { uniform = [a, b] }, { log_uniform = [a, b] }, { int = [a, b] } or { choice = [...] }".into(),
+        ));
+    };
+    let kinds: Vec<&String> = t.keys().filter(|k| k.as_str() != "log").collect();
+    let [kind] = kinds.as_slice() else {
+        return Err(at(format!(
+            "one distribution per key, found {}",
+            if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )));
+    };
+    let log = match t.get("log") {
+        None => false,
+        Some(Value::Boolean(b)) if kind.as_str() == "int" => *b,
+        Some(_) => {
+            return Err(at(
+                "`log` goes with `int` only, as true or false (use log_uniform for reals)".into(),
+            ));
+        }
+    };
+    let value = &t[kind.as_str()];
+    match kind.as_str() {
+        "uniform" | "log_uniform" => real_dist(kind.as_str(), value, at),
+        "int" => int_dist(kind.as_str(), value, log, at),
+        "choice" => choice_dist(value, at),
+        other => {
+            let known = ["uniform", "log_uniform", "int", "choice"].map(String::from);
+            Err(at(format!(
+                "unknown distribution `{other}`{}",
+                crate::suggest::hint(other, &known)
+            )))
+        }
+    }
+}
+
+/// `[low, high]` of a `kind` distribution: two finite numbers.
+fn pair(
+    kind: &str,
+    v: &Value,
+    at: &dyn Fn(String) -> SelectError,
+) -> Result<(f64, f64), SelectError> {
+    match v {
+        Value::Array(a) if a.len() == 2 => {
+            let num = |x: &Value| match x {
+                Value::Float(f) => Some(*f),
+                Value::Integer(i) => Some(*i as f64),
+                _ => None,
+            };
+            match (num(&a[0]), num(&a[1])) {
+                (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() => Ok((lo, hi)),
+                _ => Err(at(format!("{kind} = {v}: two finite numbers, [low, high]"))),
+            }
+        }
+        _ => Err(at(format!("{kind} = {v}: two numbers, [low, high]"))),
+    }
+}
+
+/// `uniform` or `log_uniform` (`kind`): a non-empty range a number holds; positive for a log.
+fn real_dist(
+    kind: &str,
+    value: &Value,
+    at: &dyn Fn(String) -> SelectError,
+) -> Result<Dist, SelectError> {
+    let (low, high) = pair(kind, value, at)?;
+    if low >= high {
+        return Err(at(format!(
+            "empty range [{low}, {high}]: low must be below high"
+        )));
+    }
+    if !(high - low).is_finite() {
+        return Err(at(format!(
+            "[{low}, {high}]: the range is wider than a number holds"
+        )));
+    }
+    if kind == "log_uniform" {
+        if low <= 0.0 {
+            return Err(at(format!(
+                "log_uniform = [{low}, {high}]: the log of a number at or below 0 is undefined; both ends must be positive"
+            )));
+        }
+        Ok(Dist::LogUniform { low, high })
+    } else {
+        Ok(Dist::Uniform { low, high })
+    }
+}
+
+/// `int` (`kind`): integer ends, low not above high, at least 1 on a log scale.
+fn int_dist(
+    kind: &str,
+    value: &Value,
+    log: bool,
+    at: &dyn Fn(String) -> SelectError,
+) -> Result<Dist, SelectError> {
+    let (low, high) = pair(kind, value, at)?;
+    if low.fract() != 0.0 || high.fract() != 0.0 {
+        return Err(at(format!("int = {value}: both ends must be integers")));
+    }
+    if low > high {
+        return Err(at(format!(
+            "empty range [{low}, {high}]: low must not be above high"
+        )));
+    }
+    if log && low < 1.0 {
+        return Err(at(format!(
+            "int = {value} with log = true: the log of a number below 1 is not a scale; start at 1 or more"
+        )));
+    }
+    Ok(Dist::Int {
+        low: low as i64,
+        high: high as i64,
+        log,
+    })
+}
+
+/// `choice`: at least one value, none of them nan or infinite.
+fn choice_dist(value: &Value, at: &dyn Fn(String) -> SelectError) -> Result<Dist, SelectError> {
+    match value {
+        Value::Array(a)
+            if a.iter()
+                .any(|v| v.as_float().is_some_and(|f| !f.is_finite())) =>
+        {
+            Err(at(
+                "choice: nan and inf are not values a trial can record".into()
+            ))
+        }
+        Value::Array(a) if !a.is_empty() => Ok(Dist::Choice(a.clone())),
+        _ => Err(at("choice = [...]: give at least one value".into())),
+    }
 }
 
 /// Every key of the space tried on the base config with each value it can take: a typo in a

@@ -126,7 +126,7 @@ impl Sweep {
             let known = list(registry);
             return Err(SelectError::Input(format!(
                 "no sweep {id:?} in {}{}",
-                registry.display(),
+                crate::shown::path(registry),
                 crate::suggest::hint(id, &known)
             )));
         }
@@ -169,7 +169,7 @@ impl Sweep {
         if existing != *spec {
             return Err(SelectError::Input(format!(
                 "sweep {id} exists in {} with another sweep file or settings; pick another --id, or join it with --worker {id}",
-                registry.display()
+                crate::shown::path(registry)
             )));
         }
         Ok(s)

@@ -141,6 +141,15 @@ pub fn importance(spec: &SweepSpec, trials: &[Trial]) -> Vec<Importance> {
 /// The terminal report: the trials, the best, the importance of each parameter.
 pub fn table(s: &Summary) -> String {
     let mut out = String::new();
+    write_heading(&mut out, s);
+    write_trials(&mut out, s);
+    write_best(&mut out, s);
+    write_importance(&mut out, s);
+    out
+}
+
+/// The report's first two lines: what the sweep optimises and how, and its trials by status.
+fn write_heading(out: &mut String, s: &Summary) {
     let spec = &s.spec;
     let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     let lower = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
@@ -163,6 +172,11 @@ pub fn table(s: &Summary) -> String {
         counts.join(", "),
         s.total_steps
     );
+}
+
+/// The table of trials: one row each, the best marked `*`, a column per parameter.
+fn write_trials(out: &mut String, s: &Summary) {
+    let spec = &s.spec;
     let keys: Vec<&String> = spec.space.iter().map(|p| &p.key).collect();
     let widths: Vec<usize> = keys
         .iter()
@@ -207,6 +221,11 @@ pub fn table(s: &Summary) -> String {
         }
         out.push('\n');
     }
+}
+
+/// The best trial with the overrides that reproduce it, and where it was registered.
+fn write_best(out: &mut String, s: &Summary) {
+    let spec = &s.spec;
     if let Some(b) = &s.best {
         let _ = writeln!(
             out,
@@ -234,6 +253,10 @@ pub fn table(s: &Summary) -> String {
             }
         }
     }
+}
+
+/// Each parameter's η² and its share, highest first (nothing when there is none).
+fn write_importance(out: &mut String, s: &Summary) {
     if !s.importance.is_empty() {
         let _ = writeln!(out, "\nimportance (η² over completed trials)");
         for i in &s.importance {
@@ -246,7 +269,6 @@ pub fn table(s: &Summary) -> String {
             );
         }
     }
-    out
 }
 
 /// A parameter's position on a plot's x axis.

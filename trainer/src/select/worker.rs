@@ -148,61 +148,98 @@ fn run_trial(
     mut t: Trial,
     threads: usize,
 ) -> Result<Trial, SelectError> {
-    let registry = &sweep.registry;
     let trial_dir = sweep.trial_dir(t.number);
-    // Where the current attempt stands.
-    let resume = match spec.cv {
-        None => {
-            let dir = layout::runs_dir(registry).join(&t.run_id);
-            match run::read_json::<RunInfo>(&dir.join(layout::RUN)) {
-                Ok(info) if info.status == Status::Completed => {
-                    record_run(spec, &mut t, &info);
-                    sweep.update(&t)?;
-                    return Ok(t);
-                }
-                Ok(_) if !layout::checkpoints(&dir).is_empty() => {
-                    // Wait for the run's lock, then look again: it may have finished.
-                    if super::wait_for_run(&dir).is_err() {
-                        // Still running somewhere: leave the trial to a later claim.
-                        t.status = TrialStatus::Interrupted;
-                        t.owner = None;
-                        sweep.update(&t)?;
-                        return Ok(t);
-                    }
-                    let info: RunInfo = run::read_json(&dir.join(layout::RUN))?;
-                    if info.status == Status::Completed {
-                        record_run(spec, &mut t, &info);
-                        sweep.update(&t)?;
-                        return Ok(t);
-                    }
-                    true
-                }
-                Ok(_) => {
-                    t.run_id = trial_run_id(spec, t.number, Some(t.attempts + 1));
-                    false
-                }
-                Err(_) if dir.exists() => {
-                    // Died before its record was written: a new run id for the next attempt.
-                    t.run_id = trial_run_id(spec, t.number, Some(t.attempts + 1));
-                    false
-                }
-                Err(_) => false,
-            }
-        }
-        Some(_) => match CvRecord::load(registry, &t.run_id) {
-            Ok(r) if r.status == Status::Completed => {
-                record_cv(spec, &mut t, &r, registry);
-                sweep.update(&t)?;
-                return Ok(t);
-            }
-            Ok(_) => true,
-            Err(_) => false,
-        },
+    let Some(resume) = standing(sweep, spec, &mut t)? else {
+        return Ok(t);
     };
     t.attempts += 1;
     t.error = None;
     sweep.update(&t)?;
 
+    let mut cmd = trial_command(sweep, spec, opts, &t, resume, threads, &trial_dir);
+    let log_path = trial_dir.join(layout::TRIAL_LOG);
+    let (status, seconds) = run_logged(&mut cmd, &log_path, opts)?;
+    t.seconds += seconds;
+    t.owner = None;
+    record_exit(sweep, spec, opts, &mut t, status, &log_path)?;
+    sweep.update(&t)?;
+    Ok(t)
+}
+
+/// Where a claimed trial's current attempt stands: `Some(resume)` when it is to run (`resume`:
+/// from its checkpoint), `None` when it was only recorded and written (its run had completed,
+/// or it is still running somewhere).
+fn standing(sweep: &Sweep, spec: &SweepSpec, t: &mut Trial) -> Result<Option<bool>, SelectError> {
+    let registry = &sweep.registry;
+    match spec.cv {
+        None => run_standing(sweep, spec, t),
+        Some(_) => match CvRecord::load(registry, &t.run_id) {
+            Ok(r) if r.status == Status::Completed => {
+                record_cv(spec, t, &r, registry);
+                sweep.update(t)?;
+                Ok(None)
+            }
+            Ok(_) => Ok(Some(true)),
+            Err(_) => Ok(Some(false)),
+        },
+    }
+}
+
+/// [`standing`] for a trial that is one training run: its run record and checkpoints say
+/// whether it completed, resumes, or starts again under a new run id.
+fn run_standing(
+    sweep: &Sweep,
+    spec: &SweepSpec,
+    t: &mut Trial,
+) -> Result<Option<bool>, SelectError> {
+    let dir = layout::runs_dir(&sweep.registry).join(&t.run_id);
+    match run::read_json::<RunInfo>(&dir.join(layout::RUN)) {
+        Ok(info) if info.status == Status::Completed => {
+            record_run(spec, t, &info);
+            sweep.update(t)?;
+            Ok(None)
+        }
+        Ok(_) if !layout::checkpoints(&dir).is_empty() => {
+            // Wait for the run's lock, then look again: it may have finished.
+            if super::wait_for_run(&dir).is_err() {
+                // Still running somewhere: leave the trial to a later claim.
+                t.status = TrialStatus::Interrupted;
+                t.owner = None;
+                sweep.update(t)?;
+                return Ok(None);
+            }
+            let info: RunInfo = run::read_json(&dir.join(layout::RUN))?;
+            if info.status == Status::Completed {
+                record_run(spec, t, &info);
+                sweep.update(t)?;
+                return Ok(None);
+            }
+            Ok(Some(true))
+        }
+        Ok(_) => {
+            t.run_id = trial_run_id(spec, t.number, Some(t.attempts + 1));
+            Ok(Some(false))
+        }
+        Err(_) if dir.exists() => {
+            // Died before its record was written: a new run id for the next attempt.
+            t.run_id = trial_run_id(spec, t.number, Some(t.attempts + 1));
+            Ok(Some(false))
+        }
+        Err(_) => Ok(Some(false)),
+    }
+}
+
+/// The `kiln train` (or `kiln cv`) command line of a trial's attempt: a new run with the
+/// trial's parameters and thread count, or a resume of its run.
+fn trial_command(
+    sweep: &Sweep,
+    spec: &SweepSpec,
+    opts: &WorkerOptions,
+    t: &Trial,
+    resume: bool,
+    threads: usize,
+    trial_dir: &Path,
+) -> Command {
     let mut cmd = Command::new(&opts.exe);
     match (spec.cv, resume) {
         (None, true) => {
@@ -227,36 +264,57 @@ fn run_trial(
         cmd.arg("--set").arg(format!("runtime.threads={threads}"));
     }
     cmd.arg("--registry")
-        .arg(registry)
+        .arg(&sweep.registry)
         .arg("--trial")
-        .arg(&trial_dir)
+        .arg(trial_dir)
         .arg("--quiet");
-    let log_path = trial_dir.join(layout::TRIAL_LOG);
+    cmd
+}
+
+/// Runs `cmd` to its end with its output appended to the trial's log: its exit status and the
+/// seconds it ran.
+fn run_logged(
+    cmd: &mut Command,
+    log_path: &Path,
+    opts: &WorkerOptions,
+) -> Result<(std::process::ExitStatus, f64), SelectError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)
-        .map_err(super::io(&log_path))?;
-    let log2 = log.try_clone().map_err(super::io(&log_path))?;
+        .open(log_path)
+        .map_err(super::io(log_path))?;
+    let log2 = log.try_clone().map_err(super::io(log_path))?;
     cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-    stop_with_parent(&mut cmd);
+    stop_with_parent(cmd);
     let started = Instant::now();
     let status = cmd
         .spawn()
         .and_then(|mut child| child.wait())
         .map_err(super::io(&opts.exe))?;
-    t.seconds += started.elapsed().as_secs_f64();
-    t.owner = None;
+    Ok((status, started.elapsed().as_secs_f64()))
+}
+
+/// Records in `t` how its process ended: completed (read back from its run or CV record),
+/// interrupted (resumes on the next claim), or failed with the log's last error.
+fn record_exit(
+    sweep: &Sweep,
+    spec: &SweepSpec,
+    opts: &WorkerOptions,
+    t: &mut Trial,
+    status: std::process::ExitStatus,
+    log_path: &Path,
+) -> Result<(), SelectError> {
+    let registry = &sweep.registry;
     match status.code() {
         Some(0) => match spec.cv {
             None => {
                 let dir = layout::runs_dir(registry).join(&t.run_id);
                 let info: RunInfo = run::read_json(&dir.join(layout::RUN))?;
-                record_run(spec, &mut t, &info);
+                record_run(spec, t, &info);
             }
             Some(_) => {
                 let r = CvRecord::load(registry, &t.run_id)?;
-                record_cv(spec, &mut t, &r, registry);
+                record_cv(spec, t, &r, registry);
             }
         },
         Some(130) => t.status = TrialStatus::Interrupted,
@@ -269,11 +327,10 @@ fn run_trial(
             t.status = TrialStatus::Failed;
             t.finished = Some(rfc3339_now());
             t.error =
-                Some(last_error(&log_path).unwrap_or_else(|| format!("kiln exited with {status}")));
+                Some(last_error(log_path).unwrap_or_else(|| format!("kiln exited with {status}")));
         }
     }
-    sweep.update(&t)?;
-    Ok(t)
+    Ok(())
 }
 
 fn killed_by_stop_signal(status: &std::process::ExitStatus) -> bool {

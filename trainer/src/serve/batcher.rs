@@ -117,8 +117,25 @@ fn run(v: &Version, k: usize, jobs: Vec<Job>) {
     let model = v.models[k % v.models.len()]
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match one_table(&jobs) {
+        Some(data) => {
+            let answer = answer_of(v, &model, &data);
+            send_parts(answer, &data, jobs);
+        }
+        // Text of different lengths: a pass per request.
+        None => {
+            for j in jobs {
+                let a = answer_of(v, &model, &j.data);
+                let _ = j.reply.send(a);
+            }
+        }
+    }
+}
+
+/// The rows of every job as one table, when every job is a table (`None` otherwise).
+fn one_table(jobs: &[Job]) -> Option<Split> {
     let tables: Vec<&crate::data::Dataset> = jobs.iter().filter_map(|j| j.data.table()).collect();
-    let all = if tables.len() == jobs.len() {
+    if tables.len() == jobs.len() {
         // Rows of every job, one batch.
         let d = tables[0].d;
         let n: usize = tables.iter().map(|t| t.n).sum();
@@ -134,84 +151,78 @@ fn run(v: &Version, k: usize, jobs: Vec<Job>) {
         }))
     } else {
         None
+    }
+}
+
+/// `model`'s answer to every row of `data`: predictions, named outputs and class indices
+/// (empty when the rows cannot be read or give no input).
+fn answer_of(v: &Version, model: &kiln_models::Model, data: &Split) -> Answer {
+    let idx: Vec<usize> = (0..data.len()).collect();
+    // Served requests are held in memory: reading them cannot fail.
+    let Ok(batch) = data.fetch(&idx, None) else {
+        return Answer {
+            predictions: Vec::new(),
+            outputs: Vec::new(),
+            classes: Vec::new(),
+        };
     };
-    let answer_of = |data: &Split| -> Answer {
-        let idx: Vec<usize> = (0..data.len()).collect();
-        // Served requests are held in memory: reading them cannot fail.
-        let Ok(batch) = data.fetch(&idx, None) else {
-            return Answer {
-                predictions: Vec::new(),
-                outputs: Vec::new(),
-                classes: Vec::new(),
-            };
+    let batch = batch.upload(v.input, &v.device);
+    let Some(x) = batch.input else {
+        return Answer {
+            predictions: Vec::new(),
+            outputs: Vec::new(),
+            classes: Vec::new(),
         };
-        let batch = batch.upload(v.input, &v.device);
-        let Some(x) = batch.input else {
-            return Answer {
-                predictions: Vec::new(),
-                outputs: Vec::new(),
-                classes: Vec::new(),
-            };
-        };
-        let out = model.forward(x);
-        let predictions = v.task.predictions(out.clone());
-        let names = v.task.output_names();
-        let values = v.task.output_values(out);
-        let classes = match v.task.class_names() {
-            Some(names) => predictions
-                .iter()
-                .map(|p| {
-                    names
-                        .iter()
-                        .position(|n| Some(n.as_str()) == p.prediction.as_str())
-                        .unwrap_or(0)
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        Answer {
-            predictions,
-            outputs: names.iter().map(|n| n.to_string()).zip(values).collect(),
-            classes,
-        }
     };
-    match all {
-        Some(data) => {
-            let mut answer = answer_of(&data);
-            let widths: Vec<usize> = answer
+    let out = model.forward(x);
+    let predictions = v.task.predictions(out.clone());
+    let names = v.task.output_names();
+    let values = v.task.output_values(out);
+    let classes = match v.task.class_names() {
+        Some(names) => predictions
+            .iter()
+            .map(|p| {
+                names
+                    .iter()
+                    .position(|n| Some(n.as_str()) == p.prediction.as_str())
+                    .unwrap_or(0)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Answer {
+        predictions,
+        outputs: names.iter().map(|n| n.to_string()).zip(values).collect(),
+        classes,
+    }
+}
+
+/// Sends each job, in order, its rows' share of `answer`, the answer to `data`: all the jobs'
+/// rows in one batch.
+fn send_parts(mut answer: Answer, data: &Split, jobs: Vec<Job>) {
+    let widths: Vec<usize> = answer
+        .outputs
+        .iter()
+        .map(|(_, v)| v.len() / data.len().max(1))
+        .collect();
+    let mut start = 0;
+    for j in jobs {
+        let n = j.data.len();
+        let part = Answer {
+            predictions: answer.predictions[start..start + n].to_vec(),
+            outputs: answer
                 .outputs
-                .iter()
-                .map(|(_, v)| v.len() / data.len().max(1))
-                .collect();
-            let mut start = 0;
-            for j in jobs {
-                let n = j.data.len();
-                let part = Answer {
-                    predictions: answer.predictions[start..start + n].to_vec(),
-                    outputs: answer
-                        .outputs
-                        .iter_mut()
-                        .zip(&widths)
-                        .map(|((name, v), &w)| {
-                            (name.clone(), v[start * w..(start + n) * w].to_vec())
-                        })
-                        .collect(),
-                    classes: answer
-                        .classes
-                        .get(start..start + n)
-                        .map(<[usize]>::to_vec)
-                        .unwrap_or_default(),
-                };
-                start += n;
-                let _ = j.reply.send(part);
-            }
-        }
-        // Text of different lengths: a pass per request.
-        None => {
-            for j in jobs {
-                let a = answer_of(&j.data);
-                let _ = j.reply.send(a);
-            }
-        }
+                .iter_mut()
+                .zip(&widths)
+                .map(|((name, v), &w)| (name.clone(), v[start * w..(start + n) * w].to_vec()))
+                .collect(),
+            classes: answer
+                .classes
+                .get(start..start + n)
+                .map(<[usize]>::to_vec)
+                .unwrap_or_default(),
+        };
+        start += n;
+        let _ = j.reply.send(part);
     }
 }

@@ -14,8 +14,12 @@
 //! - `/metrics` in Prometheus' text format ([`metrics`]), the served version in a header of
 //!   every model answer, aliases followed while serving (polled, or on SIGHUP) without
 //!   dropping a request, graceful shutdown on SIGTERM or Ctrl-C, a bearer token, a body limit.
+//! - Connections ([`conn`]): header and body read timeouts, a connection limit answered with a
+//!   503, and the soft open-file limit raised to the hard one, so that stalled clients cannot
+//!   lock others out.
 
 mod batcher;
+mod conn;
 mod generation;
 pub mod metrics;
 pub mod protocol;
@@ -43,6 +47,7 @@ use crate::eval::LoadedRun;
 use crate::registry::{Entry, EntryKind, Registry};
 
 pub use batcher::BatchOptions;
+pub use conn::Limits;
 
 /// Drift scores are published once the window holds this many rows.
 pub const MIN_DRIFT_ROWS: usize = 100;
@@ -63,6 +68,11 @@ pub struct Options {
     pub token: Option<String>,
     /// Largest request body, bytes.
     pub body_limit: usize,
+    /// Read timeouts and the connection limit.
+    pub limits: Limits,
+    /// Whether `limits.max_connections` was asked for (a default is lowered to what the
+    /// open-file limit allows without a word).
+    pub max_connections_asked: bool,
     /// Re-resolve the references this often (an alias moved: the new version is served).
     pub poll: Option<Duration>,
     /// Served rows kept for the drift scores of `/metrics`.
@@ -143,6 +153,8 @@ struct App {
     instances: usize,
     /// Largest request body, bytes, decoded (a compressed body is decoded up to this).
     body_limit: usize,
+    /// Time to send a body once the headers are in.
+    body_timeout: Duration,
     /// Rows per forward pass, at most (Triton's `max_batch_size`).
     max_batch: usize,
 }
@@ -228,8 +240,21 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
         allow_unseen: opts.allow_unseen,
         instances: opts.batch.instances,
         body_limit: opts.body_limit,
+        body_timeout: opts.limits.body_timeout,
         max_batch: opts.batch.max_batch,
     });
+    let open_files = conn::raise_open_file_limit();
+    let allowed = conn::connections_allowed(open_files);
+    if opts.limits.max_connections > allowed {
+        if opts.max_connections_asked {
+            eprintln!(
+                "kiln serve: --max-connections {} is more than the open-file limit ({open_files}) \
+                 allows; serving at most {allowed} at once",
+                opts.limits.max_connections
+            );
+        }
+        opts.limits.max_connections = allowed;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.http_threads.max(1))
         .enable_all()
@@ -303,7 +328,7 @@ async fn run_server(
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
-            decode_body,
+            read_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -311,9 +336,7 @@ async fn run_server(
         ))
         .layer(DefaultBodyLimit::max(opts.body_limit))
         .with_state(Arc::clone(&app));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    conn::serve(listener, router, opts.limits, shutdown()).await?;
     Ok(())
 }
 
@@ -622,20 +645,39 @@ async fn model_stats(State(app): State<Arc<App>>, Path(p): Path<Target>) -> Resp
     stats_of(&app, Some(&p["name"]), p.get("version").map(String::as_str))
 }
 
-/// Decodes a `Content-Encoding: gzip` or `deflate` body before any handler reads it (up to
-/// the body limit, decoded); another encoding is a 415.
-async fn decode_body(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let Some(encoding) = req.headers().get(header::CONTENT_ENCODING).cloned() else {
-        return next.run(req).await;
+/// Reads the whole body before any handler sees it: within the body timeout (a client that
+/// stalls mid-body is answered 408 and the connection closed), up to the body limit (413),
+/// and decoded when it is `gzip` or `deflate` (another `Content-Encoding` is a 415).
+async fn read_body(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let read = tokio::time::timeout(app.body_timeout, axum::body::to_bytes(body, app.body_limit));
+    let raw = match read.await {
+        Ok(Ok(raw)) => raw,
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over the limit of {} bytes", app.body_limit),
+            );
+        }
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s (--body-timeout)",
+                    app.body_timeout.as_secs_f64()
+                ),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    let Some(encoding) = parts.headers.get(header::CONTENT_ENCODING).cloned() else {
+        return next
+            .run(Request::from_parts(parts, axum::body::Body::from(raw)))
+            .await;
     };
     let encoding = encoding.to_str().unwrap_or("(not text)").to_string();
-    let (mut parts, body) = req.into_parts();
-    let Ok(raw) = axum::body::to_bytes(body, app.body_limit).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over the limit of {} bytes", app.body_limit),
-        );
-    };
     let decoded = match tokio::task::spawn_blocking({
         let limit = app.body_limit;
         move || triton::decompress(&encoding, &raw, limit)

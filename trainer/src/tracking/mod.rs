@@ -60,9 +60,7 @@ impl JsonLines {
                 })
                 .map(|l| format!("{l}\n"))
                 .collect();
-            let tmp = path.with_extension("jsonl.tmp");
-            std::fs::write(&tmp, kept)?;
-            std::fs::rename(&tmp, path)?;
+            crate::atomic::write(path, kept.as_bytes())?;
         }
         Ok(Self {
             file: OpenOptions::new().create(true).append(true).open(path)?,

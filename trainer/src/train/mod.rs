@@ -12,6 +12,7 @@
 
 mod finish;
 mod fit;
+mod patience;
 mod ranks;
 mod record;
 mod run_folder;

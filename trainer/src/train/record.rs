@@ -124,24 +124,19 @@ impl Session<'_> {
             self.task.as_ref(),
             &self.base,
         )?;
-        let pos = &mut self.state.pos;
-        let value = m.get(&cfg.monitor.metric);
-        let min_delta = cfg.train.early_stopping.map_or(0.0, |e| e.min_delta);
-        let improved = value.is_some_and(|v| cfg.monitor.improves(v, pos.best, min_delta));
-        pos.last_valid = value;
+        let improved = super::patience::record_validation(
+            &mut self.state.pos,
+            m.get(&cfg.monitor.metric),
+            &cfg.monitor,
+            cfg.train.early_stopping,
+        );
         self.last_metrics.retain(|k, _| !k.starts_with("valid_"));
         self.last_metrics
             .extend(m.scalars().iter().map(|(k, v)| (format!("valid_{k}"), *v)));
         if improved {
-            pos.best = value;
-            pos.best_step = Some(pos.step);
-            pos.validations_without_improvement = 0;
             // A snapshot of its own: a clone would share batch norm's running statistics with
             // the model that goes on training.
             self.state.best = Some(self.state.model().valid());
-        } else if value.is_some() {
-            // An undefined metric (AUC of a split missing a class) says nothing either way.
-            pos.validations_without_improvement += 1;
         }
         let pos = &self.state.pos;
         let shown: Vec<String> = m
@@ -188,10 +183,7 @@ impl Session<'_> {
 
     /// Early stopping has seen `patience` validations without improvement.
     pub(super) fn out_of_patience(&self) -> bool {
-        self.cfg
-            .train
-            .early_stopping
-            .is_some_and(|e| self.state.pos.validations_without_improvement >= e.patience)
+        super::patience::out_of_patience(&self.state.pos, self.cfg.train.early_stopping)
     }
 
     /// Queues a checkpoint of the state for the background writer (rank 0).

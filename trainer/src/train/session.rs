@@ -114,24 +114,7 @@ impl<'a> Session<'a> {
         // Rank 0 writes the run, its checkpoints, logs and registry entries; the others compute.
         let writer = group.is_none_or(|g| g.is_writer());
         let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world()));
-        let chosen = open_device(cfg, group);
-        let (agreed, data_files) = match group {
-            Some(g) => {
-                let (agreed, files) = handshake(g, cfg, opts, &chosen)?;
-                (Some(agreed), files)
-            }
-            None => (None, None),
-        };
-        let chosen = chosen?;
-        #[cfg(feature = "nccl")]
-        if let Some(g) = group.filter(|g| chosen.backend == "cuda" && g.engine_name() == "mpi") {
-            let ordinal = chosen
-                .id
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .unwrap_or(0);
-            g.use_nccl(ordinal).map_err(TrainError::Nccl)?;
-        }
+        let (chosen, agreed, data_files) = join_ranks_on_devices(cfg, opts, group)?;
         let reg = Registry::new(&opts.registry);
         if writer {
             reg.ensure()?;
@@ -140,15 +123,8 @@ impl<'a> Session<'a> {
         base.seed(cfg.seed);
         let device = base.clone().autodiff();
 
-        // A resumed run continues as it was started (smoke or not); a completed one is not
-        // trained again.
-        let resumed: Option<RunInfo> = match &opts.resume {
-            Some(dir) => Some(run::read_json(&dir.join(layout::RUN))?),
-            None => None,
-        };
-        if let Some(r) = resumed.as_ref().filter(|r| r.status == Status::Completed) {
-            return Err(TrainError::AlreadyCompleted { id: r.id.clone() });
-        }
+        // A resumed run continues as it was started (smoke or not).
+        let resumed = resumed_info(opts)?;
         let smoke = resumed.as_ref().map_or(opts.smoke, |r| r.smoke);
         let (train, valid, test, pre, skipped, indexed) = load_data(cfg, opts, smoke)?;
         let task = task_of(cfg, &pre)?;
@@ -182,35 +158,12 @@ impl<'a> Session<'a> {
             &mconf,
             device_label,
         )?;
-        // Image files: the index read, saved with the run (a new run's; a resumed run has it).
-        if let Some(ix) = indexed.filter(|_| writer && opts.resume.is_none()) {
-            let path = run.dir.join(crate::layout::IMAGE_INDEX);
-            run::write_atomic(&path, ix.to_tsv().as_bytes())?;
-        }
-        if !skipped.is_empty() {
-            if writer && !opts.quiet {
-                eprintln!(
-                    "warning: {} unreadable image files left out (data.bad_images = \"skip\"), listed in run.json; the first: {}",
-                    skipped.len(),
-                    skipped[0]
-                );
-            }
-            run.info.skipped_files = skipped;
-        }
+        record_image_files(&mut run, indexed, skipped, writer, opts)?;
 
-        // The state: fresh, from `--init-from`, or from the newest intact checkpoint.
         let fresh = TrainState::new(model, crate::optim::optimizer(cfg));
-        let (mut state, refused, resumed_from) = starting_state(
+        let (state, resumed_from) = every_rank_state(
             cfg, opts, &reg, &mut run, fresh, init, &pre, &mconf, &device,
         )?;
-        if let Some(g) = group {
-            state = share_start(g, cfg, state, refused, &mconf, &device)?;
-        }
-        state.pos.world = Some(world);
-        state.pos.seed = cfg.seed;
-        if cfg.precision.scales_loss() && state.pos.loss_scale.is_none() {
-            state.pos.loss_scale = Some(LossScale::default());
-        }
 
         let plan = plan(cfg, train.len(), world, smoke);
         let rank0 = match writer {
@@ -230,15 +183,7 @@ impl<'a> Session<'a> {
         let progress = Progress::new(plan.total_steps, plan.epochs, opts.quiet || !writer);
         progress.line(&format!("device {}", chosen.describe()));
         if let (Some(g), Some(a)) = (group, agreed) {
-            progress.line(&format!(
-                "{world} ranks through {} ({}); global batch {} ({} per rank); ranks agreed after {:.1} s, test all-reduce {:.1} ms",
-                g.engine_name(),
-                g.topology().launcher.describe(),
-                plan.global_batch,
-                cfg.train.batch_size,
-                a.waited.as_secs_f64(),
-                a.test_all_reduce.as_secs_f64() * 1e3
-            ));
+            progress.line(&ranks_line(g, &a, &plan, cfg.train.batch_size));
         }
         if let Some((label, _)) = &resumed_from {
             progress.line(&format!(
@@ -271,6 +216,122 @@ impl<'a> Session<'a> {
             has_buffers,
         })
     }
+}
+
+/// The state every rank starts from: fresh, from `--init-from`, or from the newest intact
+/// checkpoint ([`starting_state`], on rank 0), then shared with the other ranks of a job.
+/// Returns it with the checkpoint resumed from.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn every_rank_state(
+    cfg: &RunConfig,
+    opts: &Options,
+    reg: &Registry,
+    run: &mut RunRecord,
+    fresh: TrainState,
+    init: Option<(Model, InitFrom)>,
+    pre: &Preprocessor,
+    mconf: &ModelConfig,
+    device: &Device,
+) -> Result<(TrainState, Option<(String, Manifest)>), TrainError> {
+    let group = opts.group.as_deref();
+    let (mut state, refused, resumed_from) =
+        starting_state(cfg, opts, reg, run, fresh, init, pre, mconf, device)?;
+    if let Some(g) = group {
+        state = share_start(g, cfg, state, refused, mconf, device)?;
+    }
+    state.pos.world = Some(group.map_or(1, |g| g.world()));
+    state.pos.seed = cfg.seed;
+    if cfg.precision.scales_loss() && state.pos.loss_scale.is_none() {
+        state.pos.loss_scale = Some(LossScale::default());
+    }
+    Ok((state, resumed_from))
+}
+
+/// The line saying how a job's ranks meet: engine, launcher, batch, how long they took.
+fn ranks_line(g: &Group, a: &crate::dist::AgreeReport, plan: &Plan, batch_size: usize) -> String {
+    format!(
+        "{} ranks through {} ({}); global batch {} ({batch_size} per rank); ranks agreed after {:.1} s, test all-reduce {:.1} ms",
+        g.world(),
+        g.engine_name(),
+        g.topology().launcher.describe(),
+        plan.global_batch,
+        a.waited.as_secs_f64(),
+        a.test_all_reduce.as_secs_f64() * 1e3
+    )
+}
+
+/// The device of this process and, in a job, the ranks' agreement on the config, data and
+/// devices (and NCCL for the gradients when MPI launched CUDA ranks): what the ranks agreed
+/// (and how fast), and the data files rank 0 checked.
+fn join_ranks_on_devices(
+    cfg: &RunConfig,
+    opts: &Options,
+    group: Option<&Group>,
+) -> Result<
+    (
+        Chosen,
+        Option<crate::dist::AgreeReport>,
+        Option<Vec<DataFile>>,
+    ),
+    TrainError,
+> {
+    let chosen = open_device(cfg, group);
+    let (agreed, data_files) = match group {
+        Some(g) => {
+            let (agreed, files) = handshake(g, cfg, opts, &chosen)?;
+            (Some(agreed), files)
+        }
+        None => (None, None),
+    };
+    let chosen = chosen?;
+    #[cfg(feature = "nccl")]
+    if let Some(g) = group.filter(|g| chosen.backend == "cuda" && g.engine_name() == "mpi") {
+        let ordinal = chosen
+            .id
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        g.use_nccl(ordinal).map_err(TrainError::Nccl)?;
+    }
+    Ok((chosen, agreed, data_files))
+}
+
+/// The record of the run `--resume` continues; a completed run is not trained again.
+fn resumed_info(opts: &Options) -> Result<Option<RunInfo>, TrainError> {
+    let resumed: Option<RunInfo> = match &opts.resume {
+        Some(dir) => Some(run::read_json(&dir.join(layout::RUN))?),
+        None => None,
+    };
+    if let Some(r) = resumed.as_ref().filter(|r| r.status == Status::Completed) {
+        return Err(TrainError::AlreadyCompleted { id: r.id.clone() });
+    }
+    Ok(resumed)
+}
+
+/// Image files: the index as read, saved with a new run (a resumed run has it), and the
+/// unreadable files `data.bad_images = "skip"` left out, counted in `run.json` and warned of.
+fn record_image_files(
+    run: &mut RunRecord,
+    indexed: Option<data::images::Indexed>,
+    skipped: Vec<String>,
+    writer: bool,
+    opts: &Options,
+) -> Result<(), TrainError> {
+    if let Some(ix) = indexed.filter(|_| writer && opts.resume.is_none()) {
+        let path = run.dir.join(crate::layout::IMAGE_INDEX);
+        run::write_atomic(&path, ix.to_tsv().as_bytes())?;
+    }
+    if !skipped.is_empty() {
+        if writer && !opts.quiet {
+            eprintln!(
+                "warning: {} unreadable image files left out (data.bad_images = \"skip\"), listed in run.json; the first: {}",
+                skipped.len(),
+                skipped[0]
+            );
+        }
+        run.info.skipped_files = skipped;
+    }
+    Ok(())
 }
 
 /// Where training starts on rank 0: fresh, from `--init-from`, or from the run's newest intact
@@ -425,11 +486,11 @@ fn plan(cfg: &RunConfig, examples: usize, world: usize, smoke: bool) -> Plan {
     let t = &cfg.train;
     // `train.batch_size` is per rank: a step takes `global_batch` examples, as one process
     // with that batch size would.
-    let global_batch = t.batch_size * world;
+    let global_batch = t.batch_size.saturating_mul(world);
     let batches_per_epoch = Loader::batches_per_epoch(examples, global_batch);
     let steps_per_epoch = batches_per_epoch.div_ceil(t.grad_accum);
     let epochs = if smoke { 1 } else { t.epochs };
-    let mut total_steps = epochs * steps_per_epoch;
+    let mut total_steps = epochs.saturating_mul(steps_per_epoch);
     if let Some(m) = t.max_steps {
         total_steps = total_steps.min(m);
     }
