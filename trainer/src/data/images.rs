@@ -191,7 +191,7 @@ impl ImagePrep {
         x
     }
 
-    fn normalise(&self, x: &mut [f32]) {
+    pub(crate) fn normalise(&self, x: &mut [f32]) {
         let plane = self.size[0] * self.size[1];
         for (c, values) in x.chunks_mut(plane).enumerate() {
             let (m, s) = (self.mean[c] as f32, self.std[c] as f32);

@@ -183,16 +183,17 @@ pub fn encode(pre: &Preprocessor, x: &[f32], n: usize) -> Result<Dataset, Bad> {
     let mut out = vec![0f32; n * d];
     for i in 0..n {
         let (src, dst) = (&x[i * d..(i + 1) * d], &mut out[i * d..(i + 1) * d]);
-        // Image files' models: pixels 0-255 at the model's size, channel by channel.
+        // Image files' models: pixels 0-255 at the model's size, channel by channel, scaled
+        // to [0, 1] as decoding a file does (8-bit values over 255, in f32), then normalised
+        // by the same function as training's: the features are those of the file, bit for bit.
         if let Some(p) = &pre.images {
-            let plane = p.size[0] * p.size[1];
             for (j, (o, &v)) in dst.iter_mut().zip(src).enumerate() {
                 if !v.is_finite() {
                     return Err(Bad(format!("row {i}, pixel {j}: not a finite number")));
                 }
-                let c = j / plane;
-                *o = ((v as f64 / 255.0 - p.mean[c]) / p.std[c]) as f32;
+                *o = v / 255.0;
             }
+            p.normalise(dst);
             continue;
         }
         if pre.columns.is_empty() {
