@@ -140,14 +140,7 @@ impl<'a> Session<'a> {
             _ => None,
         };
 
-        let device_label = match group {
-            Some(g) => format!(
-                "{} x {world} ranks ({})",
-                chosen.describe(),
-                g.engine_name()
-            ),
-            None => chosen.describe(),
-        };
+        let device_label = device_label(&chosen, group);
         let mut run = open_run(
             cfg,
             opts,
@@ -180,19 +173,16 @@ impl<'a> Session<'a> {
             )?),
             false => None,
         };
-        let progress = Progress::new(plan.total_steps, plan.epochs, opts.quiet || !writer);
-        progress.line(&format!("device {}", chosen.describe()));
-        if let (Some(g), Some(a)) = (group, agreed) {
-            progress.line(&ranks_line(g, &a, &plan, cfg.train.batch_size));
-        }
-        if let Some((label, _)) = &resumed_from {
-            progress.line(&format!(
-                "resuming {} from {label}: epoch {} step {}",
-                run.info.id,
-                state.pos.epoch + 1,
-                state.pos.step
-            ));
-        }
+        let progress = announce(
+            cfg,
+            opts,
+            &chosen,
+            agreed.as_ref(),
+            &plan,
+            resumed_from.as_ref().map(|(label, _)| label.as_str()),
+            &run,
+            &state,
+        );
         let has_buffers = group.is_some() && crate::dist::grads::has_buffers(state.model());
         Ok(Self {
             cfg,
@@ -245,6 +235,50 @@ fn every_rank_state(
         state.pos.loss_scale = Some(LossScale::default());
     }
     Ok((state, resumed_from))
+}
+
+/// The device as the run's record names it: `cpu`, or `cuda:0 x 4 ranks (nccl)`.
+fn device_label(chosen: &Chosen, group: Option<&Group>) -> String {
+    match group {
+        Some(g) => format!(
+            "{} x {} ranks ({})",
+            chosen.describe(),
+            g.world(),
+            g.engine_name()
+        ),
+        None => chosen.describe(),
+    }
+}
+
+/// The progress display, and its first lines: the device, how a job's ranks met, where a
+/// resumed run goes on from.
+#[allow(clippy::too_many_arguments)]
+fn announce(
+    cfg: &RunConfig,
+    opts: &Options,
+    chosen: &Chosen,
+    agreed: Option<&crate::dist::AgreeReport>,
+    plan: &Plan,
+    resumed_from: Option<&str>,
+    run: &RunRecord,
+    state: &TrainState,
+) -> Progress {
+    let group = opts.group.as_deref();
+    let writer = group.is_none_or(|g| g.is_writer());
+    let progress = Progress::new(plan.total_steps, plan.epochs, opts.quiet || !writer);
+    progress.line(&format!("device {}", chosen.describe()));
+    if let (Some(g), Some(a)) = (group, agreed) {
+        progress.line(&ranks_line(g, a, plan, cfg.train.batch_size));
+    }
+    if let Some(label) = resumed_from {
+        progress.line(&format!(
+            "resuming {} from {label}: epoch {} step {}",
+            run.info.id,
+            state.pos.epoch + 1,
+            state.pos.step
+        ));
+    }
+    progress
 }
 
 /// The line saying how a job's ranks meet: engine, launcher, batch, how long they took.
