@@ -17,12 +17,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use kiln_trainer::config::ConfigError;
-use kiln_trainer::error::{TrainError, UserError};
+use kiln_trainer::error::TrainError;
 use kiln_trainer::eval::EvalError;
 use kiln_trainer::explain::ExplainError;
 use kiln_trainer::export::run::ExportError;
 use kiln_trainer::registry::RegistryError;
 use kiln_trainer::select::SelectError;
+use kiln_trainer::usage::UserError;
 
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away

@@ -60,7 +60,7 @@ pub fn run(args: CvArgs) -> anyhow::Result<u8> {
         return Ok(130);
     }
     if let Some(out) = &args.output {
-        kiln_trainer::atomic::write(out, kiln_trainer::html::cv_page(&record).as_bytes())
+        kiln_trainer::atomic::write(out, kiln_trainer::select::cv::page(&record).as_bytes())
             .map_err(|e| anyhow::anyhow!("{}: {e}", kiln_trainer::shown::path(out)))?;
     }
     if args.json {

@@ -18,7 +18,7 @@ pub fn run(
     };
     // A cross-validation or a sweep has a page of its own.
     if let Some(cv) = cv_of(&registry, reference) {
-        write(kiln_trainer::html::cv_page(&cv))?;
+        write(kiln_trainer::select::cv::page(&cv))?;
     } else if let Ok((s, spec)) = kiln_trainer::select::store::Sweep::open(&registry, reference) {
         let summary = kiln_trainer::select::summary::summarise(&s, &spec);
         write(kiln_trainer::select::summary::page(&summary))?;

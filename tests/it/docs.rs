@@ -1,6 +1,7 @@
 //! The front page and the book (`README.md`, `docs/src/`): every relative link reaches a file
 //! that exists and, with `#anchor`, a heading of that file; every page is in the book's table of
-//! contents; the front page stays a front page.
+//! contents; the front page stays a front page; and the architecture chapter's promise of no
+//! module cycle holds.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -211,4 +212,102 @@ fn the_link_checker_finds_what_is_broken() {
         broken[1].contains("#nowhere (no such heading)"),
         "{broken:?}"
     );
+}
+
+/// The architecture chapter's promise: the library's top-level modules (`trainer/src/*`) have
+/// no cycle among them. An edge is a `crate::MODULE` path in a module's code (its tests left
+/// out); a cycle is reported with the files that make its edges.
+#[test]
+fn the_library_has_no_module_cycles() {
+    use std::collections::BTreeMap;
+    let src = root().join("trainer/src");
+    let mut modules = BTreeSet::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        if name != "lib" && (path.is_dir() || path.extension().is_some_and(|e| e == "rs")) {
+            modules.insert(name);
+        }
+    }
+    // module -> module it names -> a file that names it
+    let mut edges: BTreeMap<String, BTreeMap<String, PathBuf>> = BTreeMap::new();
+    let mut files = vec![src.clone()];
+    while let Some(dir) = files.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(&src).unwrap();
+            let top = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_str()
+                .unwrap();
+            let top = top.trim_end_matches(".rs").to_string();
+            if top == "lib" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            for (i, _) in code.match_indices("crate::") {
+                let named: String = code[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if named != top && modules.contains(&named) {
+                    edges
+                        .entry(top.clone())
+                        .or_default()
+                        .entry(named)
+                        .or_insert_with(|| rel.to_path_buf());
+                }
+            }
+        }
+    }
+    // Depth-first search; a back edge closes a cycle.
+    fn visit(
+        m: &str,
+        edges: &BTreeMap<String, BTreeMap<String, PathBuf>>,
+        state: &mut BTreeMap<String, bool>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match state.get(m) {
+            Some(true) => return None,
+            Some(false) => {
+                let from = path.iter().position(|p| p == m).unwrap();
+                let mut cycle = path[from..].to_vec();
+                cycle.push(m.to_string());
+                return Some(cycle);
+            }
+            None => {}
+        }
+        state.insert(m.to_string(), false);
+        path.push(m.to_string());
+        for next in edges.get(m).into_iter().flat_map(|e| e.keys()) {
+            if let Some(c) = visit(next, edges, state, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state.insert(m.to_string(), true);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for m in &modules {
+        if let Some(cycle) = visit(m, &edges, &mut state, &mut Vec::new()) {
+            let why: Vec<String> = cycle
+                .windows(2)
+                .map(|w| format!("{} -> {} ({})", w[0], w[1], edges[&w[0]][&w[1]].display()))
+                .collect();
+            panic!("a module cycle: {}", why.join(", "));
+        }
+    }
+    assert!(modules.contains("train") && edges.contains_key("train"));
 }

@@ -60,75 +60,13 @@ pub enum TrainError {
     },
 }
 
-/// Whether an error is the user's to fix in what they wrote (a flag, a config, a reference
-/// that does not resolve, a size too large for the machine): the command line exits 2 for
-/// these, 1 for a fault in the data or a failure of the run. Each error type answers for
-/// itself; `kiln`'s `main` asks every type it may meet.
-pub trait UserError {
-    fn is_usage(&self) -> bool;
-}
-
-impl UserError for crate::config::ConfigError {
-    fn is_usage(&self) -> bool {
-        true
-    }
-}
-
-impl UserError for TrainError {
+impl crate::usage::UserError for TrainError {
     fn is_usage(&self) -> bool {
         match self {
             TrainError::Setup(SetupError::TooLarge(_) | SetupError::EmptyTrainingSplit) => true,
             TrainError::Data(e) => e.is_usage(),
             _ => false,
         }
-    }
-}
-
-impl UserError for DataError {
-    fn is_usage(&self) -> bool {
-        matches!(self, DataError::MoreFoldsThanRows { .. })
-    }
-}
-
-impl UserError for RegistryError {
-    fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            RegistryError::Name(_) | RegistryError::NotFound { .. }
-        )
-    }
-}
-
-impl UserError for crate::export::run::ExportError {
-    fn is_usage(&self) -> bool {
-        matches!(self, crate::export::run::ExportError::Registry(r) if r.is_usage())
-    }
-}
-
-impl UserError for crate::select::SelectError {
-    fn is_usage(&self) -> bool {
-        use crate::select::SelectError as E;
-        match self {
-            E::Input(_) | E::Config(_) => true,
-            E::Train(e) => e.is_usage(),
-            _ => false,
-        }
-    }
-}
-
-impl UserError for crate::explain::ExplainError {
-    fn is_usage(&self) -> bool {
-        matches!(self, crate::explain::ExplainError::Input(_))
-    }
-}
-
-impl UserError for crate::eval::EvalError {
-    fn is_usage(&self) -> bool {
-        use crate::eval::EvalError as E;
-        matches!(
-            self,
-            E::LanguageModel { .. } | E::NotLanguageModel { .. } | E::EmptyPrompt | E::Prompt(_)
-        )
     }
 }
 

@@ -147,6 +147,19 @@ pub enum EvalError {
     Prompt(#[from] crate::data::text::TokenizeError),
 }
 
+impl crate::usage::UserError for EvalError {
+    fn is_usage(&self) -> bool {
+        match self {
+            EvalError::LanguageModel { .. }
+            | EvalError::NotLanguageModel { .. }
+            | EvalError::EmptyPrompt
+            | EvalError::Prompt(_) => true,
+            EvalError::Data(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
 /// A trained model, loaded with what evaluating it needs: config, preprocessing, data.
 pub struct LoadedRun {
     /// How the registry names it (`name/vN`, a run id, `<run id>@step-N`).

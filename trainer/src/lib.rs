@@ -46,6 +46,7 @@ pub mod suggest;
 pub mod task;
 pub mod tracking;
 pub mod train;
+pub mod usage;
 pub mod weights;
 
 pub use error::TrainError;

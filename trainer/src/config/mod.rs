@@ -58,6 +58,12 @@ impl ConfigError {
     }
 }
 
+impl crate::usage::UserError for ConfigError {
+    fn is_usage(&self) -> bool {
+        true
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.problems.iter().enumerate() {

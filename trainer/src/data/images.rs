@@ -47,13 +47,13 @@ pub const MAX_PIXELS: usize = 89_478_485;
 fn check_pixels(path: &Path, w: u32, h: u32) -> Result<(), DataError> {
     let pixels = u64::from(w) * u64::from(h);
     if pixels > MAX_PIXELS as u64 {
-        return Err(format_error(
-            path,
-            format!(
+        return Err(DataError::TooLarge {
+            path: crate::shown::path(path),
+            message: format!(
                 "{w}x{h} pixels, over the limit of {MAX_PIXELS} (a decompression bomb?): \
                  scale it down, or leave it out"
             ),
-        ));
+        });
     }
     Ok(())
 }

@@ -101,6 +101,20 @@ pub enum DataError {
         "{folds} folds of {rows} rows (those outside the test split): cross-validation takes at most one fold per row, or some folds validate on nothing"
     )]
     MoreFoldsThanRows { folds: usize, rows: usize },
+    /// A file that would not fit in this machine's memory once decoded (a decompression bomb,
+    /// an image past the pixel limit): refused before it is decoded, as a config asking for
+    /// too much is (exit code 2).
+    #[error("{path}: {message}")]
+    TooLarge { path: String, message: String },
+}
+
+impl crate::usage::UserError for DataError {
+    fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            DataError::MoreFoldsThanRows { .. } | DataError::TooLarge { .. }
+        )
+    }
 }
 
 /// One split held in memory, ready for the model: `x` is row-major `[n, d]` (rows, or images
@@ -476,7 +490,7 @@ pub fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
     let limit = crate::memory::available_bytes().map_or(u64::MAX, |have| have / 4);
     let bytes = read_prefix(path, limit.saturating_add(1))?;
     if bytes.len() as u64 > limit {
-        return Err(DataError::Format {
+        return Err(DataError::TooLarge {
             path: crate::shown::path(path),
             message: format!(
                 "holds more than {} (a quarter of the memory available) once decompressed",

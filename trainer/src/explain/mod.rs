@@ -40,6 +40,12 @@ pub enum ExplainError {
     Input(String),
 }
 
+impl crate::usage::UserError for ExplainError {
+    fn is_usage(&self) -> bool {
+        matches!(self, ExplainError::Input(_))
+    }
+}
+
 /// The groups of a model's inputs: its original columns for rows, `patch` x `patch` squares
 /// for images.
 /// The shape explanations see: image files are images whatever the model reads them as (an
@@ -308,7 +314,7 @@ mod tests {
         let e = parse_rows("0:18446744073709551615", 100, "test").unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");
         assert!(parse_rows("3:3", 10, "test").is_err());
-        use crate::error::UserError;
+        use crate::usage::UserError;
         assert!(parse_rows("a", 10, "test").unwrap_err().is_usage());
     }
 

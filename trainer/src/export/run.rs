@@ -56,6 +56,12 @@ pub enum ExportError {
     Parity { report: Parity },
 }
 
+impl crate::usage::UserError for ExportError {
+    fn is_usage(&self) -> bool {
+        matches!(self, ExportError::Registry(r) if r.is_usage())
+    }
+}
+
 pub struct Options {
     pub opset: i64,
     pub batch: Batch,

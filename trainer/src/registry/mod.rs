@@ -92,6 +92,15 @@ pub enum RegistryError {
     Refused(String),
 }
 
+impl crate::usage::UserError for RegistryError {
+    fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Name(_) | RegistryError::NotFound { .. }
+        )
+    }
+}
+
 fn describe_more(problems: &[Damage]) -> String {
     let first = format!(": {}", crate::shown::name(&problems[0].problem));
     match problems.len() {

@@ -430,3 +430,54 @@ pub fn summary_table(record: &CvRecord) -> String {
     }
     out
 }
+
+/// A cross-validation's page (`kiln cv -o`, `kiln report CV_ID`): each metric's per-fold values and mean ± std.
+pub fn page(r: &CvRecord) -> String {
+    use crate::html::{escape, scatter_svg};
+    use std::fmt::Write;
+    let mut body = format!(
+        "<h1>Cross-validation {}</h1><p>{} folds{} of <code>{}</code>{}</p>",
+        escape(&r.id),
+        r.folds,
+        if r.repeats > 1 {
+            format!(" x {} repeats", r.repeats)
+        } else {
+            String::new()
+        },
+        escape(&r.config_path),
+        if r.overrides.is_empty() {
+            String::new()
+        } else {
+            format!(" with <code>{}</code>", escape(&r.overrides.join(" ")))
+        }
+    );
+    for (key, s) in r.summary.iter().filter(|(k, _)| k.starts_with("valid/")) {
+        let points: Vec<(f64, f64)> = s
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64, *v))
+            .collect();
+        let mean = vec![(0.0, s.mean), ((s.values.len().max(2) - 1) as f64, s.mean)];
+        body.push_str(&scatter_svg(
+            &format!("{key}: {:.4} ± {:.4}", s.mean, s.std),
+            ("fold", key),
+            &[("fold", points, true)],
+            Some(("mean", mean)),
+        ));
+    }
+    let _ = write!(body, "<pre>{}</pre>", escape(&summary_table(r)));
+    body.push_str("<table><tr><th>fold</th><th>run</th><th>status</th></tr>");
+    for f in &r.runs {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            f.index,
+            escape(&f.run_id),
+            f.status
+                .map_or("-".into(), |s| format!("{s:?}").to_lowercase())
+        );
+    }
+    body.push_str("</table>");
+    crate::html::page(&format!("cv {}", r.id), &body)
+}

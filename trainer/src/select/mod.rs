@@ -46,6 +46,16 @@ pub enum SelectError {
     },
 }
 
+impl crate::usage::UserError for SelectError {
+    fn is_usage(&self) -> bool {
+        match self {
+            SelectError::Input(_) | SelectError::Config(_) => true,
+            SelectError::Train(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SelectError + '_ {
     move |source| SelectError::Io {
         path: crate::shown::path(path),
