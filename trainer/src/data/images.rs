@@ -480,10 +480,15 @@ fn entries(root: &Path, files: Vec<(PathBuf, String)>, bad: BadImages) -> Result
         match (c, bad) {
             (Ok(e), _) => index.entries.push(e),
             (Err(e), BadImages::Skip) => index.skipped.push(e.to_string()),
+            // The fault named, and what to do; a file too large stays that kind of error.
             (Err(e), BadImages::Error) => {
-                return Err(DataError::Format {
-                    path: e.to_string(),
-                    message: "set `data.bad_images` = \"skip\" to leave such files out".into(),
+                let (path, message) = (
+                    e.to_string(),
+                    "set `data.bad_images` = \"skip\" to leave such files out".into(),
+                );
+                return Err(match e {
+                    DataError::TooLarge { .. } => DataError::TooLarge { path, message },
+                    _ => DataError::Format { path, message },
                 });
             }
         }
