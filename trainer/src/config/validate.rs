@@ -566,6 +566,12 @@ impl Checker<'_> {
     /// (`runtime.prefetch` + 1), and the one training) and, on the CPU, their activations.
     fn memory(&mut self, file: &FileConfig, sized: Option<&(ModelConfig, InputShape)>) {
         let (d, m) = (&file.data, &file.model);
+        // The model's weights as built for the config's input (a vocabulary it sizes counts).
+        let sized_params = sized.map(|(c, _)| c.num_params());
+        // Only an image's size is the config's own: rows and token blocks are placeholders
+        // here, and a batch larger than the data is clamped to it when training (checked
+        // again then, with the data's size).
+        let sized = sized.filter(|(_, input)| matches!(input, InputShape::Images { .. }));
         let (keys, params, per_example, batch) = match sized {
             Some((c, input)) => {
                 let held = file
@@ -595,7 +601,12 @@ impl Checker<'_> {
                     file.train.batch_size,
                 )
             }
-            None => (crate::memory::size_keys(m), m.kind.min_params(m), 0, 0),
+            None => (
+                crate::memory::size_keys(m),
+                sized_params.unwrap_or_else(|| m.kind.min_params(m)),
+                0,
+                0,
+            ),
         };
         if let Err(e) = crate::memory::check_fits(
             keys,
