@@ -8,10 +8,6 @@ use kiln_trainer::serve::{self, BatchOptions, Options};
 use super::{Usage, default_registry, usage, within};
 use crate::cli::ServeArgs;
 
-/// Connections open at once when `--max-connections` is not given (lowered to what the
-/// open-file limit allows).
-const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let opts = options(&args)?;
     let answered = serve::serve(opts)?;
@@ -58,9 +54,8 @@ fn options(args: &ServeArgs) -> anyhow::Result<Options> {
         limits: serve::Limits {
             header_timeout: Duration::from_secs_f64(args.header_timeout),
             body_timeout: Duration::from_secs_f64(args.body_timeout),
-            max_connections: args.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_connections: args.max_connections,
         },
-        max_connections_asked: args.max_connections.is_some(),
         poll: (args.poll > 0.0).then(|| Duration::from_secs_f64(args.poll)),
         window: args.drift_window,
         allow_unseen: args.allow_unseen,

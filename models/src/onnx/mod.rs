@@ -22,19 +22,8 @@ pub fn read_weights(bytes: &[u8]) -> Result<Weights, String> {
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            // Control characters escaped, as kiln shows names: a message is one line.
-            let shown: String = name
-                .chars()
-                .map(|c| {
-                    if c.is_control() {
-                        c.escape_default().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect();
             return Err(format!(
-                "{shown} is {:?}; the exporter reads f32",
+                "{name:?} is {:?}; the exporter reads f32",
                 view.dtype()
             ));
         }

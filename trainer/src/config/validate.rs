@@ -567,13 +567,19 @@ impl Checker<'_> {
     fn memory(&mut self, file: &FileConfig, sized: Option<&(ModelConfig, InputShape)>) {
         let (d, m) = (&file.data, &file.model);
         // The model's weights as built for the config's input (a vocabulary it sizes counts).
-        let sized_params = sized.map(|(c, _)| c.num_params());
+        let params = sized.map_or_else(|| m.kind.min_params(m), |(c, _)| c.num_params());
+        let mut keys = crate::memory::size_keys(m);
+        if let Some(s) = d.image_size {
+            keys.push_str(&format!(" for `data.image_size` = {s:?}"));
+        }
+        if let Some(v) = d.vocab_size {
+            keys.push_str(&format!(" for `data.vocab_size` = {v}"));
+        }
         // Only an image's size is the config's own: rows and token blocks are placeholders
         // here, and a batch larger than the data is clamped to it when training (checked
         // again then, with the data's size).
-        let sized = sized.filter(|(_, input)| matches!(input, InputShape::Images { .. }));
-        let (keys, params, per_example, batch) = match sized {
-            Some((c, input)) => {
+        let (per_example, batch) = match sized {
+            Some((c, input @ InputShape::Images { .. })) => {
                 let held = file
                     .runtime
                     .workers
@@ -587,26 +593,9 @@ impl Checker<'_> {
                 } else {
                     0
                 };
-                let mut keys = crate::memory::size_keys(m);
-                if let Some(s) = d.image_size {
-                    keys.push_str(&format!(" for `data.image_size` = {s:?}"));
-                }
-                if let Some(v) = d.vocab_size {
-                    keys.push_str(&format!(" for `data.vocab_size` = {v}"));
-                }
-                (
-                    keys,
-                    c.num_params(),
-                    inputs.saturating_add(activations),
-                    file.train.batch_size,
-                )
+                (inputs.saturating_add(activations), file.train.batch_size)
             }
-            None => (
-                crate::memory::size_keys(m),
-                sized_params.unwrap_or_else(|| m.kind.min_params(m)),
-                0,
-                0,
-            ),
+            _ => (0, 0),
         };
         if let Err(e) = crate::memory::check_fits(
             keys,

@@ -33,9 +33,13 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time to send a request's body, once its headers are in.
     pub body_timeout: Duration,
-    /// Connections open at once, at most.
-    pub max_connections: usize,
+    /// Connections open at once, at most (`None`: [`DEFAULT_MAX_CONNECTIONS`]); lowered to
+    /// what the open-file limit allows ([`connection_limit`]).
+    pub max_connections: Option<usize>,
 }
+
+/// Connections open at once when none is asked for.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// Files the server keeps open besides its connections: the registry, the model files being
 /// (re)loaded, standard streams, the runtime's own descriptors, refusals being written.
@@ -70,6 +74,22 @@ pub fn raise_open_file_limit() -> u64 {
     limit.rlim_cur
 }
 
+/// The connection limit to serve with: the one asked for (else the default), after the soft
+/// open-file limit is raised to the hard one, and no more than the files allow (a limit
+/// asked for and lowered says so on stderr).
+pub fn connection_limit(asked: Option<usize>) -> usize {
+    let open_files = raise_open_file_limit();
+    let allowed = connections_allowed(open_files);
+    let wanted = asked.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if wanted > allowed && asked.is_some() {
+        eprintln!(
+            "kiln serve: --max-connections {wanted} is more than the open-file limit \
+             ({open_files}) allows; serving at most {allowed} at once"
+        );
+    }
+    wanted.min(allowed)
+}
+
 /// The most connections `open_files` descriptors allow, leaving [`RESERVED_FILES`].
 pub fn connections_allowed(open_files: u64) -> usize {
     usize::try_from(open_files.saturating_sub(RESERVED_FILES))
@@ -77,15 +97,16 @@ pub fn connections_allowed(open_files: u64) -> usize {
         .max(1)
 }
 
-/// Accepts and serves connections with `router` until `shutdown` completes, then waits for
-/// the open ones to finish what they are answering.
+/// Accepts and serves connections with `router`, at most `max_connections` at once, until
+/// `shutdown` completes, then waits for the open ones to finish what they are answering.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let max = limits.max_connections.clamp(1, u32::MAX as usize);
+    let max = max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let (stop, stopping) = watch::channel(false);

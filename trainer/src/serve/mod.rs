@@ -70,9 +70,6 @@ pub struct Options {
     pub body_limit: usize,
     /// Read timeouts and the connection limit.
     pub limits: Limits,
-    /// Whether `limits.max_connections` was asked for (a default is lowered to what the
-    /// open-file limit allows without a word).
-    pub max_connections_asked: bool,
     /// Re-resolve the references this often (an alias moved: the new version is served).
     pub poll: Option<Duration>,
     /// Served rows kept for the drift scores of `/metrics`.
@@ -243,24 +240,18 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
         body_timeout: opts.limits.body_timeout,
         max_batch: opts.batch.max_batch,
     });
-    let open_files = conn::raise_open_file_limit();
-    let allowed = conn::connections_allowed(open_files);
-    if opts.limits.max_connections > allowed {
-        if opts.max_connections_asked {
-            eprintln!(
-                "kiln serve: --max-connections {} is more than the open-file limit ({open_files}) \
-                 allows; serving at most {allowed} at once",
-                opts.limits.max_connections
-            );
-        }
-        opts.limits.max_connections = allowed;
-    }
+    let max_connections = conn::connection_limit(opts.limits.max_connections);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.http_threads.max(1))
         .enable_all()
         .build()?;
     let on_ready = opts.on_ready.take();
-    let result = rt.block_on(run_server(Arc::clone(&app), opts, on_ready));
+    let result = rt.block_on(run_server(
+        Arc::clone(&app),
+        opts,
+        max_connections,
+        on_ready,
+    ));
     let answered = app.metrics.answered();
     // Every request has been answered: closing the queues ends the batchers.
     drop(app);
@@ -274,6 +265,7 @@ pub fn serve(mut opts: Options) -> Result<u64, ServeError> {
 async fn run_server(
     app: Arc<App>,
     opts: Options,
+    max_connections: usize,
     on_ready: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
 ) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(opts.addr)
@@ -336,7 +328,7 @@ async fn run_server(
         ))
         .layer(DefaultBodyLimit::max(opts.body_limit))
         .with_state(Arc::clone(&app));
-    conn::serve(listener, router, opts.limits, shutdown()).await?;
+    conn::serve(listener, router, opts.limits, max_connections, shutdown()).await?;
     Ok(())
 }
 

@@ -154,9 +154,10 @@ impl<'a> Session<'a> {
         record_image_files(&mut run, indexed, skipped, writer, opts)?;
 
         let fresh = TrainState::new(model, crate::optim::optimizer(cfg));
-        let (state, resumed_from) = every_rank_state(
+        let (state, refused, resumed_from) = starting_state(
             cfg, opts, &reg, &mut run, fresh, init, &pre, &mconf, &device,
         )?;
+        let state = shared_start(cfg, group, state, refused, &mconf, &device)?;
 
         let plan = plan(cfg, train.len(), world, smoke);
         let rank0 = match writer {
@@ -208,24 +209,16 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The state every rank starts from: fresh, from `--init-from`, or from the newest intact
-/// checkpoint ([`starting_state`], on rank 0), then shared with the other ranks of a job.
-/// Returns it with the checkpoint resumed from.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn every_rank_state(
+/// The start rank 0 chose ([`starting_state`]) shared with the other ranks of a job, and the
+/// position's job-wide fields set: the world, the seed, f16's loss scale.
+fn shared_start(
     cfg: &RunConfig,
-    opts: &Options,
-    reg: &Registry,
-    run: &mut RunRecord,
-    fresh: TrainState,
-    init: Option<(Model, InitFrom)>,
-    pre: &Preprocessor,
+    group: Option<&Group>,
+    mut state: TrainState,
+    refused: Option<ResumeError>,
     mconf: &ModelConfig,
     device: &Device,
-) -> Result<(TrainState, Option<(String, Manifest)>), TrainError> {
-    let group = opts.group.as_deref();
-    let (mut state, refused, resumed_from) =
-        starting_state(cfg, opts, reg, run, fresh, init, pre, mconf, device)?;
+) -> Result<TrainState, TrainError> {
     if let Some(g) = group {
         state = share_start(g, cfg, state, refused, mconf, device)?;
     }
@@ -234,7 +227,7 @@ fn every_rank_state(
     if cfg.precision.scales_loss() && state.pos.loss_scale.is_none() {
         state.pos.loss_scale = Some(LossScale::default());
     }
-    Ok((state, resumed_from))
+    Ok(state)
 }
 
 /// The device as the run's record names it: `cpu`, or `cuda:0 x 4 ranks (nccl)`.
