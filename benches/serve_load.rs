@@ -41,10 +41,15 @@ impl Drop for Proc {
     }
 }
 
+/// The checkout, read when the bench runs (cargo sets it), not baked in when it was compiled.
+fn root() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo bench sets CARGO_MANIFEST_DIR"))
+}
+
 fn kiln(registry: &Path, args: &[&str]) {
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(root())
         .env("KILN_REGISTRY", registry)
         .output()
         .unwrap();
@@ -61,7 +66,7 @@ fn start_kiln(bin: &str, registry: &Path, model: &str) -> (Proc, String) {
         .args(["serve", model, "--port", "0"])
         .args(extra.split_whitespace())
         .process_group(0)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(root())
         .env("KILN_REGISTRY", registry)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -80,7 +85,7 @@ fn start_kiln(bin: &str, registry: &Path, model: &str) -> (Proc, String) {
 
 fn start_anchor(python: &str, onnx: &Path, port: u16, workers: usize) -> (Proc, String) {
     let mut child = Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/serve_anchor.py"))
+        .arg(root().join("benches/serve_anchor.py"))
         .arg(onnx)
         .arg(onnx.with_extension("json"))
         .arg(port.to_string())
@@ -261,7 +266,7 @@ fn adult_bodies() -> Vec<String> {
         "income",
     ];
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/adult/adult.data"),
+        root().join("data/adult/adult.data"),
     )
     .unwrap();
     text.lines()
@@ -283,7 +288,7 @@ fn adult_bodies() -> Vec<String> {
 }
 
 fn mnist_bodies() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist/t10k-images.idx3-ubyte.gz");
+    let path = root().join("data/mnist/t10k-images.idx3-ubyte.gz");
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(
         &mut flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()),

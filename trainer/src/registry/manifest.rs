@@ -118,7 +118,8 @@ pub fn git_of(dir: &Path) -> Option<Git> {
 mod tests {
     #[test]
     fn burn_version_matches_the_lock_file() {
-        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets it");
+        let lock = std::fs::read_to_string(std::path::Path::new(&dir).join("../Cargo.lock"))
             .expect("the workspace has a Cargo.lock");
         let needle = format!("name = \"burn\"\nversion = \"{}\"", super::BURN_VERSION);
         assert!(
