@@ -150,6 +150,11 @@ pub struct Cnn {
 impl Architecture for CnnConfig {
     type Net = Cnn;
     const SIZE_KEYS: &'static [&'static str] = &["model.conv", "model.hidden"];
+    const KEYS: &'static [&'static str] = &["conv", "hidden", "activation", "dropout", "norm"];
+
+    fn uses_batch_norm(s: &ModelSection) -> bool {
+        s.norm == crate::Norm::Batch || s.conv.iter().any(|c| c.batch_norm)
+    }
 
     /// Images only; the head's input is the flattened output of the last block.
     fn from_section(

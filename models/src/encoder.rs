@@ -15,7 +15,7 @@ use crate::gpt::{
     token_sizes,
 };
 use crate::onnx::{Builder, LowerError};
-use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError};
+use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError, TextRole};
 
 /// The padding token's id.
 pub const PAD: u32 = 0;
@@ -42,6 +42,21 @@ impl Architecture for EncoderConfig {
         "model.block_size",
         "data.block_size",
     ];
+    const KEYS: &'static [&'static str] = &[
+        "preset",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "block_size",
+        "bias",
+        "dropout",
+    ];
+    const DECAYED: Option<&'static str> = Some(crate::DECAYED);
+    const TEXT: Option<TextRole> = Some(TextRole::Classify);
+
+    fn context_len(s: &ModelSection) -> Option<usize> {
+        Some(crate::section_block_size(s))
+    }
 
     fn from_section(
         s: &ModelSection,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::onnx::{Builder, LowerError};
 use crate::section::check_probability;
-use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError};
+use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError, TextRole};
 
 /// Standard deviation of GPT-2's initial weights.
 const INIT_STD: f64 = 0.02;
@@ -190,6 +190,24 @@ impl Architecture for GptConfig {
         "model.block_size",
         "data.block_size",
     ];
+    const KEYS: &'static [&'static str] = &[
+        "preset",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "block_size",
+        "bias",
+        "tie_weights",
+        "dropout",
+    ];
+    // The linear layers' weights only, not embeddings, norms or biases (GPT-2's and nanoGPT's
+    // practice).
+    const DECAYED: Option<&'static str> = Some(DECAYED);
+    const TEXT: Option<TextRole> = Some(TextRole::NextToken);
+
+    fn context_len(s: &ModelSection) -> Option<usize> {
+        Some(section_block_size(s))
+    }
 
     /// Token ids only; the vocabulary comes from the data.
     fn from_section(

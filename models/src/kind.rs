@@ -19,6 +19,28 @@ pub trait Architecture: Sized {
     /// The `[model]` keys that size this kind (named when a model is too large).
     const SIZE_KEYS: &'static [&'static str];
 
+    /// Every `[model]` key this kind reads, beside `kind`. A key another kind reads, set to
+    /// something else than its default, is an error naming the kinds that read it.
+    const KEYS: &'static [&'static str];
+
+    /// The parameters AdamW's weight decay applies to, as a regex over their paths; `None`:
+    /// all of them.
+    const DECAYED: Option<&'static str> = None;
+
+    /// What the kind does with text, if it reads token ids: the task and data it pairs with.
+    const TEXT: Option<TextRole> = None;
+
+    /// Whether the model `section` describes keeps batch norm's running statistics.
+    fn uses_batch_norm(_section: &ModelSection) -> bool {
+        false
+    }
+
+    /// The longest context in tokens the model `section` describes reads, for a kind that
+    /// reads text: the default of `data.block_size`.
+    fn context_len(_section: &ModelSection) -> Option<usize> {
+        None
+    }
+
     /// The architecture `section` describes for examples of shape `input` and `outputs`
     /// outputs per example (classes, or 1).
     fn from_section(
@@ -55,6 +77,15 @@ pub trait Architecture: Sized {
     fn lower(&self, g: &mut Builder, x: &str) -> Result<String, LowerError>;
 }
 
+/// What a kind that reads token ids does with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextRole {
+    /// Predicts each next token of a corpus: a language model (`task` = "language_model").
+    NextToken,
+    /// Classifies a whole text (`task` = "classification" with `data.text`).
+    Classify,
+}
+
 /// A module's forward pass on the loop's [`Input`].
 pub trait Forward {
     fn forward_input(&self, x: Input) -> Output;
@@ -83,6 +114,49 @@ macro_rules! model_kinds {
             /// Problems of the `[model]` table for this kind, before any data is read.
             pub fn check_section(self, section: &$crate::ModelSection) -> Vec<$crate::SectionError> {
                 match self { $(ModelKind::$Variant => <$Config as $crate::Architecture>::check_section(section)),+ }
+            }
+
+            /// Keys the table sets (away from their defaults) that only other kinds read, each
+            /// an error naming the kinds that read it. For configs people write: a run's saved
+            /// config may hold keys that kiln ignored when it was trained.
+            pub fn foreign_keys(self, section: &$crate::ModelSection) -> Vec<$crate::SectionError> {
+                $crate::kind::foreign_keys(self.name(), self.keys(), section, |key| {
+                    ModelKind::ALL
+                        .iter()
+                        .filter(|k| k.keys().contains(&key))
+                        .map(|k| k.name())
+                        .collect()
+                })
+            }
+
+            /// Every `[model]` key this kind reads, beside `kind`.
+            pub fn keys(self) -> &'static [&'static str] {
+                match self { $(ModelKind::$Variant => <$Config as $crate::Architecture>::KEYS),+ }
+            }
+
+            /// The parameters AdamW decays, as a regex over their paths; `None`: all.
+            pub fn decayed(self) -> Option<&'static str> {
+                match self { $(ModelKind::$Variant => <$Config as $crate::Architecture>::DECAYED),+ }
+            }
+
+            /// What the kind does with text, if it reads token ids.
+            pub fn text_role(self) -> Option<$crate::TextRole> {
+                match self { $(ModelKind::$Variant => <$Config as $crate::Architecture>::TEXT),+ }
+            }
+
+            /// The kinds that do `role` with text, as `model.kind` names them.
+            pub fn names_with(role: $crate::TextRole) -> Vec<&'static str> {
+                ModelKind::ALL.iter().filter(|k| k.text_role() == Some(role)).map(|k| k.name()).collect()
+            }
+
+            /// Whether the model `section` describes keeps batch norm's running statistics.
+            pub fn uses_batch_norm(self, section: &$crate::ModelSection) -> bool {
+                match self { $(ModelKind::$Variant => <$Config as $crate::Architecture>::uses_batch_norm(section)),+ }
+            }
+
+            /// The longest context in tokens a text-reading kind's model reads.
+            pub fn context_len(self, section: &$crate::ModelSection) -> Option<usize> {
+                match self { $(ModelKind::$Variant => <$Config as $crate::Architecture>::context_len(section)),+ }
             }
 
             /// Parameters of the smallest model the table describes (data sizes taken as 1).
@@ -177,6 +251,31 @@ macro_rules! model_kinds {
     };
 }
 
+/// The keys `section` sets (away from their defaults) that kind `name` does not read, each an
+/// error naming the kinds that do (`readers`).
+pub fn foreign_keys(
+    name: &str,
+    keys: &[&str],
+    section: &ModelSection,
+    readers: impl Fn(&str) -> Vec<&'static str>,
+) -> Vec<SectionError> {
+    section
+        .set_keys()
+        .into_iter()
+        .filter(|key| !keys.contains(&key.as_str()))
+        .map(|key| {
+            let kinds: Vec<String> = readers(&key).iter().map(|k| format!("{k:?}")).collect();
+            SectionError::new(
+                format!("model.{key}"),
+                format!(
+                    "`model.{key}` is set but `model.kind` = {name:?} does not read it (it sizes a {}); remove it or change `model.kind`",
+                    kinds.join(" or ")
+                ),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{Activation, MlpConfig, ModelConfig, ModelKind, ModelSection, Norm};
@@ -192,6 +291,36 @@ mod tests {
             assert!(!k.size_keys().is_empty());
         }
         assert_eq!(ModelSection::default().kind, ModelKind::Mlp);
+    }
+
+    /// Every kind's `KEYS` are keys of `[model]`, and every key of `[model]` is read by some
+    /// kind: a key added to the table without a kind that reads it, or a misspelt one in a
+    /// kind's list, fails here.
+    #[test]
+    fn every_model_key_belongs_to_a_kind_and_every_kind_key_exists() {
+        let schema = serde_json::to_value(schemars::schema_for!(ModelSection)).unwrap();
+        let fields: std::collections::BTreeSet<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "kind")
+            .collect();
+        let read: std::collections::BTreeSet<&str> = ModelKind::ALL
+            .iter()
+            .flat_map(|k| k.keys().iter().copied())
+            .collect();
+        assert_eq!(read, fields);
+        // A key set away from its default is seen as set; at its default it is not.
+        let mut s = ModelSection::default();
+        assert!(s.set_keys().is_empty());
+        s.n_layer = Some(2);
+        s.dropout = 0.1;
+        assert_eq!(s.set_keys(), ["dropout", "n_layer"]);
+        assert!(ModelKind::Mlp.check_section(&s).is_empty());
+        let problems = ModelKind::Mlp.foreign_keys(&s);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "model.n_layer");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! **Adding a model kind**: a new file here with its config implementing [`Architecture`]
 //! (built from the `[model]` table and the data's shape, with the checks of its sizes, its
 //! parameter count and its ONNX lowering) and its module implementing [`Forward`], then one line
-//! in the [`model_kinds!`] list below. Its `[model]` keys go in [`ModelSection`].
+//! in the [`model_kinds!`] list below. Its `[model]` keys go in [`ModelSection`] (and its
+//! `Architecture::KEYS`); what it reads and how it trains (decay, text, batch norm) are
+//! `Architecture` items of its own file.
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Tensor};
@@ -41,7 +43,7 @@ pub use cnn::{Cnn, CnnConfig, ConvBlockConfig};
 pub use encoder::{Encoder, EncoderConfig, PAD};
 pub use gpt::{DECAYED, Gpt, GptConfig, KvCache, PRESETS, section_block_size};
 pub use io::{Input, InputShape, Output};
-pub use kind::{Architecture, Forward};
+pub use kind::{Architecture, Forward, TextRole};
 pub use mlp::{Mlp, MlpConfig, Norm};
 pub use resnet::{RESNET_DECAYED, RESNET_PRESETS, ResNet, ResNetConfig};
 pub use section::{ConvSection, ModelSection, SectionError};

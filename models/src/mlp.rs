@@ -150,6 +150,11 @@ impl MlpConfig {
 impl Architecture for MlpConfig {
     type Net = Mlp;
     const SIZE_KEYS: &'static [&'static str] = &["model.hidden"];
+    const KEYS: &'static [&'static str] = &["hidden", "activation", "dropout", "norm"];
+
+    fn uses_batch_norm(s: &ModelSection) -> bool {
+        s.norm == Norm::Batch
+    }
 
     /// Rows, or images taken as rows of their pixels.
     fn from_section(
@@ -170,12 +175,6 @@ impl Architecture for MlpConfig {
     fn check_section(s: &ModelSection) -> Vec<SectionError> {
         let mut out = Vec::new();
         Self::check_head(s, &mut out);
-        if !s.conv.is_empty() {
-            out.push(SectionError::new(
-                "model.conv",
-                "`model.conv` is set but `model.kind` = \"mlp\"; use kind = \"cnn\" or remove the conv blocks",
-            ));
-        }
         out
     }
 
@@ -325,6 +324,7 @@ mod tests {
         let keys: Vec<String> = ModelKind::Mlp
             .check_section(&bad)
             .into_iter()
+            .chain(ModelKind::Mlp.foreign_keys(&bad))
             .map(|e| e.key)
             .collect();
         assert_eq!(keys, ["model.hidden", "model.dropout", "model.conv"]);

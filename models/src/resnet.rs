@@ -215,6 +215,13 @@ impl Forward for ResNet {
 impl Architecture for ResNetConfig {
     type Net = ResNet;
     const SIZE_KEYS: &'static [&'static str] = &["model.preset", "model.widths", "model.depths"];
+    const KEYS: &'static [&'static str] = &["preset", "widths", "depths"];
+    // Convolution and classifier weights; not batch norm, not biases.
+    const DECAYED: Option<&'static str> = Some(RESNET_DECAYED);
+
+    fn uses_batch_norm(_: &ModelSection) -> bool {
+        true
+    }
 
     fn from_section(
         s: &ModelSection,
@@ -263,12 +270,6 @@ impl Architecture for ResNetConfig {
                     ));
                 }
             }
-        }
-        if !s.conv.is_empty() {
-            out.push(SectionError::new(
-                "model.conv",
-                "`model.conv` sizes a \"cnn\"; a \"resnet\" is sized by `model.preset`, `model.widths` and `model.depths`",
-            ));
         }
         out
     }

@@ -81,13 +81,27 @@ impl Default for ModelSection {
 }
 
 impl ModelSection {
-    /// Whether any layer keeps batch norm's running statistics.
+    /// Whether any layer keeps batch norm's running statistics (the kind decides).
     pub fn uses_batch_norm(&self) -> bool {
-        self.norm == Norm::Batch
-            || self.conv.iter().any(|c| c.batch_norm)
-            || self.kind == ModelKind::ResNet
+        self.kind.uses_batch_norm(self)
+    }
+
+    /// The keys (beside `kind`) whose values differ from their defaults: what the config set.
+    /// Read from the serialised table, so that a key added to this struct is covered.
+    pub fn set_keys(&self) -> Vec<String> {
+        let (Ok(serde_json::Value::Object(now)), Ok(serde_json::Value::Object(default))) = (
+            serde_json::to_value(self),
+            serde_json::to_value(Self::default()),
+        ) else {
+            return Vec::new();
+        };
+        now.into_iter()
+            .filter(|(key, value)| key != "kind" && default.get(key) != Some(value))
+            .map(|(key, _)| key)
+            .collect()
     }
 }
+
 
 /// One convolution block: conv (stride 1, same padding), batch norm, activation, max pool,
 /// dropout.

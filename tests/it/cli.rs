@@ -216,6 +216,42 @@ fn set_overrides_are_checked_like_the_file() {
     assert_exit(&o, 0);
 }
 
+/// A `[model]` key of another kind is refused, naming the kinds that read it, instead of being
+/// ignored; a key the kind reads, or one left at its default, is not.
+#[test]
+fn a_key_of_another_model_kind_is_refused_with_the_kinds_that_read_it() {
+    let sb = Sandbox::new();
+    let cfg = digits_config(&sb, "");
+    let c = cfg.to_str().unwrap();
+    let o = sb.kiln(&["validate", c, "--set", "model.n_layer=4", "--set", "model.widths=[8]"]);
+    assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("`model.n_layer` is set but `model.kind` = \"mlp\" does not read it (it sizes a \"gpt\" or \"encoder\")"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`model.widths` is set but `model.kind` = \"mlp\" does not read it (it sizes a \"resnet\")"),
+        "{err}"
+    );
+    // Kept at their defaults, other kinds' keys are no error (a run's saved config holds them).
+    let o = sb.kiln(&["validate", c, "--set", "model.conv=[]", "--set", "model.hidden=[16]"]);
+    assert_exit(&o, 0);
+    // The same key is the kind's own once the kind changes.
+    let o = sb.kiln(&[
+        "validate",
+        "configs/shakespeare_char.toml",
+        "--set",
+        "model.hidden=[16]",
+    ]);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("`model.hidden` is set but `model.kind` = \"gpt\" does not read it (it sizes a \"mlp\" or \"cnn\")"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn bad_flags_and_unknown_runs_exit_2_without_panic() {
     let sb = Sandbox::new();

@@ -5,7 +5,6 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::Tensor;
-use kiln_models::ModelKind;
 
 use crate::config::{OptimName, RunConfig, ScheduleKind, ScheduleSection};
 
@@ -38,9 +37,8 @@ pub fn optimizer(cfg: &RunConfig) -> ModuleOptimizer {
                     .with_epsilon(o.eps as f32)
                     .with_weight_decay(wd as f32)
             };
-            match decayed_only(cfg.model.kind) {
-                // Transformers: decay the linear layers' weights only, not embeddings, norms or
-                // biases (GPT-2's and nanoGPT's practice).
+            // A kind may restrict the decay to some parameters (each kind's file says which).
+            match cfg.model.kind.decayed() {
                 Some(pattern) if wd > 0.0 => adamw(0.0).init().with_group(
                     ParamGroup::from_regex(pattern).expect("the decay pattern is a valid regex"),
                     adamw(wd).build(),
@@ -49,16 +47,6 @@ pub fn optimizer(cfg: &RunConfig) -> ModuleOptimizer {
                 _ => adamw(wd).init(),
             }
         }
-    }
-}
-
-/// The parameters AdamW's decay applies to, by path, when a model kind restricts it.
-fn decayed_only(kind: ModelKind) -> Option<&'static str> {
-    match kind {
-        ModelKind::Gpt | ModelKind::Encoder => Some(kiln_models::DECAYED),
-        // Convolution and classifier weights; not batch norm, not biases.
-        ModelKind::ResNet => Some(kiln_models::RESNET_DECAYED),
-        ModelKind::Mlp | ModelKind::Cnn => None,
     }
 }
 

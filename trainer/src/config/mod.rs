@@ -11,7 +11,7 @@ pub use file::*;
 pub use load::{Override, load, parse};
 pub use run::{EarlyStopping, LossConfig, Monitor, OptimConfig, RunConfig, TrainConfig};
 pub use schema::{known_keys, schema};
-pub use validate::{default_name, validate, validate_with};
+pub use validate::{default_name, validate, validate_saved, validate_with};
 
 use crate::layout;
 use std::fmt;
@@ -89,5 +89,5 @@ pub fn load_run_with(
     let path = run_dir.join(layout::CONFIG);
     let (file, _) = load(&path, &[])?;
     let name = file.name.clone().unwrap_or_else(|| "model".into());
-    validate_with(file, &crate::shown::path(&path), &name, data_files)
+    validate_saved(file, &crate::shown::path(&path), &name, data_files)
 }

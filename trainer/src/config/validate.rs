@@ -6,7 +6,7 @@ use super::run::{EarlyStopping, LossConfig, Monitor, OptimConfig, RunConfig, Tra
 use super::{ConfigError, DataFormat, FileConfig, LossKind, OptimName, Problem, Task};
 use crate::amp::Precision;
 use crate::data;
-use kiln_models::{InputShape, ModelConfig, ModelKind};
+use kiln_models::{InputShape, ModelConfig, ModelKind, TextRole};
 
 /// The largest vocabulary a tokenizer may be asked for: token ids are 32-bit, and the largest
 /// vocabularies in use are about 256k (Gemma's); four times that is a mistake, not a model.
@@ -34,6 +34,9 @@ pub fn validate(
 struct Checker<'a> {
     origin: &'a str,
     problems: Vec<Problem>,
+    /// A run's saved config, not one a person wrote: keys that kiln ignored when the run was
+    /// trained are not errors now.
+    saved: bool,
 }
 
 /// What the `[data]` table resolves to, before the data spec is assembled.
@@ -54,9 +57,31 @@ pub fn validate_with(
     default_name: &str,
     data_files: bool,
 ) -> Result<RunConfig, ConfigError> {
+    check(file, origin, default_name, data_files, false)
+}
+
+/// As [`validate_with`], for the config saved in a run's folder: a `[model]` key of another
+/// kind, which kiln ignored before it refused it, does not lock the run out.
+pub fn validate_saved(
+    file: FileConfig,
+    origin: &str,
+    default_name: &str,
+    data_files: bool,
+) -> Result<RunConfig, ConfigError> {
+    check(file, origin, default_name, data_files, true)
+}
+
+fn check(
+    file: FileConfig,
+    origin: &str,
+    default_name: &str,
+    data_files: bool,
+    saved: bool,
+) -> Result<RunConfig, ConfigError> {
     let mut c = Checker {
         origin,
         problems: Vec::new(),
+        saved,
     };
     let name = c.name(&file, default_name);
     let checked = c.data(&file, data_files);
@@ -446,10 +471,11 @@ impl Checker<'_> {
                 format_name(d.format)
             ));
         }
-        if lm && file.model.kind != ModelKind::Gpt {
+        if lm && file.model.kind.text_role() != Some(TextRole::NextToken) {
             self.bad(format!(
-                "`model.kind` = {:?} cannot model language: use \"gpt\"",
-                file.model.kind.name()
+                "`model.kind` = {:?} cannot model language: use {}",
+                file.model.kind.name(),
+                kinds_named(TextRole::NextToken)
             ));
         }
         let labeled = d.text.is_some();
@@ -459,11 +485,12 @@ impl Checker<'_> {
                     .into(),
             );
         }
-        if labeled != (file.model.kind == ModelKind::Encoder) {
+        if labeled != (file.model.kind.text_role() == Some(TextRole::Classify)) {
             self.bad(format!(
-                "`model.kind` = {:?} with{} `data.text`: a text classifier is `model.kind` = \"encoder\" reading the column `data.text` names",
+                "`model.kind` = {:?} with{} `data.text`: a text classifier is `model.kind` = {} reading the column `data.text` names",
                 file.model.kind.name(),
-                if labeled { "" } else { "out" }
+                if labeled { "" } else { "out" },
+                kinds_named(TextRole::Classify)
             ));
         }
         if !text && !labeled && (d.tokenizer.is_some() || d.block_size.is_some()) {
@@ -534,14 +561,8 @@ impl Checker<'_> {
         // reading it (rows, or `data.image_shape`), the architecture is built as training will.
         let m = &file.model;
         let mut model_problems = m.kind.check_section(m);
-        if m.kind != ModelKind::ResNet && (m.widths.is_some() || m.depths.is_some()) {
-            model_problems.push(kiln_models::SectionError::new(
-                "model.widths",
-                format!(
-                    "`model.widths` and `model.depths` size a \"resnet\", not a {:?}",
-                    m.kind.name()
-                ),
-            ));
+        if !self.saved {
+            model_problems.extend(m.kind.foreign_keys(m));
         }
         let clean = model_problems.is_empty();
         for e in model_problems {
@@ -945,11 +966,21 @@ fn provisional_input(file: &FileConfig) -> Option<InputShape> {
     })
 }
 
-/// Tokens per training block: `data.block_size`, else the model's position table.
+/// Tokens per training block: `data.block_size`, else the model's position table (1 for a
+/// kind that reads no text, which the pairing checks refuse on their own).
 fn text_block(file: &FileConfig) -> usize {
     file.data
         .block_size
-        .unwrap_or_else(|| kiln_models::section_block_size(&file.model))
+        .unwrap_or_else(|| file.model.kind.context_len(&file.model).unwrap_or(1))
+}
+
+/// The kinds that do `role` with text, quoted and joined for a message.
+fn kinds_named(role: TextRole) -> String {
+    let names: Vec<String> = ModelKind::names_with(role)
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect();
+    names.join(" or ")
 }
 
 fn task_name(t: Task) -> &'static str {
@@ -976,4 +1007,28 @@ pub fn default_name(path: &Path) -> String {
         .and_then(|s| s.to_str())
         .unwrap_or("model")
         .replace('_', "-")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{FileConfig, validate_saved, validate_with};
+
+    /// A key of another model kind is an error in a config someone writes, and not in a run's
+    /// saved config: runs trained while kiln ignored such keys still load.
+    #[test]
+    fn a_key_of_another_kind_is_refused_when_written_and_kept_when_saved() {
+        let file = || {
+            let mut f = FileConfig::default();
+            f.data.path = "rows.csv".into();
+            f.model.n_layer = Some(4);
+            f
+        };
+        let err = validate_with(file(), "test", "test", false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`model.n_layer` is set but `model.kind` = \"mlp\" does not read it"),
+            "{err}"
+        );
+        validate_saved(file(), "test", "test", false).expect("a saved config loads");
+    }
 }
