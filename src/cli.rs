@@ -197,7 +197,8 @@ pub enum RegistryCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One entry (NAME, NAME@ALIAS, NAME/vN, a run id): its manifest, files and lineage.
+    /// One entry (NAME, NAME@ALIAS, NAME/vN, a run id, `latest` or a run folder): its manifest,
+    /// files and lineage.
     Show {
         reference: String,
         #[arg(long)]
@@ -251,8 +252,9 @@ pub struct TrainArgs {
     /// Continue a run (a run id, `latest`, or a run folder) from its last checkpoint.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "set", "smoke"])]
     pub resume: Option<String>,
-    /// Start from the weights of a registry model (NAME, NAME@ALIAS, NAME/vN or a run id);
-    /// the architecture must match. Recorded as the new model's lineage.
+    /// Start from the weights of a registry model (NAME, NAME@ALIAS, NAME/vN, a run id,
+    /// `latest` or a run folder); the architecture must match. Recorded as the new model's
+    /// lineage.
     #[arg(long, value_name = "REF", conflicts_with = "resume")]
     pub init_from: Option<String>,
     /// Where to compute: auto, cpu, wgpu[:N], cuda[:N] (the config's backend.device
@@ -459,7 +461,8 @@ pub struct FairnessArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Models to serve, each under its name: NAME, NAME@ALIAS (followed as it moves), NAME/vN,
-    /// a run id.
+    /// a run id, `latest` (the newest run) or a run folder (each followed as the run it names
+    /// at start).
     #[arg(required = true)]
     pub models: Vec<String>,
     /// The address to listen on (127.0.0.1: this machine only; 0.0.0.0 to be reachable).

@@ -62,7 +62,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         || usage::<ExportError>(e)
         || usage::<SelectError>(e)
         || usage::<ExplainError>(e)
-        || usage::<EvalError>(e);
+        || usage::<EvalError>(e)
+        || usage::<kiln_trainer::serve::ServeError>(e);
     if user { 2 } else { 1 }
 }
 

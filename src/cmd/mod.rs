@@ -182,28 +182,17 @@ pub fn cv_of(registry: &Path, reference: &str) -> Option<kiln_trainer::select::c
     run::read_json(&path).ok()
 }
 
-/// A run folder from a run reference (`latest`, a run id, a folder); a bad one is a usage
-/// error.
+/// A run folder from a run reference (`latest`, a run id, a folder): the registry's
+/// [`Registry::find_run`]; a reference that names no run is a usage error.
 pub fn resolve_run(registry: &Path, reference: &str) -> anyhow::Result<PathBuf> {
-    run::resolve(registry, reference).map_err(|e| Usage(e.to_string()).into())
+    Ok(Registry::new(registry).find_run(reference)?)
 }
 
-/// A model reference: a run folder or `latest` (the newest run), or anything the registry
-/// resolves (NAME, NAME@ALIAS, NAME/vN, a run id). Returns the registry that holds it: for a
-/// run folder, the one two levels up.
+/// A model reference, through the registry's one resolver ([`Registry::find_model`]): a run
+/// folder or `latest`, or NAME, NAME@ALIAS, NAME/vN, a run id. Returns the registry that holds
+/// it.
 pub fn resolve_model(reg: &Registry, reference: &str) -> anyhow::Result<(Registry, Entry)> {
-    if reference == "latest" || Path::new(reference).join(layout::RUN).is_file() {
-        let dir = resolve_run(&reg.root, reference)?;
-        let id = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let owner = Registry::new(layout::registry_of_run(&dir));
-        let entry = owner.resolve(&id)?;
-        return Ok((owner, entry));
-    }
-    let entry = reg.resolve(reference)?;
-    Ok((Registry::new(reg.root.clone()), entry))
+    Ok(reg.find_model(reference)?)
 }
 
 /// Two runs or models side by side (`runs compare`, `registry diff`): the config keys that

@@ -695,7 +695,7 @@ fn bad_references_and_links_are_refused() {
     }
     let cfg = digits_config(&sb, SMALL);
     let o = sb.kiln(&["train", cfg.to_str().unwrap(), "--init-from", "../../x"]);
-    assert_exit(&o, 1);
+    assert_exit(&o, 2);
     assert!(stderr(&o).contains("not valid"), "{}", stderr(&o));
     assert_eq!(
         snapshot(&sb.registry()),
@@ -713,6 +713,47 @@ fn bad_references_and_links_are_refused() {
     let v = verify(&sb);
     assert!(v.to_string().contains("not a regular file"), "{v}");
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "not weights");
+}
+
+/// Every command that reads a model resolves it the same way (the registry's one resolver):
+/// a model name, alias or version, a run id, `latest` and a run folder each work for `eval`,
+/// `--init-from` and `registry show`, and a reference that names nothing is the same usage
+/// error (exit 2) for all of them; `runs show` takes runs only.
+#[test]
+fn every_command_takes_the_same_references() {
+    let sb = Sandbox::new();
+    one_version(&sb);
+    let run_dir = run_dirs(&sb).pop().expect("a run");
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let folder = run_dir.to_str().unwrap().to_string();
+    let cfg = digits_config(&sb, "[train]\nmax_steps = 1\n[runtime]\nthreads = 1\n");
+    let cfg = cfg.to_str().unwrap();
+    for reference in ["tiny", "tiny@latest", "tiny/v1", id.as_str(), "latest", folder.as_str()] {
+        let o = sb.kiln(&["eval", reference, "--json"]);
+        assert_exit(&o, 0);
+        let o = sb.kiln(&["registry", "show", reference, "--json"]);
+        assert_exit(&o, 0);
+        let o = sb.kiln(&["train", cfg, "--init-from", reference, "--quiet"]);
+        assert_exit(&o, 0);
+    }
+    // `latest` is the newest run: now a one-step run made from the model.
+    let o = sb.kiln(&["runs", "show", "latest", "--json"]);
+    assert_exit(&o, 0);
+    assert_ne!(json(&o)["run"]["id"], id.as_str(), "{}", stdout(&o));
+    for args in [
+        vec!["eval", "tinyy"],
+        vec!["registry", "show", "tinyy"],
+        vec!["train", cfg, "--init-from", "tinyy"],
+    ] {
+        let o = sb.kiln(&args);
+        assert_exit(&o, 2);
+        let err = stderr(&o);
+        assert!(err.contains("no model or run \"tinyy\""), "{args:?}: {err}");
+        assert!(err.contains("did you mean \"tiny\""), "{args:?}: {err}");
+    }
+    let o = sb.kiln(&["runs", "show", "tiny"]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("no run \"tiny\""), "{}", stderr(&o));
 }
 
 #[test]

@@ -65,6 +65,7 @@ impl crate::usage::UserError for TrainError {
         match self {
             TrainError::Setup(SetupError::TooLarge(_) | SetupError::EmptyTrainingSplit) => true,
             TrainError::Data(e) => e.is_usage(),
+            TrainError::Registry(e) => crate::usage::UserError::is_usage(e),
             _ => false,
         }
     }

@@ -31,16 +31,6 @@ pub enum RunError {
     },
     #[error("{}: {message}", crate::shown::name(path))]
     Parse { path: String, message: String },
-    #[error("no run {reference:?} in {}{hint}", crate::shown::name(registry))]
-    NotFound {
-        reference: String,
-        registry: String,
-        hint: String,
-    },
-    #[error(
-        "{0:?} is not a valid run reference: use a run id (letters, digits, '-', '_', '.') or `latest`"
-    )]
-    BadReference(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,47 +158,6 @@ pub fn new_id(name: &str) -> String {
         .unwrap_or(0);
     let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
     format!("{name}-{}-{}-{salt:04x}", &stamp[..8], &stamp[8..])
-}
-
-/// Resolves a run reference (`latest`, a run id, or a path to a run folder) to its folder.
-pub fn resolve(registry: &Path, reference: &str) -> Result<PathBuf, RunError> {
-    let as_path = Path::new(reference);
-    if as_path.join(layout::RUN).is_file() {
-        return Ok(as_path.to_path_buf());
-    }
-    let runs = layout::runs_dir(registry);
-    if reference == "latest" {
-        let mut all = list(registry)?;
-        all.sort_by(|a, b| a.1.started.cmp(&b.1.started).then(a.1.id.cmp(&b.1.id)));
-        return all.pop().map(|(p, _)| p).ok_or_else(|| RunError::NotFound {
-            reference: reference.into(),
-            registry: registry.display().to_string(),
-            hint: "; train one first with `kiln train CONFIG`".into(),
-        });
-    }
-    if reference.is_empty()
-        || reference.starts_with('.')
-        || !reference
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(RunError::BadReference(reference.into()));
-    }
-    let dir = runs.join(reference);
-    if dir.join(layout::RUN).is_file() {
-        return Ok(dir);
-    }
-    let ids: Vec<String> = list(registry)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(_, r)| r.id)
-        .collect();
-    let hint = crate::suggest::hint(reference, &ids);
-    Err(RunError::NotFound {
-        reference: reference.into(),
-        registry: registry.display().to_string(),
-        hint,
-    })
 }
 
 /// Run folders whose `run.json` exists but cannot be read, with why.

@@ -491,8 +491,8 @@ fn init_from(
     reference: &str,
     model: Model,
 ) -> Result<(Model, InitFrom), TrainError> {
-    let entry = reg.resolve(reference)?;
-    let loaded = reg.load(&entry)?;
+    let (owner, entry) = reg.find_model(reference)?;
+    let loaded = owner.load(&entry)?;
     let bytes = loaded.file(layout::WEIGHTS)?.to_vec();
     let sha = loaded.manifest.files[layout::WEIGHTS].sha256.clone();
     let init = crate::weights::from_bytes(model, bytes).map_err(|source| TrainError::InitFrom {
