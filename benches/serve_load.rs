@@ -43,7 +43,9 @@ impl Drop for Proc {
 
 /// The checkout, read when the bench runs (cargo sets it), not baked in when it was compiled.
 fn root() -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo bench sets CARGO_MANIFEST_DIR"))
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo bench sets CARGO_MANIFEST_DIR"),
+    )
 }
 
 fn kiln(registry: &Path, args: &[&str]) {
@@ -265,10 +267,7 @@ fn adult_bodies() -> Vec<String> {
         "native-country",
         "income",
     ];
-    let text = std::fs::read_to_string(
-        root().join("data/adult/adult.data"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(root().join("data/adult/adult.data")).unwrap();
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .take(512)

@@ -15,7 +15,9 @@ use crate::gpt::{
     token_sizes,
 };
 use crate::onnx::{Builder, LowerError};
-use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError, TextRole};
+use crate::{
+    Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError, TextRole,
+};
 
 /// The padding token's id.
 pub const PAD: u32 = 0;

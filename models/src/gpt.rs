@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::onnx::{Builder, LowerError};
 use crate::section::check_probability;
-use crate::{Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError, TextRole};
+use crate::{
+    Architecture, Forward, Input, InputShape, ModelSection, Output, SectionError, TextRole,
+};
 
 /// Standard deviation of GPT-2's initial weights.
 const INIT_STD: f64 = 0.02;

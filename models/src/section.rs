@@ -102,7 +102,6 @@ impl ModelSection {
     }
 }
 
-
 /// One convolution block: conv (stride 1, same padding), batch norm, activation, max pool,
 /// dropout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

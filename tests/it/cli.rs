@@ -223,7 +223,14 @@ fn a_key_of_another_model_kind_is_refused_with_the_kinds_that_read_it() {
     let sb = Sandbox::new();
     let cfg = digits_config(&sb, "");
     let c = cfg.to_str().unwrap();
-    let o = sb.kiln(&["validate", c, "--set", "model.n_layer=4", "--set", "model.widths=[8]"]);
+    let o = sb.kiln(&[
+        "validate",
+        c,
+        "--set",
+        "model.n_layer=4",
+        "--set",
+        "model.widths=[8]",
+    ]);
     assert_exit(&o, 2);
     let err = stderr(&o);
     assert!(
@@ -235,7 +242,14 @@ fn a_key_of_another_model_kind_is_refused_with_the_kinds_that_read_it() {
         "{err}"
     );
     // Kept at their defaults, other kinds' keys are no error (a run's saved config holds them).
-    let o = sb.kiln(&["validate", c, "--set", "model.conv=[]", "--set", "model.hidden=[16]"]);
+    let o = sb.kiln(&[
+        "validate",
+        c,
+        "--set",
+        "model.conv=[]",
+        "--set",
+        "model.hidden=[16]",
+    ]);
     assert_exit(&o, 0);
     // The same key is the kind's own once the kind changes.
     let o = sb.kiln(&[

@@ -10,7 +10,9 @@ use serde_json::Value;
 /// at compile time: a build reused from another clone of the same commit (CI's warm run) must
 /// read this clone's files.
 pub fn root() -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
 }
 
 /// A temporary folder that also serves as the registry of the commands run in it.

@@ -728,7 +728,14 @@ fn every_command_takes_the_same_references() {
     let folder = run_dir.to_str().unwrap().to_string();
     let cfg = digits_config(&sb, "[train]\nmax_steps = 1\n[runtime]\nthreads = 1\n");
     let cfg = cfg.to_str().unwrap();
-    for reference in ["tiny", "tiny@latest", "tiny/v1", id.as_str(), "latest", folder.as_str()] {
+    for reference in [
+        "tiny",
+        "tiny@latest",
+        "tiny/v1",
+        id.as_str(),
+        "latest",
+        folder.as_str(),
+    ] {
         let o = sb.kiln(&["eval", reference, "--json"]);
         assert_exit(&o, 0);
         let o = sb.kiln(&["registry", "show", reference, "--json"]);

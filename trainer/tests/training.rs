@@ -9,7 +9,8 @@ use kiln_trainer::metrics::Metrics;
 use kiln_trainer::train::{self, Options};
 
 fn digits() -> String {
-    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("..");
+    let root =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("..");
     format!(
         "name = \"t\"\nseed = 3\n[data]\npath = {:?}\n[model]\nhidden = [32]\n[train]\nepochs = 5\nbatch_size = 32\n[optim]\nlr = 3e-3\n",
         root.join("data/sklearn/digits.csv.gz")

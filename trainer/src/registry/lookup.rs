@@ -230,7 +230,12 @@ impl Registry {
 
     /// Version `version` of model `name`, for [`Self::resolve`] of `text`; one that does not
     /// exist is an error naming the versions that do.
-    pub(super) fn version_entry(&self, text: &str, name: &str, version: u32) -> Result<Entry, RegistryError> {
+    pub(super) fn version_entry(
+        &self,
+        text: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Entry, RegistryError> {
         let dir = self.version_dir(name, version);
         store::no_links(&self.root, &dir)?;
         if !dir.is_dir() {

@@ -66,10 +66,7 @@ pub enum RegistryError {
     Locked { path: String, what: String },
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error(
-        "no {what} {reference:?} in {}{hint}",
-        crate::shown::name(registry)
-    )]
+    #[error("no {what} {reference:?} in {}{hint}", crate::shown::name(registry))]
     NotFound {
         /// What the reference had to name: "model or run", "run".
         what: &'static str,

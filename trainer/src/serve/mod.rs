@@ -48,8 +48,8 @@ use crate::eval::LoadedRun;
 use crate::registry::{Entry, EntryKind, Registry};
 
 pub use batcher::BatchOptions;
-use routes::{error, json_response, parse_body, slot};
 pub use conn::Limits;
+use routes::{error, json_response, parse_body, slot};
 
 /// Drift scores are published once the window holds this many rows.
 pub const MIN_DRIFT_ROWS: usize = 100;

@@ -47,10 +47,7 @@ pub(super) fn router(app: &Arc<App>, body_limit: usize) -> Router {
             Arc::clone(app),
             read_body,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(app),
-            track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(app), track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::clone(app))
 }

@@ -226,7 +226,11 @@ pub(super) fn content_sample(path: &Path, len: u64) -> std::io::Result<String> {
 
 /// Stats and checks every file (in parallel), in the given order: its header, or with
 /// `bad_images = "skip"` all of its pixels, so that every file left in decodes.
-pub(super) fn entries(root: &Path, files: Vec<(PathBuf, String)>, bad: BadImages) -> Result<Index, DataError> {
+pub(super) fn entries(
+    root: &Path,
+    files: Vec<(PathBuf, String)>,
+    bad: BadImages,
+) -> Result<Index, DataError> {
     let checked: Vec<Result<IndexEntry, DataError>> = files
         .par_iter()
         .map(|(path, label)| {
