@@ -7,6 +7,11 @@ use super::*;
 /// The reference to the newest run.
 pub const LATEST: &str = "latest";
 
+/// Whether `text` names a run rather than a model: `latest`, or a folder holding `run.json`.
+pub fn names_a_run(text: &str) -> bool {
+    text == LATEST || Path::new(text).join(layout::RUN).is_file()
+}
+
 impl Registry {
     /// Model names with at least one version folder, sorted.
     pub fn model_names(&self) -> Vec<String> {
@@ -188,7 +193,7 @@ impl Registry {
     /// holding the model: for a run folder, the one it sits in. Every command that reads a
     /// model resolves it here.
     pub fn find_model(&self, text: &str) -> Result<(Registry, Entry), RegistryError> {
-        if text == LATEST || Path::new(text).join(layout::RUN).is_file() {
+        if names_a_run(text) {
             let dir = self.find_run(text)?;
             let id = dir
                 .file_name()

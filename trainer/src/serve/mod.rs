@@ -179,10 +179,7 @@ fn load(registry: &Registry, reference: &str) -> Result<(Entry, LoadedRun), Serv
 /// folder, which name a run only when the server starts; the slot then follows that run by its
 /// id (its newest checkpoint, then its final model), never a newer, unrelated run.
 fn followed(reference: &str, entry: &Entry) -> String {
-    let names_a_run = reference == crate::registry::lookup::LATEST
-        || std::path::Path::new(reference)
-            .join(crate::layout::RUN)
-            .is_file();
+    let names_a_run = crate::registry::lookup::names_a_run(reference);
     match &entry.kind {
         EntryKind::Final { run } | EntryKind::Checkpoint { run, .. } if names_a_run => run.clone(),
         _ => reference.to_string(),
